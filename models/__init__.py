@@ -1,0 +1,1 @@
+"""Pure PyTorch model code: one file per architecture, plus Hub loading and samplers."""
