@@ -1,0 +1,77 @@
+"""CLIP text and image towers of the Kandinsky 2.2 prior repo, through transformers (a well-kept implementation).
+
+The prior is conditioned on the projected pooled text embedding, the per-token hidden states and their padding
+mask; when no negative prompt is given the decoder's unconditional input is the image tower's embedding of an
+all-zero image, which `zero_image_embed` computes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
+from transformers.utils import logging as transformers_logging
+
+from .hub import CheckpointError
+
+
+@dataclass
+class TextEmbeds:
+    """Output of the text encoder for a batch of prompts (all on one device)."""
+
+    pooled: torch.Tensor  # [B, D] projected embedding at the first end-of-text token
+    states: torch.Tensor  # [B, 77, D] last hidden states
+    mask: torch.Tensor  # [B, 77] bool, True where a real token is
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> "TextEmbeds":
+        return TextEmbeds(self.pooled.to(device, dtype), self.states.to(device, dtype), self.mask.to(device))
+
+
+def _from_pretrained(cls, folder: Path, dtype: torch.dtype, what: str):
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # we report key problems ourselves, as errors
+    try:
+        model, info = cls.from_pretrained(folder, torch_dtype=dtype, output_loading_info=True, use_safetensors=None)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"The {what} in '{folder}' could not be loaded: {error}") from error
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if problems:
+        listed = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, list(v)[:3]))}" for k, v in problems.items())
+        raise CheckpointError(f"The {what} in '{folder}' does not match its config ({listed}).")
+    return model.eval().requires_grad_(False)
+
+
+def load_text_encoder(folder: Path, dtype: torch.dtype) -> CLIPTextModelWithProjection:
+    return _from_pretrained(CLIPTextModelWithProjection, folder, dtype, "CLIP text encoder")
+
+
+def load_image_encoder(folder: Path, dtype: torch.dtype) -> CLIPVisionModelWithProjection:
+    return _from_pretrained(CLIPVisionModelWithProjection, folder, dtype, "CLIP image encoder")
+
+
+def load_tokenizer(folder: Path) -> CLIPTokenizer:
+    try:
+        return CLIPTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"The CLIP tokenizer in '{folder}' could not be loaded: {error}") from error
+
+
+def encode_text(tokenizer: CLIPTokenizer, encoder: CLIPTextModelWithProjection, prompts: list[str]) -> TextEmbeds:
+    """Tokenize to 77 tokens (cut longer prompts) and encode, as the reference prior pipeline does.
+
+    The encoder itself sees no padding mask (causal attention only); the mask is for the prior.
+    """
+    tokens = tokenizer(prompts, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    device = encoder.device
+    out = encoder(tokens.input_ids.to(device))
+    return TextEmbeds(out.text_embeds, out.last_hidden_state, tokens.attention_mask.bool().to(device))
+
+
+def zero_image_embed(encoder: CLIPVisionModelWithProjection) -> torch.Tensor:
+    """[1, D] embedding of an all-zero image: the unconditional image embedding for the decoder."""
+    size = encoder.config.image_size
+    zeros = torch.zeros(1, 3, size, size, device=encoder.device, dtype=encoder.dtype)
+    return encoder(zeros).image_embeds

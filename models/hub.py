@@ -1,0 +1,196 @@
+"""Checkpoint files: a Hub repo id or a local folder → verified files → strictly loaded modules.
+
+Every failure a user can cause (a typo in a repo id, a missing or half-downloaded file, the wrong kind of
+checkpoint) becomes a `CheckpointError` that says what is wrong and how to fix it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from safetensors import SafetensorError, safe_open
+
+# Preferred first: safetensors cannot execute code; pickles are read with weights_only=True only.
+DIFFUSERS_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be found or used; the message tells the user what to do."""
+
+
+class MissingFile(CheckpointError):
+    """The checkpoint has no such file (locally, or on the Hub)."""
+
+
+class NotDownloaded(CheckpointError):
+    """The file is not on disk and the Hub cannot be reached."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a checkpoint comes from: a Hub repo id (at a revision) or a local folder in the repo's layout.
+
+    `store` is the folder downloads land in (ComfyUI's models/dalle or $DALLE_NODES_HOME); None means the
+    Hugging Face cache.
+    """
+
+    repo: str
+    revision: str | None = None
+    store: Path | None = None
+
+    @property
+    def local_folder(self) -> Path | None:
+        path = Path(self.repo).expanduser()
+        if path.is_dir():
+            return path
+        if path.is_absolute() or self.repo.startswith((".", "~")) or "\\" in self.repo or self.repo.count("/") > 1:
+            raise CheckpointError(f"Local folder '{self.repo}' does not exist. Check the path, or give a Hub repo id.")
+        if not _REPO_ID.match(self.repo):
+            raise CheckpointError(
+                f"'{self.repo}' is neither a local folder nor a Hub repo id like 'kandinsky-community/kandinsky-2-2-prior'."
+            )
+        return None
+
+    def describe(self) -> str:
+        return self.repo if not self.revision else f"{self.repo}@{self.revision}"
+
+
+def fetch_file(source: Source, subfolder: str, filename: str) -> Path:
+    """Return the local path of one file of the checkpoint, downloading only that file if needed."""
+    local = source.local_folder
+    if local is not None:
+        path = local / subfolder / filename
+        if not path.is_file():
+            raise MissingFile(
+                f"'{path}' is missing. A local folder must have the layout of the Hub repo ({subfolder}/{filename})."
+            )
+        return path
+    rel = f"{subfolder}/{filename}" if subfolder else filename
+    local_dir = None
+    if source.store is not None:
+        suffix = f"@{source.revision}" if source.revision not in (None, "main") else ""
+        local_dir = source.store / (source.repo.replace("/", "--") + suffix)
+    try:
+        path = hf_hub_download(
+            source.repo, filename, subfolder=subfolder or None, revision=source.revision, local_dir=local_dir
+        )
+    except RepositoryNotFoundError as error:
+        raise CheckpointError(
+            f"Hub repo '{source.repo}' was not found (or it is private or gated: log in with `hf auth login`). "
+            "Check the spelling, or give a local folder."
+        ) from error
+    except RevisionNotFoundError as error:
+        raise CheckpointError(f"Revision '{source.revision}' does not exist in Hub repo '{source.repo}'.") from error
+    except LocalEntryNotFoundError as error:
+        raise NotDownloaded(
+            f"'{rel}' of {source.describe()} is not downloaded yet and the Hub cannot be reached "
+            "(offline, or HF_HUB_OFFLINE=1). Run once with network access, or point repo_id at a local folder."
+        ) from error
+    except EntryNotFoundError as error:
+        raise MissingFile(f"{source.describe()} has no file '{rel}'.") from error
+    except HfHubHTTPError as error:
+        raise CheckpointError(f"Downloading '{rel}' from {source.describe()} failed: {error}") from error
+    return Path(path)
+
+
+def fetch_config(source: Source, subfolder: str, filename: str = "config.json", expect: str | None = None) -> dict:
+    """Read a component's JSON config; `expect` is the class name it must declare (guards the wrong repo)."""
+    try:
+        path = fetch_file(source, subfolder, filename)
+    except MissingFile as error:
+        raise CheckpointError(
+            f"{source.describe()} has no '{subfolder}/{filename}': it is not a checkpoint of the expected kind "
+            f"(a '{subfolder}' component{f' of class {expect}' if expect else ''})."
+        ) from error
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"'{path}' is not valid JSON ({error}); delete it and download it again.") from error
+    declared = config.get("_class_name") or (config.get("architectures") or [None])[0]
+    if expect and declared != expect:
+        raise CheckpointError(
+            f"'{path}' describes a {declared}, not a {expect}: {source.describe()} is the wrong kind of checkpoint "
+            f"for this loader."
+        )
+    return config
+
+
+def fetch_weights(source: Source, subfolder: str, names: tuple[str, ...] = DIFFUSERS_WEIGHTS) -> Path:
+    """The component's weight file, safetensors first, pickled `.bin` only when no safetensors exists."""
+    offline: NotDownloaded | None = None
+    for name in names:
+        try:
+            return fetch_file(source, subfolder, name)
+        except NotDownloaded as error:  # a .bin twin may still be on disk
+            offline = offline or error
+        except MissingFile:
+            pass
+    if offline is not None:
+        raise offline
+    raise CheckpointError(f"{source.describe()} has no weights in '{subfolder}/' (looked for {', '.join(names)}).")
+
+
+def read_state_dict(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of a weight file on the CPU, floats cast to `dtype`; refuses corrupt files and unsafe pickles."""
+    if os.path.exists(str(path) + ".incomplete") or path.stat().st_size == 0:
+        raise CheckpointError(f"'{path}' is an incomplete download: delete it and download again.")
+    cast = (lambda t: t.to(dtype) if dtype is not None and t.is_floating_point() else t)
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return {key: cast(f.get_tensor(key)) for key in f.keys()}
+        except SafetensorError as error:
+            raise CheckpointError(
+                f"'{path}' is corrupt or only partly downloaded ({error}). Delete it and download again."
+            ) from error
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError or EOFError depending on the damage
+        raise CheckpointError(
+            f"'{path}' could not be read safely ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+            "Pickles that run code are refused; use a .safetensors file."
+        ) from error
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"'{path}' does not hold a flat state dict of tensors.")
+    return {key: cast(value) for key, value in state.items()}
+
+
+def load_strict(build: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor], what: str) -> torch.nn.Module:
+    """Build a module without allocating weights, then adopt the checkpoint's tensors; every key must match.
+
+    `what` names the checkpoint in errors (e.g. "prior of kandinsky-community/kandinsky-2-2-prior").
+    """
+    with torch.device("meta"):
+        module = build()
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        def sample(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (" …" if len(keys) > 3 else "")
+
+        details = [f"{len(missing)} missing ({sample(missing)})"] if missing else []
+        details += [f"{len(unexpected)} unexpected ({sample(unexpected)})"] if unexpected else []
+        details += [
+            f"{len(wrong)} of another shape ({', '.join(f'{k} {tuple(state[k].shape)} ≠ {tuple(expected[k].shape)}' for k in wrong[:2])})"
+        ] if wrong else []
+        raise CheckpointError(f"The {what} does not match its config or is the wrong architecture: " + "; ".join(details) + " tensors.")
+    module.load_state_dict(state, strict=True, assign=True)
+    return module.eval().requires_grad_(False)

@@ -1,0 +1,170 @@
+"""Loader nodes for Kandinsky 2.2: Hub repo id or local folder → models kept under ComfyUI's memory manager."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..models import clip, kandinsky22
+from ..models.hub import TRANSFORMERS_WEIGHTS, Source, fetch_config, fetch_file, fetch_weights
+from . import runtime
+
+CATEGORY = "DALL·E/Kandinsky 2.2 (DALL·E 2)"
+DTYPE_TOOLTIP = "Weights and compute precision. auto: bf16 on GPUs that support it, else fp16; fp32 on the CPU."
+REVISION_TOOLTIP = "Branch, tag or commit of the Hub repo (ignored for a local folder)."
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@dataclass
+class PriorModel:
+    """DALLE_PRIOR: the diffusion prior, and where to find the image tower for the unconditional embedding."""
+
+    prior: runtime.ManagedModule
+    source: Source
+    dtype: torch.dtype
+    _zero_embed: torch.Tensor | None = field(default=None, repr=False)
+
+    def zero_image_embed(self) -> torch.Tensor:
+        """[1, D] image embedding of an all-zero image, computed once per checkpoint and dtype, then read from disk.
+
+        It stands in for "no negative prompt" in the decoder; caching it means text-to-image never needs the
+        3.7 GB image encoder in memory again after the first run.
+        """
+        if self._zero_embed is None:
+            self._zero_embed = _cached_zero_embed(self.source, self.dtype)
+        return self._zero_embed
+
+
+@dataclass
+class TextEncoder:
+    """DALLE_TEXT_ENCODER: CLIP tokenizer + text tower."""
+
+    tokenizer: object
+    encoder: runtime.ManagedModule
+
+
+@dataclass
+class DecoderModel:
+    """DALLE_DECODER: the latent diffusion UNet conditioned on image embeddings."""
+
+    unet: runtime.ManagedModule
+
+
+@dataclass
+class VQModel:
+    """DALLE_VQ_VAE: MoVQ, between latents and pixels."""
+
+    movq: runtime.ManagedModule
+
+
+def _cache_key(source: Source, dtype: torch.dtype) -> str:
+    local = source.local_folder
+    if local is None:
+        identity = f"{source.repo}@{source.revision or 'main'}"
+    else:
+        weights = fetch_weights(source, "image_encoder", TRANSFORMERS_WEIGHTS)
+        identity = f"{weights.resolve()}:{weights.stat().st_size}:{weights.stat().st_mtime_ns}"
+    return hashlib.sha256(f"{identity}:{dtype}".encode()).hexdigest()[:24]
+
+
+def _cached_zero_embed(source: Source, dtype: torch.dtype) -> torch.Tensor:
+    path = runtime.cache_dir() / "zero_image_embeds" / f"{_cache_key(source, dtype)}.safetensors"
+    if path.is_file():
+        return load_file(path)["embed"]
+    fetch_config(source, "image_encoder", expect="CLIPVisionModelWithProjection")
+    folder = fetch_weights(source, "image_encoder", TRANSFORMERS_WEIGHTS).parent
+    managed = runtime.ManagedModule(clip.load_image_encoder(folder, dtype))
+    with torch.inference_mode():
+        embed = clip.zero_image_embed(managed.load()).float().cpu()
+    del managed
+    runtime.free_cache()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"embed": embed.contiguous()}, tmp)
+    tmp.replace(path)  # atomic: a crash never leaves a half-written cache entry
+    return embed
+
+
+_loaded: dict[str, tuple[tuple, object]] = {}
+
+
+def _reuse(kind: str, key: tuple, build):
+    """Keep the last model of each kind: loading the same repo, revision and dtype again costs nothing."""
+    if kind in _loaded and _loaded[kind][0] == key:
+        return _loaded[kind][1]
+    _loaded.pop(kind, None)  # drop the old one before building the new, to not hold both
+    value = build()
+    _loaded[kind] = (key, value)
+    return value
+
+
+def _source(repo_id: str, revision: str) -> Source:
+    repo_id = repo_id.strip()
+    if not repo_id:
+        raise ValueError("repo_id is empty: give a Hub repo id (e.g. kandinsky-community/kandinsky-2-2-prior) or a local folder.")
+    return Source(repo_id, revision.strip() or None, runtime.model_store())
+
+
+def _loader_inputs(default_repo: str, what: str) -> dict:
+    return {
+        "required": {
+            "repo_id": ("STRING", {"default": default_repo, "tooltip": f"Hub repo id of the {what}, or a local folder in the same layout."}),
+            "revision": ("STRING", {"default": "main", "tooltip": REVISION_TOOLTIP}),
+            "dtype": (list(runtime.DTYPES), {"default": "auto", "tooltip": DTYPE_TOOLTIP}),
+        }
+    }
+
+
+class DalleLoadPrior:
+    DESCRIPTION = "Loads the Kandinsky 2.2 diffusion prior and its CLIP ViT-bigG text encoder (DALL·E 2's first stage)."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("DALLE_PRIOR", "DALLE_TEXT_ENCODER")
+    RETURN_NAMES = ("prior", "text_encoder")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return _loader_inputs(kandinsky22.PRIOR_REPO, "prior (with prior/, text_encoder/, tokenizer/, image_encoder/)")
+
+    def load(self, repo_id: str, revision: str, dtype: str) -> tuple[PriorModel, TextEncoder]:
+        source = _source(repo_id, revision)
+        torch_dtype = runtime.resolve_dtype(dtype)
+
+        def build() -> tuple[PriorModel, TextEncoder]:
+            prior = kandinsky22.load_prior(source, torch_dtype)
+            fetch_config(source, "text_encoder", expect="CLIPTextModelWithProjection")
+            text_folder = fetch_weights(source, "text_encoder", TRANSFORMERS_WEIGHTS).parent
+            for name in TOKENIZER_FILES:
+                tokenizer_folder = fetch_file(source, "tokenizer", name).parent
+            return (
+                PriorModel(runtime.ManagedModule(prior), source, torch_dtype),
+                TextEncoder(clip.load_tokenizer(tokenizer_folder), runtime.ManagedModule(clip.load_text_encoder(text_folder, torch_dtype))),
+            )
+
+        return _reuse("prior", (source, torch_dtype), build)
+
+
+class DalleLoadDecoder:
+    DESCRIPTION = "Loads the Kandinsky 2.2 latent decoder UNet and its MoVQ image autoencoder (DALL·E 2's second stage)."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("DALLE_DECODER", "DALLE_VQ_VAE")
+    RETURN_NAMES = ("decoder", "vq_vae")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return _loader_inputs(kandinsky22.DECODER_REPO, "decoder (with unet/, movq/, scheduler/)")
+
+    def load(self, repo_id: str, revision: str, dtype: str) -> tuple[DecoderModel, VQModel]:
+        source = _source(repo_id, revision)
+        torch_dtype = runtime.resolve_dtype(dtype)
+
+        def build() -> tuple[DecoderModel, VQModel]:
+            unet = kandinsky22.load_unet(source, torch_dtype)
+            movq = kandinsky22.load_movq(source, torch_dtype)
+            return DecoderModel(runtime.ManagedModule(unet)), VQModel(runtime.ManagedModule(movq))
+
+        return _reuse("decoder", (source, torch_dtype), build)

@@ -1,0 +1,138 @@
+"""The one door to ComfyUI: devices, dtypes, memory management, progress, interrupts and the models folder.
+
+Inside ComfyUI everything goes through its own machinery (model_management, ModelPatcher, ProgressBar,
+folder_paths), so our models are offloaded like any other. Without ComfyUI (tests, the CLI) the same calls
+fall back to plain torch and tqdm.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+try:
+    import comfy.model_management as comfy_mm
+    import comfy.model_patcher
+    import comfy.utils
+    import folder_paths
+except ImportError:
+    comfy_mm = None
+
+IN_COMFYUI = comfy_mm is not None
+DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def compute_device() -> torch.device:
+    if IN_COMFYUI:
+        return comfy_mm.get_torch_device()
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def offload_device() -> torch.device:
+    return comfy_mm.unet_offload_device() if IN_COMFYUI else torch.device("cpu")
+
+
+def output_device() -> torch.device:
+    """Where node outputs (images) live between nodes: ComfyUI's intermediate device, else the CPU."""
+    return comfy_mm.intermediate_device() if IN_COMFYUI else torch.device("cpu")
+
+
+def resolve_dtype(choice: str, device: torch.device | None = None) -> torch.dtype:
+    """The loader's dtype input → a torch dtype; "auto" is bf16 where supported, fp16 on other GPUs, fp32 on CPU."""
+    if choice not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not '{choice}'.")
+    if DTYPES[choice] is not None:
+        return DTYPES[choice]
+    device = device or compute_device()
+    if device.type == "cpu":
+        return torch.float32
+    if IN_COMFYUI:
+        return torch.bfloat16 if comfy_mm.should_use_bf16(device) else torch.float16
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def model_store() -> Path | None:
+    """Folder for downloaded checkpoints: ComfyUI's models/dalle, else $DALLE_NODES_HOME, else None (HF cache)."""
+    if IN_COMFYUI:
+        if "dalle" not in folder_paths.folder_names_and_paths:
+            folder_paths.add_model_folder_path("dalle", os.path.join(folder_paths.models_dir, "dalle"))
+        return Path(folder_paths.get_folder_paths("dalle")[0])
+    home = os.environ.get("DALLE_NODES_HOME")
+    return Path(home).expanduser() if home else None
+
+
+class ManagedModule:
+    """A module handed to ComfyUI's memory manager (offloaded to make room, loaded back on use).
+
+    Without ComfyUI it simply moves to the compute device on first use.
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        self.patcher = None
+        if IN_COMFYUI:
+            self.patcher = comfy.model_patcher.CoreModelPatcher(
+                module, load_device=compute_device(), offload_device=offload_device()
+            )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.module.parameters()).dtype
+
+    def load(self) -> torch.nn.Module:
+        """Make the module ready on the compute device and return it."""
+        if self.patcher is not None:
+            comfy_mm.load_models_gpu([self.patcher], force_full_load=True)
+        else:
+            self.module.to(compute_device())
+        return self.module
+
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+
+class Progress:
+    """Per-step progress and an interrupt check: ComfyUI's ProgressBar inside ComfyUI, tqdm outside."""
+
+    def __init__(self, total: int, desc: str = ""):
+        self.total = total
+        if IN_COMFYUI:
+            self.bar = comfy.utils.ProgressBar(total)
+        else:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, leave=False, disable=os.environ.get("DALLE_NODES_QUIET") == "1")
+
+    def update(self, n: int = 1) -> None:
+        check_interrupt()
+        self.bar.update(n)
+
+    def close(self) -> None:
+        if not IN_COMFYUI:
+            self.bar.close()
+
+
+def check_interrupt() -> None:
+    """Raise ComfyUI's interrupt exception when the user pressed Cancel; a no-op outside ComfyUI."""
+    if IN_COMFYUI:
+        comfy_mm.throw_exception_if_processing_interrupted()
+
+
+def free_cache() -> None:
+    if IN_COMFYUI:
+        comfy_mm.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def cache_dir() -> Path:
+    """Small files derived from checkpoints (the zero-image embedding): beside the downloads, else ~/.cache."""
+    store = model_store()
+    return store / ".cache" if store is not None else Path.home() / ".cache" / "dalle-nodes"

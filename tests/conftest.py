@@ -1,0 +1,44 @@
+"""Make the repo root importable as the package `dalle_nodes`, as an editable install would.
+
+The repo root *is* the ComfyUI package, so it cannot sit on sys.path itself (ComfyUI owns a top-level
+`nodes`). Registering it under its package name lets tests use `dalle_nodes.models…` with or without
+`pip install -e .`.
+"""
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+if "dalle_nodes" not in sys.modules:
+    spec = importlib.util.spec_from_file_location(
+        "dalle_nodes", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["dalle_nodes"] = module
+    spec.loader.exec_module(module)
+
+sys.path.insert(0, str(Path(__file__).parent))  # tests share tiny_repos.py (tiny checkpoints in the Hub layout)
+
+import pytest  # noqa: E402
+
+import tiny_repos  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_prior_repo(tmp_path_factory) -> Path:
+    return tiny_repos.write_prior_repo(tmp_path_factory.mktemp("kandinsky-2-2-prior"))
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder_repo(tmp_path_factory) -> Path:
+    return tiny_repos.write_decoder_repo(tmp_path_factory.mktemp("kandinsky-2-2-decoder"))
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path, monkeypatch) -> None:
+    """Downloads and caches go to a per-test folder, never the user's home."""
+    monkeypatch.setenv("DALLE_NODES_HOME", str(tmp_path / "dalle-home"))
+    monkeypatch.setenv("DALLE_NODES_QUIET", "1")

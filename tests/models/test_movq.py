@@ -1,0 +1,106 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import VQModel
+
+from dalle_nodes.models.movq import MoVQ, MoVQConfig
+
+REAL_CONFIG = Path(__file__).parents[1] / "hub_configs" / "kandinsky-community--kandinsky-2-2-decoder/movq/config.json"
+
+# The real layout (3 plain encoder levels + attention level, attention decoder level + 3 plain), shrunk.
+TINY_CONFIG = dict(
+    in_channels=3, out_channels=3,
+    down_block_types=["DownEncoderBlock2D"] * 3 + ["AttnDownEncoderBlock2D"],
+    up_block_types=["AttnUpDecoderBlock2D"] + ["UpDecoderBlock2D"] * 3,
+    block_out_channels=[32, 32, 64, 64], layers_per_block=2, latent_channels=4, vq_embed_dim=4,
+    num_vq_embeddings=64, norm_num_groups=8, norm_type="spatial",
+)
+
+
+def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((ours.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[MoVQ, VQModel]:
+    torch.manual_seed(0)
+    reference = VQModel(**TINY_CONFIG).eval()
+    with torch.no_grad():  # default norm affines are 1 and 0, which would hide a swapped or missing norm weight
+        for name, param in reference.named_parameters():
+            if "norm" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    ours = MoVQ(MoVQConfig.from_diffusers(TINY_CONFIG)).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return ours, reference
+
+
+@torch.no_grad()
+def test_decode_matches_diffusers(models):
+    ours, reference = models
+    latents = torch.randn(2, 4, 5, 7)
+    expected = reference.decode(latents, force_not_quantize=True).sample
+    got = ours.decode(latents)
+    assert got.shape == (2, 3, 40, 56)
+    assert relative_error(got, expected) < 1e-5
+
+
+@torch.no_grad()
+def test_quantized_decode_matches_diffusers(models):
+    ours, reference = models
+    latents = 0.02 * torch.randn(2, 4, 3, 5)  # on the scale of the codebook, so many codes are in play
+    expected = reference.decode(latents).sample
+    assert relative_error(ours.decode(latents, quantize=True), expected) < 1e-5
+    assert relative_error(ours.decode(latents), expected) > 1e-3  # the lookup did change something
+
+
+@torch.no_grad()
+def test_encode_matches_diffusers(models):
+    ours, reference = models
+    images = torch.rand(2, 3, 48, 40) * 2 - 1
+    expected = reference.encode(images).latents
+    got = ours.encode(images)
+    assert got.shape == (2, 4, 6, 5)
+    assert relative_error(got, expected) < 1e-5
+
+
+@torch.no_grad()
+def test_channels_last_bfloat16(models):
+    ours, reference = models
+    latents = torch.randn(1, 4, 4, 6)
+    expected = reference.decode(latents, force_not_quantize=True).sample
+    low = MoVQ(ours.config).to(torch.bfloat16, memory_format=torch.channels_last)
+    low.load_state_dict(ours.state_dict())
+    got = low.decode(latents.to(torch.bfloat16, memory_format=torch.channels_last))
+    assert got.dtype == torch.bfloat16
+    assert relative_error(got, expected) < 5e-2
+
+
+def test_full_size_state_dict_matches_diffusers():
+    config = json.loads(REAL_CONFIG.read_text())
+    assert MoVQConfig.from_diffusers(config) == MoVQConfig()  # our defaults are Kandinsky 2.2's movq
+    with torch.device("meta"):
+        ours = MoVQ(MoVQConfig.from_diffusers(config))
+        reference = VQModel(**{k: v for k, v in config.items() if not k.startswith("_")})
+    ours_shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    reference_shapes = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    assert ours_shapes == reference_shapes
+    assert ours_shapes["quantize.embedding.weight"] == (16384, 4)
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("norm_type", "group"),
+        ("down_block_types", ["DownEncoderBlock2D"] * 3 + ["CrossAttnDownBlock2D"]),
+        ("up_block_types", ["UpDecoderBlock2D"] * 3),  # one fewer than block_out_channels
+        ("act_fn", "gelu"),
+        ("vq_embed_dim", 8),
+        ("lookup_from_codebook", True),
+        ("num_attention_heads", 8),  # not a VQModel setting at all
+    ],
+)
+def test_from_diffusers_rejects_unsupported(key, value):
+    with pytest.raises(ValueError, match=key):
+        MoVQConfig.from_diffusers({**TINY_CONFIG, key: value})

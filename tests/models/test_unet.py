@@ -1,0 +1,146 @@
+"""KandinskyUNet against diffusers' UNet2DConditionModel: same state_dict layout, same outputs."""
+import functools
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import UNet2DConditionModel
+
+from dalle_nodes.models.unet import KandinskyUNet, UNetConfig
+
+HUB_CONFIGS = Path(__file__).parents[1] / "hub_configs"
+REAL_CONFIGS = {
+    "decoder": HUB_CONFIGS / "kandinsky-community--kandinsky-2-2-decoder/unet/config.json",
+    "decoder-inpaint": HUB_CONFIGS / "kandinsky-community--kandinsky-2-2-decoder-inpaint/unet/config.json",
+}
+
+
+def tiny_config(in_channels: int = 4) -> dict:
+    """The real decoder's layout at toy width; each level's width differs so channel mix-ups cannot go unnoticed."""
+    config = json.loads(REAL_CONFIGS["decoder"].read_text())
+    config.update(
+        in_channels=in_channels,
+        block_out_channels=[32, 48, 64, 80],
+        layers_per_block=2,
+        attention_head_dim=8,
+        cross_attention_dim=16,
+        encoder_hid_dim=12,
+        norm_num_groups=8,
+        sample_size=8,
+    )
+    return config
+
+
+@functools.cache  # shared across tests (never modified): building it is a large part of this file's run time
+def reference_unet(in_channels: int = 4) -> UNet2DConditionModel:
+    torch.manual_seed(0)
+    model = UNet2DConditionModel.from_config(tiny_config(in_channels))
+    with torch.no_grad():  # diffusers leaves norms at 1/0: perturb every weight so each one matters
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    return model.eval()
+
+
+def ours_from(reference: UNet2DConditionModel) -> KandinskyUNet:
+    model = KandinskyUNet(UNetConfig.from_diffusers(dict(reference.config)))
+    model.load_state_dict(reference.state_dict(), strict=True)
+    return model.eval()
+
+
+def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((ours.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
+
+
+@pytest.mark.parametrize(
+    "in_channels, timestep",
+    [(4, torch.tensor([3, 977])), (9, torch.tensor(421.5))],  # per-sample ints; one shared fractional 0-d
+)
+def test_matches_diffusers(in_channels: int, timestep: torch.Tensor) -> None:
+    reference = reference_unet(in_channels)
+    ours = ours_from(reference)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, in_channels, 16, 24, generator=generator)
+    image_embeds = torch.randn(2, 12, generator=generator)
+
+    with torch.no_grad():
+        expected = reference(
+            sample=x, timestep=timestep, encoder_hidden_states=None, added_cond_kwargs={"image_embeds": image_embeds}
+        ).sample
+        actual = ours(x, timestep, image_embeds)
+
+    assert actual.shape == (2, 8, 16, 24)
+    error = relative_error(actual, expected)
+    print(f"in_channels={in_channels}: relative error {error:.2e}")
+    assert error < 1e-5
+
+
+def test_channels_last_and_bfloat16() -> None:
+    ours = ours_from(reference_unet())
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 4, 24, 16, generator=generator)
+    image_embeds = torch.randn(2, 12, generator=generator)
+    timestep = torch.tensor([10, 500])
+
+    with torch.no_grad():
+        expected = ours(x, timestep, image_embeds)
+        channels_last = ours.to(memory_format=torch.channels_last)(
+            x.to(memory_format=torch.channels_last), timestep, image_embeds
+        )
+        low_precision = ours.to(torch.bfloat16)(x.bfloat16(), timestep, image_embeds)  # fp32 embeds are cast
+
+    assert relative_error(channels_last, expected) < 1e-5
+    assert low_precision.dtype == torch.bfloat16
+    assert relative_error(low_precision, expected) < 0.1
+
+
+def test_rejects_latent_size_not_multiple_of_8() -> None:
+    ours = KandinskyUNet(UNetConfig.from_diffusers(tiny_config()))
+    with pytest.raises(ValueError, match="multiple of 8"):
+        ours(torch.zeros(1, 4, 16, 20), torch.tensor(0), torch.zeros(1, 12))
+
+
+@pytest.mark.parametrize("name", list(REAL_CONFIGS))
+def test_full_size_state_dict_layout(name: str) -> None:
+    config = json.loads(REAL_CONFIGS[name].read_text())
+    with torch.device("meta"):
+        reference = UNet2DConditionModel.from_config(config)
+        ours = KandinskyUNet(UNetConfig.from_diffusers(config))
+
+    expected = {key: tuple(value.shape) for key, value in reference.state_dict().items()}
+    actual = {key: tuple(value.shape) for key, value in ours.state_dict().items()}
+    assert actual.keys() == expected.keys()
+    assert actual == expected
+
+
+def test_real_decoder_config_is_the_default() -> None:
+    assert UNetConfig.from_diffusers(json.loads(REAL_CONFIGS["decoder"].read_text())) == UNetConfig()
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("resnet_time_scale_shift", "default"),
+        ("addition_embed_type", "text_image"),
+        ("encoder_hid_dim_type", "text_proj"),
+        ("class_embed_type", "identity"),
+        ("down_block_types", ["ResnetDownsampleBlock2D"] + ["CrossAttnDownBlock2D"] * 3),
+        ("up_block_types", ["ResnetUpsampleBlock2D"] + ["SimpleCrossAttnUpBlock2D"] * 3),
+        ("mid_block_type", "UNetMidBlock2DCrossAttn"),
+        ("only_cross_attention", True),
+        ("attention_head_dim", [64, 64, 64, 64]),
+        ("conv_in_kernel", 1),
+    ],
+)
+def test_from_diffusers_rejects_unsupported_setting(key: str, value: object) -> None:
+    config = json.loads(REAL_CONFIGS["decoder"].read_text())
+    config[key] = value
+    with pytest.raises(ValueError, match=key):
+        UNetConfig.from_diffusers(config)
+
+
+def test_from_diffusers_rejects_missing_required_setting() -> None:
+    config = json.loads(REAL_CONFIGS["decoder"].read_text())
+    del config["addition_embed_type"]  # diffusers' default (None) is not what we build
+    with pytest.raises(ValueError, match="addition_embed_type"):
+        UNetConfig.from_diffusers(config)
