@@ -9,11 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
-from transformers.utils import logging as transformers_logging
+from typing import TYPE_CHECKING
 
-from .hub import CheckpointError
+import torch
+
+from .hub import CheckpointError, verify_safetensors
+
+if TYPE_CHECKING:  # transformers takes seconds to import: ComfyUI's start-up should not pay for it
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
 
 
 @dataclass
@@ -28,7 +31,13 @@ class TextEmbeds:
         return TextEmbeds(self.pooled.to(device, dtype), self.states.to(device, dtype), self.mask.to(device))
 
 
-def _from_pretrained(cls, folder: Path, dtype: torch.dtype, what: str):
+def _from_pretrained(class_name: str, folder: Path, dtype: torch.dtype, what: str):
+    import transformers
+    from transformers.utils import logging as transformers_logging
+
+    cls = getattr(transformers, class_name)
+    for weights in folder.glob("*.safetensors"):
+        verify_safetensors(weights)
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # we report key problems ourselves, as errors
     try:
@@ -44,22 +53,24 @@ def _from_pretrained(cls, folder: Path, dtype: torch.dtype, what: str):
     return model.eval().requires_grad_(False)
 
 
-def load_text_encoder(folder: Path, dtype: torch.dtype) -> CLIPTextModelWithProjection:
-    return _from_pretrained(CLIPTextModelWithProjection, folder, dtype, "CLIP text encoder")
+def load_text_encoder(folder: Path, dtype: torch.dtype) -> "CLIPTextModelWithProjection":
+    return _from_pretrained("CLIPTextModelWithProjection", folder, dtype, "CLIP text encoder")
 
 
-def load_image_encoder(folder: Path, dtype: torch.dtype) -> CLIPVisionModelWithProjection:
-    return _from_pretrained(CLIPVisionModelWithProjection, folder, dtype, "CLIP image encoder")
+def load_image_encoder(folder: Path, dtype: torch.dtype) -> "CLIPVisionModelWithProjection":
+    return _from_pretrained("CLIPVisionModelWithProjection", folder, dtype, "CLIP image encoder")
 
 
-def load_tokenizer(folder: Path) -> CLIPTokenizer:
+def load_tokenizer(folder: Path) -> "CLIPTokenizer":
+    from transformers import CLIPTokenizer
+
     try:
         return CLIPTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as error:
         raise CheckpointError(f"The CLIP tokenizer in '{folder}' could not be loaded: {error}") from error
 
 
-def encode_text(tokenizer: CLIPTokenizer, encoder: CLIPTextModelWithProjection, prompts: list[str]) -> TextEmbeds:
+def encode_text(tokenizer: "CLIPTokenizer", encoder: "CLIPTextModelWithProjection", prompts: list[str]) -> TextEmbeds:
     """Tokenize to 77 tokens (cut longer prompts) and encode, as the reference prior pipeline does.
 
     The encoder itself sees no padding mask (causal attention only); the mask is for the prior.
@@ -70,7 +81,7 @@ def encode_text(tokenizer: CLIPTokenizer, encoder: CLIPTextModelWithProjection, 
     return TextEmbeds(out.text_embeds, out.last_hidden_state, tokens.attention_mask.bool().to(device))
 
 
-def zero_image_embed(encoder: CLIPVisionModelWithProjection) -> torch.Tensor:
+def zero_image_embed(encoder: "CLIPVisionModelWithProjection") -> torch.Tensor:
     """[1, D] embedding of an all-zero image: the unconditional image embedding for the decoder."""
     size = encoder.config.image_size
     zeros = torch.zeros(1, 3, size, size, device=encoder.device, dtype=encoder.dtype)

@@ -6,7 +6,6 @@ checkpoint) becomes a `CheckpointError` that says what is wrong and how to fix i
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,25 +145,37 @@ def fetch_weights(source: Source, subfolder: str, names: tuple[str, ...] = DIFFU
     raise CheckpointError(f"{source.describe()} has no weights in '{subfolder}/' (looked for {', '.join(names)}).")
 
 
+def _corrupt(path: Path, error: Exception) -> CheckpointError:
+    return CheckpointError(f"'{path}' is corrupt or only partly downloaded ({error}). Delete it and download it again.")
+
+
+def verify_safetensors(path: Path) -> None:
+    """Cheap integrity check: the header must parse and cover the whole file (catches truncated downloads)."""
+    try:
+        with safe_open(str(path), framework="pt"):
+            pass
+    except SafetensorError as error:
+        raise _corrupt(path, error) from error
+
+
 def read_state_dict(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Tensors of a weight file on the CPU, floats cast to `dtype`; refuses corrupt files and unsafe pickles."""
-    if os.path.exists(str(path) + ".incomplete") or path.stat().st_size == 0:
-        raise CheckpointError(f"'{path}' is an incomplete download: delete it and download again.")
-    cast = (lambda t: t.to(dtype) if dtype is not None and t.is_floating_point() else t)
+    def cast(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
     if path.suffix == ".safetensors":
         try:
             with safe_open(str(path), framework="pt") as f:
                 return {key: cast(f.get_tensor(key)) for key in f.keys()}
         except SafetensorError as error:
-            raise CheckpointError(
-                f"'{path}' is corrupt or only partly downloaded ({error}). Delete it and download again."
-            ) from error
+            raise _corrupt(path, error) from error
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError, RuntimeError or EOFError depending on the damage
+    except Exception as error:  # UnpicklingError, RuntimeError or EOFError, depending on the damage
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(
-            f"'{path}' could not be read safely ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
-            "Pickles that run code are refused; use a .safetensors file."
+            f"'{path}' could not be read safely ({first_line}). It is damaged, or it is a pickle that would run "
+            "code, which is refused: use a .safetensors file."
         ) from error
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"'{path}' does not hold a flat state dict of tensors.")

@@ -42,8 +42,11 @@ def check_scheduler(source: Source, expected: dict) -> None:
         )
 
 
-def _load(source: Source, subfolder: str, expect: str, config_cls, module_cls, dtype: torch.dtype, what: str):
+def _load(source: Source, subfolder: str, expect: str, config_cls, module_cls, dtype: torch.dtype, what: str,
+          scheduler: dict | None = None):
     config = fetch_config(source, subfolder, expect=expect)
+    if scheduler is not None:
+        check_scheduler(source, scheduler)
     try:
         parsed = config_cls.from_diffusers(config)
     except ValueError as error:
@@ -53,19 +56,18 @@ def _load(source: Source, subfolder: str, expect: str, config_cls, module_cls, d
 
 
 def load_prior(source: Source, dtype: torch.dtype) -> PriorTransformer:
-    check_scheduler(source, PRIOR_SCHEDULER)
-    return _load(source, "prior", "PriorTransformer", PriorConfig, PriorTransformer, dtype, "prior")
+    return _load(source, "prior", "PriorTransformer", PriorConfig, PriorTransformer, dtype, "prior", PRIOR_SCHEDULER)
 
 
 def load_unet(source: Source, dtype: torch.dtype) -> KandinskyUNet:
-    check_scheduler(source, DECODER_SCHEDULER)
     in_channels = fetch_config(source, "unet", expect="UNet2DConditionModel").get("in_channels")
     if in_channels != LATENT_CHANNELS:
         raise CheckpointError(
             f"{source.describe()} is not a text-to-image decoder ({in_channels} input channels, e.g. an inpainting "
             f"one): use {DECODER_REPO}."
         )
-    return _load(source, "unet", "UNet2DConditionModel", UNetConfig, KandinskyUNet, dtype, "decoder UNet")
+    return _load(source, "unet", "UNet2DConditionModel", UNetConfig, KandinskyUNet, dtype, "decoder UNet",
+                 DECODER_SCHEDULER)
 
 
 def load_movq(source: Source, dtype: torch.dtype) -> MoVQ:

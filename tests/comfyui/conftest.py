@@ -1,0 +1,145 @@
+"""A real ComfyUI server (from $COMFYUI_PATH) with our package in custom_nodes and tiny checkpoints in models/dalle.
+
+The tiny checkpoints sit where the loaders download the real repos to, so the shipped workflows run unchanged
+with HF_HUB_OFFLINE=1. Everything ComfyUI writes goes to a temp base directory, never into the checkout.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import tiny_repos
+
+ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = 120
+PROMPT_TIMEOUT_S = 90
+
+
+@dataclass
+class ComfyUI:
+    url: str
+    base: Path
+    log: Path
+    process: subprocess.Popen
+
+    def request(self, path: str, payload: dict | None = None) -> tuple[int, bytes]:
+        """GET (or POST JSON) one endpoint; HTTP errors come back as (status, body) like successes."""
+        data = json.dumps(payload).encode() if payload is not None else None
+        req = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+
+    def get_json(self, path: str) -> dict:
+        status, body = self.request(path)
+        assert status == 200, f"GET {path}: HTTP {status} {body[:500]!r}"
+        return json.loads(body)
+
+    def queue(self, graph: dict) -> tuple[int, dict]:
+        status, body = self.request("/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})
+        return status, json.loads(body)
+
+    def run(self, graph: dict) -> dict:
+        """Queue a prompt and wait for its /history entry (written once it has finished, well or not)."""
+        status, answer = self.queue(graph)
+        assert status == 200, f"POST /prompt refused the graph: {answer}"
+        prompt_id = answer["prompt_id"]
+        deadline = time.monotonic() + PROMPT_TIMEOUT_S
+        while time.monotonic() < deadline:
+            history = self.get_json(f"/history/{prompt_id}")
+            if prompt_id in history:
+                return history[prompt_id]
+            assert self.process.poll() is None, "the ComfyUI server exited while running the prompt"
+            time.sleep(0.2)
+        raise AssertionError(f"prompt {prompt_id} did not finish in {PROMPT_TIMEOUT_S} s")
+
+    def view(self, image: dict) -> bytes:
+        """The file behind one entry of a SaveImage node's history output, as the frontend fetches it."""
+        query = urllib.parse.urlencode({key: image[key] for key in ("filename", "subfolder", "type")})
+        status, body = self.request("/view?" + query)
+        assert status == 200, f"GET /view?{query}: HTTP {status}"
+        return body
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _optional_flags(checkout: Path) -> list[str]:
+    """Flags only newer checkouts know (older ones reject unknown flags): keep the database out of the checkout
+    and skip the cloud API nodes, which we do not need."""
+    cli = (checkout / "comfy" / "cli_args.py").read_text()
+    flags = [["--database-url", "sqlite:///:memory:"], ["--disable-api-nodes"]]
+    return [part for flag in flags if f'"{flag[0]}"' in cli for part in flag]
+
+
+def _wait_until_serving(server: ComfyUI) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            break
+        try:
+            if server.request("/system_stats")[0] == 200:
+                return
+        except OSError:  # not listening yet
+            pass
+        time.sleep(0.5)
+    log = server.log.read_text(errors="replace")[-20000:]
+    pytest.fail(f"ComfyUI did not start within {STARTUP_TIMEOUT_S} s (exit code {server.process.poll()}). Log:\n{log}")
+
+
+@pytest.fixture(scope="module")
+def comfyui(tmp_path_factory) -> Iterator[ComfyUI]:
+    checkout = Path(os.environ["COMFYUI_PATH"]).resolve()
+    base = tmp_path_factory.mktemp("comfyui-base")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "dalle-nodes").symlink_to(ROOT, target_is_directory=True)
+    store = base / "models" / "dalle"  # nodes/runtime.py model_store(): <ComfyUI models dir>/dalle
+    tiny_repos.write_prior_repo(store / "kandinsky-community--kandinsky-2-2-prior")
+    tiny_repos.write_decoder_repo(store / "kandinsky-community--kandinsky-2-2-decoder")
+
+    port = _free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(base / "hf-home"), "PYTHONDONTWRITEBYTECODE": "1"}
+    command = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
+               "--port", str(port), "--base-directory", str(base), "--disable-auto-launch", *_optional_flags(checkout)]
+    log = base / "server.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=checkout, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = ComfyUI(f"http://127.0.0.1:{port}", base, log, process)
+    try:
+        _wait_until_serving(server)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Attach the server log to every failing test that used the server."""
+    outcome = yield
+    report = outcome.get_result()
+    server = getattr(item, "funcargs", {}).get("comfyui")
+    if report.failed and isinstance(server, ComfyUI):
+        report.sections.append(("ComfyUI server log (tail)", server.log.read_text(errors="replace")[-20000:]))

@@ -1,0 +1,174 @@
+"""Nodes called as ComfyUI calls them (keyword inputs from INPUT_TYPES), without ComfyUI installed."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dalle_nodes
+from dalle_nodes.models import clip
+from dalle_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, loaders, runtime
+
+CONTRACT = {  # DESIGN.md's node contract: id → (required inputs, output types)
+    "DalleLoadPrior": ({"repo_id", "revision", "dtype"}, ("DALLE_PRIOR", "DALLE_TEXT_ENCODER")),
+    "DalleLoadDecoder": ({"repo_id", "revision", "dtype"}, ("DALLE_DECODER", "DALLE_VQ_VAE")),
+    "DalleTextEncode": ({"text_encoder", "text"}, ("DALLE_TEXT_EMBEDS",)),
+    "DallePriorSample": ({"prior", "positive", "seed", "steps", "guidance", "batch_size"}, ("DALLE_IMAGE_EMBEDS",)),
+    "DalleDecoderSample": ({"decoder", "image_embeds", "width", "height", "steps", "guidance", "sampler", "seed"}, ("LATENT",)),
+    "DalleVQDecode": ({"vq_vae", "latent"}, ("IMAGE",)),
+    "DalleVQEncode": ({"vq_vae", "image"}, ("LATENT",)),
+}
+
+
+def call(node_id: str, **inputs):
+    """Fill unspecified widget inputs with their defaults, then call FUNCTION by keyword, as ComfyUI does."""
+    cls = NODE_CLASS_MAPPINGS[node_id]
+    for name, spec in cls.INPUT_TYPES()["required"].items():
+        if name not in inputs and len(spec) > 1 and "default" in spec[1]:
+            inputs[name] = spec[1]["default"]
+    return getattr(cls(), cls.FUNCTION)(**inputs)
+
+
+def test_package_exports_the_contract() -> None:
+    assert dalle_nodes.NODE_CLASS_MAPPINGS is NODE_CLASS_MAPPINGS
+    assert set(NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_CLASS_MAPPINGS)
+    assert not runtime.IN_COMFYUI
+    for node_id, (required, outputs) in CONTRACT.items():
+        cls = NODE_CLASS_MAPPINGS[node_id]
+        types = cls.INPUT_TYPES()
+        assert required <= set(types["required"]), node_id
+        assert cls.RETURN_TYPES == outputs
+        assert callable(getattr(cls, cls.FUNCTION)) and cls.CATEGORY and cls.DESCRIPTION
+        for name, spec in {**types["required"], **types.get("optional", {})}.items():
+            if isinstance(spec[0], str) and spec[0] in ("INT", "FLOAT", "STRING", "BOOLEAN") or isinstance(spec[0], list):
+                assert "tooltip" in spec[1] or name in ("seed", "vq_vae", "latent"), f"{node_id}.{name} has no tooltip"
+
+
+def test_decoder_defaults_follow_the_contract() -> None:
+    required = NODE_CLASS_MAPPINGS["DalleDecoderSample"].INPUT_TYPES()["required"]
+    assert (required["width"][1]["default"], required["height"][1]["default"]) == (768, 768)
+    assert (required["steps"][1]["default"], required["guidance"][1]["default"]) == (50, 4.0)
+    prior = NODE_CLASS_MAPPINGS["DallePriorSample"].INPUT_TYPES()["required"]
+    assert (prior["steps"][1]["default"], prior["guidance"][1]["default"]) == (25, 4.0)
+    loader = NODE_CLASS_MAPPINGS["DalleLoadPrior"].INPUT_TYPES()["required"]
+    assert loader["repo_id"][1]["default"] == "kandinsky-community/kandinsky-2-2-prior"
+
+
+@pytest.fixture()
+def models(tiny_prior_repo, tiny_decoder_repo):
+    prior, text_encoder = call("DalleLoadPrior", repo_id=str(tiny_prior_repo), dtype="fp32")
+    decoder, vq_vae = call("DalleLoadDecoder", repo_id=str(tiny_decoder_repo), dtype="fp32")
+    return prior, text_encoder, decoder, vq_vae
+
+
+@pytest.mark.parametrize("sampler, karras", [("ddpm", False), ("ddim", False), ("dpmpp_2m", True), ("euler_ancestral", False)])
+def test_every_sampler_runs_the_chain(models, sampler, karras) -> None:
+    prior, text_encoder, decoder, vq_vae = models
+    (positive,) = call("DalleTextEncode", text_encoder=text_encoder, text="a cat")
+    (embeds,) = call("DallePriorSample", prior=prior, positive=positive, steps=3, batch_size=2, seed=1)
+    (latent,) = call("DalleDecoderSample", decoder=decoder, image_embeds=embeds, width=64, height=128, steps=4,
+                     sampler=sampler, karras=karras, seed=5)
+    (image,) = call("DalleVQDecode", vq_vae=vq_vae, latent=latent)
+    assert image.shape == (2, 128, 64, 3) and image.dtype == torch.float32
+    assert torch.isfinite(image).all() and 0 <= image.min() and image.max() <= 1
+    assert not torch.equal(image[0], image[1])  # the batch holds different samples
+
+
+def test_same_seed_same_image_other_seed_other_image(models) -> None:
+    prior, text_encoder, decoder, _ = models
+    (positive,) = call("DalleTextEncode", text_encoder=text_encoder, text="a dog")
+
+    def latent(seed: int) -> torch.Tensor:
+        (embeds,) = call("DallePriorSample", prior=prior, positive=positive, steps=3, seed=seed)
+        return call("DalleDecoderSample", decoder=decoder, image_embeds=embeds, width=64, height=64, steps=3, seed=seed)[0]["samples"]
+
+    assert torch.equal(latent(3), latent(3))
+    assert not torch.allclose(latent(3), latent(4))
+
+
+def test_loaded_models_are_reused(tiny_prior_repo, tiny_decoder_repo) -> None:
+    first = call("DalleLoadPrior", repo_id=str(tiny_prior_repo), dtype="fp32")
+    assert call("DalleLoadPrior", repo_id=str(tiny_prior_repo), dtype="fp32") is first
+    other = call("DalleLoadPrior", repo_id=str(tiny_prior_repo), dtype="bf16")
+    assert other is not first and next(other[0].prior.module.parameters()).dtype == torch.bfloat16
+
+
+def test_zero_image_embedding_is_computed_once_and_cached_on_disk(tiny_prior_repo, monkeypatch) -> None:
+    from diffusers import KandinskyV22PriorPipeline
+
+    loaders._loaded.clear()
+    prior, _ = call("DalleLoadPrior", repo_id=str(tiny_prior_repo), dtype="fp32")
+    embed = prior.zero_image_embed()
+    reference = KandinskyV22PriorPipeline.from_pretrained(tiny_prior_repo).get_zero_embed(device="cpu")
+    assert torch.allclose(embed, reference, atol=1e-6)
+    assert len(list((runtime.cache_dir() / "zero_image_embeds").glob("*.safetensors"))) == 1
+
+    def image_encoder_must_not_load(*args, **kwargs):
+        raise AssertionError("the image encoder was loaded although its zero embedding is cached")
+
+    monkeypatch.setattr(clip, "load_image_encoder", image_encoder_must_not_load)
+    loaders._loaded.clear()
+    prior, _ = call("DalleLoadPrior", repo_id=str(tiny_prior_repo), dtype="fp32")
+    assert torch.equal(prior.zero_image_embed(), embed)
+
+
+def test_img2img_matches_diffusers(models, tiny_decoder_repo) -> None:
+    from diffusers import KandinskyV22Img2ImgPipeline
+
+    prior, text_encoder, decoder, vq_vae = models
+    (positive,) = call("DalleTextEncode", text_encoder=text_encoder, text="a cat")
+    (embeds,) = call("DallePriorSample", prior=prior, positive=positive, steps=3, seed=2)
+    # square: the reference's image_processor.preprocess(image, width, height) swaps the two, so non-square
+    # images are resized there (the txt2img chain test covers non-square sizes)
+    image = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(0))
+    (latent,) = call("DalleVQEncode", vq_vae=vq_vae, image=image)
+    (ours,) = call("DalleDecoderSample", decoder=decoder, image_embeds=embeds, latent=latent, denoise=0.6,
+                   steps=10, seed=9)
+
+    pipe = KandinskyV22Img2ImgPipeline.from_pretrained(tiny_decoder_repo)
+    pipe.set_progress_bar_config(disable=True)
+    reference = pipe(
+        image=image.permute(0, 3, 1, 2), image_embeds=embeds.positive, negative_image_embeds=embeds.negative,
+        width=128, height=128, num_inference_steps=10, strength=0.6, guidance_scale=4.0,
+        generator=torch.Generator("cpu").manual_seed(9), output_type="latent",
+    ).images
+    assert ((ours["samples"] - reference).abs().max() / reference.abs().max()).item() < 1e-4
+
+
+@pytest.mark.parametrize("inputs, message", [
+    ({"width": 100}, "width 100 is not supported: use a multiple of 64 between 64 and 4096 \\(e.g. 128\\)"),
+    ({"height": 8192}, "height 8192 is not supported"),
+    ({"steps": 0}, "steps must be at least 1"),
+    ({"sampler": "heun"}, "Unknown sampler 'heun'"),
+    ({"karras": True}, "karras sigmas apply to the dpmpp_2m sampler only"),
+    ({"denoise": 0.5}, "denoise below 1 needs a starting latent"),
+    ({"latent": {"samples": torch.zeros(1, 16, 8, 8)}}, "latent has 16 channels"),
+])
+def test_decoder_input_errors(models, inputs, message) -> None:
+    prior, text_encoder, decoder, _ = models
+    (positive,) = call("DalleTextEncode", text_encoder=text_encoder, text="a cat")
+    (embeds,) = call("DallePriorSample", prior=prior, positive=positive, steps=2)
+    with pytest.raises(ValueError, match=message):
+        call("DalleDecoderSample", decoder=decoder, image_embeds=embeds, **{"width": 64, "height": 64, **inputs})
+
+
+@pytest.mark.parametrize("text", ["", "   \n"])
+def test_empty_prompt_is_refused(models, text) -> None:
+    with pytest.raises(ValueError, match="The prompt is empty"):
+        call("DalleTextEncode", text_encoder=models[1], text=text)
+
+
+@pytest.mark.parametrize("inputs, message", [({"steps": 1}, "steps must be at least 2"), ({"batch_size": 0}, "batch_size must be at least 1")])
+def test_prior_input_errors(models, inputs, message) -> None:
+    (positive,) = call("DalleTextEncode", text_encoder=models[1], text="a cat")
+    with pytest.raises(ValueError, match=message):
+        call("DallePriorSample", prior=models[0], positive=positive, **inputs)
+
+
+def test_vq_encode_needs_multiples_of_8(models) -> None:
+    with pytest.raises(ValueError, match="70x64 is not a multiple of 8"):
+        call("DalleVQEncode", vq_vae=models[3], image=torch.rand(1, 64, 70, 3))
+
+
+def test_empty_repo_id(models) -> None:
+    with pytest.raises(ValueError, match="repo_id is empty"):
+        call("DalleLoadPrior", repo_id="  ")
