@@ -42,6 +42,20 @@ def check_scheduler(source: Source, expected: dict) -> None:
         )
 
 
+# Attention parameter names of diffusers before 0.14; older VQ/VAE checkpoints still carry them.
+_LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+def modern_attention_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename `…attentions.N.query.weight` style keys to today's `…to_q.weight` (what diffusers does on load)."""
+    def rename(key: str) -> str:
+        module, _, param = key.rpartition(".")
+        owner, _, name = module.rpartition(".")
+        return f"{owner}.{_LEGACY_ATTENTION[name]}.{param}" if owner and name in _LEGACY_ATTENTION else key
+
+    return {rename(key): value for key, value in state.items()}
+
+
 def _load(source: Source, subfolder: str, expect: str, config_cls, module_cls, dtype: torch.dtype, what: str,
           scheduler: dict | None = None):
     config = fetch_config(source, subfolder, expect=expect)
@@ -51,7 +65,7 @@ def _load(source: Source, subfolder: str, expect: str, config_cls, module_cls, d
         parsed = config_cls.from_diffusers(config)
     except ValueError as error:
         raise CheckpointError(f"{source.describe()}/{subfolder}: {error}") from error
-    state = read_state_dict(fetch_weights(source, subfolder), dtype)
+    state = modern_attention_keys(read_state_dict(fetch_weights(source, subfolder), dtype))
     return load_strict(lambda: module_cls(parsed), state, f"{what} of {source.describe()}")
 
 

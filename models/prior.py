@@ -4,13 +4,14 @@ A causal transformer over 81 tokens: 77 projected text states, then the pooled t
 the noisy image embedding and a learned "prd" token whose output is the predicted clean image embedding.
 Module names mirror diffusers' `PriorTransformer`, so its safetensors load with `strict=True`.
 """
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+
+from .timestep import TimestepMLP, timestep_embedding
 
 # diffusers' PriorTransformer defaults, used for keys a config.json leaves out.
 _DIFFUSERS_DEFAULTS = dict(
@@ -63,14 +64,6 @@ class PriorConfig:
             if settings[key] not in allowed:
                 raise ValueError(f"unsupported prior setting {key}={settings[key]!r}; supported: {allowed}")
         return cfg
-
-
-def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """[B] -> [B, dim] float32 sinusoids ordered [cos | sin], as diffusers' Timesteps(dim, True, 0)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
-    angles = timesteps.float()[:, None] * freqs[None, :]  # [B, half]
-    return torch.cat([angles.cos(), angles.sin()], dim=-1)
 
 
 def attention_bias(text_mask: Tensor, num_extra: int, dtype: torch.dtype) -> Tensor:
@@ -130,7 +123,7 @@ class PriorTransformer(nn.Module):
         super().__init__()
         self.config = config
         width, dim = config.width, config.embedding_dim
-        self.time_embedding = nn.ModuleDict({"linear_1": nn.Linear(width, width), "linear_2": nn.Linear(width, width)})
+        self.time_embedding = TimestepMLP(width, width)
         self.proj_in = nn.Linear(dim, width)
         self.embedding_proj = nn.Linear(dim, width)
         self.encoder_hidden_states_proj = nn.Linear(dim, width)
@@ -152,7 +145,7 @@ class PriorTransformer(nn.Module):
         batch = noisy_embeds.shape[0]
         timesteps = timestep.to(noisy_embeds.device).reshape(-1).expand(batch)  # [B]
         time = timestep_embedding(timesteps, self.config.width).to(noisy_embeds.dtype)  # [B, W]
-        time = self.time_embedding["linear_2"](F.silu(self.time_embedding["linear_1"](time)))
+        time = self.time_embedding(time)
 
         x = torch.cat([
             self.encoder_hidden_states_proj(text_states),  # [B, 77, W]

@@ -13,7 +13,6 @@ safetensors load with strict=True. The layout, from the top:
 Karlo's decoder shares this trunk; it would replace `conditioning` (identity class embedding, text-projection
 context) and pass a padding mask for its text tokens to the attention layers.
 """
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+
+from .timestep import TimestepMLP, timestep_embedding
 
 
 @dataclass
@@ -116,14 +117,6 @@ _ABSENT_FEATURES = (
     "time_embedding_dim", "time_embedding_act_fn", "timestep_post_act", "num_attention_heads", "only_cross_attention",
     "mid_block_only_cross_attention", "cross_attention_norm", "resnet_skip_time_act", "dropout",
 )
-
-
-def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """Sinusoidal embedding [B, dim] in float32, cosines first (diffusers' flip_sin_to_cos=True, freq_shift=0)."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
-    angles = timesteps.float()[:, None] * freqs
-    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
 def downsample(x: Tensor) -> Tensor:
@@ -234,16 +227,6 @@ class UpLevel(nn.Module):
         if self.upsamplers is not None:
             h = self.upsamplers[0](h, emb)
         return h
-
-
-class TimestepMLP(nn.Module):
-    def __init__(self, in_dim: int, dim: int):
-        super().__init__()
-        self.linear_1 = nn.Linear(in_dim, dim)
-        self.linear_2 = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.linear_2(F.silu(self.linear_1(x)))
 
 
 class ImageContext(nn.Module):

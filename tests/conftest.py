@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -20,11 +22,7 @@ if "dalle_nodes" not in sys.modules:
     sys.modules["dalle_nodes"] = module
     spec.loader.exec_module(module)
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests share tiny_repos.py (tiny checkpoints in the Hub layout)
-
-import pytest  # noqa: E402
-
-import tiny_repos  # noqa: E402
+import tiny_repos  # noqa: E402  (tests/ is on sys.path: pyproject's pythonpath)
 
 
 @pytest.fixture(scope="session")

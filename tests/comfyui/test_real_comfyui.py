@@ -16,8 +16,9 @@ from PIL import Image
 from dalle_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from test_workflows import CORE_NODES, WORKFLOWS
 
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 pytestmark = pytest.mark.skipif(
-    not (Path(os.environ.get("COMFYUI_PATH", "")) / "main.py").is_file() or not os.environ.get("COMFYUI_PATH"),
+    not COMFYUI_PATH or not (Path(COMFYUI_PATH) / "main.py").is_file(),
     reason="set COMFYUI_PATH to a ComfyUI checkout (and COMFYUI_PYTHON to its interpreter) to run",
 )
 
@@ -35,7 +36,7 @@ def text2image(**decoder_inputs) -> dict:
     graph = json.loads((WORKFLOWS / f"{TEXT2IMAGE}.api.json").read_text(encoding="utf-8"))
     graph[node_id(graph, "DallePriorSample")]["inputs"]["steps"] = 3
     decoder = graph[node_id(graph, "DalleDecoderSample")]["inputs"]
-    decoder.update(width=WIDTH, height=HEIGHT, steps=4, **decoder_inputs)
+    decoder.update({"width": WIDTH, "height": HEIGHT, "steps": 4, **decoder_inputs})
     return graph
 
 

@@ -192,3 +192,23 @@ def test_corrupt_text_encoder(tiny_prior_repo, tmp_path) -> None:
     weights.write_bytes(weights.read_bytes()[:500])
     with pytest.raises(CheckpointError, match="model.safetensors' is corrupt"):
         DalleLoadPrior().load(str(repo), "main", "fp32")
+
+
+def test_movq_with_legacy_attention_names_loads(tiny_decoder_repo, tmp_path) -> None:
+    """Checkpoints saved before diffusers 0.14 name attention layers query/key/value/proj_attn."""
+    from safetensors.torch import save_file
+
+    repo = copy_repo(tiny_decoder_repo, tmp_path / "decoder")
+    weights = repo / "movq" / "diffusion_pytorch_model.safetensors"
+    modern = hub.read_state_dict(weights)
+    legacy_names = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+    legacy = {}
+    for key, value in modern.items():
+        for new, old in legacy_names.items():
+            if "attentions" in key and f".{new}." in key:
+                key = key.replace(f".{new}.", f".{old}.")
+        legacy[key] = value
+    assert any(".query." in key for key in legacy)
+    save_file(legacy, weights)
+    movq = kandinsky22.load_movq(Source(str(repo)), torch.float32)
+    assert all(torch.equal(movq.state_dict()[k], v) for k, v in modern.items())
