@@ -86,3 +86,24 @@ def zero_image_embed(encoder: "CLIPVisionModelWithProjection") -> torch.Tensor:
     size = encoder.config.image_size
     zeros = torch.zeros(1, 3, size, size, device=encoder.device, dtype=encoder.dtype)
     return encoder(zeros).image_embeds
+
+
+def load_image_processor(folder: Path):
+    """CLIP's own preprocessing (resize the short side to 224, center crop, normalize) from image_processor/."""
+    from transformers import CLIPImageProcessor
+
+    try:
+        return CLIPImageProcessor.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"The CLIP image processor in '{folder}' could not be loaded: {error}") from error
+
+
+def encode_images(processor, encoder: "CLIPVisionModelWithProjection", images: torch.Tensor) -> torch.Tensor:
+    """[B, H, W, 3] floats in 0..1 → [B, D] CLIP image embeddings.
+
+    Images go in as 8-bit arrays, exactly what the reference gets from a PIL image, so a PNG loaded in ComfyUI
+    embeds identically.
+    """
+    pixels = (images[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    batch = processor(images=list(pixels), return_tensors="pt").pixel_values
+    return encoder(batch.to(encoder.device, encoder.dtype)).image_embeds

@@ -1,6 +1,7 @@
 """ComfyUI-facing node classes, one module per stage; thin: validate, call models/, convert types."""
 from .decoder import DalleDecoderSample
-from .loaders import DalleLoadDecoder, DalleLoadPrior
+from .embeds import DalleImageEncode, DalleMixEmbeds
+from .loaders import DalleLoadDecoder, DalleLoadImageEncoder, DalleLoadPrior
 from .prior import DallePriorSample
 from .text import DalleTextEncode
 from .vae import DalleVQDecode, DalleVQEncode
@@ -8,8 +9,11 @@ from .vae import DalleVQDecode, DalleVQEncode
 NODE_CLASS_MAPPINGS = {
     "DalleLoadPrior": DalleLoadPrior,
     "DalleLoadDecoder": DalleLoadDecoder,
+    "DalleLoadImageEncoder": DalleLoadImageEncoder,
     "DalleTextEncode": DalleTextEncode,
     "DallePriorSample": DallePriorSample,
+    "DalleImageEncode": DalleImageEncode,
+    "DalleMixEmbeds": DalleMixEmbeds,
     "DalleDecoderSample": DalleDecoderSample,
     "DalleVQDecode": DalleVQDecode,
     "DalleVQEncode": DalleVQEncode,
@@ -18,8 +22,11 @@ NODE_CLASS_MAPPINGS = {
 NODE_DISPLAY_NAME_MAPPINGS = {
     "DalleLoadPrior": "Load DALL·E 2 Prior (Kandinsky 2.2)",
     "DalleLoadDecoder": "Load DALL·E 2 Decoder (Kandinsky 2.2)",
+    "DalleLoadImageEncoder": "Load DALL·E 2 Image Encoder (CLIP ViT-bigG)",
     "DalleTextEncode": "DALL·E Text Encode",
     "DallePriorSample": "DALL·E Prior Sample",
+    "DalleImageEncode": "DALL·E Image Encode (CLIP)",
+    "DalleMixEmbeds": "DALL·E Mix Image Embeds",
     "DalleDecoderSample": "DALL·E Decoder Sample",
     "DalleVQDecode": "DALL·E VQ Decode (MoVQ)",
     "DalleVQEncode": "DALL·E VQ Encode (MoVQ)",

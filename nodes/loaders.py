@@ -47,6 +47,14 @@ class TextEncoder:
 
 
 @dataclass
+class ImageEncoder:
+    """DALLE_IMAGE_ENCODER: CLIP ViT-bigG image tower with its preprocessing."""
+
+    processor: object
+    encoder: runtime.ManagedModule
+
+
+@dataclass
 class DecoderModel:
     """DALLE_DECODER: the latent diffusion UNet conditioned on image embeddings."""
 
@@ -145,6 +153,31 @@ class DalleLoadPrior:
             )
 
         return _reuse("prior", (source, torch_dtype), build)
+
+
+class DalleLoadImageEncoder:
+    DESCRIPTION = ("Loads the CLIP ViT-bigG image encoder of the Kandinsky 2.2 prior repo: embeds images for "
+                   "variations and for mixing images with prompts.")
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("DALLE_IMAGE_ENCODER",)
+    RETURN_NAMES = ("image_encoder",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return _loader_inputs(kandinsky22.PRIOR_REPO, "prior (its image_encoder/ and image_processor/)")
+
+    def load(self, repo_id: str, revision: str, dtype: str) -> tuple[ImageEncoder]:
+        source = _source(repo_id, revision)
+        torch_dtype = runtime.resolve_dtype(dtype)
+
+        def build() -> tuple[ImageEncoder]:
+            fetch_config(source, "image_encoder", expect="CLIPVisionModelWithProjection")
+            folder = fetch_weights(source, "image_encoder", TRANSFORMERS_WEIGHTS).parent
+            processor = clip.load_image_processor(fetch_file(source, "image_processor", "preprocessor_config.json").parent)
+            return (ImageEncoder(processor, runtime.ManagedModule(clip.load_image_encoder(folder, torch_dtype))),)
+
+        return _reuse("image_encoder", (source, torch_dtype), build)
 
 
 class DalleLoadDecoder:

@@ -77,7 +77,7 @@ def write_prior_repo(root: Path, seed: int = 0) -> Path:
 
     vision = real_config(PRIOR_CONFIGS / "image_encoder" / "config.json")
     vision.update(hidden_size=12, projection_dim=WIDTH, intermediate_size=24, num_hidden_layers=2,
-                  num_attention_heads=2, image_size=28, patch_size=14)
+                  num_attention_heads=2)  # real image_size 224 and patch 14, as the image processor expects
     _randomize(CLIPVisionModelWithProjection(CLIPVisionConfig(**vision)), seed + 1).save_pretrained(root / "image_encoder")
 
     prior = {k: v for k, v in real_config(PRIOR_CONFIGS / "prior" / "config.json").items() if not k.startswith("_")}

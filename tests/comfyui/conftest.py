@@ -26,6 +26,7 @@ import tiny_repos
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 120
 PROMPT_TIMEOUT_S = 90
+LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never goes through a proxy
 
 
 @dataclass
@@ -40,7 +41,7 @@ class ComfyUI:
         data = json.dumps(payload).encode() if payload is not None else None
         req = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=30) as response:
+            with LOCAL.open(req, timeout=30) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as error:
             return error.code, error.read()
@@ -135,11 +136,11 @@ def comfyui(tmp_path_factory) -> Iterator[ComfyUI]:
             process.wait()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> pytest.TestReport:
     """Attach the server log to every failing test that used the server."""
-    outcome = yield
-    report = outcome.get_result()
+    report = yield
     server = getattr(item, "funcargs", {}).get("comfyui")
     if report.failed and isinstance(server, ComfyUI):
         report.sections.append(("ComfyUI server log (tail)", server.log.read_text(errors="replace")[-20000:]))
+    return report
