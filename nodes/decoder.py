@@ -27,7 +27,7 @@ class DalleDecoderSample:
                                   "tooltip": "Image width in pixels, a multiple of 64. Ignored when a latent is connected."}),
                 "height": ("INT", {"default": 768, "min": 64, "max": 4096, "step": 64,
                                    "tooltip": "Image height in pixels, a multiple of 64. Ignored when a latent is connected."}),
-                "steps": ("INT", {"default": 50, "min": 1, "max": 1000, "tooltip": "Decoder denoising steps."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 999, "tooltip": "Decoder denoising steps."}),
                 "guidance": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 100.0, "step": 0.1,
                                        "tooltip": "Classifier-free guidance; 1 or less turns it off."}),
                 "sampler": (list(sampling.DECODER_SAMPLERS), {"default": "ddpm",

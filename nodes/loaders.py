@@ -116,88 +116,79 @@ def _source(repo_id: str, revision: str) -> Source:
     return Source(repo_id, revision.strip() or None, runtime.model_store())
 
 
-def _loader_inputs(default_repo: str, what: str) -> dict:
-    return {
-        "required": {
-            "repo_id": ("STRING", {"default": default_repo, "tooltip": f"Hub repo id of the {what}, or a local folder in the same layout."}),
-            "revision": ("STRING", {"default": "main", "tooltip": REVISION_TOOLTIP}),
-            "dtype": (list(runtime.DTYPES), {"default": "auto", "tooltip": DTYPE_TOOLTIP}),
-        }
-    }
+class HubLoader:
+    """Shared body of the loader nodes: repo id, revision and dtype in; the models of `build` out, reused while
+    those inputs stay the same."""
 
-
-class DalleLoadPrior:
-    DESCRIPTION = "Loads the Kandinsky 2.2 diffusion prior and its CLIP ViT-bigG text encoder (DALL·E 2's first stage)."
     CATEGORY = CATEGORY
+    FUNCTION = "load"
+    DEFAULT_REPO = ""
+    CONTENTS = ""  # what the repo must hold, for the tooltip
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        tooltip = f"Hub repo id of the {cls.CONTENTS}, or a local folder in the same layout."
+        return {
+            "required": {
+                "repo_id": ("STRING", {"default": cls.DEFAULT_REPO, "tooltip": tooltip}),
+                "revision": ("STRING", {"default": "main", "tooltip": REVISION_TOOLTIP}),
+                "dtype": (list(runtime.DTYPES), {"default": "auto", "tooltip": DTYPE_TOOLTIP}),
+            }
+        }
+
+    def load(self, repo_id: str, revision: str, dtype: str) -> tuple:
+        source = _source(repo_id, revision)
+        torch_dtype = runtime.resolve_dtype(dtype)
+        return _reuse(type(self).__name__, (source, torch_dtype), lambda: self.build(source, torch_dtype))
+
+    def build(self, source: Source, dtype: torch.dtype) -> tuple:
+        raise NotImplementedError
+
+
+class DalleLoadPrior(HubLoader):
+    DESCRIPTION = "Loads the Kandinsky 2.2 diffusion prior and its CLIP ViT-bigG text encoder (DALL·E 2's first stage)."
     RETURN_TYPES = ("DALLE_PRIOR", "DALLE_TEXT_ENCODER")
     RETURN_NAMES = ("prior", "text_encoder")
-    FUNCTION = "load"
+    DEFAULT_REPO = kandinsky22.PRIOR_REPO
+    CONTENTS = "prior (with prior/, text_encoder/, tokenizer/, image_encoder/)"
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return _loader_inputs(kandinsky22.PRIOR_REPO, "prior (with prior/, text_encoder/, tokenizer/, image_encoder/)")
-
-    def load(self, repo_id: str, revision: str, dtype: str) -> tuple[PriorModel, TextEncoder]:
-        source = _source(repo_id, revision)
-        torch_dtype = runtime.resolve_dtype(dtype)
-
-        def build() -> tuple[PriorModel, TextEncoder]:
-            prior = kandinsky22.load_prior(source, torch_dtype)
-            fetch_config(source, "text_encoder", expect="CLIPTextModelWithProjection")
-            text_folder = fetch_weights(source, "text_encoder", TRANSFORMERS_WEIGHTS).parent
-            for name in TOKENIZER_FILES:
-                tokenizer_folder = fetch_file(source, "tokenizer", name).parent
-            return (
-                PriorModel(runtime.ManagedModule(prior), source, torch_dtype),
-                TextEncoder(clip.load_tokenizer(tokenizer_folder), runtime.ManagedModule(clip.load_text_encoder(text_folder, torch_dtype))),
-            )
-
-        return _reuse("prior", (source, torch_dtype), build)
+    def build(self, source: Source, dtype: torch.dtype) -> tuple[PriorModel, TextEncoder]:
+        prior = kandinsky22.load_prior(source, dtype)
+        fetch_config(source, "text_encoder", expect="CLIPTextModelWithProjection")
+        text_folder = fetch_weights(source, "text_encoder", TRANSFORMERS_WEIGHTS).parent
+        for name in TOKENIZER_FILES:  # the tokenizer reads its whole folder: fetch every file it needs first
+            tokenizer_file = fetch_file(source, "tokenizer", name)
+        tokenizer = clip.load_tokenizer(tokenizer_file.parent)
+        text_encoder = clip.load_text_encoder(text_folder, dtype)
+        return (
+            PriorModel(runtime.ManagedModule(prior), source, dtype),
+            TextEncoder(tokenizer, runtime.ManagedModule(text_encoder)),
+        )
 
 
-class DalleLoadImageEncoder:
+class DalleLoadImageEncoder(HubLoader):
     DESCRIPTION = ("Loads the CLIP ViT-bigG image encoder of the Kandinsky 2.2 prior repo: embeds images for "
                    "variations and for mixing images with prompts.")
-    CATEGORY = CATEGORY
     RETURN_TYPES = ("DALLE_IMAGE_ENCODER",)
     RETURN_NAMES = ("image_encoder",)
-    FUNCTION = "load"
+    DEFAULT_REPO = kandinsky22.PRIOR_REPO
+    CONTENTS = "prior (its image_encoder/ and image_processor/)"
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return _loader_inputs(kandinsky22.PRIOR_REPO, "prior (its image_encoder/ and image_processor/)")
-
-    def load(self, repo_id: str, revision: str, dtype: str) -> tuple[ImageEncoder]:
-        source = _source(repo_id, revision)
-        torch_dtype = runtime.resolve_dtype(dtype)
-
-        def build() -> tuple[ImageEncoder]:
-            fetch_config(source, "image_encoder", expect="CLIPVisionModelWithProjection")
-            folder = fetch_weights(source, "image_encoder", TRANSFORMERS_WEIGHTS).parent
-            processor = clip.load_image_processor(fetch_file(source, "image_processor", "preprocessor_config.json").parent)
-            return (ImageEncoder(processor, runtime.ManagedModule(clip.load_image_encoder(folder, torch_dtype))),)
-
-        return _reuse("image_encoder", (source, torch_dtype), build)
+    def build(self, source: Source, dtype: torch.dtype) -> tuple[ImageEncoder]:
+        fetch_config(source, "image_encoder", expect="CLIPVisionModelWithProjection")
+        folder = fetch_weights(source, "image_encoder", TRANSFORMERS_WEIGHTS).parent
+        processor = clip.load_image_processor(fetch_file(source, "image_processor", "preprocessor_config.json").parent)
+        return (ImageEncoder(processor, runtime.ManagedModule(clip.load_image_encoder(folder, dtype))),)
 
 
-class DalleLoadDecoder:
+class DalleLoadDecoder(HubLoader):
     DESCRIPTION = "Loads the Kandinsky 2.2 latent decoder UNet and its MoVQ image autoencoder (DALL·E 2's second stage)."
-    CATEGORY = CATEGORY
     RETURN_TYPES = ("DALLE_DECODER", "DALLE_VQ_VAE")
     RETURN_NAMES = ("decoder", "vq_vae")
-    FUNCTION = "load"
+    DEFAULT_REPO = kandinsky22.DECODER_REPO
+    CONTENTS = "decoder (with unet/, movq/, scheduler/)"
 
-    @classmethod
-    def INPUT_TYPES(cls) -> dict:
-        return _loader_inputs(kandinsky22.DECODER_REPO, "decoder (with unet/, movq/, scheduler/)")
-
-    def load(self, repo_id: str, revision: str, dtype: str) -> tuple[DecoderModel, VQModel]:
-        source = _source(repo_id, revision)
-        torch_dtype = runtime.resolve_dtype(dtype)
-
-        def build() -> tuple[DecoderModel, VQModel]:
-            unet = kandinsky22.load_unet(source, torch_dtype)
-            movq = kandinsky22.load_movq(source, torch_dtype)
-            return DecoderModel(runtime.ManagedModule(unet)), VQModel(runtime.ManagedModule(movq))
-
-        return _reuse("decoder", (source, torch_dtype), build)
+    def build(self, source: Source, dtype: torch.dtype) -> tuple[DecoderModel, VQModel]:
+        unet = kandinsky22.load_unet(source, dtype)
+        movq = kandinsky22.load_movq(source, dtype)
+        return DecoderModel(runtime.ManagedModule(unet)), VQModel(runtime.ManagedModule(movq))

@@ -108,7 +108,7 @@ class Progress:
         else:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, leave=False, disable=os.environ.get("DALLE_NODES_QUIET") == "1")
+            self.bar = tqdm(total=total, desc=desc, leave=False)
 
     def update(self, n: int = 1) -> None:
         check_interrupt()

@@ -39,4 +39,3 @@ def tiny_decoder_repo(tmp_path_factory) -> Path:
 def isolated_home(tmp_path, monkeypatch) -> None:
     """Downloads and caches go to a per-test folder, never the user's home."""
     monkeypatch.setenv("DALLE_NODES_HOME", str(tmp_path / "dalle-home"))
-    monkeypatch.setenv("DALLE_NODES_QUIET", "1")

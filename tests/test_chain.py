@@ -15,8 +15,8 @@ PRIOR_STEPS, DECODER_STEPS, GUIDANCE = 5, 6, 4.0
 def reference(prior_repo, decoder_repo, negative: str | None, batch: int, seed: int, output_type: str):
     from diffusers import KandinskyV22Pipeline, KandinskyV22PriorPipeline
 
-    prior_pipe = KandinskyV22PriorPipeline.from_pretrained(prior_repo, torch_dtype=torch.float32)
-    decoder_pipe = KandinskyV22Pipeline.from_pretrained(decoder_repo, torch_dtype=torch.float32)
+    prior_pipe = KandinskyV22PriorPipeline.from_pretrained(prior_repo, dtype=torch.float32)
+    decoder_pipe = KandinskyV22Pipeline.from_pretrained(decoder_repo, dtype=torch.float32)
     for pipe in (prior_pipe, decoder_pipe):
         pipe.set_progress_bar_config(disable=True)
     embeds = prior_pipe(

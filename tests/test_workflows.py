@@ -84,7 +84,8 @@ def api_errors(graph: dict) -> list[str]:
             continue
         declared = declared_inputs(spec)
         missing = set(spec.inputs.get("required", {})) - set(node["inputs"])
-        errors += [f"node {node_id} ({node['class_type']}): required input {name!r} missing" for name in sorted(missing)]
+        errors += [f"node {node_id} ({node['class_type']}): required input {name!r} missing"
+                   for name in sorted(missing)]
         for name, value in node["inputs"].items():
             where = f"node {node_id} ({node['class_type']}).{name}"
             if name not in declared:
@@ -139,7 +140,8 @@ def ui_mismatches(ui: dict, api: dict) -> list[str]:
     api_links = {(value[0], value[1], node_id, name) for node_id, node in api.items()
                  for name, value in node["inputs"].items() if isinstance(value, list)}
     if ui_links != api_links:
-        errors.append(f"links only in the UI file: {sorted(ui_links - api_links)}; only in the API file: {sorted(api_links - ui_links)}")
+        errors.append(f"links only in the UI file: {sorted(ui_links - api_links)}; "
+                      f"only in the API file: {sorted(api_links - ui_links)}")
 
     for node_id, node in nodes.items():
         if node_id not in api or api[node_id]["class_type"] != node["type"]:
@@ -154,7 +156,7 @@ def ui_mismatches(ui: dict, api: dict) -> list[str]:
         for name, value in zip(names, values):
             if name is None:
                 if value not in SEED_CONTROLS:
-                    errors.append(f"node {node_id}: control_after_generate {value!r} is not one of {sorted(SEED_CONTROLS)}")
+                    errors.append(f"node {node_id}: control_after_generate {value!r} not in {sorted(SEED_CONTROLS)}")
             elif not isinstance(inputs.get(name), list) and inputs.get(name) != value:
                 errors.append(f"node {node_id}.{name}: UI {value!r} ≠ API {inputs.get(name)!r}")
     return errors
@@ -222,8 +224,11 @@ def test_api_check_catches(how: str) -> None:
     assert any(expected in error for error in api_errors(graph)), api_errors(graph)
 
 
-@pytest.mark.parametrize("how, expected", [("widget value", "UI 512 ≠ API 768"), ("missing seed control", "widget values for"),
-                                           ("unlinked negative", "only in the API file: [('3', 0, '4', 'negative')]")])
+@pytest.mark.parametrize("how, expected", [
+    ("widget value", "UI 512 ≠ API 768"),
+    ("missing seed control", "widget values for"),
+    ("unlinked negative", "only in the API file: [('3', 0, '4', 'negative')]"),
+])
 def test_ui_check_catches(how: str, expected: str) -> None:
     ui, api = load(WORKFLOWS / "kandinsky22_text2image.json"), load(WORKFLOWS / "kandinsky22_text2image.api.json")
     broken = copy.deepcopy(ui)

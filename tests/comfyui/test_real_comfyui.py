@@ -40,6 +40,16 @@ def text2image(**decoder_inputs) -> dict:
     return graph
 
 
+def errors(entry: dict) -> list[dict]:
+    return [details for kind, details in entry["status"]["messages"] if kind == "execution_error"]
+
+
+def why(entry: dict) -> str:
+    """A finished prompt's execution errors in one line (pytest would cut the raw status messages short)."""
+    return "; ".join(f"{e['node_type']} (node {e['node_id']}): {e['exception_type']}: {e['exception_message']}"
+                     for e in errors(entry)) or entry["status"]["status_str"]
+
+
 def names(inputs: dict, section: str) -> set[str]:
     return set(inputs.get(section, {}))
 
@@ -69,7 +79,7 @@ def test_ui_workflow_offered_as_template(comfyui) -> None:
 def test_shipped_workflow_runs(comfyui) -> None:
     graph = text2image()
     entry = comfyui.run(graph)
-    assert entry["status"]["status_str"] == "success", entry["status"]["messages"]
+    assert entry["status"]["status_str"] == "success", why(entry)
     (image,) = entry["outputs"][node_id(graph, "SaveImage")]["images"]
     assert image["type"] == "output" and image["filename"].startswith("kandinsky22")
     assert (comfyui.base / "output" / image["subfolder"] / image["filename"]).is_file()
@@ -81,23 +91,22 @@ def test_out_of_range_input_refused_before_running(comfyui) -> None:
     graph = text2image(width=32)  # below the declared min of 64: ComfyUI's own validation catches it
     status, answer = comfyui.queue(graph)
     assert status == 400
-    errors = answer["node_errors"][node_id(graph, "DalleDecoderSample")]
-    assert errors["class_type"] == "DalleDecoderSample"
-    assert [error["type"] for error in errors["errors"]] == ["value_smaller_than_min"]
+    refused = answer["node_errors"][node_id(graph, "DalleDecoderSample")]
+    assert refused["class_type"] == "DalleDecoderSample"
+    assert [error["type"] for error in refused["errors"]] == ["value_smaller_than_min"]
 
 
 def test_bad_width_is_reported_and_server_recovers(comfyui) -> None:
     graph = text2image(width=100)  # within min/max, so it passes validation; our node refuses it when it runs
     entry = comfyui.run(graph)
     assert entry["status"]["status_str"] == "error"
-    errors = [details for kind, details in entry["status"]["messages"] if kind == "execution_error"]
-    assert len(errors) == 1, entry["status"]["messages"]
-    assert errors[0]["node_type"] == "DalleDecoderSample"
-    assert errors[0]["node_id"] == node_id(graph, "DalleDecoderSample")
-    assert errors[0]["exception_type"].endswith("ValueError")
-    assert "width 100 is not supported: use a multiple of 64" in errors[0]["exception_message"]
+    (error,) = errors(entry)
+    decoder = ("DalleDecoderSample", node_id(graph, "DalleDecoderSample"))
+    assert (error["node_type"], error["node_id"]) == decoder, why(entry)
+    assert error["exception_type"].endswith("ValueError")
+    assert "width 100 is not supported: use a multiple of 64" in error["exception_message"]
 
     entry = comfyui.run(text2image(seed=7))  # a new seed, so the decoder really runs again (not from cache)
-    assert entry["status"]["status_str"] == "success", entry["status"]["messages"]
+    assert entry["status"]["status_str"] == "success", why(entry)
     (image,) = entry["outputs"][node_id(graph, "SaveImage")]["images"]
     assert Image.open(io.BytesIO(comfyui.view(image))).size == (WIDTH, HEIGHT)
