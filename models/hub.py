@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -87,7 +88,8 @@ def fetch_file(source: Source, subfolder: str, filename: str) -> Path:
         local_dir = source.store / (source.repo.replace("/", "--") + suffix)
     try:
         path = hf_hub_download(
-            source.repo, filename, subfolder=subfolder or None, revision=source.revision, local_dir=local_dir
+            source.repo, filename, subfolder=subfolder or None, revision=source.revision, local_dir=local_dir,
+            local_files_only=hf_constants.HF_HUB_OFFLINE,  # offline: no doomed request, no warning per file
         )
     except RepositoryNotFoundError as error:
         raise CheckpointError(

@@ -20,6 +20,9 @@ class ImageEmbeds:
     positive: torch.Tensor
     negative: torch.Tensor
 
+    def __repr__(self) -> str:  # ComfyUI puts node inputs into error reports: keep tensors out of them
+        return f"ImageEmbeds({' x '.join(map(str, self.positive.shape))}, {self.positive.dtype})"
+
 
 def step_callback(progress: runtime.Progress):
     return lambda step, total, x: progress.update(1)

@@ -68,6 +68,15 @@ def model_store() -> Path | None:
     return Path(home).expanduser() if home else None
 
 
+class _Holder(torch.nn.Module):
+    """ComfyUI's ModelPatcher writes `model.device` on the module it manages, a read-only property on
+    transformers models: it manages this plain container instead."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.inner = module
+
+
 class ManagedModule:
     """A module handed to ComfyUI's memory manager (offloaded to make room, loaded back on use).
 
@@ -79,7 +88,7 @@ class ManagedModule:
         self.patcher = None
         if IN_COMFYUI:
             self.patcher = comfy.model_patcher.CoreModelPatcher(
-                module, load_device=compute_device(), offload_device=offload_device()
+                _Holder(module), load_device=compute_device(), offload_device=offload_device()
             )
 
     @property

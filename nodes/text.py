@@ -18,6 +18,9 @@ class PromptEmbeds:
     prompt: TextEmbeds
     empty: TextEmbeds
 
+    def __repr__(self) -> str:  # ComfyUI puts node inputs into error reports: keep tensors out of them
+        return f"PromptEmbeds({self.text!r})"
+
 
 class DalleTextEncode:
     DESCRIPTION = "Encodes a prompt with CLIP ViT-bigG for the Kandinsky 2.2 prior. Also use it for a negative prompt."
