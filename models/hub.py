@@ -86,10 +86,12 @@ def fetch_file(source: Source, subfolder: str, filename: str) -> Path:
     if source.store is not None:
         suffix = f"@{source.revision}" if source.revision not in (None, "main") else ""
         local_dir = source.store / (source.repo.replace("/", "--") + suffix)
+        if hf_constants.HF_HUB_OFFLINE and (local_dir / rel).is_file():
+            return local_dir / rel  # huggingface_hub would warn once per file that it cannot check for updates
     try:
         path = hf_hub_download(
             source.repo, filename, subfolder=subfolder or None, revision=source.revision, local_dir=local_dir,
-            local_files_only=hf_constants.HF_HUB_OFFLINE,  # offline: no doomed request, no warning per file
+            local_files_only=hf_constants.HF_HUB_OFFLINE,  # offline: do not even try the network
         )
     except RepositoryNotFoundError as error:
         raise CheckpointError(

@@ -36,7 +36,33 @@ CORE_NODES = {
                           (), output_node=True),
     "PreviewImage": NodeSpec({"required": {"images": ("IMAGE",)}}, (), output_node=True),
     "LoadImage": NodeSpec({"required": {"image": ("COMBO", {"image_upload": True})}}, ("IMAGE", "MASK")),
+    "ImageScale": NodeSpec({"required": {  # "Upscale Image"; MAX_RESOLUTION is 16384
+        "image": ("IMAGE",),
+        "upscale_method": (["nearest-exact", "bilinear", "area", "bicubic", "lanczos"],),
+        "width": ("INT", {"default": 512, "min": 0, "max": 16384, "step": 1}),
+        "height": ("INT", {"default": 512, "min": 0, "max": 16384, "step": 1}),
+        "crop": (["disabled", "center"],),
+    }}, ("IMAGE",)),
 }
+
+
+@dataclass(frozen=True)
+class FrontendWidget:
+    """A widget the frontend adds after an input's own one: saved in widgets_values, never sent to the server."""
+
+    name: str
+    allowed: frozenset
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+SEED_CONTROL = FrontendWidget("control_after_generate", frozenset(SEED_CONTROLS))
+
+
+def upload_button(input_name: str) -> FrontendWidget:
+    """The upload button after an image_upload combo (LoadImage); its saved value names that combo."""
+    return FrontendWidget("upload", frozenset({input_name}))
 
 
 def node_spec(class_type: str) -> NodeSpec | None:
@@ -109,14 +135,18 @@ def link_errors(where: str, graph: dict, link: list, expected: str) -> list[str]
     return [] if got == expected or "*" in (got, expected) else [f"{where}: gets {got}, expects {expected}"]
 
 
-def widget_names(spec: NodeSpec) -> list[str]:
-    """Names of a node's widgets_values entries in the UI format; None marks a seed's control_after_generate."""
+def widget_names(spec: NodeSpec) -> list[str | FrontendWidget]:
+    """Names of a node's widgets_values entries in the UI format, with the frontend's own widgets in between
+    (a seed's control_after_generate, LoadImage's upload button)."""
     names = []
     for name, declared in declared_inputs(spec).items():
         if input_type(declared) in WIDGET_TYPES:
             names.append(name)
-            if len(declared) > 1 and declared[1].get("control_after_generate"):
-                names.append(None)
+            options = declared[1] if len(declared) > 1 else {}
+            if options.get("control_after_generate"):
+                names.append(SEED_CONTROL)
+            if options.get("image_upload"):
+                names.append(upload_button(name))
     return names
 
 
@@ -154,9 +184,9 @@ def ui_mismatches(ui: dict, api: dict) -> list[str]:
             continue
         inputs = api[node_id]["inputs"]
         for name, value in zip(names, values):
-            if name is None:
-                if value not in SEED_CONTROLS:
-                    errors.append(f"node {node_id}: control_after_generate {value!r} not in {sorted(SEED_CONTROLS)}")
+            if isinstance(name, FrontendWidget):
+                if value not in name.allowed:
+                    errors.append(f"node {node_id}: {name.name} {value!r} not in {sorted(name.allowed)}")
             elif not isinstance(inputs.get(name), list) and inputs.get(name) != value:
                 errors.append(f"node {node_id}.{name}: UI {value!r} ≠ API {inputs.get(name)!r}")
     return errors
@@ -168,6 +198,8 @@ def load(path: Path) -> dict:
 
 def test_workflows_are_shipped() -> None:
     assert API_FILES and UI_FILES, f"no workflows in {WORKFLOWS}"
+    api_names = [path.name.removesuffix(".api.json") for path in API_FILES]
+    assert api_names == [path.stem for path in UI_FILES], "every workflow comes as <name>.json and <name>.api.json"
 
 
 @pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.name)
@@ -243,5 +275,20 @@ def test_ui_check_catches(how: str, expected: str) -> None:
         broken["links"].remove(link)
         nodes[link[3]]["inputs"][link[4]]["link"] = None
         nodes[link[1]]["outputs"][link[2]]["links"].remove(link[0])
+    assert not ui_mismatches(ui, api)
+    assert any(expected in error for error in ui_mismatches(broken, api)), ui_mismatches(broken, api)
+
+
+@pytest.mark.parametrize("value, expected", [(None, "1 widget values for"), ("mask", "upload 'mask' not in ['image']")])
+def test_ui_check_knows_the_upload_button(value: str | None, expected: str) -> None:
+    """The frontend saves Load Image's upload button as a widget value after the file name: expected, and checked."""
+    ui, api = load(WORKFLOWS / "kandinsky22_img2img.json"), load(WORKFLOWS / "kandinsky22_img2img.api.json")
+    broken = copy.deepcopy(ui)
+    loader = next(n for n in broken["nodes"] if n["type"] == "LoadImage")
+    assert loader["widgets_values"] == ["example.png", "image"]
+    if value is None:  # a file written by hand, without the button
+        loader["widgets_values"].pop()
+    else:
+        loader["widgets_values"][1] = value
     assert not ui_mismatches(ui, api)
     assert any(expected in error for error in ui_mismatches(broken, api)), ui_mismatches(broken, api)

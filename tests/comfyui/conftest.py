@@ -1,12 +1,14 @@
 """A real ComfyUI server (from $COMFYUI_PATH) with our package in custom_nodes and tiny checkpoints in models/dalle.
 
 The tiny checkpoints sit where the loaders download the real repos to, so the shipped workflows run unchanged
-with HF_HUB_OFFLINE=1. Everything ComfyUI writes goes to a temp base directory, never into the checkout.
+with HF_HUB_OFFLINE=1, and a random picture sits in the input folder under each name their Load Image nodes ask
+for. Everything ComfyUI writes goes to a temp base directory, never into the checkout.
 """
 from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -20,10 +22,12 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from PIL import Image
 
 import tiny_repos
 
 ROOT = Path(__file__).resolve().parents[2]
+INPUT_SIZE = (160, 120)  # width, height of the input pictures: neither the workflows' size nor its aspect ratio
 STARTUP_TIMEOUT_S = 120
 PROMPT_TIMEOUT_S = 90
 LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never goes through a proxy
@@ -91,6 +95,19 @@ def _optional_flags(checkout: Path) -> list[str]:
     return [part for flag in flags if f'"{flag[0]}"' in cli for part in flag]
 
 
+def input_image_names() -> set[str]:
+    """The files the shipped API workflows' Load Image nodes read from ComfyUI's input folder."""
+    return {node["inputs"]["image"] for path in sorted((ROOT / "workflows").glob("*.api.json"))
+            for node in json.loads(path.read_text(encoding="utf-8")).values() if node["class_type"] == "LoadImage"}
+
+
+def _write_input_images(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    noise = random.Random(0).randbytes(INPUT_SIZE[0] * INPUT_SIZE[1] * 3)
+    for name in input_image_names():
+        Image.frombytes("RGB", INPUT_SIZE, noise).save(folder / name)
+
+
 def _wait_until_serving(server: ComfyUI) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -115,6 +132,7 @@ def comfyui(tmp_path_factory) -> Iterator[ComfyUI]:
     store = base / "models" / "dalle"  # nodes/runtime.py model_store(): <ComfyUI models dir>/dalle
     tiny_repos.write_prior_repo(store / "kandinsky-community--kandinsky-2-2-prior")
     tiny_repos.write_decoder_repo(store / "kandinsky-community--kandinsky-2-2-decoder")
+    _write_input_images(base / "input")
 
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(base / "hf-home"), "PYTHONDONTWRITEBYTECODE": "1"}

@@ -1,4 +1,4 @@
-"""Our package inside a real ComfyUI: registration, the shipped workflow end to end, and error reporting.
+"""Our package inside a real ComfyUI: registration, every shipped workflow end to end, and error reporting.
 
 Runs when COMFYUI_PATH points at a ComfyUI checkout (interpreter: COMFYUI_PYTHON, default this one); skips
 otherwise. The server and tiny checkpoints are set up once per module by conftest.py.
@@ -23,6 +23,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 TEXT2IMAGE = "kandinsky22_text2image"
+API_WORKFLOWS = sorted(path.name.removesuffix(".api.json") for path in WORKFLOWS.glob("*.api.json"))
+UI_WORKFLOWS = sorted(path.stem for path in WORKFLOWS.glob("*.json") if not path.name.endswith(".api.json"))
 WIDTH, HEIGHT = 128, 192  # the tiny models run this size in well under a second per step
 
 
@@ -31,13 +33,25 @@ def node_id(graph: dict, class_type: str) -> str:
     return found
 
 
-def text2image(**decoder_inputs) -> dict:
-    """The shipped API workflow, shrunk (size, steps) for the tiny checkpoints; `decoder_inputs` override more."""
-    graph = json.loads((WORKFLOWS / f"{TEXT2IMAGE}.api.json").read_text(encoding="utf-8"))
-    graph[node_id(graph, "DallePriorSample")]["inputs"]["steps"] = 3
-    decoder = graph[node_id(graph, "DalleDecoderSample")]["inputs"]
-    decoder.update({"width": WIDTH, "height": HEIGHT, "steps": 4, **decoder_inputs})
+def shrunk(name: str, **decoder_inputs) -> dict:
+    """A shipped API workflow, shrunk for the tiny checkpoints: 3 prior steps, 4 decoder steps, and WIDTH x HEIGHT
+    images, set on the decoder or, where a latent from a picture fixes the size, on Upscale Image.
+    `decoder_inputs` override more of the decoder's inputs."""
+    graph = json.loads((WORKFLOWS / f"{name}.api.json").read_text(encoding="utf-8"))
+    for node in graph.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "DallePriorSample":
+            inputs["steps"] = 3
+        elif node["class_type"] == "ImageScale":
+            inputs.update(width=WIDTH, height=HEIGHT)
+        elif node["class_type"] == "DalleDecoderSample":
+            size = {} if "latent" in inputs else {"width": WIDTH, "height": HEIGHT}
+            inputs.update({**size, "steps": 4, **decoder_inputs})
     return graph
+
+
+def text2image(**decoder_inputs) -> dict:
+    return shrunk(TEXT2IMAGE, **decoder_inputs)
 
 
 def errors(entry: dict) -> list[dict]:
@@ -54,6 +68,18 @@ def names(inputs: dict, section: str) -> set[str]:
     return set(inputs.get(section, {}))
 
 
+def same_declaration(ours: tuple, theirs: list) -> bool:
+    """Whether a CORE_NODES stand-in input says what /object_info says: the same type or combo choices ("COMBO"
+    stands for choices only ComfyUI knows, such as input files), and the same value for each option it gives."""
+    if ours[0] == "COMBO":
+        same_type = isinstance(theirs[0], list)
+    else:
+        same_type = (list(ours[0]) if isinstance(ours[0], (list, tuple)) else ours[0]) == theirs[0]
+    options = ours[1] if len(ours) > 1 else {}
+    their_options = theirs[1] if len(theirs) > 1 else {}
+    return same_type and all(their_options.get(key) == value for key, value in options.items())
+
+
 def test_nodes_registered(comfyui) -> None:
     info = comfyui.get_json("/object_info")
     missing = sorted(set(NODE_CLASS_MAPPINGS) - set(info))
@@ -67,21 +93,28 @@ def test_nodes_registered(comfyui) -> None:
     for name, spec in CORE_NODES.items():  # test_workflows.py's stand-ins stay true to ComfyUI
         for section in ("required", "optional"):
             assert names(info[name]["input"], section) == names(spec.inputs, section), f"{name} {section} inputs"
+            for input_name, ours in spec.inputs.get(section, {}).items():
+                theirs = info[name]["input"][section][input_name]
+                assert same_declaration(ours, theirs), f"{name}.{input_name}: we say {ours}, ComfyUI {theirs}"
+        assert info[name]["output"][:len(spec.outputs)] == list(spec.outputs), name
         assert info[name]["output_node"] == spec.output_node, name
 
 
-def test_ui_workflow_offered_as_template(comfyui) -> None:
-    assert TEXT2IMAGE in comfyui.get_json("/workflow_templates").get("dalle-nodes", [])
-    served = comfyui.get_json(f"/api/workflow_templates/dalle-nodes/{TEXT2IMAGE}.json")
-    assert served == json.loads((WORKFLOWS / f"{TEXT2IMAGE}.json").read_text(encoding="utf-8"))
+@pytest.mark.parametrize("name", UI_WORKFLOWS)
+def test_ui_workflow_offered_as_template(comfyui, name: str) -> None:
+    assert name in comfyui.get_json("/workflow_templates").get("dalle-nodes", [])
+    served = comfyui.get_json(f"/api/workflow_templates/dalle-nodes/{name}.json")
+    assert served == json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
 
 
-def test_shipped_workflow_runs(comfyui) -> None:
-    graph = text2image()
+@pytest.mark.parametrize("name", API_WORKFLOWS)
+def test_shipped_workflow_runs(comfyui, name: str) -> None:
+    graph = shrunk(name)
     entry = comfyui.run(graph)
     assert entry["status"]["status_str"] == "success", why(entry)
-    (image,) = entry["outputs"][node_id(graph, "SaveImage")]["images"]
-    assert image["type"] == "output" and image["filename"].startswith("kandinsky22")
+    save = node_id(graph, "SaveImage")
+    (image,) = entry["outputs"][save]["images"]
+    assert image["type"] == "output" and image["filename"].startswith(graph[save]["inputs"]["filename_prefix"] + "_")
     assert (comfyui.base / "output" / image["subfolder"] / image["filename"]).is_file()
     png = Image.open(io.BytesIO(comfyui.view(image)))
     assert png.format == "PNG" and png.size == (WIDTH, HEIGHT)
