@@ -134,6 +134,15 @@ def fetch_config(source: Source, subfolder: str, filename: str = "config.json", 
     return config
 
 
+def diffusers_settings(config: dict, defaults: dict, what: str) -> dict:
+    """A diffusers config.json with the class defaults filled in for omitted keys; unknown keys are refused."""
+    settings = {k: v for k, v in config.items() if not k.startswith("_")}  # _class_name, _diffusers_version
+    unknown = sorted(settings.keys() - defaults.keys())
+    if unknown:
+        raise ValueError(f"unsupported {what} config keys: {unknown}")
+    return {**defaults, **settings}
+
+
 def fetch_weights(source: Source, subfolder: str, names: tuple[str, ...] = DIFFUSERS_WEIGHTS) -> Path:
     """The component's weight file, safetensors first, pickled `.bin` only when no safetensors exists."""
     offline: NotDownloaded | None = None

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from .hub import diffusers_settings
+
 # diffusers' VQModel defaults, used for keys a config.json leaves out.
 _DIFFUSERS_DEFAULTS = dict(
     in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
@@ -42,11 +44,7 @@ class MoVQConfig:
     @classmethod
     def from_diffusers(cls, config: dict) -> "MoVQConfig":
         """Build from a diffusers `movq/config.json` dict; settings Kandinsky 2.2 does not use are rejected."""
-        settings = {k: v for k, v in config.items() if not k.startswith("_")}  # skip _class_name etc.
-        unknown = sorted(settings.keys() - _DIFFUSERS_DEFAULTS.keys())
-        if unknown:
-            raise ValueError(f"unsupported MoVQ config keys: {unknown}")
-        settings = {**_DIFFUSERS_DEFAULTS, **settings}
+        settings = diffusers_settings(config, _DIFFUSERS_DEFAULTS, "MoVQ")
         levels = len(settings["block_out_channels"])
         for key, known in (("down_block_types", _DOWN_BLOCKS), ("up_block_types", _UP_BLOCKS)):
             types = tuple(settings[key])

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from .hub import diffusers_settings
+
 from .timestep import TimestepMLP, timestep_embedding
 
 # diffusers' PriorTransformer defaults, used for keys a config.json leaves out.
@@ -38,11 +40,7 @@ class PriorConfig:
     @classmethod
     def from_diffusers(cls, config: dict) -> "PriorConfig":
         """Build from a diffusers `prior/config.json` dict; settings Kandinsky 2.2 and Karlo don't use are rejected."""
-        settings = {k: v for k, v in config.items() if not k.startswith("_")}  # skip _class_name etc.
-        unknown = sorted(settings.keys() - _DIFFUSERS_DEFAULTS.keys())
-        if unknown:
-            raise ValueError(f"unsupported prior config keys: {unknown}")
-        settings = {**_DIFFUSERS_DEFAULTS, **settings}
+        settings = diffusers_settings(config, _DIFFUSERS_DEFAULTS, "prior")
         cfg = cls(
             heads=settings["num_attention_heads"], head_dim=settings["attention_head_dim"],
             layers=settings["num_layers"], embedding_dim=settings["embedding_dim"],
