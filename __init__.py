@@ -2,6 +2,7 @@
 
 ComfyUI imports this folder as a package and reads the two mappings below.
 """
+
 from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -1,4 +1,5 @@
 """`python -m dalle_nodes generate "a prompt" -o out.png`: the node chain without a ComfyUI server."""
+
 from __future__ import annotations
 
 import argparse
@@ -51,9 +52,11 @@ def generate(args: argparse.Namespace) -> list[Path]:
         decoder, embeds, args.width, args.height, args.steps, args.guidance, args.sampler, False, args.seed
     )
     (images,) = NODES["DalleVQDecode"]().decode(vq_vae, latent)
-    paths = [args.output] if len(images) == 1 else [
-        args.output.with_name(f"{args.output.stem}_{i + 1}{args.output.suffix}") for i in range(len(images))
-    ]
+    paths = (
+        [args.output]
+        if len(images) == 1
+        else [args.output.with_name(f"{args.output.stem}_{i + 1}{args.output.suffix}") for i in range(len(images))]
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     for path, image in zip(paths, images):
         Image.fromarray(np.clip(image.numpy() * 255 + 0.5, 0, 255).astype(np.uint8)).save(path)

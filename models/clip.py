@@ -4,6 +4,7 @@ The prior is conditioned on the projected pooled text embedding, the per-token h
 mask; when no negative prompt is given the decoder's unconditional input is the image tower's embedding of an
 all-zero image, which `zero_image_embed` computes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -3,6 +3,7 @@
 Every failure a user can cause (a typo in a repo id, a missing or half-downloaded file, the wrong kind of
 checkpoint) becomes a `CheckpointError` that says what is wrong and how to fix it.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,7 +64,8 @@ class Source:
             raise CheckpointError(f"Local folder '{self.repo}' does not exist. Check the path, or give a Hub repo id.")
         if not _REPO_ID.match(self.repo):
             raise CheckpointError(
-                f"'{self.repo}' is neither a local folder nor a Hub repo id like 'kandinsky-community/kandinsky-2-2-prior'."
+                f"'{self.repo}' is neither a local folder nor a Hub repo id "
+                "like 'kandinsky-community/kandinsky-2-2-prior'."
             )
         return None
 
@@ -90,7 +92,11 @@ def fetch_file(source: Source, subfolder: str, filename: str) -> Path:
             return local_dir / rel  # huggingface_hub would warn once per file that it cannot check for updates
     try:
         path = hf_hub_download(
-            source.repo, filename, subfolder=subfolder or None, revision=source.revision, local_dir=local_dir,
+            source.repo,
+            filename,
+            subfolder=subfolder or None,
+            revision=source.revision,
+            local_dir=local_dir,
             local_files_only=hf_constants.HF_HUB_OFFLINE,  # offline: do not even try the network
         )
     except RepositoryNotFoundError as error:
@@ -173,6 +179,7 @@ def verify_safetensors(path: Path) -> None:
 
 def read_state_dict(path: Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Tensors of a weight file on the CPU, floats cast to `dtype`; refuses corrupt files and unsafe pickles."""
+
     def cast(tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
 
@@ -207,14 +214,18 @@ def load_strict(build: Callable[[], torch.nn.Module], state: dict[str, torch.Ten
     unexpected = [k for k in state if k not in expected]
     wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if missing or unexpected or wrong:
+
         def sample(keys: list[str]) -> str:
             return ", ".join(keys[:3]) + (" …" if len(keys) > 3 else "")
 
-        details = [f"{len(missing)} missing ({sample(missing)})"] if missing else []
-        details += [f"{len(unexpected)} unexpected ({sample(unexpected)})"] if unexpected else []
-        details += [
-            f"{len(wrong)} of another shape ({', '.join(f'{k} {tuple(state[k].shape)} ≠ {tuple(expected[k].shape)}' for k in wrong[:2])})"
-        ] if wrong else []
-        raise CheckpointError(f"The {what} does not match its config or is the wrong architecture: " + "; ".join(details) + " tensors.")
+        reshaped = [f"{k} {tuple(state[k].shape)} ≠ {tuple(expected[k].shape)}" for k in wrong]
+        details = [
+            f"{len(keys)} {kind} ({sample(keys)})"
+            for kind, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped))
+            if keys
+        ]
+        raise CheckpointError(
+            f"The {what} does not match its config or is the wrong architecture: " + "; ".join(details) + " tensors."
+        )
     module.load_state_dict(state, strict=True, assign=True)
     return module.eval().requires_grad_(False)

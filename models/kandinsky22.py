@@ -3,9 +3,9 @@
 Mirrors diffusers' KandinskyV22PriorPipeline and KandinskyV22Pipeline step for step, so that the same seed
 gives the same image, but as plain functions over our own modules.
 """
+
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 
@@ -22,13 +22,27 @@ DECODER_REPO = "kandinsky-community/kandinsky-2-2-decoder"
 
 # The schedules our samplers implement; a repo whose scheduler config asks for anything else is refused.
 PRIOR_SCHEDULER = {
-    "_class_name": "UnCLIPScheduler", "clip_sample": True, "clip_sample_range": 10.0, "num_train_timesteps": 1000,
-    "prediction_type": "sample", "variance_type": "fixed_small_log", "beta_schedule": "squaredcos_cap_v2",
+    "_class_name": "UnCLIPScheduler",
+    "clip_sample": True,
+    "clip_sample_range": 10.0,
+    "num_train_timesteps": 1000,
+    "prediction_type": "sample",
+    "variance_type": "fixed_small_log",
+    "beta_schedule": "squaredcos_cap_v2",
 }
 DECODER_SCHEDULER = {
-    "_class_name": "DDPMScheduler", "beta_end": 0.012, "beta_schedule": "linear", "beta_start": 0.00085,
-    "clip_sample": False, "num_train_timesteps": 1000, "prediction_type": "epsilon", "steps_offset": 1,
-    "thresholding": False, "variance_type": "fixed_small", "timestep_spacing": "leading", "rescale_betas_zero_snr": False,
+    "_class_name": "DDPMScheduler",
+    "beta_end": 0.012,
+    "beta_schedule": "linear",
+    "beta_start": 0.00085,
+    "clip_sample": False,
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "thresholding": False,
+    "variance_type": "fixed_small",
+    "timestep_spacing": "leading",
+    "rescale_betas_zero_snr": False,
 }
 
 
@@ -48,6 +62,7 @@ _LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn
 
 def modern_attention_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename `…attentions.N.query.weight` style keys to today's `…to_q.weight` (what diffusers does on load)."""
+
     def rename(key: str) -> str:
         module, _, param = key.rpartition(".")
         owner, _, name = module.rpartition(".")
@@ -56,8 +71,16 @@ def modern_attention_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return {rename(key): value for key, value in state.items()}
 
 
-def _load(source: Source, subfolder: str, expect: str, config_cls, module_cls, dtype: torch.dtype, what: str,
-          scheduler: dict | None = None):
+def _load(
+    source: Source,
+    subfolder: str,
+    expect: str,
+    config_cls,
+    module_cls,
+    dtype: torch.dtype,
+    what: str,
+    scheduler: dict | None = None,
+):
     config = fetch_config(source, subfolder, expect=expect)
     if scheduler is not None:
         check_scheduler(source, scheduler)
@@ -80,8 +103,9 @@ def load_unet(source: Source, dtype: torch.dtype) -> KandinskyUNet:
             f"{source.describe()} is not a text-to-image decoder ({in_channels} input channels, e.g. an inpainting "
             f"one): use {DECODER_REPO}."
         )
-    return _load(source, "unet", "UNet2DConditionModel", UNetConfig, KandinskyUNet, dtype, "decoder UNet",
-                 DECODER_SCHEDULER)
+    return _load(
+        source, "unet", "UNet2DConditionModel", UNetConfig, KandinskyUNet, dtype, "decoder UNet", DECODER_SCHEDULER
+    )
 
 
 def load_movq(source: Source, dtype: torch.dtype) -> MoVQ:
@@ -97,8 +121,15 @@ def _cat(*parts: TextEmbeds) -> TextEmbeds:
 
 
 def prior_sample(
-    prior: PriorTransformer, prompt: TextEmbeds, empty: TextEmbeds, negative: TextEmbeds | None, batch_size: int,
-    steps: int, guidance: float, generator: torch.Generator, callback: sampling.Callback | None = None,
+    prior: PriorTransformer,
+    prompt: TextEmbeds,
+    empty: TextEmbeds,
+    negative: TextEmbeds | None,
+    batch_size: int,
+    steps: int,
+    guidance: float,
+    generator: torch.Generator,
+    callback: sampling.Callback | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sample CLIP image embeddings for one prompt: ([B, D] embeddings, [B, D] negative embeddings or None).
 
@@ -122,7 +153,7 @@ def prior_sample(
             return prior(x, t, text.pooled, text.states, text.mask)
         model_x = torch.cat([x, x]) if negative is None else torch.cat([x[:batch_size], x])
         out = prior(model_x, t, text.pooled, text.states, text.mask)
-        uncond, cond, rest = out[:batch_size], out[batch_size:2 * batch_size], out[2 * batch_size:]
+        uncond, cond, rest = out[:batch_size], out[batch_size : 2 * batch_size], out[2 * batch_size :]
         return torch.cat([uncond + guidance * (cond - uncond), rest])
 
     x = sampling.randn((rows, prior.config.embedding_dim), generator, param.device, param.dtype)
@@ -134,16 +165,26 @@ def latent_size(width: int, height: int) -> tuple[int, int]:
     """Latent (height, width) for an image size: MoVQ downsamples by 8, and sizes must be multiples of 64."""
     for name, value in (("width", width), ("height", height)):
         if value % 64 or not 64 <= value <= 4096:
+            nearest = max(64, min(4096, round(value / 64) * 64))
             raise ValueError(
-                f"{name} {value} is not supported: use a multiple of 64 between 64 and 4096 (e.g. {max(64, min(4096, round(value / 64) * 64))})."
+                f"{name} {value} is not supported: use a multiple of 64 between 64 and 4096 (e.g. {nearest})."
             )
     return height // 8, width // 8
 
 
 def decoder_sample(
-    unet: KandinskyUNet, embeds: torch.Tensor, negative_embeds: torch.Tensor, size: tuple[int, int], steps: int,
-    guidance: float, sampler: str, generator: torch.Generator, karras: bool = False,
-    latent: torch.Tensor | None = None, denoise_strength: float = 1.0, callback: sampling.Callback | None = None,
+    unet: KandinskyUNet,
+    embeds: torch.Tensor,
+    negative_embeds: torch.Tensor,
+    size: tuple[int, int],
+    steps: int,
+    guidance: float,
+    sampler: str,
+    generator: torch.Generator,
+    karras: bool = False,
+    latent: torch.Tensor | None = None,
+    denoise_strength: float = 1.0,
+    callback: sampling.Callback | None = None,
 ) -> torch.Tensor:
     """Sample MoVQ latents [B, 4, h, w] conditioned on image embeddings, as KandinskyV22Pipeline does.
 
@@ -154,6 +195,7 @@ def decoder_sample(
     guided = guidance > 1
     cond = torch.cat([negative_embeds, embeds]) if guided else embeds
     cond = cond.to(param.device, param.dtype)
+
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         eps = unet(torch.cat([x, x]) if guided else x, t, cond)[:, : x.shape[1]]  # drop the learned-variance half
         if not guided:
@@ -166,5 +208,7 @@ def decoder_sample(
         x = sampling.randn((embeds.shape[0], LATENT_CHANNELS, *size), generator, param.device, param.dtype)
         x = x * schedule.init_noise_sigma
     else:
-        x = sampling.noise_latent(latent.to(param.device, param.dtype), generator, steps, sampler, karras, denoise_strength)
+        x = sampling.noise_latent(
+            latent.to(param.device, param.dtype), generator, steps, sampler, karras, denoise_strength
+        )
     return sampling.sample_decoder(denoise, x, steps, sampler, generator, karras, denoise_strength, callback)

@@ -6,6 +6,7 @@ latents go straight to the decoder, and img2img encodes without a codebook looku
 checkpoint, so we hold it (and offer the lookup).
 Module names mirror diffusers' `VQModel`, so its safetensors load with `strict=True`.
 """
+
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Literal
@@ -19,10 +20,23 @@ from .hub import diffusers_settings
 
 # diffusers' VQModel defaults, used for keys a config.json leaves out.
 _DIFFUSERS_DEFAULTS = dict(
-    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
-    block_out_channels=(64,), layers_per_block=1, act_fn="silu", latent_channels=3, sample_size=32,
-    num_vq_embeddings=256, norm_num_groups=32, vq_embed_dim=None, scaling_factor=0.18215, norm_type="group",
-    mid_block_add_attention=True, lookup_from_codebook=False, force_upcast=False,
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",),
+    up_block_types=("UpDecoderBlock2D",),
+    block_out_channels=(64,),
+    layers_per_block=1,
+    act_fn="silu",
+    latent_channels=3,
+    sample_size=32,
+    num_vq_embeddings=256,
+    norm_num_groups=32,
+    vq_embed_dim=None,
+    scaling_factor=0.18215,
+    norm_type="group",
+    mid_block_add_attention=True,
+    lookup_from_codebook=False,
+    force_upcast=False,
 )
 # diffusers block type -> whether that level has attention after each resnet
 _DOWN_BLOCKS = {"DownEncoderBlock2D": False, "AttnDownEncoderBlock2D": True}
@@ -157,7 +171,12 @@ class Level(nn.Module):
     """One resolution: resnets, each followed by attention if `attention`, then an optional down/up sampling."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, layers: int, attention: bool, norm: Norm,
+        self,
+        in_channels: int,
+        out_channels: int,
+        layers: int,
+        attention: bool,
+        norm: Norm,
         resample: Literal["down", "up"] | None,
     ):
         super().__init__()
@@ -201,8 +220,14 @@ class Encoder(nn.Module):
         self.conv_in = nn.Conv2d(cfg.in_channels, channels[0], 3, padding=1)
         # level i goes from level i-1's width (level 0: conv_in's) to its own
         self.down_blocks = nn.ModuleList(
-            Level(channels[max(i - 1, 0)], channels[i], cfg.layers_per_block, cfg.down_attention[i], norm,
-                  resample="down" if i < last else None)
+            Level(
+                channels[max(i - 1, 0)],
+                channels[i],
+                cfg.layers_per_block,
+                cfg.down_attention[i],
+                norm,
+                resample="down" if i < last else None,
+            )
             for i in range(len(channels))
         )
         self.mid_block = MidBlock(channels[-1], norm)
@@ -226,8 +251,14 @@ class Decoder(nn.Module):
         self.conv_in = nn.Conv2d(cfg.latent_channels, channels[0], 3, padding=1)
         self.mid_block = MidBlock(channels[0], norm)
         self.up_blocks = nn.ModuleList(
-            Level(channels[max(i - 1, 0)], channels[i], cfg.layers_per_block + 1, cfg.up_attention[i], norm,
-                  resample="up" if i < last else None)
+            Level(
+                channels[max(i - 1, 0)],
+                channels[i],
+                cfg.layers_per_block + 1,
+                cfg.up_attention[i],
+                norm,
+                resample="up" if i < last else None,
+            )
             for i in range(len(channels))
         )
         self.conv_norm_out = norm(channels[-1])

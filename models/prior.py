@@ -4,6 +4,7 @@ A causal transformer over 81 tokens: 77 projected text states, then the pooled t
 the noisy image embedding and a learned "prd" token whose output is the predicted clean image embedding.
 Module names mirror diffusers' `PriorTransformer`, so its safetensors load with `strict=True`.
 """
+
 from dataclasses import dataclass
 
 import torch
@@ -16,10 +17,21 @@ from .timestep import TimestepMLP, timestep_embedding
 
 # diffusers' PriorTransformer defaults, used for keys a config.json leaves out.
 _DIFFUSERS_DEFAULTS = dict(
-    num_attention_heads=32, attention_head_dim=64, num_layers=20, embedding_dim=768, num_embeddings=77,
-    additional_embeddings=4, dropout=0.0, time_embed_act_fn="silu", norm_in_type=None,
-    embedding_proj_norm_type=None, encoder_hid_proj_type="linear", added_emb_type="prd",
-    time_embed_dim=None, embedding_proj_dim=None, clip_embed_dim=None,
+    num_attention_heads=32,
+    attention_head_dim=64,
+    num_layers=20,
+    embedding_dim=768,
+    num_embeddings=77,
+    additional_embeddings=4,
+    dropout=0.0,
+    time_embed_act_fn="silu",
+    norm_in_type=None,
+    embedding_proj_norm_type=None,
+    encoder_hid_proj_type="linear",
+    added_emb_type="prd",
+    time_embed_dim=None,
+    embedding_proj_dim=None,
+    clip_embed_dim=None,
 )
 
 
@@ -41,9 +53,12 @@ class PriorConfig:
         """Build from a diffusers `prior/config.json` dict; settings Kandinsky 2.2 and Karlo don't use are rejected."""
         settings = diffusers_settings(config, _DIFFUSERS_DEFAULTS, "prior")
         cfg = cls(
-            heads=settings["num_attention_heads"], head_dim=settings["attention_head_dim"],
-            layers=settings["num_layers"], embedding_dim=settings["embedding_dim"],
-            num_embeddings=settings["num_embeddings"], additional_embeddings=settings["additional_embeddings"],
+            heads=settings["num_attention_heads"],
+            head_dim=settings["attention_head_dim"],
+            layers=settings["num_layers"],
+            embedding_dim=settings["embedding_dim"],
+            num_embeddings=settings["num_embeddings"],
+            additional_embeddings=settings["additional_embeddings"],
         )
         supported = {  # other values only appear in Shap-E style priors, which we do not implement
             "additional_embeddings": (4,),  # diffusers only lines up positions and mask with 4 non-text tokens
@@ -144,13 +159,16 @@ class PriorTransformer(nn.Module):
         time = timestep_embedding(timesteps, self.config.width).to(noisy_embeds.dtype)  # [B, W]
         time = self.time_embedding(time)
 
-        x = torch.cat([
-            self.encoder_hidden_states_proj(text_states),  # [B, 77, W]
-            self.embedding_proj(text_embeds)[:, None],  # [B, 1, W]
-            time[:, None],  # [B, 1, W]
-            self.proj_in(noisy_embeds)[:, None],  # [B, 1, W]
-            self.prd_embedding.to(time.dtype).expand(batch, -1, -1),  # [B, 1, W]
-        ], dim=1)  # [B, L=81, W]
+        x = torch.cat(
+            [
+                self.encoder_hidden_states_proj(text_states),  # [B, 77, W]
+                self.embedding_proj(text_embeds)[:, None],  # [B, 1, W]
+                time[:, None],  # [B, 1, W]
+                self.proj_in(noisy_embeds)[:, None],  # [B, 1, W]
+                self.prd_embedding.to(time.dtype).expand(batch, -1, -1),  # [B, 1, W]
+            ],
+            dim=1,
+        )  # [B, L=81, W]
         x = x + self.positional_embedding.to(x.dtype)
 
         bias = attention_bias(text_mask.to(x.device), self.config.additional_embeddings, x.dtype)  # [B, 1, L, L]

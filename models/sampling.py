@@ -6,6 +6,7 @@ Decoder: x = randn(shape, gen, device, dtype) * decoder_schedule(sampler, steps,
          x = sample_decoder(denoise, x, steps, sampler, gen, karras, strength, callback)  # denoise -> guided eps
 `denoise(x, t)` receives exactly the model input and timestep the diffusers pipeline would feed the prior / UNet.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,9 @@ DECODER_BETA_START, DECODER_BETA_END = 0.00085, 0.012  # decoder scheduler confi
 KARRAS_RHO = 7.0
 
 
-def randn(shape: tuple[int, ...], generator: Optional[torch.Generator], device: torch.device | str,
-          dtype: torch.dtype) -> Tensor:
+def randn(
+    shape: tuple[int, ...], generator: Optional[torch.Generator], device: torch.device | str, dtype: torch.dtype
+) -> Tensor:
     """Standard normal noise drawn on the CPU in float32 (so a seed is device independent), then moved."""
     noise = torch.randn(shape, generator=generator, dtype=torch.float32, device="cpu")
     if torch.device(device).type == "cuda":
@@ -57,12 +59,14 @@ def _numpy_linspace(stop: float, num: int) -> Tensor:
 
 def _prior_betas() -> Tensor:
     """squaredcos_cap_v2 betas, evaluated in float64 and stored in float32 like diffusers."""
+
     def alpha_bar(s: float) -> float:
         return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
 
     n = TRAIN_TIMESTEPS
-    return torch.tensor([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)],
-                        dtype=torch.float32)
+    return torch.tensor(
+        [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)], dtype=torch.float32
+    )
 
 
 def _decoder_alphas_cumprod() -> Tensor:
@@ -132,27 +136,42 @@ def img2img_start(steps: int, denoise_strength: float) -> int:
     return start
 
 
-def noise_latent(latent: Tensor, generator: Optional[torch.Generator], steps: int, sampler: str,
-                 karras: bool = False, denoise_strength: float = 1.0) -> Tensor:
+def noise_latent(
+    latent: Tensor,
+    generator: Optional[torch.Generator],
+    steps: int,
+    sampler: str,
+    karras: bool = False,
+    denoise_strength: float = 1.0,
+) -> Tensor:
     """Noise a clean latent to the first step run at `denoise_strength` (the img2img pipeline's add_noise)."""
     schedule = decoder_schedule(sampler, steps, karras)
     start = img2img_start(steps, denoise_strength)
     noise = randn(latent.shape, generator, latent.device, torch.float32)
     if sampler in ("ddpm", "ddim"):
         alpha_cumprod = schedule.alphas_cumprod[schedule.timesteps[start]]
-        signal_scale, noise_scale = float(alpha_cumprod ** 0.5), float((1 - alpha_cumprod) ** 0.5)
+        signal_scale, noise_scale = float(alpha_cumprod**0.5), float((1 - alpha_cumprod) ** 0.5)
     elif sampler == "dpmpp_2m":
         sigma = schedule.sigmas[start]
-        signal_scale = float(1 / (sigma ** 2 + 1) ** 0.5)
+        signal_scale = float(1 / (sigma**2 + 1) ** 0.5)
         noise_scale = float(sigma * signal_scale)
     else:
         signal_scale, noise_scale = 1.0, float(schedule.sigmas[start])
     return (signal_scale * latent.float() + noise_scale * noise).to(latent.dtype)
 
 
-def _posterior_loop(denoise: Denoise, to_x0: Callable[[Tensor, Tensor, int], Tensor], x: Tensor,
-                    timesteps: Tensor, coef_x0: Tensor, coef_x: Tensor, noise_std: Tensor, start: int,
-                    generator: Optional[torch.Generator], callback: Optional[Callback]) -> Tensor:
+def _posterior_loop(
+    denoise: Denoise,
+    to_x0: Callable[[Tensor, Tensor, int], Tensor],
+    x: Tensor,
+    timesteps: Tensor,
+    coef_x0: Tensor,
+    coef_x: Tensor,
+    noise_std: Tensor,
+    start: int,
+    generator: Optional[torch.Generator],
+    callback: Optional[Callback],
+) -> Tensor:
     """Ancestral DDPM: x <- coef_x0 * x0 + coef_x * x + noise_std * noise, noise drawn only while t > 0."""
     timesteps_on_device = timesteps.to(x.device)
     ts, c_x0, c_x, std = timesteps.tolist(), coef_x0.tolist(), coef_x.tolist(), noise_std.tolist()
@@ -168,8 +187,9 @@ def _posterior_loop(denoise: Denoise, to_x0: Callable[[Tensor, Tensor, int], Ten
     return x
 
 
-def sample_prior(denoise: Denoise, x: Tensor, steps: int, generator: Optional[torch.Generator],
-                 callback: Optional[Callback] = None) -> Tensor:
+def sample_prior(
+    denoise: Denoise, x: Tensor, steps: int, generator: Optional[torch.Generator], callback: Optional[Callback] = None
+) -> Tensor:
     """unCLIP prior sampling (UnCLIPScheduler as the Kandinsky 2.2 prior pipeline drives it).
 
     `x` is N(0, 1) noise (the scheduler's init_noise_sigma is 1). denoise(x, t) returns the guided predicted clean
@@ -190,15 +210,31 @@ def sample_prior(denoise: Denoise, x: Tensor, steps: int, generator: Optional[to
     beta = torch.where(adjacent, betas[timesteps], 1 - a_t / a_prev)
     alpha = torch.where(adjacent, alphas[timesteps], 1 - beta)
     b_t, b_prev = 1 - a_t, 1 - a_prev
-    coef_x0 = a_prev ** 0.5 * beta / b_t
-    coef_x = alpha ** 0.5 * b_prev / b_t
+    coef_x0 = a_prev**0.5 * beta / b_t
+    coef_x = alpha**0.5 * b_prev / b_t
     noise_std = torch.exp(0.5 * torch.log(torch.clamp(b_prev / b_t * beta, min=1e-20)))  # "fixed_small_log"
-    return _posterior_loop(denoise, lambda x32, out, i: out.clamp(-PRIOR_CLIP_RANGE, PRIOR_CLIP_RANGE), x,
-                           timesteps, coef_x0, coef_x, noise_std, 0, generator, callback)
+    return _posterior_loop(
+        denoise,
+        lambda x32, out, i: out.clamp(-PRIOR_CLIP_RANGE, PRIOR_CLIP_RANGE),
+        x,
+        timesteps,
+        coef_x0,
+        coef_x,
+        noise_std,
+        0,
+        generator,
+        callback,
+    )
 
 
-def _sample_ddpm(denoise: Denoise, x: Tensor, schedule: DecoderSchedule, start: int,
-                 generator: Optional[torch.Generator], callback: Optional[Callback]) -> Tensor:
+def _sample_ddpm(
+    denoise: Denoise,
+    x: Tensor,
+    schedule: DecoderSchedule,
+    start: int,
+    generator: Optional[torch.Generator],
+    callback: Optional[Callback],
+) -> Tensor:
     """DDPMScheduler, variance "fixed_small": step noise drawn after every model call (all t >= 1)."""
     timesteps, alphas_cumprod = schedule.timesteps, schedule.alphas_cumprod
     prev = torch.cat([timesteps[1:], timesteps.new_tensor([-1])])
@@ -207,23 +243,39 @@ def _sample_ddpm(denoise: Denoise, x: Tensor, schedule: DecoderSchedule, start: 
     b_t, b_prev = 1 - a_t, 1 - a_prev
     alpha = a_t / a_prev
     beta = 1 - alpha
-    coef_x0 = a_prev ** 0.5 * beta / b_t
-    coef_x = alpha ** 0.5 * b_prev / b_t
+    coef_x0 = a_prev**0.5 * beta / b_t
+    coef_x = alpha**0.5 * b_prev / b_t
     noise_std = torch.clamp(b_prev / b_t * beta, min=1e-20) ** 0.5
-    sqrt_a, sqrt_b = (a_t ** 0.5).tolist(), (b_t ** 0.5).tolist()
-    return _posterior_loop(denoise, lambda x32, eps, i: (x32 - sqrt_b[i] * eps) / sqrt_a[i], x, timesteps,
-                           coef_x0, coef_x, noise_std, start, generator, callback)
+    sqrt_a, sqrt_b = (a_t**0.5).tolist(), (b_t**0.5).tolist()
+    return _posterior_loop(
+        denoise,
+        lambda x32, eps, i: (x32 - sqrt_b[i] * eps) / sqrt_a[i],
+        x,
+        timesteps,
+        coef_x0,
+        coef_x,
+        noise_std,
+        start,
+        generator,
+        callback,
+    )
 
 
-def _sample_ddim(denoise: Denoise, x: Tensor, schedule: DecoderSchedule, start: int,
-                 generator: Optional[torch.Generator], callback: Optional[Callback]) -> Tensor:
+def _sample_ddim(
+    denoise: Denoise,
+    x: Tensor,
+    schedule: DecoderSchedule,
+    start: int,
+    generator: Optional[torch.Generator],
+    callback: Optional[Callback],
+) -> Tensor:
     """DDIMScheduler with eta 0 (as the pipeline calls it): deterministic, draws no noise."""
     timesteps, alphas_cumprod = schedule.timesteps, schedule.alphas_cumprod
     prev = timesteps - TRAIN_TIMESTEPS // len(timesteps)
     a_t = alphas_cumprod[timesteps]
     a_prev = torch.where(prev >= 0, alphas_cumprod[prev.clamp(min=0)], alphas_cumprod[0])  # set_alpha_to_one False
-    sqrt_a, sqrt_b = (a_t ** 0.5).tolist(), ((1 - a_t) ** 0.5).tolist()
-    sqrt_a_prev, sqrt_b_prev = (a_prev ** 0.5).tolist(), ((1 - a_prev) ** 0.5).tolist()
+    sqrt_a, sqrt_b = (a_t**0.5).tolist(), ((1 - a_t) ** 0.5).tolist()
+    sqrt_a_prev, sqrt_b_prev = (a_prev**0.5).tolist(), ((1 - a_prev) ** 0.5).tolist()
     timesteps_on_device = timesteps.to(x.device)
     total = len(timesteps) - start
     for i in range(start, len(timesteps)):
@@ -235,12 +287,18 @@ def _sample_ddim(denoise: Denoise, x: Tensor, schedule: DecoderSchedule, start: 
     return x
 
 
-def _sample_dpmpp_2m(denoise: Denoise, x: Tensor, schedule: DecoderSchedule, start: int,
-                     generator: Optional[torch.Generator], callback: Optional[Callback]) -> Tensor:
+def _sample_dpmpp_2m(
+    denoise: Denoise,
+    x: Tensor,
+    schedule: DecoderSchedule,
+    start: int,
+    generator: Optional[torch.Generator],
+    callback: Optional[Callback],
+) -> Tensor:
     """DPMSolverMultistepScheduler: dpmsolver++, order 2, midpoint; first order on the first step run and on the
     last (final sigma 0). Deterministic, draws no noise."""
     sigmas = schedule.sigmas
-    alpha = 1 / (sigmas ** 2 + 1) ** 0.5
+    alpha = 1 / (sigmas**2 + 1) ** 0.5
     sigma = sigmas * alpha
     lambdas = torch.log(alpha) - torch.log(sigma)  # +inf at the final sigma 0, which makes the last step return x0
     h = lambdas[1:] - lambdas[:-1]
@@ -266,14 +324,20 @@ def _sample_dpmpp_2m(denoise: Denoise, x: Tensor, schedule: DecoderSchedule, sta
     return x
 
 
-def _sample_euler_ancestral(denoise: Denoise, x: Tensor, schedule: DecoderSchedule, start: int,
-                            generator: Optional[torch.Generator], callback: Optional[Callback]) -> Tensor:
+def _sample_euler_ancestral(
+    denoise: Denoise,
+    x: Tensor,
+    schedule: DecoderSchedule,
+    start: int,
+    generator: Optional[torch.Generator],
+    callback: Optional[Callback],
+) -> Tensor:
     """EulerAncestralDiscreteScheduler: the model sees x / sqrt(sigma^2 + 1) (scale_model_input); step noise is
     drawn after every model call, the last one included (where it is scaled by 0)."""
     sigma_from, sigma_to = schedule.sigmas[:-1], schedule.sigmas[1:]
-    sigma_up = (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2) ** 0.5
-    sigma_down = (sigma_to ** 2 - sigma_up ** 2) ** 0.5
-    input_scale = ((sigma_from ** 2 + 1) ** 0.5).tolist()
+    sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
+    sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
+    input_scale = ((sigma_from**2 + 1) ** 0.5).tolist()
     dt, sigma_up = (sigma_down - sigma_from).tolist(), sigma_up.tolist()
     timesteps_on_device = schedule.timesteps.to(x.device)
     total = len(dt) - start
@@ -295,9 +359,16 @@ _DECODER_LOOPS = {
 }
 
 
-def sample_decoder(denoise: Denoise, x: Tensor, steps: int, sampler: str, generator: Optional[torch.Generator],
-                   karras: bool = False, denoise_strength: float = 1.0,
-                   callback: Optional[Callback] = None) -> Tensor:
+def sample_decoder(
+    denoise: Denoise,
+    x: Tensor,
+    steps: int,
+    sampler: str,
+    generator: Optional[torch.Generator],
+    karras: bool = False,
+    denoise_strength: float = 1.0,
+    callback: Optional[Callback] = None,
+) -> Tensor:
     """Run decoder sampler `sampler` from latent `x` (txt2img: scaled noise; img2img: `noise_latent`'s output).
 
     denoise(x, t) returns the guided 4-channel epsilon. With denoise_strength < 1 only the last

@@ -1,4 +1,5 @@
 """Diffusion timestep → embedding, shared by the prior and the UNet (diffusers' Timesteps + TimestepEmbedding)."""
+
 import math
 
 import torch

@@ -13,6 +13,7 @@ safetensors load with strict=True. The layout, from the top:
 Karlo's decoder shares this trunk; it would replace `conditioning` (identity class embedding, text-projection
 context) and pass a padding mask for its text tokens to the attention layers.
 """
+
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -62,8 +63,13 @@ class UNetConfig:
         for key in _ABSENT_FEATURES:
             if config.get(key):
                 raise unsupported(key)
-        for key in ("layers_per_block", "attention_head_dim", "cross_attention_dim", "encoder_hid_dim",
-                    "norm_num_groups"):
+        for key in (
+            "layers_per_block",
+            "attention_head_dim",
+            "cross_attention_dim",
+            "encoder_hid_dim",
+            "norm_num_groups",
+        ):
             if not isinstance(config.get(key), int):  # per-level lists and None are not built
                 raise unsupported(key)
 
@@ -113,9 +119,20 @@ _DEFAULT_SETTINGS = {
 }
 # Optional diffusers features we leave out: each must be absent, None, False or 0.
 _ABSENT_FEATURES = (
-    "center_input_sample", "class_embed_type", "num_class_embeds", "class_embeddings_concat", "time_cond_proj_dim",
-    "time_embedding_dim", "time_embedding_act_fn", "timestep_post_act", "num_attention_heads", "only_cross_attention",
-    "mid_block_only_cross_attention", "cross_attention_norm", "resnet_skip_time_act", "dropout",
+    "center_input_sample",
+    "class_embed_type",
+    "num_class_embeds",
+    "class_embeddings_concat",
+    "time_cond_proj_dim",
+    "time_embedding_dim",
+    "time_embedding_act_fn",
+    "timestep_post_act",
+    "num_attention_heads",
+    "only_cross_attention",
+    "mid_block_only_cross_attention",
+    "cross_attention_norm",
+    "resnet_skip_time_act",
+    "dropout",
 )
 
 

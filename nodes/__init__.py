@@ -1,4 +1,5 @@
 """ComfyUI-facing node classes, one module per stage; thin: validate, call models/, convert types."""
+
 from .decoder import DalleDecoderSample
 from .embeds import DalleImageEncode, DalleMixEmbeds
 from .loaders import DalleLoadDecoder, DalleLoadImageEncoder, DalleLoadPrior

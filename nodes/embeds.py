@@ -1,4 +1,5 @@
 """CLIP image embeddings from pictures, and mixing embeddings (DALL·E 2's variations and interpolations)."""
+
 from __future__ import annotations
 
 import torch
@@ -10,8 +11,10 @@ from .prior import ImageEmbeds
 
 
 class DalleImageEncode:
-    DESCRIPTION = ("Embeds images with CLIP for the decoder: variations of a picture, or one side of a mix with a "
-                   "prompt. The negative is the embedding of an all-zero image, as in the reference.")
+    DESCRIPTION = (
+        "Embeds images with CLIP for the decoder: variations of a picture, or one side of a mix with a "
+        "prompt. The negative is the embedding of an all-zero image, as in the reference."
+    )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("DALLE_IMAGE_EMBEDS",)
     RETURN_NAMES = ("image_embeds",)
@@ -22,7 +25,10 @@ class DalleImageEncode:
         return {
             "required": {
                 "image_encoder": ("DALLE_IMAGE_ENCODER",),
-                "image": ("IMAGE", {"tooltip": "Resized (short side 224) and center-cropped by CLIP's own preprocessing."}),
+                "image": (
+                    "IMAGE",
+                    {"tooltip": "Resized (short side 224) and center-cropped by CLIP's own preprocessing."},
+                ),
             }
         }
 
@@ -60,9 +66,14 @@ class DalleMixEmbeds:
                 "embeds_a": ("DALLE_IMAGE_EMBEDS",),
                 "embeds_b": ("DALLE_IMAGE_EMBEDS",),
                 "weight": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Share of b."}),
-                "method": (["slerp", "lerp"], {"default": "slerp",
-                           "tooltip": "slerp keeps the embedding's length along the way; lerp is the reference "
-                                      "pipeline's weighted sum."}),
+                "method": (
+                    ["slerp", "lerp"],
+                    {
+                        "default": "slerp",
+                        "tooltip": "slerp keeps the embedding's length along the way; lerp is the reference "
+                        "pipeline's weighted sum.",
+                    },
+                ),
             }
         }
 

@@ -1,9 +1,9 @@
 """Loader nodes for Kandinsky 2.2: Hub repo id or local folder → models kept under ComfyUI's memory manager."""
+
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -112,7 +112,9 @@ def _reuse(kind: str, key: tuple, build):
 def _source(repo_id: str, revision: str) -> Source:
     repo_id = repo_id.strip()
     if not repo_id:
-        raise ValueError("repo_id is empty: give a Hub repo id (e.g. kandinsky-community/kandinsky-2-2-prior) or a local folder.")
+        raise ValueError(
+            "repo_id is empty: give a Hub repo id (e.g. kandinsky-community/kandinsky-2-2-prior) or a local folder."
+        )
     return Source(repo_id, revision.strip() or None, runtime.model_store())
 
 
@@ -167,8 +169,10 @@ class DalleLoadPrior(HubLoader):
 
 
 class DalleLoadImageEncoder(HubLoader):
-    DESCRIPTION = ("Loads the CLIP ViT-bigG image encoder of the Kandinsky 2.2 prior repo: embeds images for "
-                   "variations and for mixing images with prompts.")
+    DESCRIPTION = (
+        "Loads the CLIP ViT-bigG image encoder of the Kandinsky 2.2 prior repo: embeds images for "
+        "variations and for mixing images with prompts."
+    )
     RETURN_TYPES = ("DALLE_IMAGE_ENCODER",)
     RETURN_NAMES = ("image_encoder",)
     DEFAULT_REPO = kandinsky22.PRIOR_REPO
@@ -182,7 +186,9 @@ class DalleLoadImageEncoder(HubLoader):
 
 
 class DalleLoadDecoder(HubLoader):
-    DESCRIPTION = "Loads the Kandinsky 2.2 latent decoder UNet and its MoVQ image autoencoder (DALL·E 2's second stage)."
+    DESCRIPTION = (
+        "Loads the Kandinsky 2.2 latent decoder UNet and its MoVQ image autoencoder (DALL·E 2's second stage)."
+    )
     RETURN_TYPES = ("DALLE_DECODER", "DALLE_VQ_VAE")
     RETURN_NAMES = ("decoder", "vq_vae")
     DEFAULT_REPO = kandinsky22.DECODER_REPO

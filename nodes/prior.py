@@ -1,4 +1,5 @@
 """Prior sampling: text embeddings → CLIP image embeddings (DALL·E 2's first stage)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,21 +42,56 @@ class DallePriorSample:
             "required": {
                 "prior": ("DALLE_PRIOR",),
                 "positive": ("DALLE_TEXT_EMBEDS", {"tooltip": "The prompt, from DALL·E Text Encode."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
-                                 "tooltip": "Same seed, same embeddings, on any device."}),
-                "steps": ("INT", {"default": 25, "min": 2, "max": 1000, "tooltip": "Prior denoising steps (reference: 25)."}),
-                "guidance": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 100.0, "step": 0.1,
-                                       "tooltip": "Classifier-free guidance; 1 or less turns it off."}),
-                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Embeddings to sample for the prompt."}),
+                "seed": (
+                    "INT",
+                    {
+                        "default": 0,
+                        "min": 0,
+                        "max": MAX_SEED,
+                        "control_after_generate": True,
+                        "tooltip": "Same seed, same embeddings, on any device.",
+                    },
+                ),
+                "steps": (
+                    "INT",
+                    {"default": 25, "min": 2, "max": 1000, "tooltip": "Prior denoising steps (reference: 25)."},
+                ),
+                "guidance": (
+                    "FLOAT",
+                    {
+                        "default": 4.0,
+                        "min": 0.0,
+                        "max": 100.0,
+                        "step": 0.1,
+                        "tooltip": "Classifier-free guidance; 1 or less turns it off.",
+                    },
+                ),
+                "batch_size": (
+                    "INT",
+                    {"default": 1, "min": 1, "max": 64, "tooltip": "Embeddings to sample for the prompt."},
+                ),
             },
             "optional": {
-                "negative": ("DALLE_TEXT_EMBEDS", {"tooltip": "A negative prompt. Unconnected: the empty prompt guides "
-                                                              "the prior and a zero-image embedding guides the decoder."}),
+                "negative": (
+                    "DALLE_TEXT_EMBEDS",
+                    {
+                        "tooltip": "A negative prompt. Unconnected: the empty prompt guides "
+                        "the prior and a zero-image embedding guides the decoder."
+                    },
+                ),
             },
         }
 
-    def sample(self, prior: PriorModel, positive: PromptEmbeds, seed: int, steps: int, guidance: float,
-               batch_size: int, negative: PromptEmbeds | None = None) -> tuple[ImageEmbeds]:
+    def sample(
+        self,
+        prior: PriorModel,
+        positive: PromptEmbeds,
+        seed: int,
+        steps: int,
+        guidance: float,
+        batch_size: int,
+        negative: PromptEmbeds | None = None,
+    ) -> tuple[ImageEmbeds]:
         if steps < 2:
             raise ValueError(f"steps must be at least 2 for the prior (got {steps}).")
         if batch_size < 1:
@@ -67,8 +103,15 @@ class DallePriorSample:
         progress = runtime.Progress(steps, "prior")
         with torch.inference_mode():
             embeds, negative_embeds = kandinsky22.prior_sample(
-                model, place(positive.prompt), place(positive.empty), place(negative.prompt) if negative else None,
-                batch_size, steps, guidance, torch.Generator().manual_seed(seed), step_callback(progress),
+                model,
+                place(positive.prompt),
+                place(positive.empty),
+                place(negative.prompt) if negative else None,
+                batch_size,
+                steps,
+                guidance,
+                torch.Generator().manual_seed(seed),
+                step_callback(progress),
             )
         progress.close()
         if negative_embeds is None:

@@ -4,6 +4,7 @@ Inside ComfyUI everything goes through its own machinery (model_management, Mode
 folder_paths), so our models are offloaded like any other. Without ComfyUI (tests, the CLI) the same calls
 fall back to plain torch and tqdm.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Text encoding: a prompt → CLIP embeddings for the prior."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,14 @@ class DalleTextEncode:
         return {
             "required": {
                 "text_encoder": ("DALLE_TEXT_ENCODER", {"tooltip": "From Load DALL·E 2 Prior."}),
-                "text": ("STRING", {"multiline": True, "dynamicPrompts": True,
-                                    "tooltip": "The prompt. CLIP reads at most 75 tokens; the rest is cut."}),
+                "text": (
+                    "STRING",
+                    {
+                        "multiline": True,
+                        "dynamicPrompts": True,
+                        "tooltip": "The prompt. CLIP reads at most 75 tokens; the rest is cut.",
+                    },
+                ),
             }
         }
 
@@ -49,6 +56,10 @@ class DalleTextEncode:
         with torch.inference_mode():
             both = encode_text(text_encoder.tokenizer, encoder, [text, ""])
         store = runtime.offload_device()
-        rows = [TextEmbeds(both.pooled[i:i + 1], both.states[i:i + 1], both.mask[i:i + 1]).to(store, both.pooled.dtype)
-                for i in range(2)]
+        rows = [
+            TextEmbeds(both.pooled[i : i + 1], both.states[i : i + 1], both.mask[i : i + 1]).to(
+                store, both.pooled.dtype
+            )
+            for i in range(2)
+        ]
         return (PromptEmbeds(text, rows[0], rows[1]),)

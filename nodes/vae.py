@@ -1,4 +1,5 @@
 """MoVQ: latents ↔ images (ComfyUI IMAGE: [B, H, W, 3] floats in 0..1)."""
+
 from __future__ import annotations
 
 import torch
@@ -34,7 +35,9 @@ class DalleVQDecode:
 
 
 class DalleVQEncode:
-    DESCRIPTION = "Encodes images to Kandinsky 2.2 latents with MoVQ (for image-to-image). Sides must be multiples of 8."
+    DESCRIPTION = (
+        "Encodes images to Kandinsky 2.2 latents with MoVQ (for image-to-image). Sides must be multiples of 8."
+    )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "encode"
@@ -46,7 +49,9 @@ class DalleVQEncode:
     def encode(self, vq_vae: VQModel, image: torch.Tensor) -> tuple[dict]:
         height, width = image.shape[1:3]
         if height % 8 or width % 8:
-            raise ValueError(f"Image size {width}x{height} is not a multiple of 8: resize or crop it first (e.g. Upscale Image).")
+            raise ValueError(
+                f"Image size {width}x{height} is not a multiple of 8: resize or crop it first (e.g. Upscale Image)."
+            )
         movq = vq_vae.movq.load()
         param = next(movq.parameters())
         pixels = image[..., :3].permute(0, 3, 1, 2) * 2 - 1  # drop alpha; MoVQ works in [-1, 1]

@@ -4,6 +4,7 @@ The repo root *is* the ComfyUI package, so it cannot sit on sys.path itself (Com
 `nodes`). Registering it under its package name lets tests use `dalle_nodes.models…` with or without
 `pip install -e .`.
 """
+
 import importlib.util
 import os
 import sys

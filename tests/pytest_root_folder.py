@@ -3,6 +3,7 @@
 Collecting it as a plain folder keeps pytest from importing its `__init__.py` under the checkout's folder name,
 which is often not a valid module name (e.g. `dalle-nodes`).
 """
+
 from pathlib import Path
 
 import pytest

@@ -1,4 +1,5 @@
 """The whole Kandinsky 2.2 chain through our nodes equals diffusers' pipelines on the same tiny checkpoints."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,13 +21,22 @@ def reference(prior_repo, decoder_repo, negative: str | None, batch: int, seed: 
     for pipe in (prior_pipe, decoder_pipe):
         pipe.set_progress_bar_config(disable=True)
     embeds = prior_pipe(
-        PROMPT, negative_prompt=negative, num_images_per_prompt=batch, num_inference_steps=PRIOR_STEPS,
-        guidance_scale=GUIDANCE, generator=torch.Generator("cpu").manual_seed(seed),
+        PROMPT,
+        negative_prompt=negative,
+        num_images_per_prompt=batch,
+        num_inference_steps=PRIOR_STEPS,
+        guidance_scale=GUIDANCE,
+        generator=torch.Generator("cpu").manual_seed(seed),
     )
     out = decoder_pipe(
-        image_embeds=embeds.image_embeds, negative_image_embeds=embeds.negative_image_embeds, width=WIDTH,
-        height=HEIGHT, num_inference_steps=DECODER_STEPS, guidance_scale=GUIDANCE,
-        generator=torch.Generator("cpu").manual_seed(seed), output_type=output_type,
+        image_embeds=embeds.image_embeds,
+        negative_image_embeds=embeds.negative_image_embeds,
+        width=WIDTH,
+        height=HEIGHT,
+        num_inference_steps=DECODER_STEPS,
+        guidance_scale=GUIDANCE,
+        generator=torch.Generator("cpu").manual_seed(seed),
+        output_type=output_type,
     )
     return embeds, out.images
 

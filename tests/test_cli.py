@@ -1,4 +1,5 @@
 """`python -m dalle_nodes generate` end to end on tiny local checkpoints."""
+
 from __future__ import annotations
 
 import os
@@ -12,15 +13,36 @@ from dalle_nodes.cli import main
 
 def run_cli(*args: str, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "dalle_nodes", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dalle_nodes", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_generate_writes_a_png(tiny_prior_repo, tiny_decoder_repo, tmp_path) -> None:
     out = tmp_path / "images" / "fox.png"
-    result = run_cli("generate", "a red fox", "-o", str(out), "--prior", str(tiny_prior_repo), "--decoder",
-                     str(tiny_decoder_repo), "--width", "128", "--height", "64", "--steps", "3", "--prior-steps", "2",
-                     "--seed", "1", "--negative", "blurry", cwd=tmp_path)
+    result = run_cli(
+        "generate",
+        "a red fox",
+        "-o",
+        str(out),
+        "--prior",
+        str(tiny_prior_repo),
+        "--decoder",
+        str(tiny_decoder_repo),
+        "--width",
+        "128",
+        "--height",
+        "64",
+        "--steps",
+        "3",
+        "--prior-steps",
+        "2",
+        "--seed",
+        "1",
+        "--negative",
+        "blurry",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(out)
     with Image.open(out) as image:
@@ -28,9 +50,30 @@ def test_generate_writes_a_png(tiny_prior_repo, tiny_decoder_repo, tmp_path) -> 
 
 
 def test_generate_batch_names_each_image(tiny_prior_repo, tiny_decoder_repo, tmp_path, capsys) -> None:
-    code = main(["generate", "a cat", "-o", str(tmp_path / "cat.png"), "--prior", str(tiny_prior_repo), "--decoder",
-                 str(tiny_decoder_repo), "--width", "64", "--height", "64", "--steps", "2", "--prior-steps", "2",
-                 "--batch-size", "2", "--sampler", "ddim"])
+    code = main(
+        [
+            "generate",
+            "a cat",
+            "-o",
+            str(tmp_path / "cat.png"),
+            "--prior",
+            str(tiny_prior_repo),
+            "--decoder",
+            str(tiny_decoder_repo),
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--steps",
+            "2",
+            "--prior-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--sampler",
+            "ddim",
+        ]
+    )
     assert code == 0
     assert capsys.readouterr().out.split() == [str(tmp_path / "cat_1.png"), str(tmp_path / "cat_2.png")]
 

@@ -1,4 +1,5 @@
 """tests/hub_configs is a verbatim copy of the real Hub configs kept in ../shared/hub_configs."""
+
 from pathlib import Path
 
 import pytest

@@ -3,6 +3,7 @@
 Checked against NODE_CLASS_MAPPINGS (plus stand-ins for the few ComfyUI core nodes we use), without ComfyUI;
 tests/comfyui runs the API files in a real ComfyUI.
 """
+
 from __future__ import annotations
 
 import copy
@@ -32,17 +33,25 @@ class NodeSpec:
 # ComfyUI core nodes our workflows may use, as declared in ComfyUI's nodes.py. Outputs are those every ComfyUI
 # version has (SaveImage gained an IMAGE output only lately). "COMBO": a list only ComfyUI knows (input files).
 CORE_NODES = {
-    "SaveImage": NodeSpec({"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})}},
-                          (), output_node=True),
+    "SaveImage": NodeSpec(
+        {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})}},
+        (),
+        output_node=True,
+    ),
     "PreviewImage": NodeSpec({"required": {"images": ("IMAGE",)}}, (), output_node=True),
     "LoadImage": NodeSpec({"required": {"image": ("COMBO", {"image_upload": True})}}, ("IMAGE", "MASK")),
-    "ImageScale": NodeSpec({"required": {  # "Upscale Image"; MAX_RESOLUTION is 16384
-        "image": ("IMAGE",),
-        "upscale_method": (["nearest-exact", "bilinear", "area", "bicubic", "lanczos"],),
-        "width": ("INT", {"default": 512, "min": 0, "max": 16384, "step": 1}),
-        "height": ("INT", {"default": 512, "min": 0, "max": 16384, "step": 1}),
-        "crop": (["disabled", "center"],),
-    }}, ("IMAGE",)),
+    "ImageScale": NodeSpec(
+        {
+            "required": {  # "Upscale Image"; MAX_RESOLUTION is 16384
+                "image": ("IMAGE",),
+                "upscale_method": (["nearest-exact", "bilinear", "area", "bicubic", "lanczos"],),
+                "width": ("INT", {"default": 512, "min": 0, "max": 16384, "step": 1}),
+                "height": ("INT", {"default": 512, "min": 0, "max": 16384, "step": 1}),
+                "crop": (["disabled", "center"],),
+            }
+        },
+        ("IMAGE",),
+    ),
 }
 
 
@@ -87,8 +96,13 @@ def literal_errors(where: str, declared: tuple, value) -> list[str]:
     if isinstance(declared[0], (list, tuple)):
         return [] if value in declared[0] else [f"{where}: {value!r} is not one of {list(declared[0])}"]
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = {"INT": isinstance(value, int) and is_number, "FLOAT": is_number, "STRING": isinstance(value, str),
-          "BOOLEAN": isinstance(value, bool), "COMBO": isinstance(value, str)}[kind]
+    ok = {
+        "INT": isinstance(value, int) and is_number,
+        "FLOAT": is_number,
+        "STRING": isinstance(value, str),
+        "BOOLEAN": isinstance(value, bool),
+        "COMBO": isinstance(value, str),
+    }[kind]
     if not ok:
         return [f"{where}: {value!r} is not a {kind}"]
     if kind in ("INT", "FLOAT"):
@@ -110,8 +124,9 @@ def api_errors(graph: dict) -> list[str]:
             continue
         declared = declared_inputs(spec)
         missing = set(spec.inputs.get("required", {})) - set(node["inputs"])
-        errors += [f"node {node_id} ({node['class_type']}): required input {name!r} missing"
-                   for name in sorted(missing)]
+        errors += [
+            f"node {node_id} ({node['class_type']}): required input {name!r} missing" for name in sorted(missing)
+        ]
         for name, value in node["inputs"].items():
             where = f"node {node_id} ({node['class_type']}).{name}"
             if name not in declared:
@@ -167,11 +182,17 @@ def ui_mismatches(ui: dict, api: dict) -> list[str]:
         if not kind == output["type"] == socket["type"]:
             errors.append(f"link {link_id}: types {output['type']} → {kind} → {socket['type']} differ")
         ui_links.add((str(source), slot, str(target), socket["name"]))
-    api_links = {(value[0], value[1], node_id, name) for node_id, node in api.items()
-                 for name, value in node["inputs"].items() if isinstance(value, list)}
+    api_links = {
+        (value[0], value[1], node_id, name)
+        for node_id, node in api.items()
+        for name, value in node["inputs"].items()
+        if isinstance(value, list)
+    }
     if ui_links != api_links:
-        errors.append(f"links only in the UI file: {sorted(ui_links - api_links)}; "
-                      f"only in the API file: {sorted(api_links - ui_links)}")
+        errors.append(
+            f"links only in the UI file: {sorted(ui_links - api_links)}; "
+            f"only in the API file: {sorted(api_links - ui_links)}"
+        )
 
     for node_id, node in nodes.items():
         if node_id not in api or api[node_id]["class_type"] != node["type"]:
@@ -248,19 +269,33 @@ def _break_api(graph: dict, how: str) -> str:
     raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["unknown node", "unknown input", "missing input", "wrong link type", "dangling link",
-                                 "above max", "not in combo", "literal for a socket"])
+@pytest.mark.parametrize(
+    "how",
+    [
+        "unknown node",
+        "unknown input",
+        "missing input",
+        "wrong link type",
+        "dangling link",
+        "above max",
+        "not in combo",
+        "literal for a socket",
+    ],
+)
 def test_api_check_catches(how: str) -> None:
     graph = load(WORKFLOWS / "kandinsky22_text2image.api.json")
     expected = _break_api(graph, how)
     assert any(expected in error for error in api_errors(graph)), api_errors(graph)
 
 
-@pytest.mark.parametrize("how, expected", [
-    ("widget value", "UI 512 ≠ API 768"),
-    ("missing seed control", "widget values for"),
-    ("unlinked negative", "only in the API file: [('3', 0, '4', 'negative')]"),
-])
+@pytest.mark.parametrize(
+    "how, expected",
+    [
+        ("widget value", "UI 512 ≠ API 768"),
+        ("missing seed control", "widget values for"),
+        ("unlinked negative", "only in the API file: [('3', 0, '4', 'negative')]"),
+    ],
+)
 def test_ui_check_catches(how: str, expected: str) -> None:
     ui, api = load(WORKFLOWS / "kandinsky22_text2image.json"), load(WORKFLOWS / "kandinsky22_text2image.api.json")
     broken = copy.deepcopy(ui)

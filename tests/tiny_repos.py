@@ -4,6 +4,7 @@ The real configs (tests/hub_configs, copied from the Hub) are shrunk to toy widt
 names, config keys, weight file names, tokenizer files — is what `kandinsky-community/kandinsky-2-2-prior` and
 `-decoder` hold, so the loaders under test take the same code path as with the real downloads.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,12 @@ def write_tokenizer(folder: Path) -> int:
     vocab += ["<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "!"}
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "!",
+    }
     (folder / "special_tokens_map.json").write_text(json.dumps(special))
     (folder / "tokenizer_config.json").write_text(
         json.dumps({**special, "model_max_length": 77, "do_lower_case": True, "tokenizer_class": "CLIPTokenizer"})
@@ -65,20 +71,35 @@ def write_tokenizer(folder: Path) -> int:
 
 
 def write_prior_repo(root: Path, seed: int = 0) -> Path:
-    """kandinsky-2-2-prior in miniature: prior/, text_encoder/, tokenizer/, image_encoder/, image_processor/, scheduler/."""
+    """kandinsky-2-2-prior in miniature: prior/, text_encoder/, tokenizer/, image_encoder/, image_processor/,
+    scheduler/."""
     from diffusers import PriorTransformer
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     vocab_size = write_tokenizer(root / "tokenizer")
     text = real_config(PRIOR_CONFIGS / "text_encoder" / "config.json")
-    text.update(hidden_size=WIDTH, projection_dim=WIDTH, intermediate_size=32, num_hidden_layers=2,
-                num_attention_heads=2, vocab_size=vocab_size)
+    text.update(
+        hidden_size=WIDTH,
+        projection_dim=WIDTH,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        vocab_size=vocab_size,
+    )
     _randomize(CLIPTextModelWithProjection(CLIPTextConfig(**text)), seed).save_pretrained(root / "text_encoder")
 
     vision = real_config(PRIOR_CONFIGS / "image_encoder" / "config.json")
-    vision.update(hidden_size=12, projection_dim=WIDTH, intermediate_size=24, num_hidden_layers=2,
-                  num_attention_heads=2)  # real image_size 224 and patch 14, as the image processor expects
-    _randomize(CLIPVisionModelWithProjection(CLIPVisionConfig(**vision)), seed + 1).save_pretrained(root / "image_encoder")
+    vision.update(
+        hidden_size=12, projection_dim=WIDTH, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2
+    )  # real image_size 224 and patch 14, as the image processor expects
+    _randomize(CLIPVisionModelWithProjection(CLIPVisionConfig(**vision)), seed + 1).save_pretrained(
+        root / "image_encoder"
+    )
 
     prior = {k: v for k, v in real_config(PRIOR_CONFIGS / "prior" / "config.json").items() if not k.startswith("_")}
     prior.update(num_attention_heads=2, attention_head_dim=8, num_layers=2, embedding_dim=WIDTH)
@@ -86,20 +107,35 @@ def write_prior_repo(root: Path, seed: int = 0) -> Path:
 
     for sub in ("scheduler", "image_processor"):
         shutil.copytree(PRIOR_CONFIGS / sub, root / sub, dirs_exist_ok=True)
-    (root / "model_index.json").write_text(json.dumps({
-        "_class_name": "KandinskyV22PriorPipeline", "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
-        "image_processor": ["transformers", "CLIPImageProcessor"], "prior": ["diffusers", "PriorTransformer"],
-        "scheduler": ["diffusers", "UnCLIPScheduler"], "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-    }))
+    (root / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "KandinskyV22PriorPipeline",
+                "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+                "image_processor": ["transformers", "CLIPImageProcessor"],
+                "prior": ["diffusers", "PriorTransformer"],
+                "scheduler": ["diffusers", "UnCLIPScheduler"],
+                "text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+                "tokenizer": ["transformers", "CLIPTokenizer"],
+            }
+        )
+    )
     return root
 
 
 def tiny_unet_config(in_channels: int = 4) -> dict:
     config = {k: v for k, v in real_config(DECODER_CONFIGS / "unet" / "config.json").items() if not k.startswith("_")}
-    config.update(in_channels=in_channels, block_out_channels=[32, 48, 64, 80], layers_per_block=2,
-                  attention_head_dim=8, addition_embed_type_num_heads=8, cross_attention_dim=16,
-                  encoder_hid_dim=WIDTH, norm_num_groups=8, sample_size=8)
+    config.update(
+        in_channels=in_channels,
+        block_out_channels=[32, 48, 64, 80],
+        layers_per_block=2,
+        attention_head_dim=8,
+        addition_embed_type_num_heads=8,
+        cross_attention_dim=16,
+        encoder_hid_dim=WIDTH,
+        norm_num_groups=8,
+        sample_size=8,
+    )
     return config
 
 
@@ -126,8 +162,14 @@ def write_decoder_repo(root: Path, seed: int = 10) -> Path:
                 tensor *= 0.1
     movq.save_pretrained(root / "movq")
     shutil.copytree(DECODER_CONFIGS / "scheduler", root / "scheduler", dirs_exist_ok=True)
-    (root / "model_index.json").write_text(json.dumps({
-        "_class_name": "KandinskyV22Pipeline", "movq": ["diffusers", "VQModel"],
-        "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DConditionModel"],
-    }))
+    (root / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "KandinskyV22Pipeline",
+                "movq": ["diffusers", "VQModel"],
+                "scheduler": ["diffusers", "DDPMScheduler"],
+                "unet": ["diffusers", "UNet2DConditionModel"],
+            }
+        )
+    )
     return root

@@ -4,6 +4,7 @@ The tiny checkpoints sit where the loaders download the real repos to, so the sh
 with HF_HUB_OFFLINE=1, and a random picture sits in the input folder under each name their Load Image nodes ask
 for. Everything ComfyUI writes goes to a temp base directory, never into the checkout.
 """
+
 from __future__ import annotations
 
 import json
@@ -97,8 +98,12 @@ def _optional_flags(checkout: Path) -> list[str]:
 
 def input_image_names() -> set[str]:
     """The files the shipped API workflows' Load Image nodes read from ComfyUI's input folder."""
-    return {node["inputs"]["image"] for path in sorted((ROOT / "workflows").glob("*.api.json"))
-            for node in json.loads(path.read_text(encoding="utf-8")).values() if node["class_type"] == "LoadImage"}
+    return {
+        node["inputs"]["image"]
+        for path in sorted((ROOT / "workflows").glob("*.api.json"))
+        for node in json.loads(path.read_text(encoding="utf-8")).values()
+        if node["class_type"] == "LoadImage"
+    }
 
 
 def _write_input_images(folder: Path) -> None:
@@ -136,8 +141,19 @@ def comfyui(tmp_path_factory) -> Iterator[ComfyUI]:
 
     port = _free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(base / "hf-home"), "PYTHONDONTWRITEBYTECODE": "1"}
-    command = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
-               "--port", str(port), "--base-directory", str(base), "--disable-auto-launch", *_optional_flags(checkout)]
+    command = [
+        os.environ.get("COMFYUI_PYTHON", sys.executable),
+        "main.py",
+        "--cpu",
+        "--listen",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--base-directory",
+        str(base),
+        "--disable-auto-launch",
+        *_optional_flags(checkout),
+    ]
     log = base / "server.log"
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=checkout, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -3,6 +3,7 @@
 Runs when COMFYUI_PATH points at a ComfyUI checkout (interpreter: COMFYUI_PYTHON, default this one); skips
 otherwise. The server and tiny checkpoints are set up once per module by conftest.py.
 """
+
 from __future__ import annotations
 
 import io
@@ -60,8 +61,13 @@ def errors(entry: dict) -> list[dict]:
 
 def why(entry: dict) -> str:
     """A finished prompt's execution errors in one line (pytest would cut the raw status messages short)."""
-    return "; ".join(f"{e['node_type']} (node {e['node_id']}): {e['exception_type']}: {e['exception_message']}"
-                     for e in errors(entry)) or entry["status"]["status_str"]
+    return (
+        "; ".join(
+            f"{e['node_type']} (node {e['node_id']}): {e['exception_type']}: {e['exception_message']}"
+            for e in errors(entry)
+        )
+        or entry["status"]["status_str"]
+    )
 
 
 def names(inputs: dict, section: str) -> set[str]:
@@ -96,7 +102,7 @@ def test_nodes_registered(comfyui) -> None:
             for input_name, ours in spec.inputs.get(section, {}).items():
                 theirs = info[name]["input"][section][input_name]
                 assert same_declaration(ours, theirs), f"{name}.{input_name}: we say {ours}, ComfyUI {theirs}"
-        assert info[name]["output"][:len(spec.outputs)] == list(spec.outputs), name
+        assert info[name]["output"][: len(spec.outputs)] == list(spec.outputs), name
         assert info[name]["output_node"] == spec.output_node, name
 
 

@@ -1,4 +1,5 @@
 """models/hub.py: repo ids and local folders resolve to verified files; every user mistake is a clear error."""
+
 from __future__ import annotations
 
 import json
@@ -74,11 +75,14 @@ def test_unknown_repo_on_the_hub(monkeypatch) -> None:
         load_prior("someone/no-such-repo")
 
 
-@pytest.mark.parametrize("repo, message", [
-    ("/no/such/folder", "Local folder '/no/such/folder' does not exist"),
-    ("./relative/missing", "does not exist"),
-    ("not a repo id", "neither a local folder nor a Hub repo id"),
-])
+@pytest.mark.parametrize(
+    "repo, message",
+    [
+        ("/no/such/folder", "Local folder '/no/such/folder' does not exist"),
+        ("./relative/missing", "does not exist"),
+        ("not a repo id", "neither a local folder nor a Hub repo id"),
+    ],
+)
 def test_bad_repo_strings(repo, message) -> None:
     with pytest.raises(CheckpointError, match=message):
         load_prior(repo)
@@ -156,7 +160,9 @@ def test_config_of_another_class(tiny_prior_repo, tmp_path) -> None:
 def test_weights_of_another_architecture(tiny_prior_repo, tiny_decoder_repo, tmp_path) -> None:
     repo = copy_repo(tiny_prior_repo, tmp_path / "prior")
     shutil.copy(tiny_decoder_repo / "unet" / "diffusion_pytorch_model.safetensors", repo / "prior")
-    with pytest.raises(CheckpointError, match=r"prior of .* does not match its config or is the wrong architecture: \d+ missing"):
+    with pytest.raises(
+        CheckpointError, match=r"prior of .* does not match its config or is the wrong architecture: \d+ missing"
+    ):
         load_prior(repo)
 
 

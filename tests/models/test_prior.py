@@ -1,4 +1,5 @@
 """Our unCLIP prior against diffusers' PriorTransformer: same keys, same outputs."""
+
 import json
 from pathlib import Path
 
@@ -31,8 +32,11 @@ def tiny_inputs(timestep: torch.Tensor) -> dict[str, torch.Tensor]:
     text_mask[1, :10] = True  # short prompt
     text_mask[2, 5:40] = True  # leading padding: first query rows see only padded keys
     return dict(
-        noisy_embeds=torch.randn(BATCH, 12), timestep=timestep, text_embeds=torch.randn(BATCH, 12),
-        text_states=torch.randn(BATCH, 77, 12), text_mask=text_mask,
+        noisy_embeds=torch.randn(BATCH, 12),
+        timestep=timestep,
+        text_embeds=torch.randn(BATCH, 12),
+        text_states=torch.randn(BATCH, 77, 12),
+        text_mask=text_mask,
     )
 
 
@@ -80,9 +84,18 @@ def test_full_size_state_dict_matches_diffusers() -> None:
 
 @pytest.mark.parametrize(
     "key, value",
-    [("norm_in_type", "layer"), ("embedding_proj_norm_type", "layer"), ("added_emb_type", None),
-     ("encoder_hid_proj_type", None), ("time_embed_act_fn", "gelu"), ("clip_embed_dim", 2048),
-     ("time_embed_dim", 1024), ("additional_embeddings", 3), ("dropout", 0.1), ("some_new_option", True)],
+    [
+        ("norm_in_type", "layer"),
+        ("embedding_proj_norm_type", "layer"),
+        ("added_emb_type", None),
+        ("encoder_hid_proj_type", None),
+        ("time_embed_act_fn", "gelu"),
+        ("clip_embed_dim", 2048),
+        ("time_embed_dim", 1024),
+        ("additional_embeddings", 3),
+        ("dropout", 0.1),
+        ("some_new_option", True),
+    ],
 )
 def test_from_diffusers_rejects_unsupported(key: str, value: object) -> None:
     config = {**json.loads(REAL_CONFIG.read_text()), key: value}

@@ -5,6 +5,7 @@ The diffusers schedulers are built from the real hub scheduler configs; alternat
 smoothly but strongly on both x and t stands in for the networks, so any timestep, scaling or noise-order error
 shows up in the step-by-step comparison.
 """
+
 import math
 from pathlib import Path
 
@@ -83,8 +84,10 @@ def assert_same_trajectory(ours: Recorder, reference: Recorder, generator: torch
     for step, (t, t_ref) in enumerate(zip(ours.timesteps, reference.timesteps)):
         assert t.dtype == t_ref.dtype and t.shape == t_ref.shape, f"step {step}: t {t!r} vs {t_ref!r}"
         assert torch.equal(t, t_ref), f"step {step}: t {t} vs {t_ref}"
-    for name, ours_seq, ref_seq in (("model input", ours.inputs, reference.inputs),
-                                    ("latent", ours.latents, reference.latents)):
+    for name, ours_seq, ref_seq in (
+        ("model input", ours.inputs, reference.inputs),
+        ("latent", ours.latents, reference.latents),
+    ):
         for step, (x, x_ref) in enumerate(zip(ours_seq, ref_seq)):
             error = relative_error(x, x_ref)
             assert error < TOLERANCE, f"{name} after step {step}: relative error {error:.2e}"
@@ -104,14 +107,20 @@ def reference_prior(steps: int) -> Recorder:
     for i, t in enumerate(timesteps):
         prediction = recorder(latents, t)
         prev_timestep = None if i + 1 == timesteps.shape[0] else timesteps[i + 1]
-        latents = scheduler.step(prediction, timestep=t, sample=latents, generator=generator,
-                                 prev_timestep=prev_timestep).prev_sample
+        latents = scheduler.step(
+            prediction, timestep=t, sample=latents, generator=generator, prev_timestep=prev_timestep
+        ).prev_sample
         recorder.callback(i, len(timesteps), latents)
     return recorder
 
 
-def reference_decoder(sampler: str, steps: int, karras: bool = False, strength: float | None = None,
-                      image_latent: torch.Tensor | None = None) -> tuple[Recorder, torch.Tensor]:
+def reference_decoder(
+    sampler: str,
+    steps: int,
+    karras: bool = False,
+    strength: float | None = None,
+    image_latent: torch.Tensor | None = None,
+) -> tuple[Recorder, torch.Tensor]:
     """KandinskyV22Pipeline's loop (txt2img), or KandinskyV22Img2ImgPipeline's when `strength` is given, with the
     scale_model_input call of the standard diffusers loop. Returns the recorder and the starting latent."""
     scheduler = decoder_scheduler(sampler, karras)
@@ -124,7 +133,7 @@ def reference_decoder(sampler: str, steps: int, karras: bool = False, strength: 
         latents = randn_tensor(LATENT_SHAPE, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
     else:
         init_timestep = min(int(steps * strength), steps)
-        timesteps = timesteps[max(steps - init_timestep, 0):]
+        timesteps = timesteps[max(steps - init_timestep, 0) :]
         noise = randn_tensor(image_latent.shape, generator=generator, dtype=torch.float32)
         latents = scheduler.add_noise(image_latent, noise, timesteps[:1].repeat(image_latent.shape[0]))
     start = latents.clone()
@@ -150,6 +159,7 @@ def test_prior_matches_unclip_scheduler(steps):
     assert torch.equal(result, ours.latents[-1])
     clipped = [(fake_prior(x, t).abs() > sampling.PRIOR_CLIP_RANGE).any() for x, t in zip(ours.inputs, ours.timesteps)]
     assert any(clipped), "the fake prior should exercise the clip"
+
 
 DECODER_CASES = [
     ("ddpm", 50, False),
@@ -179,8 +189,10 @@ def test_decoder_matches_diffusers(sampler, steps, karras):
     assert len(ours.timesteps) == steps
 
 
-@pytest.mark.parametrize("sampler, karras", [("ddpm", False), ("ddim", False), ("dpmpp_2m", False),
-                                             ("dpmpp_2m", True), ("euler_ancestral", False)])
+@pytest.mark.parametrize(
+    "sampler, karras",
+    [("ddpm", False), ("ddim", False), ("dpmpp_2m", False), ("dpmpp_2m", True), ("euler_ancestral", False)],
+)
 def test_img2img_truncation_matches_pipeline(sampler, karras):
     steps, strength = 10, 0.6
     latent = image_latent()
@@ -190,15 +202,17 @@ def test_img2img_truncation_matches_pipeline(sampler, karras):
     assert relative_error(start, reference_start) < TOLERANCE
     assert sampling.img2img_start(steps, strength) == 4
     ours = Recorder(fake_unet)
-    sampling.sample_decoder(ours, start, steps, sampler, generator, karras=karras, denoise_strength=strength,
-                            callback=ours.callback)
+    sampling.sample_decoder(
+        ours, start, steps, sampler, generator, karras=karras, denoise_strength=strength, callback=ours.callback
+    )
     assert len(ours.timesteps) == 6
     assert_same_trajectory(ours, reference, generator)
 
 
 @pytest.mark.parametrize("dtype, bound", [(torch.float16, 2e-2), (torch.bfloat16, 1e-1)])
-@pytest.mark.parametrize("sampler, karras", [("ddpm", False), ("ddim", False), ("dpmpp_2m", True),
-                                             ("euler_ancestral", False)])
+@pytest.mark.parametrize(
+    "sampler, karras", [("ddpm", False), ("ddim", False), ("dpmpp_2m", True), ("euler_ancestral", False)]
+)
 def test_low_precision_decoder_stays_near_float32(sampler, karras, dtype, bound):
     def run(run_dtype):
         generator = torch.Generator("cpu").manual_seed(SEED)
@@ -224,6 +238,7 @@ def test_low_precision_prior_stays_near_float32(dtype, bound):
     def run(run_dtype):
         generator = torch.Generator("cpu").manual_seed(SEED)
         x = sampling.randn(EMBEDDING_SHAPE, generator, "cpu", run_dtype)
+
         # fake_prior amplifies tiny input differences near its clip, so use a contracting model here
         def denoise(x_in, t):
             return (0.8 * x_in.float() + 0.2 * torch.cos(t.float() / 300)).to(run_dtype)

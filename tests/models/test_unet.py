@@ -1,4 +1,5 @@
 """KandinskyUNet against diffusers' UNet2DConditionModel: same state_dict layout, same outputs."""
+
 import functools
 import json
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Image embeddings from pictures and mixing, against diffusers' KandinskyV22PriorPipeline.interpolate."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Nodes called as ComfyUI calls them (keyword inputs from INPUT_TYPES), without ComfyUI installed."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,7 +14,10 @@ CONTRACT = {  # DESIGN.md's node contract: id → (required inputs, output types
     "DalleLoadDecoder": ({"repo_id", "revision", "dtype"}, ("DALLE_DECODER", "DALLE_VQ_VAE")),
     "DalleTextEncode": ({"text_encoder", "text"}, ("DALLE_TEXT_EMBEDS",)),
     "DallePriorSample": ({"prior", "positive", "seed", "steps", "guidance", "batch_size"}, ("DALLE_IMAGE_EMBEDS",)),
-    "DalleDecoderSample": ({"decoder", "image_embeds", "width", "height", "steps", "guidance", "sampler", "seed"}, ("LATENT",)),
+    "DalleDecoderSample": (
+        {"decoder", "image_embeds", "width", "height", "steps", "guidance", "sampler", "seed"},
+        ("LATENT",),
+    ),
     "DalleVQDecode": ({"vq_vae", "latent"}, ("IMAGE",)),
     "DalleVQEncode": ({"vq_vae", "image"}, ("LATENT",)),
 }
@@ -39,7 +43,11 @@ def test_package_exports_the_contract() -> None:
         assert cls.RETURN_TYPES == outputs
         assert callable(getattr(cls, cls.FUNCTION)) and cls.CATEGORY and cls.DESCRIPTION
         for name, spec in {**types["required"], **types.get("optional", {})}.items():
-            if isinstance(spec[0], str) and spec[0] in ("INT", "FLOAT", "STRING", "BOOLEAN") or isinstance(spec[0], list):
+            if (
+                isinstance(spec[0], str)
+                and spec[0] in ("INT", "FLOAT", "STRING", "BOOLEAN")
+                or isinstance(spec[0], list)
+            ):
                 assert "tooltip" in spec[1] or name in ("seed", "vq_vae", "latent"), f"{node_id}.{name} has no tooltip"
 
 
@@ -60,13 +68,24 @@ def models(tiny_prior_repo, tiny_decoder_repo):
     return prior, text_encoder, decoder, vq_vae
 
 
-@pytest.mark.parametrize("sampler, karras", [("ddpm", False), ("ddim", False), ("dpmpp_2m", True), ("euler_ancestral", False)])
+@pytest.mark.parametrize(
+    "sampler, karras", [("ddpm", False), ("ddim", False), ("dpmpp_2m", True), ("euler_ancestral", False)]
+)
 def test_every_sampler_runs_the_chain(models, sampler, karras) -> None:
     prior, text_encoder, decoder, vq_vae = models
     (positive,) = call("DalleTextEncode", text_encoder=text_encoder, text="a cat")
     (embeds,) = call("DallePriorSample", prior=prior, positive=positive, steps=3, batch_size=2, seed=1)
-    (latent,) = call("DalleDecoderSample", decoder=decoder, image_embeds=embeds, width=64, height=128, steps=4,
-                     sampler=sampler, karras=karras, seed=5)
+    (latent,) = call(
+        "DalleDecoderSample",
+        decoder=decoder,
+        image_embeds=embeds,
+        width=64,
+        height=128,
+        steps=4,
+        sampler=sampler,
+        karras=karras,
+        seed=5,
+    )
     (image,) = call("DalleVQDecode", vq_vae=vq_vae, latent=latent)
     assert image.shape == (2, 128, 64, 3) and image.dtype == torch.float32
     assert torch.isfinite(image).all() and 0 <= image.min() and image.max() <= 1
@@ -79,7 +98,9 @@ def test_same_seed_same_image_other_seed_other_image(models) -> None:
 
     def latent(seed: int) -> torch.Tensor:
         (embeds,) = call("DallePriorSample", prior=prior, positive=positive, steps=3, seed=seed)
-        return call("DalleDecoderSample", decoder=decoder, image_embeds=embeds, width=64, height=64, steps=3, seed=seed)[0]["samples"]
+        return call(
+            "DalleDecoderSample", decoder=decoder, image_embeds=embeds, width=64, height=64, steps=3, seed=seed
+        )[0]["samples"]
 
     assert torch.equal(latent(3), latent(3))
     assert not torch.allclose(latent(3), latent(4))
@@ -121,28 +142,39 @@ def test_img2img_matches_diffusers(models, tiny_decoder_repo) -> None:
     # images are resized there (the txt2img chain test covers non-square sizes)
     image = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(0))
     (latent,) = call("DalleVQEncode", vq_vae=vq_vae, image=image)
-    (ours,) = call("DalleDecoderSample", decoder=decoder, image_embeds=embeds, latent=latent, denoise=0.6,
-                   steps=10, seed=9)
+    (ours,) = call(
+        "DalleDecoderSample", decoder=decoder, image_embeds=embeds, latent=latent, denoise=0.6, steps=10, seed=9
+    )
 
     pipe = KandinskyV22Img2ImgPipeline.from_pretrained(tiny_decoder_repo)
     pipe.set_progress_bar_config(disable=True)
     reference = pipe(
-        image=image.permute(0, 3, 1, 2), image_embeds=embeds.positive, negative_image_embeds=embeds.negative,
-        width=128, height=128, num_inference_steps=10, strength=0.6, guidance_scale=4.0,
-        generator=torch.Generator("cpu").manual_seed(9), output_type="latent",
+        image=image.permute(0, 3, 1, 2),
+        image_embeds=embeds.positive,
+        negative_image_embeds=embeds.negative,
+        width=128,
+        height=128,
+        num_inference_steps=10,
+        strength=0.6,
+        guidance_scale=4.0,
+        generator=torch.Generator("cpu").manual_seed(9),
+        output_type="latent",
     ).images
     assert ((ours["samples"] - reference).abs().max() / reference.abs().max()).item() < 1e-4
 
 
-@pytest.mark.parametrize("inputs, message", [
-    ({"width": 100}, "width 100 is not supported: use a multiple of 64 between 64 and 4096 \\(e.g. 128\\)"),
-    ({"height": 8192}, "height 8192 is not supported"),
-    ({"steps": 0}, "steps must be at least 1"),
-    ({"sampler": "heun"}, "Unknown sampler 'heun'"),
-    ({"karras": True}, "karras sigmas apply to the dpmpp_2m sampler only"),
-    ({"denoise": 0.5}, "denoise below 1 needs a starting latent"),
-    ({"latent": {"samples": torch.zeros(1, 16, 8, 8)}}, "latent has 16 channels"),
-])
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        ({"width": 100}, "width 100 is not supported: use a multiple of 64 between 64 and 4096 \\(e.g. 128\\)"),
+        ({"height": 8192}, "height 8192 is not supported"),
+        ({"steps": 0}, "steps must be at least 1"),
+        ({"sampler": "heun"}, "Unknown sampler 'heun'"),
+        ({"karras": True}, "karras sigmas apply to the dpmpp_2m sampler only"),
+        ({"denoise": 0.5}, "denoise below 1 needs a starting latent"),
+        ({"latent": {"samples": torch.zeros(1, 16, 8, 8)}}, "latent has 16 channels"),
+    ],
+)
 def test_decoder_input_errors(models, inputs, message) -> None:
     prior, text_encoder, decoder, _ = models
     (positive,) = call("DalleTextEncode", text_encoder=text_encoder, text="a cat")
@@ -157,7 +189,10 @@ def test_empty_prompt_is_refused(models, text) -> None:
         call("DalleTextEncode", text_encoder=models[1], text=text)
 
 
-@pytest.mark.parametrize("inputs, message", [({"steps": 1}, "steps must be at least 2"), ({"batch_size": 0}, "batch_size must be at least 1")])
+@pytest.mark.parametrize(
+    "inputs, message",
+    [({"steps": 1}, "steps must be at least 2"), ({"batch_size": 0}, "batch_size must be at least 1")],
+)
 def test_prior_input_errors(models, inputs, message) -> None:
     (positive,) = call("DalleTextEncode", text_encoder=models[1], text="a cat")
     with pytest.raises(ValueError, match=message):
