@@ -58,7 +58,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
         else [args.output.with_name(f"{args.output.stem}_{i + 1}{args.output.suffix}") for i in range(len(images))]
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    for path, image in zip(paths, images):
+    for path, image in zip(paths, images, strict=True):
         Image.fromarray(np.clip(image.numpy() * 255 + 0.5, 0, 255).astype(np.uint8)).save(path)
         print(path)
     return paths

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,7 +27,7 @@ class TextEmbeds:
     states: torch.Tensor  # [B, 77, D] last hidden states
     mask: torch.Tensor  # [B, 77] bool, True where a real token is
 
-    def to(self, device: torch.device, dtype: torch.dtype) -> "TextEmbeds":
+    def to(self, device: torch.device, dtype: torch.dtype) -> TextEmbeds:
         return TextEmbeds(self.pooled.to(device, dtype), self.states.to(device, dtype), self.mask.to(device))
 
 
@@ -54,15 +53,15 @@ def _from_pretrained(class_name: str, folder: Path, dtype: torch.dtype, what: st
     return model.eval().requires_grad_(False)
 
 
-def load_text_encoder(folder: Path, dtype: torch.dtype) -> "CLIPTextModelWithProjection":
+def load_text_encoder(folder: Path, dtype: torch.dtype) -> CLIPTextModelWithProjection:
     return _from_pretrained("CLIPTextModelWithProjection", folder, dtype, "CLIP text encoder")
 
 
-def load_image_encoder(folder: Path, dtype: torch.dtype) -> "CLIPVisionModelWithProjection":
+def load_image_encoder(folder: Path, dtype: torch.dtype) -> CLIPVisionModelWithProjection:
     return _from_pretrained("CLIPVisionModelWithProjection", folder, dtype, "CLIP image encoder")
 
 
-def load_tokenizer(folder: Path) -> "CLIPTokenizer":
+def load_tokenizer(folder: Path) -> CLIPTokenizer:
     from transformers import CLIPTokenizer
 
     try:
@@ -71,7 +70,7 @@ def load_tokenizer(folder: Path) -> "CLIPTokenizer":
         raise CheckpointError(f"The CLIP tokenizer in '{folder}' could not be loaded: {error}") from error
 
 
-def encode_text(tokenizer: "CLIPTokenizer", encoder: "CLIPTextModelWithProjection", prompts: list[str]) -> TextEmbeds:
+def encode_text(tokenizer: CLIPTokenizer, encoder: CLIPTextModelWithProjection, prompts: list[str]) -> TextEmbeds:
     """Tokenize to 77 tokens (cut longer prompts) and encode, as the reference prior pipeline does.
 
     The encoder itself sees no padding mask (causal attention only); the mask is for the prior.
@@ -82,7 +81,7 @@ def encode_text(tokenizer: "CLIPTokenizer", encoder: "CLIPTextModelWithProjectio
     return TextEmbeds(out.text_embeds, out.last_hidden_state, tokens.attention_mask.bool().to(device))
 
 
-def zero_image_embed(encoder: "CLIPVisionModelWithProjection") -> torch.Tensor:
+def zero_image_embed(encoder: CLIPVisionModelWithProjection) -> torch.Tensor:
     """[1, D] embedding of an all-zero image: the unconditional image embedding for the decoder."""
     size = encoder.config.image_size
     zeros = torch.zeros(1, 3, size, size, device=encoder.device, dtype=encoder.dtype)
@@ -99,7 +98,7 @@ def load_image_processor(folder: Path):
         raise CheckpointError(f"The CLIP image processor in '{folder}' could not be loaded: {error}") from error
 
 
-def encode_images(processor, encoder: "CLIPVisionModelWithProjection", images: torch.Tensor) -> torch.Tensor:
+def encode_images(processor, encoder: CLIPVisionModelWithProjection, images: torch.Tensor) -> torch.Tensor:
     """[B, H, W, 3] floats in 0..1 → [B, D] CLIP image embeddings.
 
     Images go in as 8-bit arrays, exactly what the reference gets from a PIL image, so a PNG loaded in ComfyUI

@@ -6,7 +6,6 @@ gives the same image, but as plain functions over our own modules.
 
 from __future__ import annotations
 
-
 import torch
 
 from . import sampling
@@ -117,7 +116,7 @@ def _repeat(embeds: TextEmbeds, n: int) -> TextEmbeds:
 
 
 def _cat(*parts: TextEmbeds) -> TextEmbeds:
-    return TextEmbeds(*(torch.cat(ts) for ts in zip(*((p.pooled, p.states, p.mask) for p in parts))))
+    return TextEmbeds(*(torch.cat(ts) for ts in zip(*((p.pooled, p.states, p.mask) for p in parts), strict=True)))
 
 
 def prior_sample(

@@ -7,9 +7,10 @@ checkpoint, so we hold it (and offer the lookup).
 Module names mirror diffusers' `VQModel`, so its safetensors load with `strict=True`.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

@@ -10,8 +10,8 @@ Decoder: x = randn(shape, gen, device, dtype) * decoder_schedule(sampler, steps,
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -28,7 +28,7 @@ KARRAS_RHO = 7.0
 
 
 def randn(
-    shape: tuple[int, ...], generator: Optional[torch.Generator], device: torch.device | str, dtype: torch.dtype
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str, dtype: torch.dtype
 ) -> Tensor:
     """Standard normal noise drawn on the CPU in float32 (so a seed is device independent), then moved."""
     noise = torch.randn(shape, generator=generator, dtype=torch.float32, device="cpu")
@@ -44,7 +44,7 @@ class DecoderSchedule:
     sampler: str
     timesteps: Tensor  # t fed to the UNet at each step (int64; float32 for euler_ancestral), CPU
     alphas_cumprod: Tensor  # training schedule, float32 [1000]
-    sigmas: Optional[Tensor]  # dpmpp_2m / euler_ancestral: noise level per step plus a final 0, float32
+    sigmas: Tensor | None  # dpmpp_2m / euler_ancestral: noise level per step plus a final 0, float32
     init_noise_sigma: float  # txt2img: the initial N(0, 1) noise is scaled by this
 
 
@@ -138,7 +138,7 @@ def img2img_start(steps: int, denoise_strength: float) -> int:
 
 def noise_latent(
     latent: Tensor,
-    generator: Optional[torch.Generator],
+    generator: torch.Generator | None,
     steps: int,
     sampler: str,
     karras: bool = False,
@@ -169,8 +169,8 @@ def _posterior_loop(
     coef_x: Tensor,
     noise_std: Tensor,
     start: int,
-    generator: Optional[torch.Generator],
-    callback: Optional[Callback],
+    generator: torch.Generator | None,
+    callback: Callback | None,
 ) -> Tensor:
     """Ancestral DDPM: x <- coef_x0 * x0 + coef_x * x + noise_std * noise, noise drawn only while t > 0."""
     timesteps_on_device = timesteps.to(x.device)
@@ -188,7 +188,7 @@ def _posterior_loop(
 
 
 def sample_prior(
-    denoise: Denoise, x: Tensor, steps: int, generator: Optional[torch.Generator], callback: Optional[Callback] = None
+    denoise: Denoise, x: Tensor, steps: int, generator: torch.Generator | None, callback: Callback | None = None
 ) -> Tensor:
     """unCLIP prior sampling (UnCLIPScheduler as the Kandinsky 2.2 prior pipeline drives it).
 
@@ -232,8 +232,8 @@ def _sample_ddpm(
     x: Tensor,
     schedule: DecoderSchedule,
     start: int,
-    generator: Optional[torch.Generator],
-    callback: Optional[Callback],
+    generator: torch.Generator | None,
+    callback: Callback | None,
 ) -> Tensor:
     """DDPMScheduler, variance "fixed_small": step noise drawn after every model call (all t >= 1)."""
     timesteps, alphas_cumprod = schedule.timesteps, schedule.alphas_cumprod
@@ -266,8 +266,8 @@ def _sample_ddim(
     x: Tensor,
     schedule: DecoderSchedule,
     start: int,
-    generator: Optional[torch.Generator],
-    callback: Optional[Callback],
+    generator: torch.Generator | None,
+    callback: Callback | None,
 ) -> Tensor:
     """DDIMScheduler with eta 0 (as the pipeline calls it): deterministic, draws no noise."""
     timesteps, alphas_cumprod = schedule.timesteps, schedule.alphas_cumprod
@@ -292,8 +292,8 @@ def _sample_dpmpp_2m(
     x: Tensor,
     schedule: DecoderSchedule,
     start: int,
-    generator: Optional[torch.Generator],
-    callback: Optional[Callback],
+    generator: torch.Generator | None,
+    callback: Callback | None,
 ) -> Tensor:
     """DPMSolverMultistepScheduler: dpmsolver++, order 2, midpoint; first order on the first step run and on the
     last (final sigma 0). Deterministic, draws no noise."""
@@ -329,8 +329,8 @@ def _sample_euler_ancestral(
     x: Tensor,
     schedule: DecoderSchedule,
     start: int,
-    generator: Optional[torch.Generator],
-    callback: Optional[Callback],
+    generator: torch.Generator | None,
+    callback: Callback | None,
 ) -> Tensor:
     """EulerAncestralDiscreteScheduler: the model sees x / sqrt(sigma^2 + 1) (scale_model_input); step noise is
     drawn after every model call, the last one included (where it is scaled by 0)."""
@@ -364,10 +364,10 @@ def sample_decoder(
     x: Tensor,
     steps: int,
     sampler: str,
-    generator: Optional[torch.Generator],
+    generator: torch.Generator | None,
     karras: bool = False,
     denoise_strength: float = 1.0,
-    callback: Optional[Callback] = None,
+    callback: Callback | None = None,
 ) -> Tensor:
     """Run decoder sampler `sampler` from latent `x` (txt2img: scaled noise; img2img: `noise_latent`'s output).
 

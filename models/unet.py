@@ -14,8 +14,9 @@ Karlo's decoder shares this trunk; it would replace `conditioning` (identity cla
 context) and pass a padding mask for its text tokens to the attention layers.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -282,7 +283,7 @@ class KandinskyUNet(nn.Module):
         last = len(chs) - 1
         skip_chs = [chs[0]]  # channels of each skip tensor, in the order the down path stores them
         self.down_blocks = nn.ModuleList()
-        for level, (ch, attention) in enumerate(zip(chs, cfg.attention_levels)):
+        for level, (ch, attention) in enumerate(zip(chs, cfg.attention_levels, strict=True)):
             self.down_blocks.append(DownLevel(cfg, skip_chs[-1], ch, attention, last=level == last))
             skip_chs += [ch] * (cfg.layers_per_block + (level != last))
         self.mid_block = MidBlock(cfg, chs[-1])

@@ -171,7 +171,8 @@ def ui_mismatches(ui: dict, api: dict) -> list[str]:
     nodes = {str(node["id"]): node for node in ui["nodes"]}
     if Counter(n["type"] for n in nodes.values()) != Counter(n["class_type"] for n in api.values()):
         errors.append("node types differ between the UI and API files")
-    if max(map(int, nodes)) > ui["last_node_id"] or max((l[0] for l in ui["links"]), default=0) > ui["last_link_id"]:
+    last_link = max((link[0] for link in ui["links"]), default=0)
+    if max(map(int, nodes)) > ui["last_node_id"] or last_link > ui["last_link_id"]:
         errors.append("last_node_id / last_link_id below the ids in use: the frontend would reuse ids")
 
     ui_links = set()
@@ -204,7 +205,7 @@ def ui_mismatches(ui: dict, api: dict) -> list[str]:
             errors.append(f"node {node_id} ({node['type']}): {len(values)} widget values for widgets {names}")
             continue
         inputs = api[node_id]["inputs"]
-        for name, value in zip(names, values):
+        for name, value in zip(names, values, strict=True):
             if isinstance(name, FrontendWidget):
                 if value not in name.allowed:
                     errors.append(f"node {node_id}: {name.name} {value!r} not in {sorted(name.allowed)}")
@@ -306,7 +307,7 @@ def test_ui_check_catches(how: str, expected: str) -> None:
     elif how == "missing seed control":
         decoder["widgets_values"].remove("fixed")
     else:  # disconnected cleanly on both ends: only the comparison with the API file can notice
-        link = next(l for l in broken["links"] if nodes[l[3]]["inputs"][l[4]]["name"] == "negative")
+        link = next(ln for ln in broken["links"] if nodes[ln[3]]["inputs"][ln[4]]["name"] == "negative")
         broken["links"].remove(link)
         nodes[link[3]]["inputs"][link[4]]["link"] = None
         nodes[link[1]]["outputs"][link[2]]["links"].remove(link[0])

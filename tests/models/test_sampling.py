@@ -81,14 +81,14 @@ def assert_same_trajectory(ours: Recorder, reference: Recorder, generator: torch
     assert len(ours.timesteps) == len(reference.timesteps) > 0
     assert len(ours.latents) == len(reference.latents) == ours.total
     worst = 0.0
-    for step, (t, t_ref) in enumerate(zip(ours.timesteps, reference.timesteps)):
+    for step, (t, t_ref) in enumerate(zip(ours.timesteps, reference.timesteps, strict=True)):
         assert t.dtype == t_ref.dtype and t.shape == t_ref.shape, f"step {step}: t {t!r} vs {t_ref!r}"
         assert torch.equal(t, t_ref), f"step {step}: t {t} vs {t_ref}"
     for name, ours_seq, ref_seq in (
         ("model input", ours.inputs, reference.inputs),
         ("latent", ours.latents, reference.latents),
     ):
-        for step, (x, x_ref) in enumerate(zip(ours_seq, ref_seq)):
+        for step, (x, x_ref) in enumerate(zip(ours_seq, ref_seq, strict=True)):
             error = relative_error(x, x_ref)
             assert error < TOLERANCE, f"{name} after step {step}: relative error {error:.2e}"
             worst = max(worst, error)
@@ -157,7 +157,8 @@ def test_prior_matches_unclip_scheduler(steps):
     result = sampling.sample_prior(ours, x, steps, generator, callback=ours.callback)
     assert_same_trajectory(ours, reference, generator)
     assert torch.equal(result, ours.latents[-1])
-    clipped = [(fake_prior(x, t).abs() > sampling.PRIOR_CLIP_RANGE).any() for x, t in zip(ours.inputs, ours.timesteps)]
+    steps = zip(ours.inputs, ours.timesteps, strict=True)
+    clipped = [(fake_prior(x, t).abs() > sampling.PRIOR_CLIP_RANGE).any() for x, t in steps]
     assert any(clipped), "the fake prior should exercise the clip"
 
 
