@@ -160,6 +160,12 @@ def noise_latent(
     return (signal_scale * latent.float() + noise_scale * noise).to(latent.dtype)
 
 
+def _posterior(a_t: Tensor, a_prev: Tensor, alpha: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """DDPM posterior q(x_prev | x_t, x0) per step: the coefficients of x0 and x_t, and its variance."""
+    b_t, b_prev = 1 - a_t, 1 - a_prev
+    return a_prev**0.5 * beta / b_t, alpha**0.5 * b_prev / b_t, b_prev / b_t * beta
+
+
 def _posterior_loop(
     denoise: Denoise,
     to_x0: Callable[[Tensor, Tensor, int], Tensor],
@@ -209,10 +215,8 @@ def sample_prior(
     adjacent = prev == timesteps - 1
     beta = torch.where(adjacent, betas[timesteps], 1 - a_t / a_prev)
     alpha = torch.where(adjacent, alphas[timesteps], 1 - beta)
-    b_t, b_prev = 1 - a_t, 1 - a_prev
-    coef_x0 = a_prev**0.5 * beta / b_t
-    coef_x = alpha**0.5 * b_prev / b_t
-    noise_std = torch.exp(0.5 * torch.log(torch.clamp(b_prev / b_t * beta, min=1e-20)))  # "fixed_small_log"
+    coef_x0, coef_x, variance = _posterior(a_t, a_prev, alpha, beta)
+    noise_std = torch.exp(0.5 * torch.log(torch.clamp(variance, min=1e-20)))  # "fixed_small_log"
     return _posterior_loop(
         denoise,
         lambda x32, out, i: out.clamp(-PRIOR_CLIP_RANGE, PRIOR_CLIP_RANGE),
@@ -240,13 +244,10 @@ def _sample_ddpm(
     prev = torch.cat([timesteps[1:], timesteps.new_tensor([-1])])
     a_t = alphas_cumprod[timesteps]
     a_prev = torch.where(prev >= 0, alphas_cumprod[prev.clamp(min=0)], torch.ones(()))
-    b_t, b_prev = 1 - a_t, 1 - a_prev
     alpha = a_t / a_prev
-    beta = 1 - alpha
-    coef_x0 = a_prev**0.5 * beta / b_t
-    coef_x = alpha**0.5 * b_prev / b_t
-    noise_std = torch.clamp(b_prev / b_t * beta, min=1e-20) ** 0.5
-    sqrt_a, sqrt_b = (a_t**0.5).tolist(), (b_t**0.5).tolist()
+    coef_x0, coef_x, variance = _posterior(a_t, a_prev, alpha, 1 - alpha)
+    noise_std = torch.clamp(variance, min=1e-20) ** 0.5
+    sqrt_a, sqrt_b = (a_t**0.5).tolist(), ((1 - a_t) ** 0.5).tolist()
     return _posterior_loop(
         denoise,
         lambda x32, eps, i: (x32 - sqrt_b[i] * eps) / sqrt_a[i],

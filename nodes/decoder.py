@@ -7,7 +7,7 @@ import torch
 from ..models import kandinsky22, sampling
 from . import runtime
 from .loaders import CATEGORY, DecoderModel
-from .prior import MAX_SEED, ImageEmbeds, step_callback
+from .prior import GUIDANCE_INPUT, ImageEmbeds, seed_input, step_callback
 
 
 class DalleDecoderSample:
@@ -50,16 +50,7 @@ class DalleDecoderSample:
                     },
                 ),
                 "steps": ("INT", {"default": 50, "min": 1, "max": 999, "tooltip": "Decoder denoising steps."}),
-                "guidance": (
-                    "FLOAT",
-                    {
-                        "default": 4.0,
-                        "min": 0.0,
-                        "max": 100.0,
-                        "step": 0.1,
-                        "tooltip": "Classifier-free guidance; 1 or less turns it off.",
-                    },
-                ),
+                "guidance": GUIDANCE_INPUT,
                 "sampler": (
                     list(sampling.DECODER_SAMPLERS),
                     {
@@ -68,7 +59,7 @@ class DalleDecoderSample:
                     },
                 ),
                 "karras": ("BOOLEAN", {"default": False, "tooltip": "Karras sigma spacing (dpmpp_2m only)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}),
+                "seed": seed_input("Same seed, same image, on any device."),
             },
             "optional": {
                 "latent": ("LATENT", {"tooltip": "Start from this latent (image-to-image) instead of pure noise."}),

@@ -12,6 +12,12 @@ from .loaders import CATEGORY, PriorModel
 from .text import PromptEmbeds
 
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+GUIDANCE_TOOLTIP = "Classifier-free guidance; 1 or less turns it off."
+GUIDANCE_INPUT = ("FLOAT", {"default": 4.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": GUIDANCE_TOOLTIP})
+
+
+def seed_input(tooltip: str) -> tuple:
+    return ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True, "tooltip": tooltip})
 
 
 @dataclass
@@ -42,30 +48,12 @@ class DallePriorSample:
             "required": {
                 "prior": ("DALLE_PRIOR",),
                 "positive": ("DALLE_TEXT_EMBEDS", {"tooltip": "The prompt, from DALL·E Text Encode."}),
-                "seed": (
-                    "INT",
-                    {
-                        "default": 0,
-                        "min": 0,
-                        "max": MAX_SEED,
-                        "control_after_generate": True,
-                        "tooltip": "Same seed, same embeddings, on any device.",
-                    },
-                ),
+                "seed": seed_input("Same seed, same embeddings, on any device."),
                 "steps": (
                     "INT",
                     {"default": 25, "min": 2, "max": 1000, "tooltip": "Prior denoising steps (reference: 25)."},
                 ),
-                "guidance": (
-                    "FLOAT",
-                    {
-                        "default": 4.0,
-                        "min": 0.0,
-                        "max": 100.0,
-                        "step": 0.1,
-                        "tooltip": "Classifier-free guidance; 1 or less turns it off.",
-                    },
-                ),
+                "guidance": GUIDANCE_INPUT,
                 "batch_size": (
                     "INT",
                     {"default": 1, "min": 1, "max": 64, "tooltip": "Embeddings to sample for the prompt."},
