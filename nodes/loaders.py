@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -68,23 +69,21 @@ class VQModel:
     movq: runtime.ManagedModule
 
 
-def _cache_key(source: Source, dtype: torch.dtype) -> str:
-    local = source.local_folder
-    if local is None:
-        identity = f"{source.repo}@{source.revision or 'main'}"
-    else:
-        weights = fetch_weights(source, "image_encoder", TRANSFORMERS_WEIGHTS)
-        identity = f"{weights.resolve()}:{weights.stat().st_size}:{weights.stat().st_mtime_ns}"
-    return hashlib.sha256(f"{identity}:{dtype}".encode()).hexdigest()[:24]
+def _cache_key(weights: Path, dtype: torch.dtype) -> str:
+    """Names the weight file's content: the HF cache stores blobs under their hash, and a file replaced in a
+    folder changes size or mtime, so new weights never meet an old embedding."""
+    stat = weights.stat()
+    identity = f"{weights.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{dtype}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:24]
 
 
 def _cached_zero_embed(source: Source, dtype: torch.dtype) -> torch.Tensor:
-    path = runtime.cache_dir() / "zero_image_embeds" / f"{_cache_key(source, dtype)}.safetensors"
+    fetch_config(source, "image_encoder", expect="CLIPVisionModelWithProjection")
+    weights = fetch_weights(source, "image_encoder", TRANSFORMERS_WEIGHTS)  # on disk after the first time
+    path = runtime.cache_dir() / "zero_image_embeds" / f"{_cache_key(weights, dtype)}.safetensors"
     if path.is_file():
         return load_file(path)["embed"]
-    fetch_config(source, "image_encoder", expect="CLIPVisionModelWithProjection")
-    folder = fetch_weights(source, "image_encoder", TRANSFORMERS_WEIGHTS).parent
-    managed = runtime.ManagedModule(clip.load_image_encoder(folder, dtype))
+    managed = runtime.ManagedModule(clip.load_image_encoder(weights.parent, dtype))
     with torch.inference_mode():
         embed = clip.zero_image_embed(managed.load()).float().cpu()
     del managed

@@ -207,3 +207,21 @@ def test_vq_encode_needs_multiples_of_8(models) -> None:
 def test_empty_repo_id(models) -> None:
     with pytest.raises(ValueError, match="repo_id is empty"):
         call("DalleLoadPrior", repo_id="  ")
+
+
+def test_zero_image_embedding_follows_new_weights(tiny_prior_repo, tmp_path) -> None:
+    """Replacing the image encoder's weights must not serve the embedding cached for the old ones."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    repo = tmp_path / "prior"
+    shutil.copytree(tiny_prior_repo, repo)
+    loaders._loaded.clear()
+    before = call("DalleLoadPrior", repo_id=str(repo), dtype="fp32")[0].zero_image_embed()
+    weights = repo / "image_encoder" / "model.safetensors"
+    save_file({k: v * 1.5 if k == "visual_projection.weight" else v for k, v in load_file(weights).items()}, weights)
+    loaders._loaded.clear()
+    after = call("DalleLoadPrior", repo_id=str(repo), dtype="fp32")[0].zero_image_embed()
+    assert torch.allclose(after, before * 1.5, rtol=1e-4, atol=1e-6)
+    assert len(list((runtime.cache_dir() / "zero_image_embeds").glob("*.safetensors"))) == 2
