@@ -124,6 +124,8 @@ def write_prior_repo(root: Path, seed: int = 0) -> Path:
 
 
 def tiny_unet_config(in_channels: int = 4) -> dict:
+    """The real decoder's layout at toy width; every width differs (levels, context 24, image embedding 16),
+    so that mixing two of them up cannot go unnoticed."""
     config = {k: v for k, v in real_config(DECODER_CONFIGS / "unet" / "config.json").items() if not k.startswith("_")}
     config.update(
         in_channels=in_channels,
@@ -131,7 +133,7 @@ def tiny_unet_config(in_channels: int = 4) -> dict:
         layers_per_block=2,
         attention_head_dim=8,
         addition_embed_type_num_heads=8,
-        cross_attention_dim=16,
+        cross_attention_dim=24,
         encoder_hid_dim=WIDTH,
         norm_num_groups=8,
         sample_size=8,
@@ -139,9 +141,11 @@ def tiny_unet_config(in_channels: int = 4) -> dict:
     return config
 
 
-def tiny_movq_config() -> dict:
+def tiny_movq_config(layers_per_block: int = 1) -> dict:
     config = {k: v for k, v in real_config(DECODER_CONFIGS / "movq" / "config.json").items() if not k.startswith("_")}
-    config.update(block_out_channels=[32, 32, 64, 64], layers_per_block=1, norm_num_groups=8, num_vq_embeddings=64)
+    config.update(
+        block_out_channels=[32, 32, 64, 64], layers_per_block=layers_per_block, norm_num_groups=8, num_vq_embeddings=64
+    )
     return config
 
 

@@ -6,23 +6,12 @@ import torch
 from diffusers import VQModel
 
 from dalle_nodes.models.movq import MoVQ, MoVQConfig
+from tiny_repos import tiny_movq_config
 
 REAL_CONFIG = Path(__file__).parents[1] / "hub_configs" / "kandinsky-community--kandinsky-2-2-decoder/movq/config.json"
 
 # The real layout (3 plain encoder levels + attention level, attention decoder level + 3 plain), shrunk.
-TINY_CONFIG = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=["DownEncoderBlock2D"] * 3 + ["AttnDownEncoderBlock2D"],
-    up_block_types=["AttnUpDecoderBlock2D"] + ["UpDecoderBlock2D"] * 3,
-    block_out_channels=[32, 32, 64, 64],
-    layers_per_block=2,
-    latent_channels=4,
-    vq_embed_dim=4,
-    num_vq_embeddings=64,
-    norm_num_groups=8,
-    norm_type="spatial",
-)
+TINY_CONFIG = tiny_movq_config(layers_per_block=2)
 
 
 def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:

@@ -9,6 +9,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from dalle_nodes.models.unet import KandinskyUNet, UNetConfig
+from tiny_repos import WIDTH, tiny_unet_config
 
 HUB_CONFIGS = Path(__file__).parents[1] / "hub_configs"
 REAL_CONFIGS = {
@@ -17,26 +18,10 @@ REAL_CONFIGS = {
 }
 
 
-def tiny_config(in_channels: int = 4) -> dict:
-    """The real decoder's layout at toy width; each level's width differs so channel mix-ups cannot go unnoticed."""
-    config = json.loads(REAL_CONFIGS["decoder"].read_text())
-    config.update(
-        in_channels=in_channels,
-        block_out_channels=[32, 48, 64, 80],
-        layers_per_block=2,
-        attention_head_dim=8,
-        cross_attention_dim=16,
-        encoder_hid_dim=12,
-        norm_num_groups=8,
-        sample_size=8,
-    )
-    return config
-
-
 @functools.cache  # shared across tests (never modified): building it is a large part of this file's run time
 def reference_unet(in_channels: int = 4) -> UNet2DConditionModel:
     torch.manual_seed(0)
-    model = UNet2DConditionModel.from_config(tiny_config(in_channels))
+    model = UNet2DConditionModel.from_config(tiny_unet_config(in_channels))
     with torch.no_grad():  # diffusers leaves norms at 1/0: perturb every weight so each one matters
         for param in model.parameters():
             param.add_(0.1 * torch.randn_like(param))
@@ -62,7 +47,7 @@ def test_matches_diffusers(in_channels: int, timestep: torch.Tensor) -> None:
     ours = ours_from(reference)
     generator = torch.Generator().manual_seed(1)
     x = torch.randn(2, in_channels, 16, 24, generator=generator)
-    image_embeds = torch.randn(2, 12, generator=generator)
+    image_embeds = torch.randn(2, WIDTH, generator=generator)
 
     with torch.no_grad():
         expected = reference(
@@ -80,7 +65,7 @@ def test_channels_last_and_bfloat16() -> None:
     ours = ours_from(reference_unet())
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(2, 4, 24, 16, generator=generator)
-    image_embeds = torch.randn(2, 12, generator=generator)
+    image_embeds = torch.randn(2, WIDTH, generator=generator)
     timestep = torch.tensor([10, 500])
 
     with torch.no_grad():
@@ -96,9 +81,9 @@ def test_channels_last_and_bfloat16() -> None:
 
 
 def test_rejects_latent_size_not_multiple_of_8() -> None:
-    ours = KandinskyUNet(UNetConfig.from_diffusers(tiny_config()))
+    ours = KandinskyUNet(UNetConfig.from_diffusers(tiny_unet_config()))
     with pytest.raises(ValueError, match="multiple of 8"):
-        ours(torch.zeros(1, 4, 16, 20), torch.tensor(0), torch.zeros(1, 12))
+        ours(torch.zeros(1, 4, 16, 20), torch.tensor(0), torch.zeros(1, WIDTH))
 
 
 @pytest.mark.parametrize("name", list(REAL_CONFIGS))
