@@ -189,17 +189,22 @@ def read_state_dict(path: Path, dtype: torch.dtype | None = None) -> dict[str, t
                 return {key: cast(f.get_tensor(key)) for key in f.keys()}
         except SafetensorError as error:
             raise _corrupt(path, error) from error
+    state = read_pickle(path)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"'{path}' does not hold a flat state dict of tensors.")
+    return {key: cast(value) for key, value in state.items()}
+
+
+def read_pickle(path: Path) -> object:
+    """A pickled checkpoint read with `weights_only=True`: tensors and plain containers only, never code."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # UnpicklingError, RuntimeError or EOFError, depending on the damage
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(
             f"'{path}' could not be read safely ({first_line}). It is damaged, or it is a pickle that would run "
             "code, which is refused: use a .safetensors file."
         ) from error
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"'{path}' does not hold a flat state dict of tensors.")
-    return {key: cast(value) for key, value in state.items()}
 
 
 def load_strict(build: Callable[[], torch.nn.Module], state: dict[str, torch.Tensor], what: str) -> torch.nn.Module:

@@ -5,6 +5,7 @@ from .embeds import DalleImageEncode, DalleMixEmbeds
 from .loaders import DalleLoadDecoder, DalleLoadImageEncoder, DalleLoadPrior
 from .prior import DallePriorSample
 from .text import DalleTextEncode
+from .upscale import DalleGANUpscale, DalleLoadUpscaler
 from .vae import DalleVQDecode, DalleVQEncode
 
 NODE_CLASS_MAPPINGS = {
@@ -18,6 +19,8 @@ NODE_CLASS_MAPPINGS = {
     "DalleDecoderSample": DalleDecoderSample,
     "DalleVQDecode": DalleVQDecode,
     "DalleVQEncode": DalleVQEncode,
+    "DalleLoadUpscaler": DalleLoadUpscaler,
+    "DalleGANUpscale": DalleGANUpscale,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -31,4 +34,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DalleDecoderSample": "DALL·E Decoder Sample",
     "DalleVQDecode": "DALL·E VQ Decode (MoVQ)",
     "DalleVQEncode": "DALL·E VQ Encode (MoVQ)",
+    "DalleLoadUpscaler": "Load GAN Upscaler (Hub)",
+    "DalleGANUpscale": "DALL·E GAN Upscale (tiled)",
 }

@@ -98,7 +98,7 @@ def _cached_zero_embed(source: Source, dtype: torch.dtype) -> torch.Tensor:
 _loaded: dict[str, tuple[tuple, object]] = {}
 
 
-def _reuse(kind: str, key: tuple, build):
+def reuse(kind: str, key: tuple, build):
     """Keep the last model of each kind: loading the same repo, revision and dtype again costs nothing."""
     if kind in _loaded and _loaded[kind][0] == key:
         return _loaded[kind][1]
@@ -140,7 +140,7 @@ class HubLoader:
     def load(self, repo_id: str, revision: str, dtype: str) -> tuple:
         source = _source(repo_id, revision)
         torch_dtype = runtime.resolve_dtype(dtype)
-        return _reuse(type(self).__name__, (source, torch_dtype), lambda: self.build(source, torch_dtype))
+        return reuse(type(self).__name__, (source, torch_dtype), lambda: self.build(source, torch_dtype))
 
     def build(self, source: Source, dtype: torch.dtype) -> tuple:
         raise NotImplementedError

@@ -81,13 +81,14 @@ class _Holder(torch.nn.Module):
 class ManagedModule:
     """A module handed to ComfyUI's memory manager (offloaded to make room, loaded back on use).
 
-    Without ComfyUI it simply moves to the compute device on first use.
+    Without ComfyUI it simply moves to the compute device on first use. `patcher` adopts a ComfyUI
+    ModelPatcher that already manages the module (an UPSCALE_MODEL from ComfyUI's own loader).
     """
 
-    def __init__(self, module: torch.nn.Module):
+    def __init__(self, module: torch.nn.Module, patcher: object | None = None):
         self.module = module
-        self.patcher = None
-        if IN_COMFYUI:
+        self.patcher = patcher
+        if IN_COMFYUI and patcher is None:
             self.patcher = comfy.model_patcher.CoreModelPatcher(
                 _Holder(module), load_device=compute_device(), offload_device=offload_device()
             )
@@ -96,16 +97,31 @@ class ManagedModule:
     def dtype(self) -> torch.dtype:
         return next(self.module.parameters()).dtype
 
-    def load(self) -> torch.nn.Module:
-        """Make the module ready on the compute device and return it."""
+    def load(self, memory_required: int = 0) -> torch.nn.Module:
+        """Make the module ready on the compute device and return it; ComfyUI frees `memory_required` bytes
+        beside it for activations, offloading other models if it must."""
         if self.patcher is not None:
-            comfy_mm.load_models_gpu([self.patcher], force_full_load=True)
+            comfy_mm.load_models_gpu([self.patcher], memory_required=memory_required, force_full_load=True)
         else:
             self.module.to(compute_device())
         return self.module
 
     def device(self) -> torch.device:
         return next(self.module.parameters()).device
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes the compute device can still allocate (ComfyUI counts what its own caches can give back)."""
+    if IN_COMFYUI:
+        return int(comfy_mm.get_free_memory(device))
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return 0
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or (IN_COMFYUI and comfy_mm.is_oom(error))
 
 
 class Progress:

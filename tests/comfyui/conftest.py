@@ -26,6 +26,8 @@ import pytest
 from PIL import Image
 
 import tiny_repos
+import tiny_upscalers
+from dalle_nodes.models.upscaler import PRESETS
 
 ROOT = Path(__file__).resolve().parents[2]
 INPUT_SIZE = (160, 120)  # width, height of the input pictures: neither the workflows' size nor its aspect ratio
@@ -137,6 +139,12 @@ def comfyui(tmp_path_factory) -> Iterator[ComfyUI]:
     store = base / "models" / "dalle"  # nodes/runtime.py model_store(): <ComfyUI models dir>/dalle
     tiny_repos.write_prior_repo(store / "kandinsky-community--kandinsky-2-2-prior")
     tiny_repos.write_decoder_repo(store / "kandinsky-community--kandinsky-2-2-decoder")
+    preset = PRESETS["RealESRGAN_x4plus"]  # the shipped upscaled workflow's model, as a tiny file in its place
+    tiny_upscalers.write_upscaler(
+        store / preset.repo.replace("/", "--") / preset.filename, tiny_upscalers.rrdbnet_state()
+    )
+    # for ComfyUI's own Load Upscale Model, which lists models/upscale_models
+    tiny_upscalers.write_upscaler(base / "models" / "upscale_models" / "tiny_x2.pth", tiny_upscalers.rrdbnet_state(2))
     _write_input_images(base / "input")
 
     port = _free_port()

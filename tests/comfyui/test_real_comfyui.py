@@ -123,7 +123,52 @@ def test_shipped_workflow_runs(comfyui, name: str) -> None:
     assert image["type"] == "output" and image["filename"].startswith(graph[save]["inputs"]["filename_prefix"] + "_")
     assert (comfyui.base / "output" / image["subfolder"] / image["filename"]).is_file()
     png = Image.open(io.BytesIO(comfyui.view(image)))
-    assert png.format == "PNG" and png.size == (WIDTH, HEIGHT)
+    scale = 4 if any(node["class_type"] == "DalleGANUpscale" for node in graph.values()) else 1  # tiny x4 preset
+    assert png.format == "PNG" and png.size == (WIDTH * scale, HEIGHT * scale)
+
+
+def saved_size(comfyui, graph: dict) -> tuple[int, int]:
+    entry = comfyui.run(graph)
+    assert entry["status"]["status_str"] == "success", why(entry)
+    (image,) = entry["outputs"][node_id(graph, "SaveImage")]["images"]
+    return Image.open(io.BytesIO(comfyui.view(image))).size
+
+
+def input_picture(comfyui) -> tuple[str, tuple[int, int]]:
+    """One of the pictures conftest put in ComfyUI's input folder: its name and size."""
+    path = sorted(path for path in (comfyui.base / "input").iterdir() if path.is_file())[0]
+    return path.name, Image.open(path).size
+
+
+def upscale_graph(picture: str, loader: dict, upscaler: dict) -> dict:
+    """Load Image → (loader → upscaler) → Save Image."""
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": picture}},
+        "2": loader,
+        "3": {**upscaler, "inputs": {**upscaler["inputs"], "upscale_model": ["2", 0], "image": ["1", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "upscaled"}},
+    }
+
+
+def test_our_upscaler_runs_in_comfyuis_upscale_node(comfyui) -> None:
+    loader = {
+        "class_type": "DalleLoadUpscaler",
+        "inputs": {"model": "RealESRGAN_x4plus", "repo_id": "", "filename": "", "revision": "main"},
+    }
+    picture, (width, height) = input_picture(comfyui)
+    graph = upscale_graph(picture, loader, {"class_type": "ImageUpscaleWithModel", "inputs": {}})
+    assert saved_size(comfyui, graph) == (width * 4, height * 4)
+
+
+def test_comfyuis_upscale_model_runs_in_our_node(comfyui) -> None:
+    loader = {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "tiny_x2.pth"}}
+    upscaler = {
+        "class_type": "DalleGANUpscale",
+        "inputs": {"tile": 64, "overlap": 16, "precision": "auto", "scale_to": 1.5},
+    }
+    picture, (width, height) = input_picture(comfyui)
+    graph = upscale_graph(picture, loader, upscaler)
+    assert saved_size(comfyui, graph) == (round(width * 1.5), round(height * 1.5))
 
 
 def test_out_of_range_input_refused_before_running(comfyui) -> None:

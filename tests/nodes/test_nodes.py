@@ -20,6 +20,8 @@ CONTRACT = {  # DESIGN.md's node contract: id → (required inputs, output types
     ),
     "DalleVQDecode": ({"vq_vae", "latent"}, ("IMAGE",)),
     "DalleVQEncode": ({"vq_vae", "image"}, ("LATENT",)),
+    "DalleLoadUpscaler": ({"repo_id", "filename", "revision"}, ("UPSCALE_MODEL",)),
+    "DalleGANUpscale": ({"upscale_model", "image", "tile", "overlap"}, ("IMAGE",)),
 }
 
 

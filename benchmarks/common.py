@@ -1,0 +1,89 @@
+"""Shared benchmark plumbing: import the checkout as `dalle_nodes`, time GPU work honestly, count FLOPs.
+
+Benchmarks run from a plain checkout (no `pip install`), on the GPU machine as on a CPU for `--tiny`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def import_package():
+    """The checkout as the package `dalle_nodes` (its root is the package, as ComfyUI loads it)."""
+    if "dalle_nodes" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            "dalle_nodes", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["dalle_nodes"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["dalle_nodes"]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device, repeat: int, warmup: int = 1) -> dict:
+    """Median and spread of wall time (seconds) over `repeat` calls after `warmup`, with peak memory (GiB), and the
+    first call's time (compilation, autotuning and allocation show there)."""
+    start = time.perf_counter()
+    for i in range(warmup):
+        fn()
+        if i == 0:
+            sync(device)
+            first = time.perf_counter() - start
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    spread = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+    return {**spread, "first_call_s": first if warmup else None, "peak_gib": peak}
+
+
+def flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations of one call, counted by torch's FlopCounterMode (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16, n: int = 8192) -> float:
+    """The device's measured dense matmul rate, the ceiling that model TFLOP/s are compared against."""
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    result = time_call(lambda: a @ b, device, repeat=10, warmup=3)
+    return 2 * n**3 / result["median_s"] / 1e12
+
+
+def environment(device: torch.device) -> dict:
+    info = {"torch": torch.__version__, "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def report(results: dict, table: list[tuple]) -> None:
+    """JSON first (for RESULTS.md and scripts), then a short table last, where a terminal tail shows it."""
+    print(json.dumps(results, indent=2))
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)))
