@@ -7,29 +7,69 @@ import sys
 from pathlib import Path
 
 from .models import sampling
+from .models.dalle_bart import REPO as MINI_REPO
 from .models.kandinsky22 import DECODER_REPO, PRIOR_REPO
+from .models.upscaler import PRESETS
+
+MODELS = ("kandinsky22", "mega", "mini")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m dalle_nodes", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    gen = commands.add_parser("generate", help="text → image with Kandinsky 2.2 (the open DALL·E 2)")
+    gen = commands.add_parser(
+        "generate", help="text → image with Kandinsky 2.2 (the open DALL·E 2) or DALL·E Mega/Mini (the open DALL·E 1)"
+    )
     gen.add_argument("prompt")
     gen.add_argument("-o", "--output", type=Path, default=Path("out.png"), help="PNG path (batches add _1, _2 …)")
-    gen.add_argument("--negative", default=None, help="negative prompt")
+    gen.add_argument("--model", choices=MODELS, default="kandinsky22", help="DALL·E 2 or 1 (256 px)")
     gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--steps", type=int, default=50, help="decoder steps")
-    gen.add_argument("--prior-steps", type=int, default=25)
-    gen.add_argument("--guidance", type=float, default=4.0, help="decoder guidance")
-    gen.add_argument("--prior-guidance", type=float, default=4.0)
-    gen.add_argument("--width", type=int, default=768)
-    gen.add_argument("--height", type=int, default=768)
-    gen.add_argument("--sampler", choices=sampling.DECODER_SAMPLERS, default="ddpm")
     gen.add_argument("--batch-size", type=int, default=1)
-    gen.add_argument("--prior", default=PRIOR_REPO, help="prior repo id or local folder")
-    gen.add_argument("--decoder", default=DECODER_REPO, help="decoder repo id or local folder")
     gen.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
+    gen.add_argument("--upscale", choices=list(PRESETS), default=None, help="GAN-upscale the result with this preset")
+    k22 = gen.add_argument_group("kandinsky22")
+    k22.add_argument("--negative", default=None, help="negative prompt")
+    k22.add_argument("--steps", type=int, default=50, help="decoder steps")
+    k22.add_argument("--prior-steps", type=int, default=25)
+    k22.add_argument("--guidance", type=float, default=4.0, help="decoder guidance")
+    k22.add_argument("--prior-guidance", type=float, default=4.0)
+    k22.add_argument("--width", type=int, default=768)
+    k22.add_argument("--height", type=int, default=768)
+    k22.add_argument("--sampler", choices=sampling.DECODER_SAMPLERS, default="ddpm")
+    k22.add_argument("--prior", default=PRIOR_REPO, help="prior repo id or local folder")
+    k22.add_argument("--decoder", default=DECODER_REPO, help="decoder repo id or local folder")
+    mini = gen.add_argument_group("mega / mini")
+    mini.add_argument("--repo", default=MINI_REPO, help="min-dalle repo id or local folder")
+    mini.add_argument("--top-k", type=int, default=256)
+    mini.add_argument("--temperature", type=float, default=1.0)
+    mini.add_argument("--supercondition", type=float, default=16.0)
     return parser.parse_args(argv)
+
+
+def kandinsky22(args: argparse.Namespace, nodes: dict):
+    print(f"Loading prior {args.prior} …", file=sys.stderr)
+    prior, text_encoder = nodes["DalleLoadPrior"]().load(args.prior, "main", args.dtype)
+    encode = nodes["DalleTextEncode"]().encode
+    (positive,) = encode(text_encoder, args.prompt)
+    negative = {"negative": encode(text_encoder, args.negative)[0]} if args.negative else {}
+    (embeds,) = nodes["DallePriorSample"]().sample(
+        prior, positive, args.seed, args.prior_steps, args.prior_guidance, args.batch_size, **negative
+    )
+    print(f"Loading decoder {args.decoder} …", file=sys.stderr)
+    decoder, vq_vae = nodes["DalleLoadDecoder"]().load(args.decoder, "main", args.dtype)
+    (latent,) = nodes["DalleDecoderSample"]().sample(
+        decoder, embeds, args.width, args.height, args.steps, args.guidance, args.sampler, False, args.seed
+    )
+    return nodes["DalleVQDecode"]().decode(vq_vae, latent)[0]
+
+
+def dalle_mini(args: argparse.Namespace, nodes: dict):
+    print(f"Loading DALL·E {args.model} from {args.repo} …", file=sys.stderr)
+    bart, vqgan = nodes["DalleLoadMini"]().load(args.repo, "main", args.model, args.dtype)
+    (tokens,) = nodes["DalleTokenSample"]().sample(
+        bart, args.prompt, args.seed, args.batch_size, args.top_k, args.temperature, args.supercondition
+    )
+    return nodes["DalleVQGANDecode"]().decode(vqgan, tokens)[0]
 
 
 def generate(args: argparse.Namespace) -> list[Path]:
@@ -38,20 +78,11 @@ def generate(args: argparse.Namespace) -> list[Path]:
 
     from .nodes import NODE_CLASS_MAPPINGS as NODES
 
-    print(f"Loading prior {args.prior} …", file=sys.stderr)
-    prior, text_encoder = NODES["DalleLoadPrior"]().load(args.prior, "main", args.dtype)
-    encode = NODES["DalleTextEncode"]().encode
-    (positive,) = encode(text_encoder, args.prompt)
-    negative = {"negative": encode(text_encoder, args.negative)[0]} if args.negative else {}
-    (embeds,) = NODES["DallePriorSample"]().sample(
-        prior, positive, args.seed, args.prior_steps, args.prior_guidance, args.batch_size, **negative
-    )
-    print(f"Loading decoder {args.decoder} …", file=sys.stderr)
-    decoder, vq_vae = NODES["DalleLoadDecoder"]().load(args.decoder, "main", args.dtype)
-    (latent,) = NODES["DalleDecoderSample"]().sample(
-        decoder, embeds, args.width, args.height, args.steps, args.guidance, args.sampler, False, args.seed
-    )
-    (images,) = NODES["DalleVQDecode"]().decode(vq_vae, latent)
+    images = kandinsky22(args, NODES) if args.model == "kandinsky22" else dalle_mini(args, NODES)
+    if args.upscale:
+        print(f"Upscaling with {args.upscale} …", file=sys.stderr)
+        (upscaler,) = NODES["DalleLoadUpscaler"]().load(args.upscale, "", "", "main")
+        (images,) = NODES["DalleGANUpscale"]().upscale(upscaler, images, 0, 32, "auto")
     paths = (
         [args.output]
         if len(images) == 1

@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=768)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="also time compile=True (compiles for minutes)")
+    parser.add_argument("--profile", action="store_true", help="print where one ours_auto call spends its time")
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     features, blocks, size = (8, 1, 48) if args.tiny else (64, 23, args.size)
@@ -108,6 +109,12 @@ def main(argv: list[str] | None = None) -> dict:
         results[name] = time_call(run, device, repeat)
         if plans:
             results[name]["plan"] = repr(plans[-1])
+    if args.profile:
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities[: 1 + (device.type == "cuda")]) as profile:
+            node.upscale(model, image, 0, 32, "auto")
+        for key in ("self_cpu_time_total", "self_device_time_total"):
+            print(profile.key_averages().table(sort_by=key, row_limit=12))
     reference = model(whole).movedim(1, -1).cpu()
     for precision in ("fp32", "auto"):
         (ours,) = node.upscale(model, image, 0, 32, precision)

@@ -84,12 +84,9 @@ def fetch_file(source: Source, subfolder: str, filename: str) -> Path:
             )
         return path
     rel = f"{subfolder}/{filename}" if subfolder else filename
-    local_dir = None
-    if source.store is not None:
-        suffix = f"@{source.revision}" if source.revision not in (None, "main") else ""
-        local_dir = source.store / (source.repo.replace("/", "--") + suffix)
-        if hf_constants.HF_HUB_OFFLINE and (local_dir / rel).is_file():
-            return local_dir / rel  # huggingface_hub would warn once per file that it cannot check for updates
+    local_dir = _store_folder(source)
+    if local_dir is not None and hf_constants.HF_HUB_OFFLINE and (local_dir / rel).is_file():
+        return local_dir / rel  # huggingface_hub would warn once per file that it cannot check for updates
     try:
         path = hf_hub_download(
             source.repo,
@@ -116,6 +113,21 @@ def fetch_file(source: Source, subfolder: str, filename: str) -> Path:
     except HfHubHTTPError as error:
         raise CheckpointError(f"Downloading '{rel}' from {source.describe()} failed: {error}") from error
     return Path(path)
+
+
+def _store_folder(source: Source) -> Path | None:
+    if source.store is None:
+        return None
+    suffix = f"@{source.revision}" if source.revision not in (None, "main") else ""
+    return source.store / (source.repo.replace("/", "--") + suffix)
+
+
+def file_on_disk(source: Source, filename: str) -> Path | None:
+    """A file the user put beside the checkpoint (in the local folder, or the repo's folder in the model store),
+    without asking the Hub: for optional files no Hub repo has."""
+    folder = source.local_folder or _store_folder(source)
+    path = folder / filename if folder is not None else None
+    return path if path is not None and path.is_file() else None
 
 
 def fetch_config(source: Source, subfolder: str, filename: str = "config.json", expect: str | None = None) -> dict:

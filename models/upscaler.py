@@ -103,6 +103,7 @@ def load_upscaler(path: Path) -> ImageModelDescriptor:
             f"'{path.name}' maps {descriptor.input_channels} to {descriptor.output_channels} channels; "
             "only RGB → RGB upscalers are supported."
         )
+    descriptor.model.requires_grad_(False)
     return descriptor.eval()
 
 

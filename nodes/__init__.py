@@ -3,6 +3,7 @@
 from .decoder import DalleDecoderSample
 from .embeds import DalleImageEncode, DalleMixEmbeds
 from .loaders import DalleLoadDecoder, DalleLoadImageEncoder, DalleLoadPrior
+from .mini import DalleLoadMini, DalleTokenSample, DalleVQGANDecode
 from .prior import DallePriorSample
 from .text import DalleTextEncode
 from .upscale import DalleGANUpscale, DalleLoadUpscaler
@@ -19,6 +20,9 @@ NODE_CLASS_MAPPINGS = {
     "DalleDecoderSample": DalleDecoderSample,
     "DalleVQDecode": DalleVQDecode,
     "DalleVQEncode": DalleVQEncode,
+    "DalleLoadMini": DalleLoadMini,
+    "DalleTokenSample": DalleTokenSample,
+    "DalleVQGANDecode": DalleVQGANDecode,
     "DalleLoadUpscaler": DalleLoadUpscaler,
     "DalleGANUpscale": DalleGANUpscale,
 }
@@ -34,6 +38,9 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DalleDecoderSample": "DALL·E Decoder Sample",
     "DalleVQDecode": "DALL·E VQ Decode (MoVQ)",
     "DalleVQEncode": "DALL·E VQ Encode (MoVQ)",
+    "DalleLoadMini": "Load DALL·E Mini/Mega (DALL·E 1)",
+    "DalleTokenSample": "DALL·E Mini Token Sample",
+    "DalleVQGANDecode": "DALL·E Mini VQGAN Decode",
     "DalleLoadUpscaler": "Load GAN Upscaler (Hub)",
     "DalleGANUpscale": "DALL·E GAN Upscale (tiled)",
 }

@@ -108,7 +108,7 @@ def reuse(kind: str, key: tuple, build):
     return value
 
 
-def _source(repo_id: str, revision: str) -> Source:
+def source_from_inputs(repo_id: str, revision: str) -> Source:
     repo_id = repo_id.strip()
     if not repo_id:
         raise ValueError(
@@ -138,7 +138,7 @@ class HubLoader:
         }
 
     def load(self, repo_id: str, revision: str, dtype: str) -> tuple:
-        source = _source(repo_id, revision)
+        source = source_from_inputs(repo_id, revision)
         torch_dtype = runtime.resolve_dtype(dtype)
         return reuse(type(self).__name__, (source, torch_dtype), lambda: self.build(source, torch_dtype))
 

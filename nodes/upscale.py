@@ -266,6 +266,7 @@ def _forward(descriptor: ImageModelDescriptor, dtype: torch.dtype, device: torch
     if compile and descriptor.model not in _compiled_models:
         _compiled_models[descriptor.model] = torch.compile(descriptor.model, dynamic=False)
 
+    @torch.inference_mode()  # as inside ComfyUI; outside it (CLI, scripts) autograd would keep every activation
     def forward(tiles: torch.Tensor) -> torch.Tensor:
         tiles = tiles.contiguous(memory_format=layout)
         compiled = _compiled_models.get(descriptor.model) if compile else None

@@ -40,3 +40,12 @@ def tiny_decoder_repo(tmp_path_factory) -> Path:
 def isolated_home(tmp_path, monkeypatch) -> None:
     """Downloads and caches go to a per-test folder, never the user's home."""
     monkeypatch.setenv("DALLE_NODES_HOME", str(tmp_path / "dalle-home"))
+
+
+@pytest.fixture(scope="session")
+def tiny_min_dalle_repo(tmp_path_factory) -> Path:
+    """kuprel/min-dalle in miniature: both variants' files at toy width (Mega fp16, Mini fp32), the VQGAN at its
+    real (only) size."""
+    root = tmp_path_factory.mktemp("min-dalle")
+    tiny_repos.write_min_dalle_repo(root, "mega", tiny_repos.TINY_MIN_DALLE, seed=20)
+    return tiny_repos.write_min_dalle_repo(root, "mini", tiny_repos.TINY_MIN_DALLE, seed=30)

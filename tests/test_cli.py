@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from PIL import Image
 
 from dalle_nodes.cli import main
+from dalle_nodes.models.upscaler import PRESETS
+from tiny_repos import TINY_MIN_DALLE, write_min_dalle_repo
+from tiny_upscalers import compact_state, write_upscaler
 
 
 def run_cli(*args: str, cwd) -> subprocess.CompletedProcess:
@@ -85,3 +90,18 @@ def test_generate_reports_bad_input_in_one_line(tiny_prior_repo, tmp_path) -> No
     result = run_cli("generate", "a cat", "--prior", str(tmp_path / "missing"), cwd=tmp_path)
     assert result.returncode == 2 and "does not exist" in result.stderr
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_generate_mega_upscaled(tmp_path) -> None:
+    repo = tmp_path / "min-dalle"
+    write_min_dalle_repo(repo, "mega", TINY_MIN_DALLE)
+    (repo / "hyperparameters.json").write_text(json.dumps({"mega": TINY_MIN_DALLE}))  # the toy size
+    preset = PRESETS["realesr-general-x4v3"]  # in the model store, as a finished download would leave it
+    store = Path(os.environ["DALLE_NODES_HOME"]) / preset.repo.replace("/", "--")
+    write_upscaler(store / preset.filename, compact_state(4), "params")
+    out = tmp_path / "lighthouse.png"
+    args = ["generate", "a lighthouse", "-o", str(out), "--model", "mega", "--repo", str(repo)]
+    result = run_cli(*args, "--seed", "3", "--upscale", "realesr-general-x4v3", "--dtype", "fp32", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    with Image.open(out) as image:
+        assert image.size == (1024, 1024)

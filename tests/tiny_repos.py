@@ -177,3 +177,122 @@ def write_decoder_repo(root: Path, seed: int = 10) -> Path:
         )
     )
     return root
+
+
+# DALL·E Mini / Mega: kuprel/min-dalle keeps pickled state dicts and BPE files at its root, no configs.
+MIN_DALLE_CONFIG = HUB_CONFIGS / "kuprel--min-dalle" / "hyperparameters.json"
+MIN_DALLE_FILES = {  # encoder, decoder, vocab, merges; detoker.pt is shared
+    "mega": ("encoder.pt", "decoder.pt", "vocab.json", "merges.txt"),
+    "mini": ("encoder_mini.pt", "decoder_mini.pt", "vocab_mini.json", "merges_mini.txt"),
+}
+# Toy widths; the image vocabulary stays real (codes are VQGAN codes) and the text one covers the tokenizer below.
+TINY_MIN_DALLE = {
+    "layer_count": 2,
+    "embed_count": 32,
+    "attention_head_count": 4,
+    "glu_embed_count": 48,
+    "text_vocab_count": 700,
+    "image_vocab_count": 16415,
+}
+# Prompts to learn BPE merges from, so that words split into several pieces of several letters.
+MIN_DALLE_CORPUS = """
+an astronaut riding a horse on the moon, digital art
+a photo of a cat sitting on a wooden table next to a cup of coffee
+an armchair in the shape of an avocado
+a painting of a fox in the style of starry night
+a watercolor painting of a lighthouse at sunset, trending on artstation
+an oil painting of a city street in the rain at night
+a cute corgi wearing a red hat and sunglasses
+a robot playing chess with a dog in the park
+the eiffel tower made of cheese, 3d render
+a sketch of a dragon flying over mountains and rivers
+a bowl of ramen with eggs and noodles, studio photography
+portrait of an old man with a beard, black and white photo
+a futuristic city with flying cars and neon lights
+a tiny house inside a glass bottle on the beach
+a teddy bear swimming in the ocean, underwater photo
+a pixel art drawing of a castle on a hill
+"""
+
+
+def import_min_dalle():
+    """min_dalle turns autograd off and sets torch's thread count when imported: keep that out of other tests."""
+    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
+    import min_dalle
+
+    torch.set_grad_enabled(grad)
+    torch.set_num_threads(threads)
+    return min_dalle
+
+
+def write_min_dalle_tokenizer(folder: Path, vocab_name: str, merges_name: str, vocab_size: int = 600) -> int:
+    """A byte-level BPE vocabulary and merge table learned from MIN_DALLE_CORPUS, saved as the Hub's files (vocab
+    json, merges with a version line) with BART's special tokens first; returns the vocabulary size."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(MIN_DALLE_CORPUS.strip().splitlines(), trainer)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_path, merges_path = (Path(p) for p in tokenizer.model.save(str(folder), "new"))  # new-vocab.json …
+    vocab_path.rename(folder / vocab_name)
+    merges_path.rename(folder / merges_name)
+    return tokenizer.get_vocab_size()
+
+
+def _random_state(module: torch.nn.Module, seed: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Random tensors for the keys and shapes of a module built on the meta device, scaled as _randomize scales.
+
+    Each tensor is a window of a 1M-value pool of normal noise at a random offset, tiled past 1M values: fresh
+    values for half a billion parameters would take most of a test's time.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    pool = torch.randn(1 << 20, generator=generator)
+
+    def normal(shape: torch.Size) -> torch.Tensor:
+        start = int(torch.randint(pool.numel(), (), generator=generator))
+        return pool.roll(-start).repeat(-(-shape.numel() // pool.numel()))[: shape.numel()].view(shape)
+
+    state = {}
+    for name, tensor in module.state_dict().items():
+        noise = normal(tensor.shape)
+        if tensor.ndim >= 2:
+            noise /= tensor[0].numel() ** 0.5
+        else:
+            noise = 1 + 0.1 * noise if name.endswith("weight") else 0.1 * noise
+        state[name] = noise.to(dtype)
+    return state
+
+
+def write_min_dalle_repo(
+    root: Path, variant: str, hparams: dict | None = None, seed: int = 20, dtype: torch.dtype | None = None
+) -> Path:
+    """kuprel/min-dalle's files for one variant (`hparams`: min-dalle's constructor arguments, None for the real
+    size), written from min-dalle's own modules' keys; Mega in fp16 and Mini in fp32 unless `dtype` says."""
+    models = import_min_dalle().models
+    hparams = hparams or {k: v for k, v in real_config(MIN_DALLE_CONFIG)[variant].items() if k in TINY_MIN_DALLE}
+    dtype = dtype or (torch.float16 if variant == "mega" else torch.float32)
+    encoder_file, decoder_file, vocab_file, merges_file = MIN_DALLE_FILES[variant]
+    vocab_size = write_min_dalle_tokenizer(root, vocab_file, merges_file)
+    assert vocab_size <= hparams["text_vocab_count"], "the tokenizer's ids must fit the text embedding"
+    shared = {k: hparams[k] for k in ("layer_count", "embed_count", "attention_head_count", "glu_embed_count")}
+    with torch.device("meta"):
+        encoder = models.DalleBartEncoder(
+            **shared, text_vocab_count=hparams["text_vocab_count"], text_token_count=64, device="meta"
+        )
+        decoder = models.DalleBartDecoder(**shared, image_vocab_count=hparams["image_vocab_count"], device="meta")
+        detokenizer = models.VQGanDetokenizer()
+    torch.save(_random_state(encoder, seed, dtype), root / encoder_file)
+    torch.save(_random_state(decoder, seed + 1, dtype), root / decoder_file)
+    if not (root / "detoker.pt").is_file():  # shared by the variants: one folder can hold both
+        detoker = _random_state(detokenizer, seed + 2, torch.float32)
+        detoker["decoder.conv_out.weight"] *= 0.1  # images in 0…1 with detail, rather than clamped flat
+        detoker["decoder.conv_out.bias"] += 0.5
+        torch.save(detoker, root / "detoker.pt")
+    return root

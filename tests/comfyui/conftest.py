@@ -139,6 +139,8 @@ def comfyui(tmp_path_factory) -> Iterator[ComfyUI]:
     store = base / "models" / "dalle"  # nodes/runtime.py model_store(): <ComfyUI models dir>/dalle
     tiny_repos.write_prior_repo(store / "kandinsky-community--kandinsky-2-2-prior")
     tiny_repos.write_decoder_repo(store / "kandinsky-community--kandinsky-2-2-decoder")
+    mega = tiny_repos.write_min_dalle_repo(store / "kuprel--min-dalle", "mega", tiny_repos.TINY_MIN_DALLE)
+    (mega / "hyperparameters.json").write_text(json.dumps({"mega": tiny_repos.TINY_MIN_DALLE}))  # the toy size
     preset = PRESETS["RealESRGAN_x4plus"]  # the shipped upscaled workflow's model, as a tiny file in its place
     tiny_upscalers.write_upscaler(
         store / preset.repo.replace("/", "--") / preset.filename, tiny_upscalers.rrdbnet_state()

@@ -36,7 +36,8 @@ def node_id(graph: dict, class_type: str) -> str:
 
 def shrunk(name: str, **decoder_inputs) -> dict:
     """A shipped API workflow, shrunk for the tiny checkpoints: 3 prior steps, 4 decoder steps, and WIDTH x HEIGHT
-    images, set on the decoder or, where a latent from a picture fixes the size, on Upscale Image.
+    images, set on the decoder or, where a latent from a picture fixes the size, on Upscale Image; one DALL·E Mega
+    image.
     `decoder_inputs` override more of the decoder's inputs."""
     graph = json.loads((WORKFLOWS / f"{name}.api.json").read_text(encoding="utf-8"))
     for node in graph.values():
@@ -45,6 +46,8 @@ def shrunk(name: str, **decoder_inputs) -> dict:
             inputs["steps"] = 3
         elif node["class_type"] == "ImageScale":
             inputs.update(width=WIDTH, height=HEIGHT)
+        elif node["class_type"] == "DalleTokenSample":
+            inputs["batch_size"] = 1
         elif node["class_type"] == "DalleDecoderSample":
             size = {} if "latent" in inputs else {"width": WIDTH, "height": HEIGHT}
             inputs.update({**size, "steps": 4, **decoder_inputs})
@@ -123,8 +126,10 @@ def test_shipped_workflow_runs(comfyui, name: str) -> None:
     assert image["type"] == "output" and image["filename"].startswith(graph[save]["inputs"]["filename_prefix"] + "_")
     assert (comfyui.base / "output" / image["subfolder"] / image["filename"]).is_file()
     png = Image.open(io.BytesIO(comfyui.view(image)))
-    scale = 4 if any(node["class_type"] == "DalleGANUpscale" for node in graph.values()) else 1  # tiny x4 preset
-    assert png.format == "PNG" and png.size == (WIDTH * scale, HEIGHT * scale)
+    classes = {node["class_type"] for node in graph.values()}
+    width, height = (256, 256) if "DalleTokenSample" in classes else (WIDTH, HEIGHT)
+    scale = 4 if "DalleGANUpscale" in classes else 1  # the tiny x4 preset
+    assert png.format == "PNG" and png.size == (width * scale, height * scale)
 
 
 def saved_size(comfyui, graph: dict) -> tuple[int, int]:

@@ -20,6 +20,12 @@ CONTRACT = {  # DESIGN.md's node contract: id → (required inputs, output types
     ),
     "DalleVQDecode": ({"vq_vae", "latent"}, ("IMAGE",)),
     "DalleVQEncode": ({"vq_vae", "image"}, ("LATENT",)),
+    "DalleLoadMini": ({"repo_id", "variant", "dtype"}, ("DALLE_BART", "DALLE_VQGAN")),
+    "DalleTokenSample": (
+        {"bart", "text", "seed", "batch_size", "top_k", "temperature", "supercondition"},
+        ("DALLE_IMAGE_TOKENS",),
+    ),
+    "DalleVQGANDecode": ({"vqgan", "tokens"}, ("IMAGE",)),
     "DalleLoadUpscaler": ({"repo_id", "filename", "revision"}, ("UPSCALE_MODEL",)),
     "DalleGANUpscale": ({"upscale_model", "image", "tile", "overlap"}, ("IMAGE",)),
 }
