@@ -1,4 +1,5 @@
-"""`python -m dalle_nodes generate "a prompt" -o out.png`: the node chain without a ComfyUI server."""
+"""`python -m dalle_nodes generate "a prompt" -o out.png`: the node chain without a ComfyUI server.
+`python -m dalle_nodes queue WORKFLOW.json`: run a workflow on a ComfyUI server and save its images."""
 
 from __future__ import annotations
 
@@ -43,6 +44,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mini.add_argument("--top-k", type=int, default=256)
     mini.add_argument("--temperature", type=float, default=1.0)
     mini.add_argument("--supercondition", type=float, default=16.0)
+
+    queue = commands.add_parser("queue", help="run a workflow (UI or API format) on a ComfyUI server")
+    queue.add_argument("workflow", type=Path)
+    queue.add_argument("--server", default="http://127.0.0.1:8188")
+    queue.add_argument(
+        "--set", action="append", default=[], metavar="NODE.INPUT=VALUE", help="NODE: id, title or type; repeatable"
+    )
+    queue.add_argument("--prompt", help="the text of every DALL·E prompt (not the negative ones)")
+    queue.add_argument("--seed", type=int, help="the seed of every DALL·E sampler")
+    queue.add_argument("--out", type=Path, default=Path("."), help="folder for the images")
+    queue.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the prompt to finish")
+    queue.add_argument("--json", action="store_true", help="print a JSON summary instead of one path per line")
     return parser.parse_args(argv)
 
 
@@ -97,6 +110,10 @@ def generate(args: argparse.Namespace) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.command == "queue":
+        from .queue_workflow import queue_workflow
+
+        return queue_workflow(args)
     from .models.hub import CheckpointError
 
     try:

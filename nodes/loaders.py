@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,12 +100,16 @@ _loaded: dict[str, tuple[tuple, object]] = {}
 
 
 def reuse(kind: str, key: tuple, build):
-    """Keep the last model of each kind: loading the same repo, revision and dtype again costs nothing."""
+    """Keep the last model of each kind outside ComfyUI: loading the same repo, revision and dtype again costs
+    nothing. Inside ComfyUI its own cache of node outputs does this, and holding models here as well would keep
+    them alive after "Free model and node cache"."""
     if kind in _loaded and _loaded[kind][0] == key:
         return _loaded[kind][1]
     _loaded.pop(kind, None)  # drop the old one before building the new, to not hold both
+    logging.info("%s: loading %s", kind, ", ".join(map(str, key)))
     value = build()
-    _loaded[kind] = (key, value)
+    if not runtime.IN_COMFYUI:
+        _loaded[kind] = (key, value)
     return value
 
 

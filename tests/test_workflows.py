@@ -9,84 +9,28 @@ from __future__ import annotations
 import copy
 import json
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from dalle_nodes import NODE_CLASS_MAPPINGS
+from dalle_nodes.workflow_graph import (
+    WIDGET_TYPES,
+    FrontendWidget,
+    NodeSpec,
+    input_type,
+    local_specs,
+    ui_to_api,
+    widget_names,
+)
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 API_FILES = sorted(WORKFLOWS.glob("*.api.json"))
 UI_FILES = sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.endswith(".api.json"))
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-SEED_CONTROLS = {"fixed", "increment", "decrement", "randomize"}  # the frontend's control_after_generate choices
-
-
-@dataclass(frozen=True)
-class NodeSpec:
-    inputs: dict  # INPUT_TYPES(): {"required": {name: (type, options)}, "optional": {...}}
-    outputs: tuple[str, ...]
-    output_node: bool = False
-
-
-# ComfyUI core nodes our workflows may use, as declared in ComfyUI's nodes.py. Outputs are those every ComfyUI
-# version has (SaveImage gained an IMAGE output only lately). "COMBO": a list only ComfyUI knows (input files).
-CORE_NODES = {
-    "SaveImage": NodeSpec(
-        {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})}},
-        (),
-        output_node=True,
-    ),
-    "PreviewImage": NodeSpec({"required": {"images": ("IMAGE",)}}, (), output_node=True),
-    "LoadImage": NodeSpec({"required": {"image": ("COMBO", {"image_upload": True})}}, ("IMAGE", "MASK")),
-    "ImageScale": NodeSpec(
-        {
-            "required": {  # "Upscale Image"; MAX_RESOLUTION is 16384
-                "image": ("IMAGE",),
-                "upscale_method": (["nearest-exact", "bilinear", "area", "bicubic", "lanczos"],),
-                "width": ("INT", {"default": 512, "min": 0, "max": 16384, "step": 1}),
-                "height": ("INT", {"default": 512, "min": 0, "max": 16384, "step": 1}),
-                "crop": (["disabled", "center"],),
-            }
-        },
-        ("IMAGE",),
-    ),
-}
-
-
-@dataclass(frozen=True)
-class FrontendWidget:
-    """A widget the frontend adds after an input's own one: saved in widgets_values, never sent to the server."""
-
-    name: str
-    allowed: frozenset
-
-    def __repr__(self) -> str:
-        return f"<{self.name}>"
-
-
-SEED_CONTROL = FrontendWidget("control_after_generate", frozenset(SEED_CONTROLS))
-
-
-def upload_button(input_name: str) -> FrontendWidget:
-    """The upload button after an image_upload combo (LoadImage); its saved value names that combo."""
-    return FrontendWidget("upload", frozenset({input_name}))
+SPECS = local_specs()
 
 
 def node_spec(class_type: str) -> NodeSpec | None:
-    if class_type in NODE_CLASS_MAPPINGS:
-        cls = NODE_CLASS_MAPPINGS[class_type]
-        return NodeSpec(cls.INPUT_TYPES(), tuple(cls.RETURN_TYPES), getattr(cls, "OUTPUT_NODE", False))
-    return CORE_NODES.get(class_type)
-
-
-def declared_inputs(spec: NodeSpec) -> dict[str, tuple]:
-    return {**spec.inputs.get("required", {}), **spec.inputs.get("optional", {})}
-
-
-def input_type(declared: tuple) -> str:
-    return "COMBO" if isinstance(declared[0], (list, tuple)) else declared[0]
+    return SPECS.get(class_type)
 
 
 def literal_errors(where: str, declared: tuple, value) -> list[str]:
@@ -122,7 +66,7 @@ def api_errors(graph: dict) -> list[str]:
         if spec is None:
             errors.append(f"node {node_id}: unknown class_type {node['class_type']!r}")
             continue
-        declared = declared_inputs(spec)
+        declared = spec.declared()
         missing = set(spec.inputs.get("required", {})) - set(node["inputs"])
         errors += [
             f"node {node_id} ({node['class_type']}): required input {name!r} missing" for name in sorted(missing)
@@ -148,21 +92,6 @@ def link_errors(where: str, graph: dict, link: list, expected: str) -> list[str]
         return [f"{where}: {graph[link[0]]['class_type']} has no output slot {link[1]}"]
     got = source.outputs[link[1]]
     return [] if got == expected or "*" in (got, expected) else [f"{where}: gets {got}, expects {expected}"]
-
-
-def widget_names(spec: NodeSpec) -> list[str | FrontendWidget]:
-    """Names of a node's widgets_values entries in the UI format, with the frontend's own widgets in between
-    (a seed's control_after_generate, LoadImage's upload button)."""
-    names = []
-    for name, declared in declared_inputs(spec).items():
-        if input_type(declared) in WIDGET_TYPES:
-            names.append(name)
-            options = declared[1] if len(declared) > 1 else {}
-            if options.get("control_after_generate"):
-                names.append(SEED_CONTROL)
-            if options.get("image_upload"):
-                names.append(upload_button(name))
-    return names
 
 
 def ui_mismatches(ui: dict, api: dict) -> list[str]:
@@ -238,6 +167,17 @@ def test_ui_workflow_matches_api_twin(path: Path) -> None:
     assert ui.get("version") == 0.4 and isinstance(ui.get("nodes"), list) and isinstance(ui.get("links"), list)
     errors = ui_mismatches(ui, load(twin))
     assert not errors, "\n".join(errors)
+
+
+def without_titles(graph: dict) -> dict:
+    return {node_id: {k: v for k, v in node.items() if k != "_meta"} for node_id, node in graph.items()}
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_ui_workflow_converts_to_its_api_twin(path: Path) -> None:
+    """What `python -m dalle_nodes queue` sends for a UI file is exactly the API file we ship beside it."""
+    converted = ui_to_api(load(path), SPECS)
+    assert without_titles(converted) == without_titles(load(path.with_name(path.stem + ".api.json")))
 
 
 def _break_api(graph: dict, how: str) -> str:

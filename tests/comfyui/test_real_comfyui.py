@@ -6,16 +6,19 @@ otherwise. The server and tiny checkpoints are set up once per module by conftes
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from dalle_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from test_workflows import CORE_NODES, WORKFLOWS
+from dalle_nodes.workflow_graph import CORE_NODES
+from test_workflows import WORKFLOWS
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 pytestmark = pytest.mark.skipif(
@@ -81,7 +84,7 @@ def same_declaration(ours: tuple, theirs: list) -> bool:
     """Whether a CORE_NODES stand-in input says what /object_info says: the same type or combo choices ("COMBO"
     stands for choices only ComfyUI knows, such as input files), and the same value for each option it gives."""
     if ours[0] == "COMBO":
-        same_type = isinstance(theirs[0], list)
+        same_type = isinstance(theirs[0], list) or theirs[0] == "COMBO"  # classic nodes list choices, V3 ones say COMBO
     else:
         same_type = (list(ours[0]) if isinstance(ours[0], (list, tuple)) else ours[0]) == theirs[0]
     options = ours[1] if len(ours) > 1 else {}
@@ -116,20 +119,103 @@ def test_ui_workflow_offered_as_template(comfyui, name: str) -> None:
     assert served == json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("name", API_WORKFLOWS)
-def test_shipped_workflow_runs(comfyui, name: str) -> None:
-    graph = shrunk(name)
-    entry = comfyui.run(graph)
-    assert entry["status"]["status_str"] == "success", why(entry)
-    save = node_id(graph, "SaveImage")
-    (image,) = entry["outputs"][save]["images"]
-    assert image["type"] == "output" and image["filename"].startswith(graph[save]["inputs"]["filename_prefix"] + "_")
-    assert (comfyui.base / "output" / image["subfolder"] / image["filename"]).is_file()
-    png = Image.open(io.BytesIO(comfyui.view(image)))
+def shrinking_settings(name: str) -> list[str]:
+    """shrunk()'s changes to a shipped workflow as the queue command's --set arguments (they work on UI files too)."""
+    original = json.loads((WORKFLOWS / f"{name}.api.json").read_text(encoding="utf-8"))
+    small = shrunk(name)
+    return [
+        f"{node_id}.{key}={json.dumps(value)}"
+        for node_id, node in small.items()
+        for key, value in node["inputs"].items()
+        if original[node_id]["inputs"][key] != value
+    ]
+
+
+def expected_size(graph: dict) -> tuple[int, int]:
     classes = {node["class_type"] for node in graph.values()}
     width, height = (256, 256) if "DalleTokenSample" in classes else (WIDTH, HEIGHT)
     scale = 4 if "DalleGANUpscale" in classes else 1  # the tiny x4 preset
-    assert png.format == "PNG" and png.size == (width * scale, height * scale)
+    return width * scale, height * scale
+
+
+def queue(comfyui, *args: str) -> tuple[int, str, str]:
+    """`python -m dalle_nodes queue …` against the server, in this process: exit code, stdout, stderr."""
+    from dalle_nodes.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        code = main(["queue", *args, "--server", comfyui.url, "--timeout", "120"])
+    return code, stdout.getvalue(), stderr.getvalue()
+
+
+@pytest.mark.parametrize("suffix", [".api.json", ".json"], ids=["api", "ui"])
+@pytest.mark.parametrize("name", API_WORKFLOWS)
+def test_shipped_workflow_runs_through_queue(comfyui, tmp_path, name: str, suffix: str) -> None:
+    sets = [arg for setting in shrinking_settings(name) for arg in ("--set", setting)]
+    code, out, err = queue(comfyui, str(WORKFLOWS / f"{name}{suffix}"), *sets, "--out", str(tmp_path), "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    (saved,) = summary["outputs"]
+    path = Path(saved["path"])
+    assert path.parent == tmp_path and path.is_file() and not list(tmp_path.glob(".*.partial"))
+    with Image.open(path) as png:
+        assert png.format == "PNG" and png.size == expected_size(shrunk(name))
+    assert summary["prompt_id"] in comfyui.get_json(f"/history/{summary['prompt_id']}")
+
+
+def test_queue_reports_refusals_and_failures(comfyui, tmp_path) -> None:
+    workflow = str(WORKFLOWS / f"{TEXT2IMAGE}.api.json")
+    sets = [arg for setting in shrinking_settings(TEXT2IMAGE) for arg in ("--set", setting)]
+    code, _, err = queue(comfyui, workflow, *sets, "--set", "6.width=32", "--out", str(tmp_path))
+    assert code == 2
+    assert "node 6 (DalleDecoderSample), input 'width'" in err and "Value 32 smaller than min of 64" in err
+    code, _, err = queue(comfyui, workflow, *sets, "--set", "6.width=100", "--out", str(tmp_path))
+    assert code == 1
+    assert "node 6 (DalleDecoderSample) failed: ValueError: width 100 is not supported" in err
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing written
+    code, _, err = queue(comfyui, workflow, *sets, "--out", str(tmp_path))
+    assert code == 0, err  # the server still serves
+
+
+def loads_in_log(comfyui) -> int:
+    return comfyui.log.read_text(errors="replace").count(": loading ")
+
+
+def test_models_stay_loaded_until_comfyui_frees_them(comfyui) -> None:
+    graph = text2image(seed=101)
+    entry = comfyui.run(graph)
+    assert entry["status"]["status_str"] == "success", why(entry)
+    loads = loads_in_log(comfyui)
+    assert comfyui.run(graph)["status"]["status_str"] == "success"  # identical: served from ComfyUI's cache
+    assert comfyui.run(text2image(seed=102))["status"]["status_str"] == "success"  # re-samples …
+    assert loads_in_log(comfyui) == loads  # … without loading anything again
+
+    status, _ = comfyui.request("/free", {"unload_models": True, "free_memory": True})
+    assert status == 200
+    time.sleep(1.5)  # the prompt worker applies the flags between prompts
+    assert comfyui.run(text2image(seed=102))["status"]["status_str"] == "success"
+    assert loads_in_log(comfyui) == loads + 2  # prior and decoder: we kept no copy ComfyUI could not free
+
+
+def test_interrupt_stops_sampling_within_a_step(comfyui) -> None:
+    from dalle_nodes.comfy_client import ComfyClient, Interrupted
+
+    client = ComfyClient(comfyui.url)
+    graph = text2image(steps=500, seed=103)
+    decoder = node_id(graph, "DalleDecoderSample")
+    seen: list[int] = []
+
+    def on_progress(node: str, value: int, total: int) -> None:
+        if node == decoder:
+            seen.append(value)
+            if len(seen) == 3:
+                client.interrupt()
+
+    with client.listen() as socket:
+        prompt_id = client.queue(graph)
+        with pytest.raises(Interrupted):
+            client.follow(socket, prompt_id, time.monotonic() + 120, on_progress=on_progress)
+    assert seen[-1] <= seen[2] + 1, f"steps after the interrupt: {seen[3:]}"
 
 
 def saved_size(comfyui, graph: dict) -> tuple[int, int]:

@@ -1,0 +1,171 @@
+"""A small client for a running ComfyUI server: queue a prompt, follow it over the websocket, fetch its images."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.sync.client import ClientConnection, connect
+
+
+class ServerError(RuntimeError):
+    """The server cannot be reached, or answered something a ComfyUI server would not."""
+
+
+class PromptRefused(RuntimeError):
+    """POST /prompt answered 400: the graph did not pass ComfyUI's validation."""
+
+    def __init__(self, answer: dict):
+        self.answer = answer
+        super().__init__(describe_refusal(answer))
+
+
+class ExecutionFailed(RuntimeError):
+    """A node raised while the prompt ran (an execution_error event)."""
+
+
+class Interrupted(RuntimeError):
+    """The prompt was interrupted (from this client or the ComfyUI window)."""
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    node: str
+    filename: str
+    subfolder: str
+    type: str
+
+
+def describe_refusal(answer: dict) -> str:
+    """ComfyUI's 400 answer in plain words: the error, then each node's errors."""
+    error = answer.get("error", {})
+    lines = [error.get("message", "the prompt was refused") + (f": {error['details']}" if error.get("details") else "")]
+    for node_id, node in answer.get("node_errors", {}).items():
+        for problem in node.get("errors", []):
+            name = problem.get("extra_info", {}).get("input_name")
+            where = f"node {node_id} ({node.get('class_type', '?')})" + (f", input '{name}'" if name else "")
+            lines.append(f"{where}: {problem.get('message', '')} {problem.get('details', '')}".rstrip())
+    return "\n".join(lines)
+
+
+class ComfyClient:
+    def __init__(self, server: str, timeout: float = 30.0):
+        self.server = server.rstrip("/")
+        parts = urllib.parse.urlsplit(self.server)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ServerError(f"--server '{server}' is not a URL like http://127.0.0.1:8188.")
+        self.timeout = timeout
+        self.client_id = uuid.uuid4().hex
+        local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        # A proxy set for the internet must not catch this machine's own server.
+        self.opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
+
+    def request(self, path: str, payload: dict | None = None) -> tuple[int, bytes]:
+        data = json.dumps(payload).encode() if payload is not None else None
+        req = urllib.request.Request(self.server + path, data=data, headers={"Content-Type": "application/json"})
+        try:
+            with self.opener.open(req, timeout=self.timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read()
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise ServerError(f"ComfyUI at {self.server} cannot be reached ({reason}). Is it running?") from error
+
+    def get_json(self, path: str) -> dict:
+        status, body = self.request(path)
+        if status != 200:
+            raise ServerError(f"GET {path} answered HTTP {status}: {body[:200]!r}")
+        try:
+            return json.loads(body)
+        except json.JSONDecodeError as error:
+            raise ServerError(f"GET {path} did not answer JSON: is {self.server} a ComfyUI server?") from error
+
+    def object_info(self) -> dict:
+        return self.get_json("/object_info")
+
+    def queue(self, graph: dict) -> str:
+        """POST /prompt; the prompt id, or PromptRefused with ComfyUI's validation errors."""
+        status, body = self.request("/prompt", {"prompt": graph, "client_id": self.client_id})
+        try:
+            answer = json.loads(body)
+        except json.JSONDecodeError as error:
+            raise ServerError(f"POST /prompt answered HTTP {status} without JSON: {body[:200]!r}") from error
+        if status == 400:
+            raise PromptRefused(answer)
+        if status != 200 or "prompt_id" not in answer:
+            raise ServerError(f"POST /prompt answered HTTP {status}: {answer}")
+        return answer["prompt_id"]
+
+    def interrupt(self) -> None:
+        self.request("/interrupt", {})
+
+    def listen(self) -> ClientConnection:
+        """The websocket for this client's events, open before the prompt is queued so that none is missed."""
+        parts = urllib.parse.urlsplit(self.server)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        url = f"{scheme}://{parts.netloc}{parts.path}/ws?clientId={self.client_id}"
+        try:
+            return connect(url, open_timeout=self.timeout, max_size=None, proxy=None)
+        except (OSError, TimeoutError, InvalidHandshake) as error:
+            raise ServerError(f"ComfyUI's websocket at {url} cannot be reached ({error}).") from error
+
+    @staticmethod
+    def follow(
+        socket: ClientConnection,
+        prompt_id: str,
+        deadline: float,
+        on_node: Callable[[str], None] = lambda node: None,
+        on_progress: Callable[[str, int, int], None] = lambda node, value, total: None,
+    ) -> None:
+        """Read events until the prompt ends; raises ExecutionFailed, Interrupted or TimeoutError (at `deadline`,
+        a time.monotonic() value)."""
+        while True:
+            try:
+                message = socket.recv(timeout=max(deadline - time.monotonic(), 0))
+            except ConnectionClosed as error:
+                raise ServerError(f"ComfyUI closed the websocket ({error}).") from error
+            if not isinstance(message, str):
+                continue  # binary: preview images
+            event = json.loads(message)
+            kind, data = event.get("type"), event.get("data", {})
+            if data.get("prompt_id") not in (None, prompt_id):
+                continue
+            if kind == "executing":
+                if data.get("node") is None:
+                    return  # the prompt has finished
+                on_node(data["node"])
+            elif kind == "progress":
+                on_progress(data.get("node"), data.get("value", 0), data.get("max", 0))
+            elif kind == "execution_error":
+                raise ExecutionFailed(
+                    f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
+                    f"{data.get('exception_type', 'error')}: {data.get('exception_message', '').strip()}"
+                )
+            elif kind == "execution_interrupted":
+                raise Interrupted(f"the prompt was interrupted at node {data.get('node_id')} ({data.get('node_type')})")
+            elif kind == "execution_success":
+                return
+
+    def outputs(self, prompt_id: str) -> list[OutputFile]:
+        """The images the prompt's output nodes saved, from /history."""
+        entry = self.get_json(f"/history/{prompt_id}").get(prompt_id, {})
+        return [
+            OutputFile(node_id, image["filename"], image.get("subfolder", ""), image.get("type", "output"))
+            for node_id, output in entry.get("outputs", {}).items()
+            for image in output.get("images", [])
+        ]
+
+    def view(self, file: OutputFile) -> bytes:
+        query = urllib.parse.urlencode({"filename": file.filename, "subfolder": file.subfolder, "type": file.type})
+        status, body = self.request("/view?" + query)
+        if status != 200:
+            raise ServerError(f"GET /view?{query} answered HTTP {status}.")
+        return body

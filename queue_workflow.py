@@ -1,0 +1,132 @@
+"""`python -m dalle_nodes queue`: a workflow file → a ComfyUI server → its images in a folder.
+
+Exit codes: 0 done; 1 the run failed (a node raised, interrupted, timed out, no images); 2 the request was bad
+(file, settings, a graph the server refused, no server); 130 stopped with Ctrl-C (the server is told to stop too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .comfy_client import ComfyClient, ExecutionFailed, Interrupted, OutputFile, PromptRefused, ServerError
+from .workflow_graph import (
+    WorkflowError,
+    check_has_output,
+    is_ui_format,
+    local_specs,
+    read_workflow,
+    set_input,
+    set_prompt,
+    set_seed,
+    specs_from_object_info,
+    ui_to_api,
+)
+
+
+def api_graph(workflow: dict, client: ComfyClient) -> dict:
+    """The API graph of a workflow file: as it is, or converted from the UI format (asking the server about
+    nodes that are not ours)."""
+    if not is_ui_format(workflow):
+        return workflow
+    try:
+        return ui_to_api(workflow, local_specs())
+    except WorkflowError:
+        return ui_to_api(workflow, specs_from_object_info(client.object_info()))
+
+
+def prepare(args: argparse.Namespace, client: ComfyClient) -> dict:
+    graph = api_graph(read_workflow(args.workflow), client)
+    for assignment in args.set:
+        set_input(graph, assignment)
+    if args.prompt is not None:
+        set_prompt(graph, args.prompt)
+    if args.seed is not None:
+        set_seed(graph, args.seed)
+    specs = local_specs()
+    if all(node["class_type"] in specs for node in graph.values()):  # else the server judges (it knows them)
+        check_has_output(graph, specs)
+    return graph
+
+
+def run(graph: dict, client: ComfyClient, timeout: float) -> str:
+    """Queue the graph and follow it to the end with a progress bar; the prompt id."""
+    from tqdm.auto import tqdm
+
+    titles = {node_id: node.get("_meta", {}).get("title") or node["class_type"] for node_id, node in graph.items()}
+    with client.listen() as socket, tqdm(total=0, unit="step", file=sys.stderr, leave=False) as bar:
+        prompt_id = client.queue(graph)
+
+        def on_node(node: str) -> None:
+            bar.set_description(titles.get(node, node))
+
+        def on_progress(node: str, value: int, total: int) -> None:
+            bar.set_description(titles.get(node, node))
+            bar.total, bar.n = total, value
+            bar.refresh()
+
+        try:
+            client.follow(socket, prompt_id, time.monotonic() + timeout, on_node, on_progress)
+        except KeyboardInterrupt:
+            client.interrupt()
+            raise
+    return prompt_id
+
+
+def unused_path(folder: Path, name: str) -> Path:
+    """`folder/name`, or with _1, _2 … before the suffix: never overwrite a file that is already there."""
+    path, stem, n = folder / name, Path(name).stem, 0
+    while path.exists():
+        n += 1
+        path = folder / f"{stem}_{n}{Path(name).suffix}"
+    return path
+
+
+def save(files: list[OutputFile], client: ComfyClient, folder: Path) -> list[Path]:
+    """Download every image first, then write them: a failed download leaves nothing half-written."""
+    contents = [client.view(file) for file in files]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for file, content in zip(files, contents, strict=True):
+        path = unused_path(folder, file.filename)
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_bytes(content)
+        partial.replace(path)
+        paths.append(path)
+    return paths
+
+
+def queue_workflow(args: argparse.Namespace) -> int:
+    try:
+        client = ComfyClient(args.server)
+        graph = prepare(args, client)
+        prompt_id = run(graph, client, args.timeout)
+        files = client.outputs(prompt_id)
+        if not files:
+            print("error: the prompt finished but saved no images.", file=sys.stderr)
+            return 1
+        paths = save(files, client, args.out)
+    except (WorkflowError, ServerError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except PromptRefused as error:
+        print(f"error: ComfyUI refused the workflow:\n{error}", file=sys.stderr)
+        return 2
+    except (ExecutionFailed, Interrupted) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except TimeoutError:
+        print(f"error: the prompt did not finish within {args.timeout:g} s (it may still be running).", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: asked ComfyUI to stop the prompt.", file=sys.stderr)
+        return 130
+    if args.json:
+        outputs = [{"node": f.node, "path": str(p), "filename": f.filename} for f, p in zip(files, paths, strict=True)]
+        print(json.dumps({"prompt_id": prompt_id, "outputs": outputs}, indent=2))
+    else:
+        print("\n".join(map(str, paths)))
+    return 0

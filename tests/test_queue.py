@@ -1,0 +1,190 @@
+"""`python -m dalle_nodes queue`, the parts that need no server: reading files, UI → API conversion, --set /
+--prompt / --seed targeting, and the errors. The server side runs against a real ComfyUI in tests/comfyui."""
+
+from __future__ import annotations
+
+import copy
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from dalle_nodes.cli import main
+from dalle_nodes.workflow_graph import (
+    WorkflowError,
+    check_has_output,
+    local_specs,
+    read_workflow,
+    set_input,
+    set_prompt,
+    set_seed,
+    ui_to_api,
+)
+from test_workflows import UI_FILES, WORKFLOWS, load
+
+SPECS = local_specs()
+
+
+def text2image() -> dict:
+    return load(WORKFLOWS / "kandinsky22_text2image.api.json")
+
+
+def test_set_targets_a_node_by_id_title_or_type() -> None:
+    graph = text2image()
+    set_input(graph, "6.steps=30")
+    set_input(graph, "DalleDecoderSample.sampler=ddim")  # a class type
+    set_input(graph, "Negative prompt.text=ugly, blurry")  # a title; plain text needs no quotes
+    set_input(graph, 'Prompt.text="42"')  # JSON: a string that looks like a number
+    set_input(graph, "DalleDecoderSample.karras=true")
+    decoder = graph["6"]["inputs"]
+    assert (decoder["steps"], decoder["sampler"], decoder["karras"]) == (30, "ddim", True)
+    assert graph["3"]["inputs"]["text"] == "ugly, blurry" and graph["2"]["inputs"]["text"] == "42"
+
+
+@pytest.mark.parametrize(
+    ("assignment", "message"),
+    [
+        ("steps=30", "write NODE.INPUT=VALUE"),
+        ("DalleDecoderSample.steps", "write NODE.INPUT=VALUE"),
+        ("KSampler.steps=30", "no node has the id, title or type 'KSampler'"),
+        ("DalleTextEncode.text=x", "names nodes 2, 3; use one node id"),
+        ("6.cfg=4", "has no input 'cfg'; it has decoder, image_embeds, width"),
+        ("6.decoder=x", "'decoder' is connected to another node"),
+    ],
+)
+def test_set_errors_say_what_to_write(assignment: str, message: str) -> None:
+    with pytest.raises(WorkflowError, match=message):
+        set_input(text2image(), assignment)
+
+
+def test_prompt_and_seed_find_our_nodes() -> None:
+    graph = text2image()
+    assert set_prompt(graph, "a lighthouse") == ["2"]  # the positive prompt only
+    assert graph["3"]["inputs"]["text"] == "blurry, low quality"
+    assert sorted(set_seed(graph, 7)) == ["4", "6"]
+    assert graph["4"]["inputs"]["seed"] == graph["6"]["inputs"]["seed"] == 7
+
+    mega = load(WORKFLOWS / "dalle_mega_text2image_upscaled.api.json")
+    assert set_prompt(mega, "a cat") == ["2"] and set_seed(mega, 3) == ["2"]
+    assert mega["2"]["inputs"]["text"] == "a cat" and mega["2"]["inputs"]["seed"] == 3
+
+
+def test_prompt_and_seed_need_our_nodes() -> None:
+    graph = {"1": {"class_type": "LoadImage", "inputs": {"image": "x.png"}}}
+    with pytest.raises(WorkflowError, match="no DALL·E prompt"):
+        set_prompt(graph, "x")
+    with pytest.raises(WorkflowError, match="no DALL·E sampler"):
+        set_seed(graph, 1)
+
+
+def test_output_node_is_required() -> None:
+    graph = text2image()
+    check_has_output(graph, SPECS)
+    del graph["8"]
+    with pytest.raises(WorkflowError, match="no output node"):
+        check_has_output(graph, SPECS)
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
+def test_ui_files_convert(path: Path) -> None:
+    graph = ui_to_api(load(path), SPECS)
+    check_has_output(graph, SPECS)
+
+
+def ui_text2image() -> dict:
+    return load(WORKFLOWS / "kandinsky22_text2image.json")
+
+
+def test_conversion_follows_reroutes_primitives_and_bypassed_nodes() -> None:
+    ui = ui_text2image()
+    nodes = {node["id"]: node for node in ui["nodes"]}
+    # A reroute on the prior → decoder link (link 6: node 4 slot 0 → node 6 slot 1).
+    ui["nodes"].append({"id": 20, "type": "Reroute", "mode": 0, "inputs": [{"name": "", "type": "*", "link": 6}]})
+    ui["links"] = [ln for ln in ui["links"] if ln[0] != 6] + [
+        [6, 4, 0, 20, 0, "DALLE_IMAGE_EMBEDS"],
+        [30, 20, 0, 6, 1, "DALLE_IMAGE_EMBEDS"],
+    ]
+    nodes[6]["inputs"][1]["link"] = 30
+    # A primitive node driving the decoder's steps widget.
+    ui["nodes"].append({"id": 21, "type": "PrimitiveNode", "mode": 0, "widgets_values": [12, "fixed"]})
+    ui["links"].append([31, 21, 0, 6, 4, "INT"])
+    steps = next(socket for socket in nodes[6]["inputs"] if socket["name"] == "steps")
+    steps["link"] = 31
+    # The negative prompt muted: the prior then runs without it.
+    nodes[3]["mode"] = 2
+    graph = ui_to_api(ui, SPECS)
+    assert graph["6"]["inputs"]["image_embeds"] == ["4", 0]
+    assert graph["6"]["inputs"]["steps"] == 12
+    assert "3" not in graph and "negative" not in graph["4"]["inputs"]
+
+    nodes[3]["mode"] = 0
+    nodes[7]["mode"] = 4  # bypass VQ decode: nothing of its input type feeds Save Image, so the link is dropped
+    assert "images" not in ui_to_api(ui, SPECS)["8"]["inputs"]
+
+
+def test_conversion_names_nodes_it_does_not_know() -> None:
+    ui = ui_text2image()
+    ui["nodes"].append({"id": 40, "type": "SomeoneElsesNode", "mode": 0, "inputs": [], "widgets_values": []})
+    with pytest.raises(WorkflowError, match=r"cannot convert: SomeoneElsesNode \(node 40\).*Export \(API\)"):
+        ui_to_api(ui, SPECS)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "does not exist"),
+        ("{not json", "is not valid JSON \\(line 1"),
+        ('{"1": {"inputs": {}}}', "neither a UI-format workflow nor an API-format graph"),
+        ("[]", "neither a UI-format workflow nor an API-format graph"),
+    ],
+)
+def test_unreadable_files(tmp_path, content, message) -> None:
+    path = tmp_path / "workflow.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(WorkflowError, match=message):
+        read_workflow(path)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # free once closed: nothing listens there
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        ("missing", [], "does not exist"),
+        ("invalid", [], "is not valid JSON"),
+        ("text2image", ["--set", "Nothing.steps=3"], "no node has the id, title or type 'Nothing'"),
+        ("no output", [], "no output node"),
+        ("text2image", [], "cannot be reached"),
+        ("text2image", ["--server", "localhost:8188"], "is not a URL like http://127.0.0.1:8188"),
+    ],
+)
+def test_queue_bad_input_is_one_line_and_exit_2(tmp_path, capsys, setup, args, message) -> None:
+    path = tmp_path / "workflow.json"
+    graph = text2image()
+    if setup == "invalid":
+        path.write_text("{")
+    elif setup == "no output":
+        del graph["8"]
+    if setup in ("text2image", "no output"):
+        path.write_text(json.dumps(graph))
+    out = tmp_path / "out"
+    server = ["--server", f"http://127.0.0.1:{closed_port()}"] if "--server" not in args else []
+    code = main(["queue", str(path), "--out", str(out), *server, *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
+    assert not out.exists()  # nothing half-written
+
+
+def test_ui_file_with_unknown_nodes_and_no_server(tmp_path, capsys) -> None:
+    ui = copy.deepcopy(ui_text2image())
+    ui["nodes"].append({"id": 40, "type": "SomeoneElsesNode", "mode": 0, "inputs": [], "widgets_values": []})
+    path = tmp_path / "workflow.json"
+    path.write_text(json.dumps(ui))
+    code = main(["queue", str(path), "--server", f"http://127.0.0.1:{closed_port()}"])
+    assert code == 2 and "cannot be reached" in capsys.readouterr().err

@@ -1,0 +1,281 @@
+"""Workflow files as ComfyUI's server takes them: UI format → API graph, checks, and inputs set by name.
+
+A UI-format file (what the canvas saves) lists nodes with their widget values in display order and links by id;
+the API format (what POST /prompt takes) maps node ids to {class_type, inputs}. Converting needs each node's
+input declarations: ours and a few core nodes are known here; for any other node, /object_info of a running
+ComfyUI describes it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+SEED_CONTROLS = {"fixed", "increment", "decrement", "randomize"}  # the frontend's control_after_generate choices
+MUTED, BYPASSED = 2, 4  # UI node modes: left out of the run / passed through
+FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}  # never sent to the server
+
+
+class WorkflowError(ValueError):
+    """A workflow file or a setting that cannot be used; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    inputs: dict  # INPUT_TYPES(): {"required": {name: (type, options)}, "optional": {...}}
+    outputs: tuple[str, ...]
+    output_node: bool = False
+
+    def declared(self) -> dict[str, tuple]:
+        return {**self.inputs.get("required", {}), **self.inputs.get("optional", {})}
+
+
+# ComfyUI core nodes our workflows and tests use, as ComfyUI (v0.33) declares them. Outputs are those every
+# version has (SaveImage gained an IMAGE output only lately). "COMBO": choices only ComfyUI knows (input files).
+CORE_NODES = {
+    "SaveImage": NodeSpec(
+        {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})}},
+        (),
+        output_node=True,
+    ),
+    "PreviewImage": NodeSpec({"required": {"images": ("IMAGE",)}}, (), output_node=True),
+    "LoadImage": NodeSpec({"required": {"image": ("COMBO", {"image_upload": True})}}, ("IMAGE", "MASK")),
+    "ImageScale": NodeSpec(
+        {
+            "required": {  # "Upscale Image"; MAX_RESOLUTION is 16384
+                "image": ("IMAGE",),
+                "upscale_method": (["nearest-exact", "bilinear", "area", "bicubic", "lanczos"],),
+                "width": ("INT", {"default": 512, "min": 0, "max": 16384, "step": 1}),
+                "height": ("INT", {"default": 512, "min": 0, "max": 16384, "step": 1}),
+                "crop": (["disabled", "center"],),
+            }
+        },
+        ("IMAGE",),
+    ),
+    "UpscaleModelLoader": NodeSpec({"required": {"model_name": ("COMBO",)}}, ("UPSCALE_MODEL",)),
+    "ImageUpscaleWithModel": NodeSpec(
+        {"required": {"upscale_model": ("UPSCALE_MODEL",), "image": ("IMAGE",)}}, ("IMAGE",)
+    ),
+}
+
+
+def local_specs() -> dict[str, NodeSpec]:
+    """Our nodes (from their classes) and the core nodes above: enough for every workflow we ship."""
+    from .nodes import NODE_CLASS_MAPPINGS
+
+    ours = {
+        name: NodeSpec(cls.INPUT_TYPES(), tuple(cls.RETURN_TYPES), getattr(cls, "OUTPUT_NODE", False))
+        for name, cls in NODE_CLASS_MAPPINGS.items()
+    }
+    return {**CORE_NODES, **ours}
+
+
+def specs_from_object_info(info: dict) -> dict[str, NodeSpec]:
+    """Every node a running ComfyUI knows, from its GET /object_info."""
+    specs = {}
+    for name, node in info.items():
+        declared = node.get("input", {})
+        order = node.get("input_order", {})
+        inputs = {
+            section: {key: tuple(declared[section][key]) for key in order.get(section, declared.get(section, {}))}
+            for section in ("required", "optional")
+            if declared.get(section)
+        }
+        specs[name] = NodeSpec(inputs, tuple(node.get("output", ())), bool(node.get("output_node")))
+    return specs
+
+
+def input_type(declared: tuple) -> str:
+    return "COMBO" if isinstance(declared[0], (list, tuple)) else declared[0]
+
+
+@dataclass(frozen=True)
+class FrontendWidget:
+    """A widget the frontend adds after an input's own one: saved in widgets_values, never sent to the server."""
+
+    name: str
+    allowed: frozenset
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+SEED_CONTROL = FrontendWidget("control_after_generate", frozenset(SEED_CONTROLS))
+
+
+def upload_button(input_name: str) -> FrontendWidget:
+    """The upload button after an image_upload combo (LoadImage); its saved value names that combo."""
+    return FrontendWidget("upload", frozenset({input_name}))
+
+
+def widget_names(spec: NodeSpec) -> list[str | FrontendWidget]:
+    """Names of a node's widgets_values entries in the UI format, with the frontend's own widgets in between
+    (a seed's control_after_generate, LoadImage's upload button)."""
+    names = []
+    for name, declared in spec.declared().items():
+        if input_type(declared) in WIDGET_TYPES:
+            names.append(name)
+            options = declared[1] if len(declared) > 1 else {}
+            if options.get("control_after_generate"):
+                names.append(SEED_CONTROL)
+            if options.get("image_upload"):
+                names.append(upload_button(name))
+    return names
+
+
+def is_ui_format(workflow: dict) -> bool:
+    return isinstance(workflow.get("nodes"), list) and isinstance(workflow.get("links"), list)
+
+
+def ui_to_api(ui: dict, specs: dict[str, NodeSpec]) -> dict:
+    """The API graph ComfyUI's "Export (API)" would write for a UI-format workflow."""
+    nodes = {node["id"]: node for node in ui["nodes"]}
+    if ui.get("definitions", {}).get("subgraphs"):
+        raise WorkflowError("The workflow uses subgraphs, which this converter cannot unpack: export it in API format.")
+    known = specs.keys() | FRONTEND_ONLY
+    unknown = sorted({f"{n['type']} (node {i})" for i, n in nodes.items() if n["type"] not in known})
+    if unknown:
+        raise WorkflowError(
+            f"The workflow uses nodes this command cannot convert: {', '.join(unknown)}. Give --server a running "
+            "ComfyUI that has them installed, or export the workflow in API format (Workflow → Export (API))."
+        )
+    links = {link[0]: link for link in ui["links"]}  # id → [id, source, slot, target, target slot, type]
+
+    def source_of(link_id: int) -> list | object | None:
+        """A link's origin as an API link [node id, slot], a literal (from a primitive node), or None (muted)."""
+        _, source, slot, _, _, kind = links[link_id]
+        node = nodes[source]
+        if node["type"] == "Reroute" or node.get("mode") == BYPASSED:
+            passing = [s for s in node["inputs"] if s.get("link") is not None and s["type"] in (kind, "*")]
+            return source_of(passing[0]["link"]) if passing else None
+        if node["type"] == "PrimitiveNode":
+            return node["widgets_values"][0]
+        if node.get("mode") == MUTED:
+            return None
+        return [str(source), slot]
+
+    graph = {}
+    for node_id, node in nodes.items():
+        if node["type"] in FRONTEND_ONLY or node.get("mode") in (MUTED, BYPASSED):
+            continue
+        spec = specs[node["type"]]
+        sockets = {socket["name"]: socket for socket in node.get("inputs", [])}
+        values = node.get("widgets_values", [])
+        names = widget_names(spec)
+        if isinstance(values, dict):
+            widget_values = {name: values[name] for name in names if isinstance(name, str) and name in values}
+        else:
+            widget_values = {n: v for n, v in zip(names, values, strict=False) if isinstance(n, str)}
+        inputs = {}
+        for name in spec.declared():
+            socket = sockets.get(name)
+            if socket is not None and socket.get("link") is not None:
+                origin = source_of(socket["link"])
+                if origin is not None:
+                    inputs[name] = origin
+            elif name in widget_values:
+                inputs[name] = widget_values[name]
+        graph[str(node_id)] = {
+            "inputs": inputs,
+            "class_type": node["type"],
+            "_meta": {"title": node.get("title") or node["type"]},
+        }
+    return graph
+
+
+def read_workflow(path: Path) -> dict:
+    """A workflow file's JSON, or a WorkflowError saying why it cannot be one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as error:
+        raise WorkflowError(f"Workflow file '{path}' does not exist.") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise WorkflowError(f"Workflow file '{path}' cannot be read ({error}).") from error
+    try:
+        workflow = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise WorkflowError(f"'{path}' is not valid JSON (line {error.lineno}: {error.msg}).") from error
+    if not isinstance(workflow, dict) or not (
+        is_ui_format(workflow)
+        or (workflow and all(isinstance(n, dict) and "class_type" in n for n in workflow.values()))
+    ):
+        raise WorkflowError(f"'{path}' is neither a UI-format workflow nor an API-format graph.")
+    return workflow
+
+
+def check_has_output(graph: dict, specs: dict[str, NodeSpec]) -> None:
+    if not any(node["class_type"] in specs and specs[node["class_type"]].output_node for node in graph.values()):
+        raise WorkflowError(
+            "The workflow has no output node (Save Image, Preview Image …): ComfyUI would run nothing. Add one."
+        )
+
+
+def _find_nodes(graph: dict, target: str) -> list[str]:
+    """Node ids that `target` names: a node id, else a title, else a class type."""
+    if target in graph:
+        return [target]
+    for key in (lambda n: n.get("_meta", {}).get("title"), lambda n: n["class_type"]):
+        found = [node_id for node_id, node in graph.items() if key(node) == target]
+        if found:
+            return found
+    return []
+
+
+def set_input(graph: dict, assignment: str) -> None:
+    """Apply one --set NODE.INPUT=VALUE: NODE is a node id, title or class type; VALUE is JSON or plain text."""
+    target, equals, raw = assignment.partition("=")
+    node_name, dot, input_name = target.rpartition(".")
+    if not equals or not dot or not node_name or not input_name:
+        raise WorkflowError(f"--set '{assignment}': write NODE.INPUT=VALUE, e.g. --set DalleDecoderSample.steps=30.")
+    found = _find_nodes(graph, node_name)
+    if not found:
+        raise WorkflowError(f"--set '{assignment}': no node has the id, title or type '{node_name}'.")
+    if len(found) > 1:
+        raise WorkflowError(f"--set '{assignment}': '{node_name}' names nodes {', '.join(found)}; use one node id.")
+    inputs = graph[found[0]]["inputs"]
+    if input_name not in inputs:
+        raise WorkflowError(
+            f"--set '{assignment}': node {found[0]} ({graph[found[0]]['class_type']}) has no input '{input_name}'; "
+            f"it has {', '.join(inputs)}."
+        )
+    if isinstance(inputs[input_name], list):
+        raise WorkflowError(f"--set '{assignment}': '{input_name}' is connected to another node, not a value.")
+    try:
+        inputs[input_name] = json.loads(raw)
+    except json.JSONDecodeError:
+        inputs[input_name] = raw
+
+
+def set_prompt(graph: dict, text: str) -> list[str]:
+    """Put `text` into every prompt of our nodes (not negative prompts); returns the node ids changed."""
+    positive = {
+        node["inputs"]["positive"][0]
+        for node in graph.values()
+        if node["class_type"] == "DallePriorSample" and isinstance(node["inputs"].get("positive"), list)
+    }
+    changed = [
+        node_id
+        for node_id, node in graph.items()
+        if node["class_type"] == "DalleTokenSample" or (node["class_type"] == "DalleTextEncode" and node_id in positive)
+    ]
+    if not changed:
+        raise WorkflowError("--prompt: the workflow has no DALL·E prompt (DALL·E Text Encode or Token Sample).")
+    for node_id in changed:
+        graph[node_id]["inputs"]["text"] = text
+    return changed
+
+
+def set_seed(graph: dict, seed: int) -> list[str]:
+    """Set the seed of every sampler of ours; returns the node ids changed."""
+    changed = [
+        node_id
+        for node_id, node in graph.items()
+        if node["class_type"].startswith("Dalle") and not isinstance(node["inputs"].get("seed", []), list)
+    ]
+    if not changed:
+        raise WorkflowError("--seed: the workflow has no DALL·E sampler with a seed input.")
+    for node_id in changed:
+        graph[node_id]["inputs"]["seed"] = seed
+    return changed
