@@ -104,8 +104,10 @@ class ComfyClient:
             raise ServerError(f"POST /prompt answered HTTP {status}: {answer}")
         return answer["prompt_id"]
 
-    def interrupt(self) -> None:
-        self.request("/interrupt", {})
+    def cancel(self, prompt_id: str) -> None:
+        """Stop this prompt only: interrupt it if it is running, take it off the queue if it is waiting."""
+        self.request("/interrupt", {"prompt_id": prompt_id})
+        self.request("/queue", {"delete": [prompt_id]})
 
     def listen(self) -> ClientConnection:
         """The websocket for this client's events, open before the prompt is queued so that none is missed."""
@@ -126,7 +128,8 @@ class ComfyClient:
         on_progress: Callable[[str, int, int], None] = lambda node, value, total: None,
     ) -> None:
         """Read events until the prompt ends; raises ExecutionFailed, Interrupted or TimeoutError (at `deadline`,
-        a time.monotonic() value)."""
+        a time.monotonic() value). The end is `executing` with no node, which ComfyUI sends once the prompt's
+        history is written (execution_success comes before that)."""
         while True:
             try:
                 message = socket.recv(timeout=max(deadline - time.monotonic(), 0))
@@ -151,12 +154,12 @@ class ComfyClient:
                 )
             elif kind == "execution_interrupted":
                 raise Interrupted(f"the prompt was interrupted at node {data.get('node_id')} ({data.get('node_type')})")
-            elif kind == "execution_success":
-                return
 
     def outputs(self, prompt_id: str) -> list[OutputFile]:
-        """The images the prompt's output nodes saved, from /history."""
-        entry = self.get_json(f"/history/{prompt_id}").get(prompt_id, {})
+        """The images the prompt's output nodes saved, from its /history entry."""
+        entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
+        if entry is None:
+            raise ServerError(f"ComfyUI has no history for prompt {prompt_id}: was it deleted meanwhile?")
         return [
             OutputFile(node_id, image["filename"], image.get("subfolder", ""), image.get("type", "output"))
             for node_id, output in entry.get("outputs", {}).items()

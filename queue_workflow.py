@@ -7,6 +7,7 @@ Exit codes: 0 done; 1 the run failed (a node raised, interrupted, timed out, no 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -71,7 +72,8 @@ def run(graph: dict, client: ComfyClient, timeout: float) -> str:
         try:
             client.follow(socket, prompt_id, time.monotonic() + timeout, on_node, on_progress)
         except KeyboardInterrupt:
-            client.interrupt()
+            with contextlib.suppress(ServerError):  # stopping locally matters more than telling the server
+                client.cancel(prompt_id)
             raise
     return prompt_id
 
@@ -91,7 +93,7 @@ def save(files: list[OutputFile], client: ComfyClient, folder: Path) -> list[Pat
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for file, content in zip(files, contents, strict=True):
-        path = unused_path(folder, file.filename)
+        path = unused_path(folder, Path(file.filename).name)  # a name from the server never leaves the folder
         partial = path.with_name(f".{path.name}.partial")
         partial.write_bytes(content)
         partial.replace(path)
@@ -111,6 +113,9 @@ def queue_workflow(args: argparse.Namespace) -> int:
         paths = save(files, client, args.out)
     except (WorkflowError, ServerError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # --out is a file, not writable, or the disk is full
+        print(f"error: cannot write the images to '{args.out}' ({error.strerror or error}).", file=sys.stderr)
         return 2
     except PromptRefused as error:
         print(f"error: ComfyUI refused the workflow:\n{error}", file=sys.stderr)

@@ -145,6 +145,8 @@ def ui_to_api(ui: dict, specs: dict[str, NodeSpec]) -> dict:
 
     def source_of(link_id: int) -> list | object | None:
         """A link's origin as an API link [node id, slot], a literal (from a primitive node), or None (muted)."""
+        if link_id not in links or links[link_id][1] not in nodes:
+            raise WorkflowError(f"Link {link_id} of the workflow leads to no node: the file is damaged.")
         _, source, slot, _, _, kind = links[link_id]
         node = nodes[source]
         if node["type"] == "Reroute" or node.get("mode") == BYPASSED:
@@ -272,7 +274,9 @@ def set_seed(graph: dict, seed: int) -> list[str]:
     changed = [
         node_id
         for node_id, node in graph.items()
-        if node["class_type"].startswith("Dalle") and not isinstance(node["inputs"].get("seed", []), list)
+        if node["class_type"].startswith("Dalle")
+        and "seed" in node["inputs"]
+        and not isinstance(node["inputs"]["seed"], list)  # a seed wired from another node is left alone
     ]
     if not changed:
         raise WorkflowError("--seed: the workflow has no DALL·E sampler with a seed input.")

@@ -67,7 +67,7 @@ def build(features: int, blocks: int, folder: Path):
     for key, value in net.state_dict().items():  # scaled so that outputs stay mid-range, not clamped to 0 or 1
         fan_in = value[0].numel() if value.ndim == 4 else 1
         state[key] = torch.randn(value.shape, generator=gen) * (0.2 / fan_in) ** 0.5 if value.ndim == 4 else value * 0
-    state[max(state, key=lambda k: int(k.split(".")[1]) if k.endswith(".bias") else -1)] += 0.5  # last conv's bias
+    state["model.10.bias"] += 0.5  # the last convolution of a x4 RRDBNet (spandrel's layout): mid-grey output
     path = folder / "RealESRGAN_x4plus.safetensors"
     save_file(state, path)
     return upscaler.load_upscaler(path)

@@ -8,7 +8,9 @@ blend weights sum to exactly one everywhere.
 
 from __future__ import annotations
 
+import logging
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError, c
 from .hub import CheckpointError, read_pickle, read_state_dict
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+PROBE_SIZE = 128  # pixels a side of the smaller tile that measures a model's activation memory
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ def load_upscaler(path: Path) -> ImageModelDescriptor:
             f"'{path.name}' is not a supported upscaler: spandrel recognises no upscaling architecture in its "
             "tensors (is it a diffusion or text model?). Pick a Real-ESRGAN, ESRGAN, SwinIR … file."
         ) from error
-    except (KeyError, RuntimeError, ValueError, AssertionError) as error:
+    except (KeyError, IndexError, TypeError, RuntimeError, ValueError, AssertionError) as error:
         first_line = (str(error).splitlines() or [type(error).__name__])[0]
         raise CheckpointError(
             f"'{path.name}' looks like an upscaler but its tensors do not fit the architecture spandrel detected "
@@ -168,11 +171,15 @@ def plan_tiles(height: int, width: int, max_pixels: int, overlap: int, align: in
 
 
 def axis_starts(size: int, tile: int, overlap: int, align: int = 1) -> list[int]:
-    """Evenly spread tile starts along one axis, on the `align` grid; neighbours overlap by about `overlap`."""
+    """Evenly spread tile starts along one axis, on the `align` grid (size and tile are multiples of it);
+    neighbours overlap by at least `overlap`.
+
+    Starts are rounded down to the grid, which can widen a gap by up to align - 1 pixels: the count leaves room.
+    """
     if size <= tile:
         return [0]
-    count = math.ceil((size - overlap) / (tile - overlap))
-    return [round(i * (size - tile) / (count - 1) / align) * align for i in range(count)]
+    count = math.ceil((size - tile) / max(tile - overlap - align + 1, 1)) + 1
+    return [math.floor(i * (size - tile) / (count - 1) / align) * align for i in range(count)]
 
 
 def axis_weights(size: int, tile: int, overlap: int, scale: int, align: int = 1) -> list[torch.Tensor]:
@@ -193,22 +200,25 @@ def axis_weights(size: int, tile: int, overlap: int, scale: int, align: int = 1)
         return ((x - seam + half_band) / (2 * half_band)).clamp(0, 1)
 
     weights = []
-    for i, start in enumerate(starts):
+    for i in range(len(starts)):
         w = torch.ones_like(x)
         if i > 0:
             w = w * fade_in(seams[i - 1])
         if i < len(starts) - 1:
             w = w * (1 - fade_in(seams[i]))
-        weights.append(w[start * scale : (start + length) * scale].float())
-    return weights
+        weights.append(w)
+    total = torch.stack(weights).sum(0)  # one, except where a small tile's two bands meet: normalise there
+    return [
+        (w / total)[start * scale : (start + length) * scale].float() for w, start in zip(weights, starts, strict=True)
+    ]
 
 
-def pad_to_grid(images: torch.Tensor, align: int, minimum: int = 0) -> torch.Tensor:
-    """Pad the bottom and right edges to a multiple of `align` (and at least `minimum`) the way spandrel does:
-    mirrored where the image is large enough, repeated edge pixels beyond that."""
+def pad_to_grid(images: torch.Tensor, align: int) -> torch.Tensor:
+    """Pad the bottom and right edges to a multiple of `align` the way spandrel does: mirrored where the image is
+    large enough, repeated edge pixels beyond that."""
     height, width = images.shape[-2:]
-    pad_h = max(_round_up(height, align), minimum) - height
-    pad_w = max(_round_up(width, align), minimum) - width
+    pad_h = _round_up(height, align) - height
+    pad_w = _round_up(width, align) - width
     mirror_h, mirror_w = min(pad_h, height - 1), min(pad_w, width - 1)
     if mirror_h or mirror_w:
         images = torch.nn.functional.pad(images, (0, mirror_w, 0, mirror_h), mode="reflect")
@@ -224,11 +234,13 @@ def upscale_tiled(
     plan: TilePlan,
     finish: Callable[[int, torch.Tensor], None],
     on_batch: Callable[[], None] = lambda: None,
+    fixed_batch: bool = False,
 ) -> None:
     """Upscale [B, C, H, W] images by `scale`, tiles batched `plan.batch` at a time through `forward`.
 
     Each image is assembled in float32 on the images' device and handed to `finish(index, [C, H·s, W·s])` as
-    soon as its last tile is in, so only the images in flight are held at full size.
+    soon as its last tile is in, so only the images in flight are held at full size. `fixed_batch` pads the last
+    batch to full size, so that a compiled forward sees one shape only.
     """
     count, channels, height, width = images.shape
     images = pad_to_grid(images, plan.align)
@@ -244,8 +256,10 @@ def upscale_tiled(
     for first in range(0, len(tiles), plan.batch):
         chunk = tiles[first : first + plan.batch]
         batch = torch.stack([images[b, :, ys[i] : ys[i] + tile_h, xs[j] : xs[j] + tile_w] for b, i, j in chunk])
+        if fixed_batch and len(chunk) < plan.batch:
+            batch = torch.cat([batch, batch[-1:].expand(plan.batch - len(chunk), -1, -1, -1)])
         out = forward(batch)
-        for (b, i, j), tile in zip(chunk, out, strict=True):
+        for (b, i, j), tile in zip(chunk, out[: len(chunk)], strict=True):
             if b not in canvases:
                 canvases[b] = images.new_zeros(channels, padded_h * scale, padded_w * scale, dtype=torch.float32)
             region = canvases[b][:, ys[i] * scale : (ys[i] + tile_h) * scale, xs[j] * scale : (xs[j] + tile_w) * scale]
@@ -260,3 +274,107 @@ def tile_count(height: int, width: int, plan: TilePlan) -> int:
     height, width = _round_up(height, plan.align), _round_up(width, plan.align)
     rows = axis_starts(height, min(height, plan.height), plan.overlap, plan.align)
     return len(rows) * len(axis_starts(width, min(width, plan.width), plan.overlap, plan.align))
+
+
+def choose_plan(
+    height: int, width: int, tile: int, overlap: int, max_pixels: int, descriptor: ImageModelDescriptor
+) -> TilePlan:
+    """The user's square tiles (tile > 0) or the least-work tiling under `max_pixels`, on the model's grid.
+
+    The overlap is widened to at least one grid step: tile corners on the grid could otherwise meet edge to edge.
+    """
+    align = descriptor.size_requirements.multiple_of
+    overlap = _round_up(overlap, align) if overlap else 0
+    if not tile:
+        return plan_tiles(height, width, max_pixels, overlap, align)
+    tile = _round_up(max(tile, 2 * overlap + align), align)
+    area = min(tile, _round_up(height, align)) * min(tile, _round_up(width, align))
+    return TilePlan(tile, tile, overlap, max(1, max_pixels // area), align)
+
+
+def compute_dtype(precision: str, descriptor: ImageModelDescriptor, device: torch.device) -> torch.dtype:
+    """The precision input → a dtype: auto is fp16 on GPUs where the architecture allows it (as Real-ESRGAN's own
+    inference runs), else bf16, else fp32; fp32 on the CPU."""
+    if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
+        return torch.float32
+    if precision == "auto":
+        if descriptor.supports_half:
+            return torch.float16
+        return torch.bfloat16 if descriptor.supports_bfloat16 else torch.float32
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    supported = descriptor.supports_half if dtype == torch.float16 else descriptor.supports_bfloat16
+    if not supported:
+        raise ValueError(f"{descriptor.architecture.name} does not run in {precision}; use auto or fp32.")
+    return dtype
+
+
+# torch.compile's wrapper of each descriptor's model (None once compiling failed). Keyed by the descriptor, whose
+# wrapper refers only to the model: the entry goes with the descriptor.
+_compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def forward_fn(
+    descriptor: ImageModelDescriptor, dtype: torch.dtype, device: torch.device, compile: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """[N, 3, h, w] float32 → [N, 3, h·s, w·s] float32 in 0..1, computed in `dtype` under autocast (the stored
+    weights stay fp32, which ComfyUI's own upscale node needs), channels-last on GPUs, where convolutions run
+    faster (the model's weights are switched to that layout here, once).
+
+    With `compile`, torch.compile fuses the model's concatenations and activations around its convolutions. Shapes
+    are static: each tile shape compiles once, then is reused. If compiling fails the eager forward takes over,
+    with a warning.
+    """
+    layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    if device.type == "cuda":
+        descriptor.model.to(memory_format=layout)
+    if compile and descriptor not in _compiled:
+        _compiled[descriptor] = torch.compile(descriptor.model, dynamic=False)
+
+    @torch.inference_mode()  # as inside ComfyUI; outside it (CLI, scripts) autograd would keep every activation
+    def forward(tiles: torch.Tensor) -> torch.Tensor:
+        tiles = tiles.contiguous(memory_format=layout)
+        compiled = _compiled.get(descriptor) if compile else None
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            if compiled is not None and descriptor.size_requirements.check(tiles.shape[-1], tiles.shape[-2]):
+                try:
+                    # The descriptor's own call function wraps the model (input scaling for some architectures);
+                    # spandrel offers no public way to call it with another module.
+                    return descriptor._call_fn(compiled, tiles).float().clamp_(0, 1)
+                except Exception as error:  # no compiler toolchain, an unsupported op …: eager still works
+                    if is_out_of_memory(error):
+                        raise
+                    logging.warning("DalleGANUpscale: torch.compile failed (%s); running uncompiled", error)
+                    _compiled[descriptor] = None
+            return descriptor(tiles).float()
+
+    return forward
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError)
+
+
+_bytes_per_pixel: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def bytes_per_pixel(
+    descriptor: ImageModelDescriptor, forward: Callable, device: torch.device, dtype: torch.dtype
+) -> float:
+    """Peak CUDA memory of a forward per input pixel, measured once per model and dtype: the slope between two
+    tile sizes, so fixed costs (weights cast to half precision) do not count per pixel; at least the larger
+    tile's average, in case a workspace makes the smaller one look dearer."""
+    measured = _bytes_per_pixel.setdefault(descriptor.model, {})
+    if dtype not in measured:
+        sizes = [_round_up(max(PROBE_SIZE, descriptor.size_requirements.minimum), 16) * k for k in (1, 2)]
+        peaks = []
+        for size in sizes:
+            probe = torch.rand(1, 3, size, size, device=device)
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            forward(probe)
+            peaks.append(torch.cuda.max_memory_allocated(device) - before)
+            del probe
+        slope = (peaks[1] - peaks[0]) / (sizes[1] ** 2 - sizes[0] ** 2)
+        measured[dtype] = 1.25 * max(slope, peaks[1] / sizes[1] ** 2 / 2, 1.0)  # 25% headroom
+    return measured[dtype]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -11,7 +12,7 @@ from ..models.bart_tokenizer import BartTokenizer
 from ..models.hub import Source
 from ..models.vqgan import load_vqgan, seamless_grid
 from . import runtime
-from .loaders import DTYPE_TOOLTIP, REVISION_TOOLTIP, reuse, source_from_inputs
+from .loaders import REVISION_TOOLTIP, reuse, source_from_inputs
 from .prior import seed_input
 
 CATEGORY = "DALL·E/DALL·E Mini (DALL·E 1)"
@@ -41,10 +42,22 @@ class VQGANModel:
         return f"VQGANModel({self.vqgan.dtype})"
 
 
-def _load(source: Source, variant: str, dtype: torch.dtype) -> tuple[BartModel, VQGANModel]:
+def _dtypes(choice: str) -> tuple[torch.dtype, torch.dtype]:
+    """(BART, VQGAN) dtypes for the loader's dtype input. auto: on GPUs BART in fp16, the precision Mega's weights
+    ship in (bf16 would drop three bits of each), and the VQGAN in fp32 as min-dalle runs it (its file is fp32 and
+    it costs a few hundredths of a second); fp32 on the CPU."""
+    if choice != "auto":
+        dtype = runtime.resolve_dtype(choice)
+        return dtype, dtype
+    if runtime.compute_device().type == "cpu":
+        return torch.float32, torch.float32
+    return torch.float16, torch.float32
+
+
+def _load(source: Source, variant: str, dtypes: tuple[torch.dtype, torch.dtype]) -> tuple[BartModel, VQGANModel]:
     tokenizer = dalle_bart.load_tokenizer(source, variant)
-    bart = runtime.ManagedModule(dalle_bart.load_bart(source, variant, dtype))
-    return BartModel(tokenizer, bart, variant), VQGANModel(runtime.ManagedModule(load_vqgan(source, dtype)))
+    bart = runtime.ManagedModule(dalle_bart.load_bart(source, variant, dtypes[0]))
+    return BartModel(tokenizer, bart, variant), VQGANModel(runtime.ManagedModule(load_vqgan(source, dtypes[1])))
 
 
 class DalleLoadMini:
@@ -66,15 +79,22 @@ class DalleLoadMini:
                 "repo_id": ("STRING", {"default": dalle_bart.REPO, "tooltip": repo_tooltip}),
                 "revision": ("STRING", {"default": "main", "tooltip": REVISION_TOOLTIP}),
                 "variant": (list(dalle_bart.FILES), {"default": "mega", "tooltip": variant_tooltip}),
-                "dtype": (list(runtime.DTYPES), {"default": "auto", "tooltip": DTYPE_TOOLTIP}),
+                "dtype": (
+                    list(runtime.DTYPES),
+                    {
+                        "default": "auto",
+                        "tooltip": "auto: on GPUs fp16 for BART (Mega's weights are fp16) and fp32 for the VQGAN; "
+                        "fp32 on the CPU. Other choices apply to both.",
+                    },
+                ),
             }
         }
 
     def load(self, repo_id: str, revision: str, variant: str, dtype: str) -> tuple[BartModel, VQGANModel]:
         dalle_bart.check_variant(variant)
         source = source_from_inputs(repo_id, revision)
-        torch_dtype = runtime.resolve_dtype(dtype)
-        return reuse(type(self).__name__, (source, variant, torch_dtype), lambda: _load(source, variant, torch_dtype))
+        dtypes = _dtypes(dtype)
+        return reuse(type(self).__name__, (source, variant, dtypes), lambda: _load(source, variant, dtypes))
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:
@@ -165,7 +185,7 @@ class DalleTokenSample:
             )
         model = bart.bart.load(memory_required=bart.bart.module.decoder.cache_bytes(batch_size))
         progress = runtime.Progress(dalle_bart.IMAGE_TOKENS, f"DALL·E {bart.variant}")
-        with torch.inference_mode():
+        with torch.inference_mode(), contextlib.closing(progress):
             tokens = dalle_bart.sample_image_tokens(
                 model,
                 dalle_bart.text_tokens(ids),
@@ -178,7 +198,6 @@ class DalleTokenSample:
                 supercondition,
                 callback=lambda step: progress.update(1),
             )
-        progress.close()
         return (tokens.cpu(),)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import weakref
 from pathlib import Path
 
 import torch
@@ -17,14 +16,8 @@ from .loaders import REVISION_TOOLTIP, reuse
 
 CATEGORY = "DALL·E/upscaling"
 CUSTOM = "custom"
-PROBE_SIZE = 128  # pixels a side of the tile that measures a model's activation memory
 ACTIVATION_CAP = 2 << 30  # bytes of activations per forward: more does not run faster, and leaves VRAM to others
 CPU_TILE_PIXELS = 512 * 512  # on the CPU tiles only bound memory and pace the progress bar
-
-_bytes_per_pixel: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-# One torch.compile wrapper per model, None once compiling it failed. Shapes are static: each new tile size
-# compiles once, then is reused (PyTorch also caches the kernels on disk).
-_compiled_models: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _split(filename: str) -> tuple[str, str]:
@@ -44,7 +37,10 @@ class DalleLoadUpscaler:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        presets = "; ".join(f"{name}: {p.scale}×, {p.use}" for name, p in upscaler.PRESETS.items())
+        presets = "; ".join(
+            f"{name}: {p.scale}×, {p.use}" + ("" if p.license == "BSD-3-Clause" else f", licence {p.license}")
+            for name, p in upscaler.PRESETS.items()
+        )
         return {
             "required": {
                 "model": (
@@ -63,7 +59,7 @@ class DalleLoadUpscaler:
                         "preferred; .pth is read without running code), or a full path to a local file.",
                     },
                 ),
-                "revision": ("STRING", {"default": "main", "tooltip": REVISION_TOOLTIP}),
+                "revision": ("STRING", {"default": "main", "tooltip": "custom: " + REVISION_TOOLTIP}),
             }
         }
 
@@ -158,8 +154,8 @@ class DalleGANUpscale:
                     "BOOLEAN",
                     {
                         "default": False,
-                        "tooltip": "torch.compile the model: 1.4× faster on Real-ESRGAN x4 (H100), after a one-off "
-                        "compile of a minute or two per image size. Falls back to normal running if it fails.",
+                        "tooltip": "torch.compile the model: faster on Real-ESRGAN-style models, after a one-off "
+                        "compile of a minute or more per tile shape. Falls back to normal running if it fails.",
                     },
                 ),
             },
@@ -186,10 +182,10 @@ class DalleGANUpscale:
             raise ValueError(f"scale_to {scale_to} makes the image smaller than one pixel.")
         managed = runtime.ManagedModule(upscale_model.model, getattr(upscale_model, "patcher", None))
         device = runtime.compute_device()
-        dtype = _compute_dtype(precision, upscale_model, device)
+        dtype = upscaler.compute_dtype(precision, upscale_model, device)
         managed.load(memory_required=ACTIVATION_CAP if device.type != "cpu" else 0)
-        eager = _forward(upscale_model, dtype, device)  # measures memory; compiling for probe sizes would waste minutes
-        forward = _forward(upscale_model, dtype, device, compile) if compile else eager
+        eager = upscaler.forward_fn(upscale_model, dtype, device)  # probes memory: compiling for probes wastes minutes
+        forward = upscaler.forward_fn(upscale_model, dtype, device, compile=True) if compile else eager
 
         x = image.movedim(-1, 1).to(device, torch.float32)
         if channels == 4:  # alpha goes through the model as a grey image and comes back as the channel mean
@@ -205,101 +201,34 @@ class DalleGANUpscale:
             else:
                 result[index - count, ..., 3] = out.mean(-1)
 
-        plan = self.plan(tile, overlap, upscale_model, eager, x, dtype)
+        plan = None
         while True:
-            tiles = upscaler.tile_count(height, width, plan) * len(x)
-            progress = runtime.Progress(math.ceil(tiles / plan.batch), "upscale")
+            progress = None
             try:
-                upscaler.upscale_tiled(forward, x, scale, plan, finish, progress.update)
+                plan = plan or self.plan(tile, overlap, upscale_model, eager, x, dtype)
+                tiles = upscaler.tile_count(height, width, plan) * len(x)
+                progress = runtime.Progress(math.ceil(tiles / plan.batch), "upscale")
+                upscaler.upscale_tiled(forward, x, scale, plan, finish, progress.update, fixed_batch=compile)
                 break
             except Exception as error:
-                if not runtime.is_out_of_memory(error) or (smaller := plan.shrunk()) is None:
+                if not runtime.is_out_of_memory(error) or plan is None or (smaller := plan.shrunk()) is None:
                     raise
             finally:
-                progress.close()
+                if progress is not None:
+                    progress.close()
             logging.warning("DalleGANUpscale: out of memory with %s; retrying with %s", plan, smaller)
             plan = smaller
             runtime.free_cache()
         return (result,)
 
     @staticmethod
-    def plan(tile, overlap, descriptor, forward, x, dtype) -> upscaler.TilePlan:
+    def plan(
+        tile: int, overlap: int, descriptor: ImageModelDescriptor, forward, x: torch.Tensor, dtype: torch.dtype
+    ) -> upscaler.TilePlan:
         """Tiles from the user's size, or the least-work tiling whose activations fit the memory budget."""
-        align = descriptor.size_requirements.multiple_of
-        device = x.device
-        if device.type != "cuda":
+        if x.device.type != "cuda":
             max_pixels = CPU_TILE_PIXELS
         else:
-            budget = min(ACTIVATION_CAP, runtime.free_memory(device) // 2)
-            max_pixels = max(int(budget / _activation_bytes_per_pixel(descriptor, forward, x, dtype)), 64 * 64)
-        if not tile:
-            return upscaler.plan_tiles(x.shape[2], x.shape[3], max_pixels, overlap, align)
-        tile = -(-tile // align) * align
-        area = min(tile, x.shape[2]) * min(tile, x.shape[3])
-        return upscaler.TilePlan(tile, tile, overlap, max(1, max_pixels // area), align)
-
-
-def _compute_dtype(precision: str, descriptor: ImageModelDescriptor, device: torch.device) -> torch.dtype:
-    if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
-        return torch.float32
-    if precision == "auto":
-        if descriptor.supports_half:
-            return torch.float16
-        return torch.bfloat16 if descriptor.supports_bfloat16 else torch.float32
-    dtype = runtime.DTYPES[precision]
-    supported = descriptor.supports_half if dtype == torch.float16 else descriptor.supports_bfloat16
-    if not supported:
-        raise ValueError(f"{descriptor.architecture.name} does not run in {precision}; use auto or fp32.")
-    return dtype
-
-
-def _forward(descriptor: ImageModelDescriptor, dtype: torch.dtype, device: torch.device, compile: bool = False):
-    """[N, 3, h, w] float32 → [N, 3, h·s, w·s] float32, computed in `dtype` (autocast keeps the stored fp32
-    weights, which ComfyUI's own upscale node needs) and channels-last on GPUs, where convolutions run faster.
-
-    With `compile`, torch.compile fuses the model's concatenations and activations into the convolutions'
-    neighbours (1.4× on Real-ESRGAN x4 on an H100); if compiling fails the eager forward takes over, with a warning.
-    """
-    layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    if device.type == "cuda":
-        descriptor.model.to(memory_format=layout)
-    if compile and descriptor.model not in _compiled_models:
-        _compiled_models[descriptor.model] = torch.compile(descriptor.model, dynamic=False)
-
-    @torch.inference_mode()  # as inside ComfyUI; outside it (CLI, scripts) autograd would keep every activation
-    def forward(tiles: torch.Tensor) -> torch.Tensor:
-        tiles = tiles.contiguous(memory_format=layout)
-        compiled = _compiled_models.get(descriptor.model) if compile else None
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            if compiled is not None and descriptor.size_requirements.check(tiles.shape[-1], tiles.shape[-2]):
-                try:
-                    return compiled(tiles).float().clamp_(0, 1)
-                except Exception as error:  # no compiler toolchain, an unsupported op …: eager still works
-                    if runtime.is_out_of_memory(error):
-                        raise
-                    logging.warning("DalleGANUpscale: torch.compile failed (%s); running uncompiled", error)
-                    _compiled_models[descriptor.model] = None
-            return descriptor(tiles).float()
-
-    return forward
-
-
-def _activation_bytes_per_pixel(descriptor: ImageModelDescriptor, forward, x: torch.Tensor, dtype) -> float:
-    """Peak memory of a forward per input pixel, measured once per model: the slope between two tile sizes,
-    so fixed costs (weights cast to half precision, workspaces) do not count as per-pixel memory."""
-    measured = _bytes_per_pixel.setdefault(descriptor.model, {})
-    if dtype in measured:
-        return measured[dtype]
-    peaks = []
-    sizes = [max(PROBE_SIZE, descriptor.size_requirements.minimum) * k for k in (1, 2)]
-    for size in sizes:
-        probe = torch.rand(1, 3, size, size, device=x.device)
-        torch.cuda.synchronize(x.device)
-        torch.cuda.reset_peak_memory_stats(x.device)
-        before = torch.cuda.memory_allocated(x.device)
-        forward(probe)
-        peaks.append(torch.cuda.max_memory_allocated(x.device) - before)
-        del probe
-    per_pixel = 1.25 * (peaks[1] - peaks[0]) / (sizes[1] ** 2 - sizes[0] ** 2)  # 25% headroom
-    measured[dtype] = per_pixel
-    return per_pixel
+            budget = min(ACTIVATION_CAP, runtime.free_memory(x.device) // 2)
+            max_pixels = max(int(budget / upscaler.bytes_per_pixel(descriptor, forward, x.device, dtype)), 64 * 64)
+        return upscaler.choose_plan(x.shape[2], x.shape[3], tile, overlap, max_pixels, descriptor)

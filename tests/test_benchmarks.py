@@ -31,3 +31,23 @@ def test_bench_dalle_mega_tiny(capsys) -> None:
         assert stages["total_s"] > 0 and stages["sampling_s"] > 0 and stages["decode_s"] > 0
         assert stages["total_s"] >= stages["encode_s"] + stages["sampling_s"] + stages["decode_s"]
     assert "min_dalle_fp32" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_bench_k22_tiny(capsys) -> None:
+    import bench_k22
+
+    results = bench_k22.main(["--tiny"])
+    for run in ("ours_b1", "diffusers_b1"):
+        stages = results[run]
+        for stage in ("text_s", "prior_s", "decoder_s", "movq_s"):
+            assert stages[stage] > 0, (run, stage)  # every stage boundary was marked
+        assert stages["decoder_step_ms"] > 0 and stages["unet_tflops_in_pipeline"] > 0
+        parts = stages["text_s"] + stages["prior_s"] + stages["decoder_s"] + stages["movq_s"]
+        assert abs(stages["total_s"] - parts) < 1e-6  # the stages tile the run
+    assert results["diffusers_b1"]["zero_embed_s"] > 0 and results["ours_zero_embed_once_s"] > 0
+    assert results["max_abs_image_diff_b1"] < 1e-4  # CPU, fp32: ours is diffusers' image
+    assert results["diffusers_image_unclamped_b1"] > 0.5  # a picture, not one clamped flat
+    assert results["unet_tflop_per_step_batch2"] > 0 and results["speedup_b1"] > 0
+    for key in ("unet_step_b2", "prior_step_b2", "movq_decode_b1"):
+        assert results["alone"][f"ours_{key}"]["median_s"] > 0 and results["alone"][f"diffusers_{key}"]["median_s"] > 0
+    assert "diffusers movq_decode_b1 alone" in capsys.readouterr().out.splitlines()[-1]

@@ -123,6 +123,13 @@ def test_conversion_follows_reroutes_primitives_and_bypassed_nodes() -> None:
     assert "images" not in ui_to_api(ui, SPECS)["8"]["inputs"]
 
 
+def test_conversion_refuses_a_link_to_nowhere() -> None:
+    ui = ui_text2image()
+    next(link for link in ui["links"] if link[0] == 6)[1] = 999  # the prior's output link now starts nowhere
+    with pytest.raises(WorkflowError, match="Link 6 of the workflow leads to no node"):
+        ui_to_api(ui, SPECS)
+
+
 def test_conversion_names_nodes_it_does_not_know() -> None:
     ui = ui_text2image()
     ui["nodes"].append({"id": 40, "type": "SomeoneElsesNode", "mode": 0, "inputs": [], "widgets_values": []})

@@ -225,6 +225,44 @@ def import_min_dalle():
     return min_dalle
 
 
+def min_dalle_layout(repo: Path, root: Path) -> Path:
+    """A Hub-layout min-dalle repo's files linked into min-dalle's own models_root layout
+    (dalle_bart_mega/encoder.pt …, vqgan/detoker.pt)."""
+    for variant, files in MIN_DALLE_FILES.items():
+        folder = root / f"dalle_bart_{variant}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, hub_name in zip(("encoder.pt", "decoder.pt", "vocab.json", "merges.txt"), files, strict=True):
+            if (repo / hub_name).is_file():
+                (folder / name).symlink_to(repo / hub_name)
+    (root / "vqgan").mkdir(exist_ok=True)
+    (root / "vqgan" / "detoker.pt").symlink_to(repo / "detoker.pt")
+    return root
+
+
+def min_dalle_reference(models_root: Path, is_mega: bool, decode: bool = True):
+    """min-dalle's own MinDalle at the toy size (TINY_MIN_DALLE), on the CPU in fp32, offline; with decode=False
+    it returns image tokens instead of pixels."""
+    import importlib
+    from unittest import mock
+
+    min_dalle = import_min_dalle()
+
+    class TokensOnly(min_dalle.MinDalle):
+        def image_grid_from_tokens(self, image_tokens, is_seamless, is_verbose=False):
+            return image_tokens
+
+    cls = min_dalle.MinDalle if decode else TokensOnly
+    with mock.patch.object(importlib.import_module("min_dalle.min_dalle").requests, "get"):  # no downloads
+        model = cls(str(models_root), torch.float32, "cpu", is_mega, is_reusable=False, is_verbose=False)
+    vars(model).update(TINY_MIN_DALLE)  # the sizes MinDalle would otherwise set for the real checkpoints
+    model.init_encoder()
+    model.init_decoder()
+    if decode:
+        model.init_detokenizer()
+    model.is_reusable = True
+    return model
+
+
 def write_min_dalle_tokenizer(folder: Path, vocab_name: str, merges_name: str, vocab_size: int = 600) -> int:
     """A byte-level BPE vocabulary and merge table learned from MIN_DALLE_CORPUS, saved as the Hub's files (vocab
     json, merges with a version line) with BART's special tokens first; returns the vocabulary size."""

@@ -175,6 +175,10 @@ def test_queue_reports_refusals_and_failures(comfyui, tmp_path) -> None:
     assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing written
     code, _, err = queue(comfyui, workflow, *sets, "--out", str(tmp_path))
     assert code == 0, err  # the server still serves
+    blocked = tmp_path / "a-file"
+    blocked.write_text("mine")
+    code, _, err = queue(comfyui, workflow, *sets, "--set", "6.seed=5", "--out", str(blocked))
+    assert code == 2 and f"cannot write the images to '{blocked}'" in err and blocked.read_text() == "mine"
 
 
 def loads_in_log(comfyui) -> int:
@@ -209,13 +213,64 @@ def test_interrupt_stops_sampling_within_a_step(comfyui) -> None:
         if node == decoder:
             seen.append(value)
             if len(seen) == 3:
-                client.interrupt()
+                client.cancel(prompt_id)
 
     with client.listen() as socket:
         prompt_id = client.queue(graph)
         with pytest.raises(Interrupted):
             client.follow(socket, prompt_id, time.monotonic() + 120, on_progress=on_progress)
     assert seen[-1] <= seen[2] + 1, f"steps after the interrupt: {seen[3:]}"
+
+
+def test_ctrl_c_cancels_the_prompt_and_exits_130(comfyui, tmp_path, monkeypatch) -> None:
+    from dalle_nodes.comfy_client import ComfyClient
+
+    queued, follow = [], ComfyClient.follow
+    queue_prompt = ComfyClient.queue
+
+    def remember(self, graph):
+        queued.append(queue_prompt(self, graph))
+        return queued[-1]
+
+    def press_ctrl_c_at_step_2(socket, prompt_id, deadline, on_node=None, on_progress=None):
+        def progress(node, value, total):
+            if value >= 2:
+                raise KeyboardInterrupt
+
+        follow(socket, prompt_id, deadline, on_progress=progress)
+
+    monkeypatch.setattr(ComfyClient, "queue", remember)
+    monkeypatch.setattr(ComfyClient, "follow", staticmethod(press_ctrl_c_at_step_2))
+    path = tmp_path / "graph.api.json"
+    path.write_text(json.dumps(text2image(steps=500, seed=104)))
+    code, _, err = queue(comfyui, str(path), "--out", str(tmp_path / "out"))
+    assert code == 130 and "asked ComfyUI to stop" in err
+    deadline = time.monotonic() + 30
+    while queued[0] not in comfyui.get_json(f"/history/{queued[0]}") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    entry = comfyui.get_json(f"/history/{queued[0]}")[queued[0]]
+    assert [kind for kind, _ in entry["status"]["messages"]][-1] == "execution_interrupted"
+    assert not (tmp_path / "out").exists()
+
+
+def test_ui_files_convert_the_same_with_the_servers_node_info(comfyui) -> None:
+    from dalle_nodes.workflow_graph import local_specs, specs_from_object_info, ui_to_api
+
+    server = specs_from_object_info(comfyui.get_json("/object_info"))
+    for name in UI_WORKFLOWS:
+        ui = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
+        assert ui_to_api(ui, server) == ui_to_api(ui, local_specs()), name
+
+
+def test_queue_returns_only_once_the_history_is_written(comfyui, tmp_path) -> None:
+    """Cached prompts finish at once: the command must still find their images (ComfyUI writes the history after
+    execution_success, so reading it on that event would race)."""
+    sets = [arg for setting in shrinking_settings(TEXT2IMAGE) for arg in ("--set", setting)]
+    workflow = str(WORKFLOWS / f"{TEXT2IMAGE}.api.json")
+    for round in range(6):
+        code, out, err = queue(comfyui, workflow, *sets, "--out", str(tmp_path))
+        assert code == 0, f"round {round}: {err}"
+    assert len(list(tmp_path.glob("*.png"))) == 6
 
 
 def saved_size(comfyui, graph: dict) -> tuple[int, int]:

@@ -1,10 +1,8 @@
 """DALL·E Mini / Mega BART against min-dalle: module outputs, per-step logits, and whole generations token for token."""
 
-import importlib
 import json
 import warnings
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
@@ -12,7 +10,14 @@ import torch
 from dalle_nodes.models import dalle_bart
 from dalle_nodes.models.dalle_bart import HYPERPARAMETERS, DalleBartDecoder, DalleBartEncoder, Hyperparameters
 from dalle_nodes.models.hub import CheckpointError, Source
-from tiny_repos import MIN_DALLE_CONFIG, MIN_DALLE_FILES, TINY_MIN_DALLE, import_min_dalle
+from tiny_repos import (
+    MIN_DALLE_CONFIG,
+    MIN_DALLE_FILES,
+    TINY_MIN_DALLE,
+    import_min_dalle,
+    min_dalle_layout,
+    min_dalle_reference,
+)
 
 TINY = Hyperparameters(**TINY_MIN_DALLE)
 PROMPT = "An astronaut riding a horse on the moon 🐴, oil painting"
@@ -103,33 +108,10 @@ def test_decoder_steps_match_min_dalle(pair) -> None:
     assert worst[0] < 1e-4 and worst[1] < 1e-5, worst
 
 
-def tokens_only_min_dalle(models_root: Path, is_mega: bool):
-    """min-dalle's MinDalle at toy size, offline, returning image tokens instead of decoding them."""
-    min_dalle = import_min_dalle()
-
-    class Reference(min_dalle.MinDalle):
-        def image_grid_from_tokens(self, image_tokens, is_seamless, is_verbose=False):
-            return image_tokens
-
-    with mock.patch.object(importlib.import_module("min_dalle.min_dalle").requests, "get"):
-        model = Reference(str(models_root), torch.float32, "cpu", is_mega, is_reusable=False, is_verbose=False)
-    vars(model).update(TINY_MIN_DALLE)  # the sizes MinDalle would otherwise set for the real checkpoints
-    model.init_encoder()
-    model.init_decoder()
-    model.is_reusable = True
-    return model
-
-
 @pytest.fixture(scope="module")
 def min_dalle_root(tiny_min_dalle_repo, tmp_path_factory) -> Path:
     """The tiny repo's files in min-dalle's own layout (pretrained/dalle_bart_mega/encoder.pt …)."""
-    root = tmp_path_factory.mktemp("pretrained")
-    for variant, files in MIN_DALLE_FILES.items():
-        folder = root / f"dalle_bart_{variant}"
-        folder.mkdir()
-        for name, hub_name in zip(("encoder.pt", "decoder.pt", "vocab.json", "merges.txt"), files, strict=True):
-            (folder / name).symlink_to(tiny_min_dalle_repo / hub_name)
-    return root
+    return min_dalle_layout(tiny_min_dalle_repo, tmp_path_factory.mktemp("pretrained"))
 
 
 @pytest.mark.parametrize(
@@ -143,7 +125,7 @@ def min_dalle_root(tiny_min_dalle_repo, tmp_path_factory) -> Path:
 def test_generation_matches_min_dalle(
     tiny_min_dalle_repo, min_dalle_root, variant, text, seed, top_k, temperature, supercondition
 ) -> None:
-    reference = tokens_only_min_dalle(min_dalle_root, is_mega=variant == "mega")
+    reference = min_dalle_reference(min_dalle_root, is_mega=variant == "mega", decode=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # min-dalle's torch.cuda.amp.autocast is deprecated
         stream = reference.generate_raw_image_stream(

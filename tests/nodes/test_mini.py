@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -9,9 +10,9 @@ import torch
 from dalle_nodes.models import dalle_bart
 from dalle_nodes.models.dalle_bart import Hyperparameters
 from dalle_nodes.models.hub import CheckpointError
-from dalle_nodes.nodes import loaders, runtime
+from dalle_nodes.nodes import loaders, mini, runtime
 from dalle_nodes.nodes.mini import DalleLoadMini, DalleTokenSample, DalleVQGANDecode
-from tiny_repos import MIN_DALLE_FILES, TINY_MIN_DALLE, write_min_dalle_repo
+from tiny_repos import MIN_DALLE_FILES, TINY_MIN_DALLE, min_dalle_layout, min_dalle_reference, write_min_dalle_repo
 
 NODES = (DalleLoadMini, DalleTokenSample, DalleVQGANDecode)
 REAL_MINI = dalle_bart.HYPERPARAMETERS["mini"]
@@ -184,3 +185,25 @@ def test_hyperparameters_file_sizes_other_checkpoints(tmp_path) -> None:
     loaders._loaded.clear()
     with pytest.raises(CheckpointError, match='needs a "mini" entry with layer_count'):
         call(DalleLoadMini, repo_id=str(tmp_path), variant="mini", dtype="fp32")
+
+
+def test_images_match_min_dalles_end_to_end(tiny_min_dalle_repo, tmp_path) -> None:
+    """Same files, prompt, seed and settings on the CPU: min-dalle's generate_images and our three nodes give the
+    same 256 px images (min-dalle's are 0…255)."""
+    reference = min_dalle_reference(min_dalle_layout(tiny_min_dalle_repo, tmp_path), is_mega=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # min-dalle's torch.cuda.amp.autocast is deprecated
+        expected = reference.generate_images("a red fox in the snow", seed=9, grid_size=1) / 255
+    bart, vqgan = call(DalleLoadMini, repo_id=str(tiny_min_dalle_repo), dtype="fp32")
+    (tokens,) = call(DalleTokenSample, bart=bart, text="a red fox in the snow", seed=9, batch_size=1)
+    (image,) = call(DalleVQGANDecode, vqgan=vqgan, tokens=tokens)
+    assert image.shape == expected.shape == (1, 256, 256, 3)
+    assert (image - expected).abs().max() < 1e-4
+    assert image.std() > 0.01  # a picture, not a flat colour
+
+
+def test_auto_dtypes(monkeypatch) -> None:
+    assert mini._dtypes("auto") == (torch.float32, torch.float32)  # the CPU
+    monkeypatch.setattr(runtime, "compute_device", lambda: torch.device("cuda"))
+    assert mini._dtypes("auto") == (torch.float16, torch.float32)  # Mega's weights are fp16; the VQGAN as min-dalle
+    assert mini._dtypes("bf16") == (torch.bfloat16, torch.bfloat16)

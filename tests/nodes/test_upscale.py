@@ -45,7 +45,7 @@ def test_preset_loads_offline_from_the_hub_layout_store(upscalers) -> None:
     write_upscaler(store / preset.filename, rrdbnet_state(4))
     model = load("RealESRGAN_x4plus")
     assert model.scale == 4 and model.architecture.name == "ESRGAN"
-    assert hasattr(model, "patcher")  # ComfyUI's Upscale Image (using Model) reads it
+    assert model.patcher is None  # outside ComfyUI; inside, a ModelPatcher (tests/comfyui use it in ComfyUI's node)
     assert load("RealESRGAN_x4plus") is model  # loaded once
 
 
@@ -102,6 +102,15 @@ def test_tiles_blend_to_the_whole_image(upscalers, kind, size, tile, overlap) ->
     assert (out - reference(model, image)).abs().max() < 1e-3
 
 
+def test_automatic_tiles_on_an_image_larger_than_one_tile(upscalers, monkeypatch) -> None:
+    monkeypatch.setattr(upscale, "CPU_TILE_PIXELS", 48 * 48)  # as if memory allowed only small tiles
+    model = load(filename=str(upscalers["x4"]))
+    image = torch.rand(2, 130, 97, 3, generator=torch.Generator().manual_seed(5))
+    out = run(model, image, overlap=32)
+    assert out.shape == (2, 520, 388, 3)
+    assert (out - reference(model, image)).abs().max() < 1e-3
+
+
 def test_rgba_keeps_its_alpha(upscalers) -> None:
     model = load(filename=str(upscalers["x4"]))
     image = torch.rand(2, 20, 24, 4, generator=torch.Generator().manual_seed(3))
@@ -125,7 +134,7 @@ def test_scale_to_resizes_the_model_output(upscalers) -> None:
 
 def test_out_of_memory_retries_with_smaller_tiles(upscalers, monkeypatch, caplog) -> None:
     model = load(filename=str(upscalers["x4"]))
-    forward = upscale._forward
+    forward = upscaler.forward_fn
     sizes = []
 
     def small_memory_forward(descriptor, dtype, device, compile=False):
@@ -139,7 +148,7 @@ def test_out_of_memory_retries_with_smaller_tiles(upscalers, monkeypatch, caplog
 
         return run_or_fail
 
-    monkeypatch.setattr(upscale, "_forward", small_memory_forward)
+    monkeypatch.setattr(upscaler, "forward_fn", small_memory_forward)
     image = torch.rand(1, 150, 75, 3, generator=torch.Generator().manual_seed(4))
     with caplog.at_level(logging.WARNING):
         out = run(model, image, tile=128, overlap=56)
@@ -161,7 +170,7 @@ def test_compile_is_used_and_falls_back_cleanly(upscalers, monkeypatch, caplog) 
 
         return compiled
 
-    monkeypatch.setattr(upscale, "_compiled_models", type(upscale._compiled_models)())
+    monkeypatch.setattr(upscaler, "_compiled", type(upscaler._compiled)())
     monkeypatch.setattr(torch, "compile", fake_compile)
     torch.testing.assert_close(run(model, image, compile=True), expected, atol=1e-5, rtol=0)
     assert calls
@@ -172,7 +181,7 @@ def test_compile_is_used_and_falls_back_cleanly(upscalers, monkeypatch, caplog) 
 
         return compiled
 
-    monkeypatch.setattr(upscale, "_compiled_models", type(upscale._compiled_models)())
+    monkeypatch.setattr(upscaler, "_compiled", type(upscaler._compiled)())
     monkeypatch.setattr(torch, "compile", broken_compile)
     with caplog.at_level(logging.WARNING):
         for _ in range(2):  # the second run knows compiling failed and does not try again
