@@ -29,7 +29,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-from common import ROOT, environment, import_package, report, sync, time_call
+from common import ROOT, environment, import_package, randomize_, report, sync, time_call
 
 import_package()
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_repos: the tiny sizes, min-dalle's import and a BPE tokenizer
@@ -79,15 +79,7 @@ def random_bart(hp: Hyperparameters, device: torch.device, dtype: torch.dtype, s
     """Mega's modules made on the device, weights normal(0, 0.02) (finite logits), LayerNorms at identity."""
     with torch.device("meta"):
         bart = DalleBart(dalle_bart.DalleBartEncoder(hp), dalle_bart.DalleBartDecoder(hp)).to(dtype)
-    bart = bart.to_empty(device=device).eval()
-    generator = torch.Generator(device).manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in bart.named_parameters():
-            if parameter.ndim >= 2:
-                parameter.normal_(0, 0.02, generator=generator)
-            else:
-                parameter.fill_(1.0 if name.endswith("weight") else 0.0)
-    return bart
+    return randomize_(bart.to_empty(device=device), torch.Generator(device).manual_seed(seed))
 
 
 def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -36,7 +36,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
-from common import ROOT, environment, flops, import_package, matmul_tflops, report, sync, time_call
+from common import ROOT, environment, flops, import_package, matmul_tflops, randomize_, report, sync, time_call
 
 import_package()
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_repos: the real configs' folders, tiny repos and a CLIP tokenizer
@@ -68,18 +68,6 @@ STAGES = ("text", "prior", "decoder", "movq")
 
 def diffusers_config(path: Path) -> dict:
     return {k: v for k, v in real_config(path).items() if not k.startswith("_")}
-
-
-def randomize_(module: torch.nn.Module, generator: torch.Generator) -> torch.nn.Module:
-    """normal(0, 0.02) for matrices, convolutions and embeddings; 1-D weights (LayerNorm / GroupNorm scales) at 1,
-    biases at 0: activations stay finite in fp16 through every layer, whatever the depth."""
-    with torch.no_grad():
-        for name, parameter in module.named_parameters():
-            if parameter.ndim >= 2:
-                parameter.normal_(0, 0.02, generator=generator)
-            else:
-                parameter.fill_(1.0 if name.endswith("weight") else 0.0)
-    return module.eval().requires_grad_(False)
 
 
 def random_module(build: Callable[[], torch.nn.Module], device, dtype, generator) -> torch.nn.Module:
