@@ -46,8 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     mini.add_argument("--supercondition", type=float, default=16.0)
 
     queue = commands.add_parser("queue", help="run a workflow (UI or API format) on a ComfyUI server")
-    queue.add_argument("workflow", type=Path)
-    queue.add_argument("--server", default="http://127.0.0.1:8188")
+    queue.add_argument("workflow", type=Path, help="a .json (UI) or .api.json (API) workflow file")
+    queue.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI's address")
     queue.add_argument(
         "--set", action="append", default=[], metavar="NODE.INPUT=VALUE", help="NODE: id, title or type; repeatable"
     )
