@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import ClientConnection, connect
 
+QUIET_CHECK_S = 10.0  # seconds without events after which follow() asks whether the prompt still exists
+
 
 class ServerError(RuntimeError):
     """The server cannot be reached, or answered something a ComfyUI server would not."""
@@ -106,8 +108,8 @@ class ComfyClient:
 
     def cancel(self, prompt_id: str) -> None:
         """Stop this prompt only: interrupt it if it is running, take it off the queue if it is waiting."""
+        self.request("/queue", {"delete": [prompt_id]})  # first: once running, a delete would do nothing
         self.request("/interrupt", {"prompt_id": prompt_id})
-        self.request("/queue", {"delete": [prompt_id]})
 
     def listen(self) -> ClientConnection:
         """The websocket for this client's events, open before the prompt is queued so that none is missed."""
@@ -119,8 +121,16 @@ class ComfyClient:
         except (OSError, TimeoutError, InvalidHandshake) as error:
             raise ServerError(f"ComfyUI's websocket at {url} cannot be reached ({error}).") from error
 
-    @staticmethod
+    def _check_alive(self, prompt_id: str) -> None:
+        """Raise if the prompt has vanished: deleted from the queue by someone else, or the worker died."""
+        if prompt_id in self.get_json(f"/history/{prompt_id}"):
+            return  # finished: its closing event is on the way
+        queue = self.get_json("/queue")
+        if not any(item[1] == prompt_id for key in ("queue_running", "queue_pending") for item in queue.get(key, [])):
+            raise ServerError(f"prompt {prompt_id} is no longer queued or running, and has no history: deleted?")
+
     def follow(
+        self,
         socket: ClientConnection,
         prompt_id: str,
         deadline: float,
@@ -132,9 +142,14 @@ class ComfyClient:
         history is written (execution_success comes before that)."""
         while True:
             try:
-                message = socket.recv(timeout=max(deadline - time.monotonic(), 0))
+                message = socket.recv(timeout=max(min(deadline - time.monotonic(), QUIET_CHECK_S), 0))
             except ConnectionClosed as error:
                 raise ServerError(f"ComfyUI closed the websocket ({error}).") from error
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
+                self._check_alive(prompt_id)  # quiet for a while: is the prompt still queued, running or done?
+                continue
             if not isinstance(message, str):
                 continue  # binary: preview images
             event = json.loads(message)

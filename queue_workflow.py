@@ -90,14 +90,20 @@ def unused_path(folder: Path, name: str) -> Path:
 def save(files: list[OutputFile], client: ComfyClient, folder: Path) -> list[Path]:
     """Download every image first, then write them: a failed download leaves nothing half-written."""
     contents = [client.view(file) for file in files]
-    folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for file, content in zip(files, contents, strict=True):
-        path = unused_path(folder, Path(file.filename).name)  # a name from the server never leaves the folder
-        partial = path.with_name(f".{path.name}.partial")
-        partial.write_bytes(content)
-        partial.replace(path)
-        paths.append(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for file, content in zip(files, contents, strict=True):
+            path = unused_path(folder, Path(file.filename).name)  # a name from the server never leaves the folder
+            partial = path.with_name(f".{path.name}.partial")
+            try:
+                partial.write_bytes(content)
+                partial.replace(path)
+            finally:
+                partial.unlink(missing_ok=True)
+            paths.append(path)
+    except OSError as error:  # --out is a file, not writable, or the disk is full
+        raise WorkflowError(f"cannot write the images to '{folder}' ({error.strerror or error}).") from error
     return paths
 
 
@@ -113,9 +119,6 @@ def queue_workflow(args: argparse.Namespace) -> int:
         paths = save(files, client, args.out)
     except (WorkflowError, ServerError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # --out is a file, not writable, or the disk is full
-        print(f"error: cannot write the images to '{args.out}' ({error.strerror or error}).", file=sys.stderr)
         return 2
     except PromptRefused as error:
         print(f"error: ComfyUI refused the workflow:\n{error}", file=sys.stderr)

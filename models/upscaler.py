@@ -174,11 +174,12 @@ def axis_starts(size: int, tile: int, overlap: int, align: int = 1) -> list[int]
     """Evenly spread tile starts along one axis, on the `align` grid (size and tile are multiples of it);
     neighbours overlap by at least `overlap`.
 
-    Starts are rounded down to the grid, which can widen a gap by up to align - 1 pixels: the count leaves room.
+    Starts are rounded down to the grid; with a stride bound that is itself on the grid, no stride grows by it.
     """
     if size <= tile:
         return [0]
-    count = math.ceil((size - tile) / max(tile - overlap - align + 1, 1)) + 1
+    step = max((tile - overlap) // align * align, align)  # on the grid, so rounding down never widens a stride
+    count = math.ceil((size - tile) / step) + 1
     return [math.floor(i * (size - tile) / (count - 1) / align) * align for i in range(count)]
 
 
@@ -251,13 +252,14 @@ def upscale_tiled(
     wy = [w.to(images.device) for w in axis_weights(padded_h, tile_h, plan.overlap, scale, plan.align)]
     wx = [w.to(images.device) for w in axis_weights(padded_w, tile_w, plan.overlap, scale, plan.align)]
     tiles = [(b, i, j) for b in range(count) for i in range(len(ys)) for j in range(len(xs))]
+    batch_size = min(plan.batch, len(tiles))
 
     canvases: dict[int, torch.Tensor] = {}
-    for first in range(0, len(tiles), plan.batch):
-        chunk = tiles[first : first + plan.batch]
+    for first in range(0, len(tiles), batch_size):
+        chunk = tiles[first : first + batch_size]
         batch = torch.stack([images[b, :, ys[i] : ys[i] + tile_h, xs[j] : xs[j] + tile_w] for b, i, j in chunk])
-        if fixed_batch and len(chunk) < plan.batch:
-            batch = torch.cat([batch, batch[-1:].expand(plan.batch - len(chunk), -1, -1, -1)])
+        if fixed_batch and len(chunk) < batch_size:
+            batch = torch.cat([batch, batch[-1:].expand(batch_size - len(chunk), -1, -1, -1)])
         out = forward(batch)
         for (b, i, j), tile in zip(chunk, out[: len(chunk)], strict=True):
             if b not in canvases:
@@ -314,7 +316,11 @@ _compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def forward_fn(
-    descriptor: ImageModelDescriptor, dtype: torch.dtype, device: torch.device, compile: bool = False
+    descriptor: ImageModelDescriptor,
+    dtype: torch.dtype,
+    device: torch.device,
+    compile: bool = False,
+    is_oom: Callable[[BaseException], bool] = lambda error: isinstance(error, torch.OutOfMemoryError),
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """[N, 3, h, w] float32 → [N, 3, h·s, w·s] float32 in 0..1, computed in `dtype` under autocast (the stored
     weights stay fp32, which ComfyUI's own upscale node needs), channels-last on GPUs, where convolutions run
@@ -322,7 +328,7 @@ def forward_fn(
 
     With `compile`, torch.compile fuses the model's concatenations and activations around its convolutions. Shapes
     are static: each tile shape compiles once, then is reused. If compiling fails the eager forward takes over,
-    with a warning.
+    with a warning (an out-of-memory error, as `is_oom` tells, is raised instead: smaller tiles will do).
     """
     layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     if device.type == "cuda":
@@ -341,7 +347,7 @@ def forward_fn(
                     # spandrel offers no public way to call it with another module.
                     return descriptor._call_fn(compiled, tiles).float().clamp_(0, 1)
                 except Exception as error:  # no compiler toolchain, an unsupported op …: eager still works
-                    if is_out_of_memory(error):
+                    if is_oom(error):
                         raise
                     logging.warning("DalleGANUpscale: torch.compile failed (%s); running uncompiled", error)
                     _compiled[descriptor] = None
@@ -350,8 +356,9 @@ def forward_fn(
     return forward
 
 
-def is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError)
+def compiled_ready(descriptor: ImageModelDescriptor) -> bool:
+    """Whether a compiled forward of this model exists (and has not failed)."""
+    return _compiled.get(descriptor) is not None
 
 
 _bytes_per_pixel: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -361,7 +368,7 @@ def bytes_per_pixel(
     descriptor: ImageModelDescriptor, forward: Callable, device: torch.device, dtype: torch.dtype
 ) -> float:
     """Peak CUDA memory of a forward per input pixel, measured once per model and dtype: the slope between two
-    tile sizes, so fixed costs (weights cast to half precision) do not count per pixel; at least the larger
+    tile sizes, so fixed costs (weights cast to half precision) do not count per pixel; at least half the larger
     tile's average, in case a workspace makes the smaller one look dearer."""
     measured = _bytes_per_pixel.setdefault(descriptor.model, {})
     if dtype not in measured:

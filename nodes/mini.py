@@ -44,14 +44,16 @@ class VQGANModel:
 
 def _dtypes(choice: str) -> tuple[torch.dtype, torch.dtype]:
     """(BART, VQGAN) dtypes for the loader's dtype input. auto: on GPUs BART in fp16, the precision Mega's weights
-    ship in (bf16 would drop three bits of each), and the VQGAN in fp32 as min-dalle runs it (its file is fp32 and
-    it costs a few hundredths of a second); fp32 on the CPU."""
+    ship in (bf16 would drop three bits of each), unless the device (or ComfyUI's --force-fp32) rules fp16 out,
+    and the VQGAN in fp32 as min-dalle runs it (its file is fp32 and it costs a few hundredths of a second); fp32
+    on the CPU."""
     if choice != "auto":
         dtype = runtime.resolve_dtype(choice)
         return dtype, dtype
-    if runtime.compute_device().type == "cpu":
+    device = runtime.compute_device()
+    if device.type == "cpu":
         return torch.float32, torch.float32
-    return torch.float16, torch.float32
+    return (torch.float16 if runtime.fp16_ok(device) else torch.float32), torch.float32
 
 
 def _load(source: Source, variant: str, dtypes: tuple[torch.dtype, torch.dtype]) -> tuple[BartModel, VQGANModel]:

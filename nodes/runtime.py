@@ -59,6 +59,13 @@ def resolve_dtype(choice: str, device: torch.device | None = None) -> torch.dtyp
     return torch.float16
 
 
+def fp16_ok(device: torch.device) -> bool:
+    """Whether fp16 compute suits this device (inside ComfyUI: its judgement, which --force-fp32 overrides)."""
+    if IN_COMFYUI:
+        return bool(comfy_mm.should_use_fp16(device))
+    return device.type in ("cuda", "mps")
+
+
 def model_store() -> Path | None:
     """Folder for downloaded checkpoints: ComfyUI's models/dalle, else $DALLE_NODES_HOME, else None (HF cache)."""
     if IN_COMFYUI:

@@ -185,7 +185,11 @@ class DalleGANUpscale:
         dtype = upscaler.compute_dtype(precision, upscale_model, device)
         managed.load(memory_required=ACTIVATION_CAP if device.type != "cpu" else 0)
         eager = upscaler.forward_fn(upscale_model, dtype, device)  # probes memory: compiling for probes wastes minutes
-        forward = upscaler.forward_fn(upscale_model, dtype, device, compile=True) if compile else eager
+        forward = (
+            upscaler.forward_fn(upscale_model, dtype, device, compile=True, is_oom=runtime.is_out_of_memory)
+            if compile
+            else eager
+        )
 
         x = image.movedim(-1, 1).to(device, torch.float32)
         if channels == 4:  # alpha goes through the model as a grey image and comes back as the channel mean
@@ -208,7 +212,9 @@ class DalleGANUpscale:
                 plan = plan or self.plan(tile, overlap, upscale_model, eager, x, dtype)
                 tiles = upscaler.tile_count(height, width, plan) * len(x)
                 progress = runtime.Progress(math.ceil(tiles / plan.batch), "upscale")
-                upscaler.upscale_tiled(forward, x, scale, plan, finish, progress.update, fixed_batch=compile)
+                upscaler.upscale_tiled(
+                    forward, x, scale, plan, finish, progress.update, fixed_batch=upscaler.compiled_ready(upscale_model)
+                )
                 break
             except Exception as error:
                 if not runtime.is_out_of_memory(error) or plan is None or (smaller := plan.shrunk()) is None:

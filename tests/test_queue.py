@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from dalle_nodes import queue_workflow
 from dalle_nodes.cli import main
+from dalle_nodes.comfy_client import OutputFile
 from dalle_nodes.workflow_graph import (
     WorkflowError,
     check_has_output,
@@ -195,3 +197,39 @@ def test_ui_file_with_unknown_nodes_and_no_server(tmp_path, capsys) -> None:
     path.write_text(json.dumps(ui))
     code = main(["queue", str(path), "--server", f"http://127.0.0.1:{closed_port()}"])
     assert code == 2 and "cannot be reached" in capsys.readouterr().err
+
+
+def test_timeout_is_exit_1(tmp_path, capsys, monkeypatch) -> None:
+    path = tmp_path / "workflow.json"
+    path.write_text(json.dumps(text2image()))
+
+    def never_finishes(graph, client, timeout):
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(queue_workflow, "run", never_finishes)
+    code = main(["queue", str(path), "--timeout", "5"])
+    assert code == 1 and "did not finish within 5 s" in capsys.readouterr().err
+
+
+class Images:
+    """What save() asks of the client: the bytes of each output file."""
+
+    def view(self, file: OutputFile) -> bytes:
+        return file.filename.encode()
+
+
+def test_saved_names_stay_in_the_folder_and_never_overwrite(tmp_path) -> None:
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"mine")
+    files = [OutputFile("9", name, "", "output") for name in ("a.png", "../../escape.png", "sub/b.png")]
+    paths = queue_workflow.save(files, Images(), folder)
+    assert [p.name for p in paths] == ["a_1.png", "escape.png", "b.png"]
+    assert all(p.parent == folder for p in paths) and (folder / "a.png").read_bytes() == b"mine"
+    assert not list(tmp_path.glob("escape.png")) and not list(folder.glob(".*.partial"))
+
+
+def test_seed_wired_from_another_node_is_left_alone() -> None:
+    graph = text2image()
+    graph["6"]["inputs"]["seed"] = ["99", 0]
+    assert set_seed(graph, 5) == ["4"] and graph["6"]["inputs"]["seed"] == ["99", 0]

@@ -232,15 +232,15 @@ def test_ctrl_c_cancels_the_prompt_and_exits_130(comfyui, tmp_path, monkeypatch)
         queued.append(queue_prompt(self, graph))
         return queued[-1]
 
-    def press_ctrl_c_at_step_2(socket, prompt_id, deadline, on_node=None, on_progress=None):
+    def press_ctrl_c_at_step_2(self, socket, prompt_id, deadline, on_node=None, on_progress=None):
         def progress(node, value, total):
             if value >= 2:
                 raise KeyboardInterrupt
 
-        follow(socket, prompt_id, deadline, on_progress=progress)
+        follow(self, socket, prompt_id, deadline, on_progress=progress)
 
     monkeypatch.setattr(ComfyClient, "queue", remember)
-    monkeypatch.setattr(ComfyClient, "follow", staticmethod(press_ctrl_c_at_step_2))
+    monkeypatch.setattr(ComfyClient, "follow", press_ctrl_c_at_step_2)
     path = tmp_path / "graph.api.json"
     path.write_text(json.dumps(text2image(steps=500, seed=104)))
     code, _, err = queue(comfyui, str(path), "--out", str(tmp_path / "out"))

@@ -70,7 +70,7 @@ def test_wrong_suffix_and_broken_tensors(tmp_path) -> None:
     ("size", "tile", "overlap", "scale", "align"),
     [(100, 40, 8, 4, 1), (1000, 512, 32, 1, 1), (768, 400, 32, 4, 1), (97, 33, 16, 3, 1), (1000, 64, 0, 2, 1)]
     + [(200, 64, 16, 2, 4), (50, 64, 32, 2, 1), (176, 64, 8, 4, 16), (176, 64, 16, 1, 16), (304, 96, 8, 2, 8)]
-    + [(1000, 40, 16, 1, 1)],  # tiles under four overlaps: the two fade bands of one tile meet
+    + [(100, 20, 16, 1, 1)],  # tiles under two overlaps: the two fade bands of one tile meet
 )
 def test_blend_weights_are_a_partition_of_unity(size, tile, overlap, scale, align) -> None:
     starts = upscaler.axis_starts(size, tile, overlap, align)
@@ -85,6 +85,9 @@ def test_blend_weights_are_a_partition_of_unity(size, tile, overlap, scale, alig
         assert all(w[0] == 0 or i == 0 for i, w in enumerate(weights))
         assert weights[0][-1] == 0
         assert all(nxt - start <= min(size, tile) - overlap for start, nxt in zip(starts, starts[1:], strict=False))
+        assert len(set(starts)) == len(starts)
+        step = max((tile - overlap) // align * align, align)  # the largest stride the grid allows
+        assert len(starts) == -(-(size - tile) // step) + 1  # no more tiles than needed
 
 
 def test_plan_prefers_few_uneven_tiles() -> None:

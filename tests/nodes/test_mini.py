@@ -202,8 +202,15 @@ def test_images_match_min_dalles_end_to_end(tiny_min_dalle_repo, tmp_path) -> No
     assert image.std() > 0.01  # a picture, not a flat colour
 
 
-def test_auto_dtypes(monkeypatch) -> None:
+def test_auto_dtypes(tiny_min_dalle_repo, monkeypatch) -> None:
     assert mini._dtypes("auto") == (torch.float32, torch.float32)  # the CPU
     monkeypatch.setattr(runtime, "compute_device", lambda: torch.device("cuda"))
     assert mini._dtypes("auto") == (torch.float16, torch.float32)  # Mega's weights are fp16; the VQGAN as min-dalle
     assert mini._dtypes("bf16") == (torch.bfloat16, torch.bfloat16)
+    monkeypatch.setattr(runtime, "fp16_ok", lambda device: False)  # e.g. ComfyUI with --force-fp32
+    assert mini._dtypes("auto") == (torch.float32, torch.float32)
+
+    monkeypatch.setattr(loaders, "_loaded", {})
+    monkeypatch.setattr(mini, "_dtypes", lambda choice: (torch.float16, torch.float32))  # as auto on a GPU
+    bart, vqgan = call(DalleLoadMini, repo_id=str(tiny_min_dalle_repo))
+    assert (bart.bart.dtype, vqgan.vqgan.dtype) == (torch.float16, torch.float32)

@@ -103,11 +103,15 @@ def test_tiles_blend_to_the_whole_image(upscalers, kind, size, tile, overlap) ->
 
 
 def test_automatic_tiles_on_an_image_larger_than_one_tile(upscalers, monkeypatch) -> None:
-    monkeypatch.setattr(upscale, "CPU_TILE_PIXELS", 48 * 48)  # as if memory allowed only small tiles
+    monkeypatch.setattr(upscale, "CPU_TILE_PIXELS", 100 * 100)  # as if memory allowed only small tiles
     model = load(filename=str(upscalers["x4"]))
-    image = torch.rand(2, 130, 97, 3, generator=torch.Generator().manual_seed(5))
-    out = run(model, image, overlap=32)
-    assert out.shape == (2, 520, 388, 3)
+    image = torch.rand(2, 200, 150, 3, generator=torch.Generator().manual_seed(5))
+    plans = []
+    tiled = upscaler.upscale_tiled
+    monkeypatch.setattr(upscaler, "upscale_tiled", lambda *args, **kw: plans.append(args[3]) or tiled(*args, **kw))
+    out = run(model, image, overlap=16)
+    assert (plans[0].height, plans[0].width, plans[0].overlap) == (108, 83, 16)  # 2 × 2 tiles, not the fallback
+    assert out.shape == (2, 800, 600, 3)
     assert (out - reference(model, image)).abs().max() < 1e-3
 
 
