@@ -35,8 +35,8 @@ class Preset:
     license: str = "BSD-3-Clause"
 
 
-# Sources checked against Hub file listings and the originals' hashes; safetensors conversions where a
-# trustworthy one exists, otherwise the original pickles (read with weights_only=True).
+# Repos and files as Hub file listings show them; safetensors conversions where a trustworthy one exists,
+# otherwise the original pickles (read with weights_only=True).
 PRESETS = {
     "RealESRGAN_x4plus": Preset(
         "Comfy-Org/Real-ESRGAN_repackaged", "RealESRGAN_x4plus.safetensors", 4, "photos, general (RRDBNet, 23 blocks)"
