@@ -14,12 +14,9 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pytest
@@ -27,13 +24,13 @@ from PIL import Image
 
 import tiny_repos
 import tiny_upscalers
+from dalle_nodes.comfy_client import ComfyClient, OutputFile, ServerError
 from dalle_nodes.models.upscaler import PRESETS
 
 ROOT = Path(__file__).resolve().parents[2]
 INPUT_SIZE = (160, 120)  # width, height of the input pictures: neither the workflows' size nor its aspect ratio
 STARTUP_TIMEOUT_S = 120
 PROMPT_TIMEOUT_S = 90
-LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 never goes through a proxy
 
 
 @dataclass
@@ -43,23 +40,19 @@ class ComfyUI:
     log: Path
     process: subprocess.Popen
 
+    @cached_property
+    def client(self) -> ComfyClient:
+        return ComfyClient(self.url)
+
     def request(self, path: str, payload: dict | None = None) -> tuple[int, bytes]:
         """GET (or POST JSON) one endpoint; HTTP errors come back as (status, body) like successes."""
-        data = json.dumps(payload).encode() if payload is not None else None
-        req = urllib.request.Request(self.url + path, data=data, headers={"Content-Type": "application/json"})
-        try:
-            with LOCAL.open(req, timeout=30) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read()
+        return self.client.request(path, payload)
 
     def get_json(self, path: str) -> dict:
-        status, body = self.request(path)
-        assert status == 200, f"GET {path}: HTTP {status} {body[:500]!r}"
-        return json.loads(body)
+        return self.client.get_json(path)
 
     def queue(self, graph: dict) -> tuple[int, dict]:
-        status, body = self.request("/prompt", {"prompt": graph, "client_id": uuid.uuid4().hex})
+        status, body = self.request("/prompt", {"prompt": graph, "client_id": self.client.client_id})
         return status, json.loads(body)
 
     def run(self, graph: dict) -> dict:
@@ -78,10 +71,7 @@ class ComfyUI:
 
     def view(self, image: dict) -> bytes:
         """The file behind one entry of a SaveImage node's history output, as the frontend fetches it."""
-        query = urllib.parse.urlencode({key: image[key] for key in ("filename", "subfolder", "type")})
-        status, body = self.request("/view?" + query)
-        assert status == 200, f"GET /view?{query}: HTTP {status}"
-        return body
+        return self.client.view(OutputFile("", image["filename"], image["subfolder"], image["type"]))
 
 
 def _free_port() -> int:
@@ -123,7 +113,7 @@ def _wait_until_serving(server: ComfyUI) -> None:
         try:
             if server.request("/system_stats")[0] == 200:
                 return
-        except OSError:  # not listening yet
+        except ServerError:  # not listening yet
             pass
         time.sleep(0.5)
     log = server.log.read_text(errors="replace")[-20000:]
