@@ -10,7 +10,6 @@ graph instead of ~1000 separate kernel launches.
 from __future__ import annotations
 
 import json
-import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .bart_tokenizer import BartTokenizer
+from .cuda_graph import GraphedCall, can_capture, capture_or_fallback
 from .hub import CheckpointError, Source, fetch_file, file_on_disk, load_strict, read_state_dict
 
 REPO = "kuprel/min-dalle"
@@ -314,67 +314,36 @@ def sampling_step(
 Step = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (prev codes, index, noise) → codes
 
 
-class GraphStep:
-    """A step function `step(prev_codes, index, noise) → codes` run on fixed buffers and replayed as a CUDA graph.
+class GraphStep(GraphedCall):
+    """A step function `step(prev_codes, index, noise) → codes` run on fixed buffers and replayed as a CUDA graph:
+    a GraphedCall of `step` with the noise buffer bound.
 
     A Mega step is ~1000 small kernels for a few dozen rows: launched one by one from Python, they leave the GPU
-    mostly idle. capture() records them once; each call then copies the step's inputs into the recorded buffers
-    (device-side copies, queued like kernels: no host sync) and replays the recording. `noise` is the caller's
-    buffer, refilled before each call; the codes returned are overwritten by the next call. Until capture() (and so
+    mostly idle. capture() records them once; each call then copies `prev_codes` and `index` into the recorded
+    buffers and replays the recording. `noise` is the caller's buffer, refilled before each call and read in place
+    (never copied); the codes returned are overwritten by the next call. capture()'s warm-up writes the first
+    step's keys and values at its position: the first real step writes the same ones again. Until capture() (and so
     on the CPU, where the tests run this class), a call runs `step` itself on the same buffers.
     """
 
     def __init__(self, step: Step, prev_codes: torch.Tensor, index: torch.Tensor, noise: torch.Tensor):
         """`prev_codes` and `index` are the first step's: the warm-up runs of capture() use them."""
-        self.step = step
-        self.prev_codes, self.index, self.noise = prev_codes.clone(), index.clone(), noise
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.codes: torch.Tensor | None = None  # the recorded output
 
-    def capture(self) -> None:
-        """Warm up on a side stream (lazy cuBLAS and attention set-up must not be recorded), then record one step,
-        as torch.cuda.graphs prescribes. The warm-up writes the first step's keys and values at its position: the
-        first real step writes the same ones again."""
-        device = self.noise.device
-        with torch.cuda.device(device):  # a replay runs on the device it was captured on, whichever is current
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(GRAPH_WARMUP_STEPS):
-                    self.step(self.prev_codes, self.index, self.noise)
-            torch.cuda.current_stream(device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            # Captured on our side stream (torch.cuda.graph's default one lives on whichever device was current
-            # first). thread_local: CUDA calls other threads of the application make meanwhile cannot spoil it.
-            with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
-                codes = self.step(self.prev_codes, self.index, self.noise)
-        self.graph, self.codes = graph, codes
+        def bound(prev_codes: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+            return step(prev_codes, index, noise)
+
+        super().__init__(bound, prev_codes, index, warmup=GRAPH_WARMUP_STEPS)
+        self.step, self.noise = step, noise
 
     def __call__(self, prev_codes: torch.Tensor, index: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         if noise is not self.noise:
             raise ValueError("GraphStep draws from the noise buffer it was made with.")
-        self.prev_codes.copy_(prev_codes)
-        self.index.copy_(index)
-        if self.graph is None:
-            self.codes = self.step(self.prev_codes, self.index, self.noise)
-        else:
-            self.graph.replay()
-        return self.codes
-
-
-def can_capture(device: torch.device) -> bool:
-    return device.type == "cuda"
+        return super().__call__(prev_codes, index)
 
 
 def graph_step(step: Step, prev_codes: torch.Tensor, index: torch.Tensor, noise: torch.Tensor) -> Step:
     """`step` captured as a CUDA graph (GraphStep), or `step` itself, with a logged warning, if capture fails."""
-    graphed = GraphStep(step, prev_codes, index, noise)
-    try:
-        graphed.capture()
-    except Exception as error:  # an op that cannot be recorded (a host sync in some kernel's set-up): run eagerly
-        logging.warning("DALL·E Mini: CUDA graph capture failed (%s); sampling step by step instead (slower)", error)
-        return step
-    return graphed
+    return capture_or_fallback(GraphStep(step, prev_codes, index, noise), step, "DALL·E Mini")
 
 
 @torch.no_grad()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 
-from ..models import kandinsky22
+from ..models import kandinsky22, memory
 from . import runtime
 from .loaders import CATEGORY, PriorModel
 from .text import PromptEmbeds
@@ -35,7 +36,16 @@ def step_callback(progress: runtime.Progress):
     return lambda step, total, x: progress.update(1)
 
 
+def cuda_graphs_enabled() -> bool:
+    """False when the environment sets DALLE_NODES_CUDA_GRAPHS=0 (see DallePriorSample)."""
+    return os.environ.get("DALLE_NODES_CUDA_GRAPHS", "1") != "0"
+
+
 class DallePriorSample:
+    """On a CUDA device each prior step is replayed as a CUDA graph (kandinsky22.prior_sample). Setting the
+    environment variable DALLE_NODES_CUDA_GRAPHS=0 before sampling launches the steps kernel by kernel instead:
+    the same embeddings, slower; a way to rule graphs out when something goes wrong on a GPU."""
+
     DESCRIPTION = "Samples CLIP image embeddings from text with the unCLIP diffusion prior."
     CATEGORY = CATEGORY
     RETURN_TYPES = ("DALLE_IMAGE_EMBEDS",)
@@ -85,7 +95,10 @@ class DallePriorSample:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1 (got {batch_size}).")
         zero = prior.zero_image_embed() if negative is None else None
-        model = prior.prior.load()
+        rows = batch_size * (1 + (guidance > 1) + (negative is not None))  # model rows: prompt, unconditional, negative
+        fused = memory.fused_attention_on(runtime.compute_device())
+        needed = memory.prior_step_bytes(prior.prior.module.config, rows, prior.prior.dtype, fused_attention=fused)
+        model = prior.prior.load(memory_required=needed)
         param = next(model.parameters())
         place = lambda e: e.to(param.device, param.dtype)  # noqa: E731
         progress = runtime.Progress(steps, "prior")
@@ -100,6 +113,7 @@ class DallePriorSample:
                 guidance,
                 torch.Generator().manual_seed(seed),
                 step_callback(progress),
+                cuda_graph=cuda_graphs_enabled(),
             )
         progress.close()
         if negative_embeds is None:

@@ -250,6 +250,23 @@ def test_a_failed_capture_falls_back_to_the_eager_loop(pair, monkeypatch, caplog
     assert "CUDA graph capture failed (operation not permitted" in caplog.text
 
 
+def test_a_graph_step_reads_the_callers_noise_buffer_in_place() -> None:
+    """prev_codes and index are copied into the step's buffers; the noise buffer is the caller's own, refilled
+    between steps, never copied, and no other buffer is accepted."""
+
+    def step(prev_codes: torch.Tensor, index: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return prev_codes + index + noise.sum(-1).long()
+
+    long = dict(dtype=torch.long)
+    noise = torch.zeros(3, 4)
+    graph_step = dalle_bart.GraphStep(step, torch.zeros(3, **long), torch.zeros(1, **long), noise)
+    noise.fill_(1.0)
+    assert torch.equal(graph_step(torch.ones(3, **long), torch.tensor([2]), noise), torch.full((3,), 7))
+    assert torch.equal(graph_step.inputs[0], torch.ones(3, **long)) and graph_step.noise is noise
+    with pytest.raises(ValueError, match="noise buffer it was made with"):
+        graph_step(torch.ones(3, **long), torch.tensor([2]), noise.clone())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graph_tokens_are_the_eager_tokens_on_the_gpu(tiny_min_dalle_repo, caplog) -> None:
     """On a GPU: noise from the device's own generator, the graph captured (no fallback), the same tokens."""
