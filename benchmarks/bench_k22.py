@@ -40,7 +40,7 @@ from common import ROOT, environment, flops, import_package, matmul_tflops, rand
 
 import_package()
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_repos: the real configs' folders, tiny repos and a CLIP tokenizer
-from dalle_nodes.models import clip, kandinsky22  # noqa: E402
+from dalle_nodes.models import clip, compiled, kandinsky22  # noqa: E402
 from dalle_nodes.models.hub import Source, load_strict  # noqa: E402
 from dalle_nodes.models.movq import MoVQ, MoVQConfig  # noqa: E402
 from dalle_nodes.models.prior import PriorConfig, PriorTransformer  # noqa: E402
@@ -288,14 +288,17 @@ def count_flops(configs: dict, size: int) -> dict[str, int]:
         }
 
 
-def ours_chain(modules: dict, tokenizer, zero: torch.Tensor, dtype: torch.dtype, stages: Stages, args):
-    """Our four nodes on the models as the loaders hand them over (the zero-image embedding already cached)."""
+def ours_chain(
+    modules: dict, tokenizer, zero: torch.Tensor, dtype: torch.dtype, stages: Stages, args, compile: bool = False
+):
+    """Our four nodes on the models as the loaders hand them over (the zero-image embedding already cached);
+    `compile` as the decoder loader's input of that name."""
     text_encoder = loaders.TextEncoder(tokenizer, runtime.ManagedModule(modules["text"]))
     prior = loaders.PriorModel(
         runtime.ManagedModule(modules["prior"]), Source("benchmark/random"), dtype, _zero_embed=zero
     )
-    decoder = loaders.DecoderModel(runtime.ManagedModule(modules["unet"]))
-    vq_vae = loaders.VQModel(runtime.ManagedModule(modules["movq"]))
+    decoder = loaders.DecoderModel(runtime.ManagedModule(modules["unet"]), compile)
+    vq_vae = loaders.VQModel(runtime.ManagedModule(modules["movq"]), compile)
     encode, sample_prior = NODES["DalleTextEncode"]().encode, NODES["DallePriorSample"]().sample
     sample_decoder, decode = NODES["DalleDecoderSample"]().sample, NODES["DalleVQDecode"]().decode
 
@@ -359,11 +362,14 @@ def diffusers_chain(prior_pipe, decoder_pipe, stages: Stages, args):
 def module_calls(side: str, modules: dict, t, x, embeds, states, mask, z) -> dict[str, Callable[[], object]]:
     """One UNet step, one prior step and one MoVQ decode, called as each side's pipeline calls them."""
     unet, prior, movq = modules["unet"], modules["prior"], modules["movq"]
-    if side == "ours":
+    if side.startswith("ours"):
+        compile = side == "ours_compiled"
+        unet_call = loaders.DecoderModel(runtime.ManagedModule(unet), compile).forward(unet)
+        decode = loaders.VQModel(runtime.ManagedModule(movq), compile).decode_fn(movq)
         return {
-            "unet_step": lambda: unet(x, t, embeds),
+            "unet_step": lambda: unet_call(x, t, embeds),
             "prior_step": lambda: prior(embeds, t, embeds, states, mask),
-            "movq_decode": lambda: movq.decode(z),
+            "movq_decode": lambda: decode(z),
         }
     return {
         "unet_step": lambda: unet(x, t, None, added_cond_kwargs={"image_embeds": embeds}, return_dict=False),
@@ -399,6 +405,12 @@ def modules_alone(sides: dict, device: torch.device, args, flop: dict, repeat: i
     return alone
 
 
+def split_side(key: str) -> tuple[str, str]:
+    """ "ours_compiled_unet_step_b2" → ("ours_compiled", "unet_step_b2")."""
+    side = next(side for side in ("ours_compiled", "ours", "diffusers") if key.startswith(side + "_"))
+    return side, key.removeprefix(side + "_")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny repos, 64², 2 + 2 steps, batch 1, fp32, CPU")
@@ -412,6 +424,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), default="fp16", help="diffusers' dtype")
     parser.add_argument("--ours-dtype", choices=tuple(runtime.DTYPES), default="auto", help="our loaders' dtype")
+    parser.add_argument("--no-compile", action="store_true", help="leave out our compiled chain")
+    parser.add_argument(
+        "--compile-mode", default=None, help="torch.compile mode for the compiled chain, e.g. max-autotune"
+    )
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     cuda = device.type == "cuda"
@@ -463,6 +479,14 @@ def main(argv: list[str] | None = None) -> dict:
             "unet": adopt(theirs["unet"], configs["unet"], UNetConfig, KandinskyUNet, ours_dtype, "UNet"),
             "movq": adopt(theirs["movq"], configs["movq"], MoVQConfig, MoVQ, ours_dtype, "MoVQ"),
         }
+        if not args.no_compile:  # its own UNet and MoVQ: compiling switches their memory layout
+            ours_compiled = {**ours, "unet": copy.deepcopy(ours["unet"]), "movq": copy.deepcopy(ours["movq"])}
+            with on_device(device):
+                loaders.speed_layout(ours_compiled["unet"], compile=True)
+                loaders.speed_layout(ours_compiled["movq"], compile=True)
+            if args.compile_mode:
+                stack.enter_context(mock.patch.dict(compiled.OPTIONS, mode=args.compile_mode))
+        results["compile_mode"] = compiled.OPTIONS.get("mode", "default")
         results["build_s"] = time.perf_counter() - start
         flop = count_flops(configs, args.size)
         results["unet_tflop_per_step_batch2"] = flop["unet"] / 1e12
@@ -484,15 +508,21 @@ def main(argv: list[str] | None = None) -> dict:
         runtime.free_cache()
 
         sides = {"ours": ours, "diffusers": theirs}
+        if not args.no_compile:
+            sides = {"ours": ours, "ours_compiled": ours_compiled, "diffusers": theirs}
         weights = {side: resident_bytes(*modules.values()) / GIB for side, modules in sides.items()}
+        ours_stages = {"text": ["text"], "prior": ["prior"], "decoder": ["unet"], "movq": ["movq"]}
         stage_modules = {
-            "ours": {"text": ["text"], "prior": ["prior"], "decoder": ["unet"], "movq": ["movq"]},
+            "ours": ours_stages,
+            "ours_compiled": ours_stages,
             "diffusers": {"text": ["text"], "prior": ["prior", "image"], "decoder": ["unet"], "movq": ["movq"]},
         }
         chains = {
-            "ours": ours_chain(ours, prior_pipe.tokenizer, zero, ours_dtype, stages, args),
-            "diffusers": diffusers_chain(prior_pipe, decoder_pipe, stages, args),
+            side: ours_chain(sides[side], prior_pipe.tokenizer, zero, ours_dtype, stages, args, side == "ours_compiled")
+            for side in sides
+            if side != "diffusers"
         }
+        chains["diffusers"] = diffusers_chain(prior_pipe, decoder_pipe, stages, args)
         bounds = {
             "text": ("start", "text_end"),
             "prior": ("text_end", "prior_end"),
@@ -517,33 +547,36 @@ def main(argv: list[str] | None = None) -> dict:
                 for stage, names in stage_modules[side].items():  # what the stage needs with the others offloaded
                     own = resident_bytes(*(sides[side][name] for name in names)) / GIB
                     r[f"{stage}_peak_gib"] = own + r[f"{stage}_working_gib"]
-            ours_b, theirs_b = results[f"ours_b{batch}"], results[f"diffusers_b{batch}"]
-            results[f"speedup_b{batch}"] = theirs_b["total_s"] / ours_b["total_s"]
-            results[f"memory_ratio_b{batch}"] = ours_b["peak_gib"] / theirs_b["peak_gib"]
-            difference = (images["ours"] - images["diffusers"]).abs()
-            results[f"max_abs_image_diff_b{batch}"] = difference.max().item()
-            results[f"mean_abs_image_diff_b{batch}"] = difference.mean().item()
+            theirs_b = results[f"diffusers_b{batch}"]
+            for side in chains:
+                if side == "diffusers":
+                    continue
+                ours_b, suffix = results[f"{side}_b{batch}"], side.removeprefix("ours")
+                results[f"speedup{suffix}_b{batch}"] = theirs_b["total_s"] / ours_b["total_s"]
+                results[f"memory_ratio{suffix}_b{batch}"] = ours_b["peak_gib"] / theirs_b["peak_gib"]
+                difference = (images[side] - images["diffusers"]).abs()
+                results[f"max_abs_image_diff{suffix}_b{batch}"] = difference.max().item()
+                results[f"mean_abs_image_diff{suffix}_b{batch}"] = difference.mean().item()
             results[f"images_finite_b{batch}"] = all(image.isfinite().all().item() for image in images.values())
             reference = images["diffusers"]
             results[f"diffusers_image_std_b{batch}"] = reference.std().item()  # a picture, not a flat field
             results[f"diffusers_image_unclamped_b{batch}"] = ((reference > 0) & (reference < 1)).float().mean().item()
 
         with torch.inference_mode():
-            dtypes = {"ours": ours_dtype, "diffusers": reference_dtype}
+            dtypes = {side: reference_dtype if side == "diffusers" else ours_dtype for side in sides}
             sides_alone = {side: (modules, dtypes[side]) for side, modules in sides.items()}
             alone = results["alone"] = modules_alone(sides_alone, device, args, flop, step_repeat, warmup)
-        for key in [key for key in alone if key.startswith("ours_")]:
-            what = key.removeprefix("ours_")
-            alone[key]["speedup"] = alone[f"diffusers_{what}"]["median_s"] / alone[key]["median_s"]
+        for key, r in alone.items():
+            side, what = split_side(key)
+            r["speedup"] = alone[f"diffusers_{what}"]["median_s"] / r["median_s"]
             if "unet" in what:
-                for side in ("ours", "diffusers"):
-                    alone[f"{side}_{what}"]["fraction_of_matmul"] = alone[f"{side}_{what}"]["tflops"] / rate
+                r["fraction_of_matmul"] = r["tflops"] / rate
 
     header = ("run", "total s", "text s", "prior s", "dec ms/step", "MoVQ s", "peak GiB", "UNet TFLOP/s", "of mm", "x")
     table = [header]
     for batch in args.batch:
         baseline = results[f"diffusers_b{batch}"]["total_s"]
-        for side in ("diffusers", "ours"):
+        for side in ("diffusers", *(side for side in sides if side != "diffusers")):
             r = results[f"{side}_b{batch}"]
             table.append(
                 (
@@ -560,7 +593,7 @@ def main(argv: list[str] | None = None) -> dict:
                 )
             )
     for key, r in alone.items():
-        side, _, what = key.partition("_")
+        side, what = split_side(key)
         rate_cells = (f"{r['tflops']:.1f}", f"{r['fraction_of_matmul']:.1%}") if "unet" in what else ("-", "-")
         speedup = f"{alone[f'diffusers_{what}']['median_s'] / r['median_s']:.2f}"
         cells = (f"{r['median_s'] * 1e3:.2f} ms", "-", "-", "-", "-", f"{r['peak_gib']:.2f}", *rate_cells, speedup)

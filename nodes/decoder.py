@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models import kandinsky22, sampling
+from ..models import kandinsky22, memory, sampling
 from . import runtime
 from .loaders import CATEGORY, DecoderModel
 from .prior import GUIDANCE_INPUT, ImageEmbeds, seed_input, step_callback
@@ -112,7 +112,12 @@ class DalleDecoderSample:
             if denoise < 1:
                 raise ValueError("denoise below 1 needs a starting latent: connect one (e.g. from DALL·E VQ Encode).")
             size = kandinsky22.latent_size(width, height)
-        unet = decoder.unet.load()
+        rows = embeds.shape[0] * (2 if guidance > 1 else 1)
+        fused = memory.fused_attention_on(runtime.compute_device())
+        needed = memory.unet_step_bytes(
+            decoder.unet.module.config, rows, *size, decoder.unet.dtype, fused_attention=fused
+        )
+        unet = decoder.unet.load(memory_required=needed)  # ComfyUI offloads other models to make this room
         run = sampling.img2img_start(steps, denoise)
         progress = runtime.Progress(steps - run, "decoder")
         with torch.inference_mode():
@@ -129,6 +134,7 @@ class DalleDecoderSample:
                 start,
                 denoise,
                 step_callback(progress),
+                forward=decoder.forward(unet),
             )
         progress.close()
         return ({"samples": samples.float().to(runtime.output_device())},)

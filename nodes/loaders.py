@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..models import clip, kandinsky22
+from ..models import clip, compiled, kandinsky22
+from ..models.compiled import Compiled
 from ..models.hub import TRANSFORMERS_WEIGHTS, Source, fetch_config, fetch_file, fetch_weights
+from ..models.movq import MoVQ
 from . import runtime
 
 CATEGORY = "DALL·E/Kandinsky 2.2 (DALL·E 2)"
 DTYPE_TOOLTIP = "Weights and compute precision. auto: bf16 on GPUs that support it, else fp16; fp32 on the CPU."
 REVISION_TOOLTIP = "Branch, tag or commit of the Hub repo (ignored for a local folder)."
+COMPILE_TOOLTIP = (
+    "torch.compile the UNet and MoVQ: faster steps after a one-off compile of a minute or two per image size "
+    "(kept on disk for later runs). Falls back to normal speed where compiling is unavailable."
+)
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -56,18 +63,51 @@ class ImageEncoder:
     encoder: runtime.ManagedModule
 
 
+def compile_call(fn: Callable, what: str) -> Compiled:
+    compiled.use_cache_dir(runtime.cache_dir() / "torch_compile")
+    return Compiled(fn, what, runtime.is_out_of_memory)
+
+
+def speed_layout(module: torch.nn.Module, compile: bool) -> None:
+    """Switch a convolutional net to the memory layout it runs fastest in (see models/compiled.py), once."""
+    layout = compiled.memory_format(runtime.compute_device(), compile)
+    if layout != torch.contiguous_format:
+        module.to(memory_format=layout)
+
+
 @dataclass
 class DecoderModel:
-    """DALLE_DECODER: the latent diffusion UNet conditioned on image embeddings."""
+    """DALLE_DECODER: the latent diffusion UNet conditioned on image embeddings; with `compile`, sampling calls
+    it through torch.compile (compiled on first use for each image size, then reused)."""
 
     unet: runtime.ManagedModule
+    compile: bool = False
+    _forward: Compiled | None = field(default=None, repr=False)
+
+    def forward(self, unet: torch.nn.Module) -> Callable:
+        """The call sampling makes of `unet` (the loaded module)."""
+        if not self.compile:
+            return unet
+        if self._forward is None:
+            self._forward = compile_call(unet, "DALL·E Decoder Sample")
+        return self._forward
 
 
 @dataclass
 class VQModel:
-    """DALLE_VQ_VAE: MoVQ, between latents and pixels."""
+    """DALLE_VQ_VAE: MoVQ, between latents and pixels; with `compile`, decoding goes through torch.compile."""
 
     movq: runtime.ManagedModule
+    compile: bool = False
+    _decode: Compiled | None = field(default=None, repr=False)
+
+    def decode_fn(self, movq: MoVQ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The whole-image decode of `movq` (the loaded module)."""
+        if not self.compile:
+            return movq.decode
+        if self._decode is None:
+            self._decode = compile_call(movq.decode, "DALL·E VQ Decode")
+        return self._decode
 
 
 def _cache_key(weights: Path, dtype: torch.dtype) -> str:
@@ -142,12 +182,13 @@ class HubLoader:
             }
         }
 
-    def load(self, repo_id: str, revision: str, dtype: str) -> tuple:
+    def load(self, repo_id: str, revision: str, dtype: str, **options) -> tuple:
         source = source_from_inputs(repo_id, revision)
         torch_dtype = runtime.resolve_dtype(dtype)
-        return reuse(type(self).__name__, (source, torch_dtype), lambda: self.build(source, torch_dtype))
+        key = (source, torch_dtype, *options.values())
+        return reuse(type(self).__name__, key, lambda: self.build(source, torch_dtype, **options))
 
-    def build(self, source: Source, dtype: torch.dtype) -> tuple:
+    def build(self, source: Source, dtype: torch.dtype, **options) -> tuple:
         raise NotImplementedError
 
 
@@ -198,7 +239,21 @@ class DalleLoadDecoder(HubLoader):
     DEFAULT_REPO = kandinsky22.DECODER_REPO
     CONTENTS = "decoder (with unet/, movq/, scheduler/)"
 
-    def build(self, source: Source, dtype: torch.dtype) -> tuple[DecoderModel, VQModel]:
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        inputs = super().INPUT_TYPES()
+        inputs["optional"] = {"compile": ("BOOLEAN", {"default": False, "tooltip": COMPILE_TOOLTIP})}
+        return inputs
+
+    def load(self, repo_id: str, revision: str, dtype: str, compile: bool = False) -> tuple:
+        return super().load(repo_id, revision, dtype, compile=compile)
+
+    def build(self, source: Source, dtype: torch.dtype, compile: bool = False) -> tuple[DecoderModel, VQModel]:
         unet = kandinsky22.load_unet(source, dtype)
         movq = kandinsky22.load_movq(source, dtype)
-        return DecoderModel(runtime.ManagedModule(unet)), VQModel(runtime.ManagedModule(movq))
+        speed_layout(unet, compile)
+        speed_layout(movq, compile)
+        return (
+            DecoderModel(runtime.ManagedModule(unet), compile),
+            VQModel(runtime.ManagedModule(movq), compile),
+        )

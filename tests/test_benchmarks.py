@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from unittest import mock
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -36,8 +37,10 @@ def test_bench_dalle_mega_tiny(capsys) -> None:
 def test_bench_k22_tiny(capsys) -> None:
     import bench_k22
 
-    results = bench_k22.main(["--tiny"])
-    for run in ("ours_b1", "diffusers_b1"):
+    # The compiled chain traced by dynamo but run as traced: inductor would take minutes on a CI machine.
+    with mock.patch.dict(bench_k22.compiled.OPTIONS, backend="eager"):
+        results = bench_k22.main(["--tiny"])
+    for run in ("ours_b1", "ours_compiled_b1", "diffusers_b1"):
         stages = results[run]
         for stage in ("text_s", "prior_s", "decoder_s", "movq_s"):
             assert stages[stage] > 0, (run, stage)  # every stage boundary was marked
@@ -46,8 +49,28 @@ def test_bench_k22_tiny(capsys) -> None:
         assert abs(stages["total_s"] - parts) < 1e-6  # the stages tile the run
     assert results["diffusers_b1"]["zero_embed_s"] > 0 and results["ours_zero_embed_once_s"] > 0
     assert results["max_abs_image_diff_b1"] < 1e-4  # CPU, fp32: ours is diffusers' image
+    assert results["max_abs_image_diff_compiled_b1"] < 1e-4
     assert results["diffusers_image_unclamped_b1"] > 0.5  # a picture, not one clamped flat
     assert results["unet_tflop_per_step_batch2"] > 0 and results["speedup_b1"] > 0
     for key in ("unet_step_b2", "prior_step_b2", "movq_decode_b1"):
-        assert results["alone"][f"ours_{key}"]["median_s"] > 0 and results["alone"][f"diffusers_{key}"]["median_s"] > 0
+        for side in ("ours", "ours_compiled", "diffusers"):
+            assert results["alone"][f"{side}_{key}"]["median_s"] > 0
     assert "diffusers movq_decode_b1 alone" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_vram_k22_on_meta(capsys) -> None:
+    """No GPU and no --tiny needed: the full-size models are traced on the meta device."""
+    import vram_k22
+
+    results = vram_k22.main(["--sizes", "512", "--batches", "1"])
+    params = {stage: round(w["params"] / 1e6, 1) for stage, w in results["weights"].items()}
+    # REFERENCE.md's parameter counts of the real checkpoints
+    assert params == {"text_encoder": 694.7, "image_encoder": 1844.9, "prior": 1026.2, "unet": 1253.1, "movq": 67.8}
+    assert results["weights"]["unet"]["bytes"] == 2 * results["weights"]["unet"]["params"]  # bf16
+    run = results["activations"]["512_b1"]
+    for stage in ("prior", "unet", "movq"):
+        assert run[stage]["traced"] <= run[stage]["estimate"] <= 1.5 * run[stage]["traced"], stage
+    assert run["unet"]["traced_math"] > 3 * run["unet"]["traced"]  # the math path's attention weights
+    chain = results["chain"]["512_b1"]["traced"]
+    assert chain["offloaded_bytes"] < chain["first_run_offloaded_bytes"] < chain["all_resident_bytes"]
+    assert "all resident" in capsys.readouterr().out.splitlines()[-1]

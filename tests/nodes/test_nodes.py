@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dalle_nodes
-from dalle_nodes.models import clip
+from dalle_nodes.models import clip, memory
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, loaders, runtime
 
 CONTRACT = {  # DESIGN.md's node contract: id → (required inputs, output types)
@@ -233,3 +233,36 @@ def test_zero_image_embedding_follows_new_weights(tiny_prior_repo, tmp_path) -> 
     after = call("DalleLoadPrior", repo_id=str(repo), dtype="fp32")[0].zero_image_embed()
     assert torch.allclose(after, before * 1.5, rtol=1e-4, atol=1e-6)
     assert len(list((runtime.cache_dir() / "zero_image_embeds").glob("*.safetensors"))) == 2
+
+
+def test_each_stage_asks_comfyui_for_room_for_its_activations(models, monkeypatch) -> None:
+    """The decoder, prior and VQ nodes hand ComfyUI their activation estimates (models/memory.py), so that it
+    offloads other models first; here on the CPU, so with the math path's attention."""
+    prior, text_encoder, decoder, vq_vae = models
+    asked = []
+    load = runtime.ManagedModule.load
+    monkeypatch.setattr(
+        runtime.ManagedModule, "load", lambda self, memory_required=0: asked.append(memory_required) or load(self)
+    )
+    (positive,) = call("DalleTextEncode", text_encoder=text_encoder, text="a cat")
+    (negative,) = call("DalleTextEncode", text_encoder=text_encoder, text="blurry")
+    call("DallePriorSample", prior=prior, positive=positive, negative=negative, steps=2, batch_size=2, seed=1)
+    (embeds,) = call("DallePriorSample", prior=prior, positive=positive, steps=2, batch_size=2, seed=1)
+    (latent,) = call("DalleDecoderSample", decoder=decoder, image_embeds=embeds, width=64, height=128, steps=2, seed=5)
+    call("DalleVQDecode", vq_vae=vq_vae, latent=latent)
+    call("DalleVQEncode", vq_vae=vq_vae, image=torch.rand(1, 128, 64, 3))
+
+    prior_config, dtype = prior.prior.module.config, torch.float32
+    math = {"fused_attention": False}
+    movq_config = vq_vae.movq.module.config
+    assert asked == [
+        0,  # the text encoder: a few MiB, within ComfyUI's own reserve (as the image encoder below)
+        0,  # the second prompt
+        memory.prior_step_bytes(prior_config, 3 * 2, dtype, **math),  # negative, prompt, negative rows
+        0,  # the image encoder, once, for the zero-image embedding
+        memory.prior_step_bytes(prior_config, 2 * 2, dtype, **math),  # unconditional and prompt rows
+        memory.unet_step_bytes(decoder.unet.module.config, 2 * 2, 16, 8, dtype, **math),
+        memory.movq_decode_bytes(movq_config, 128, 64, dtype, **math),
+        memory.movq_encode_bytes(movq_config, 128, 64, dtype, **math),
+    ]
+    assert all(asked[i] > 0 for i in (2, 4, 5, 6, 7))

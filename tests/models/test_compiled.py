@@ -1,0 +1,125 @@
+"""models/compiled.py: our UNet and MoVQ trace into one graph each, compile once per shape (not per step), give
+eager's results, and fall back to eager when compiling fails.
+
+Dynamo traces with a counting backend that runs the captured graph as is: what these tests check (no graph
+breaks, no recompiles, the same numbers) is the tracing; inductor's code generation is torch's, needs a C++
+toolchain and takes minutes per model on 2 cores.
+"""
+
+import logging
+
+import pytest
+import torch
+
+from dalle_nodes.models import compiled, kandinsky22
+from dalle_nodes.models.compiled import Compiled
+from dalle_nodes.models.movq import MoVQ, MoVQConfig
+from dalle_nodes.models.unet import KandinskyUNet, UNetConfig
+from tiny_repos import WIDTH, tiny_movq_config, tiny_unet_config
+
+
+class CountingBackend:
+    """A torch.compile backend that records each graph dynamo hands over and runs it unchanged."""
+
+    def __init__(self):
+        self.graphs = 0
+
+    def __call__(self, graph_module: torch.fx.GraphModule, example_inputs: list) -> object:
+        self.graphs += 1
+        return graph_module.forward
+
+
+def not_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError)
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def tiny_unet() -> KandinskyUNet:
+    torch.manual_seed(0)
+    return KandinskyUNet(UNetConfig.from_diffusers(tiny_unet_config())).eval()
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "euler_ancestral"])  # integer and fractional timesteps
+def test_unet_compiles_once_for_a_whole_sampling_run(sampler: str) -> None:
+    unet = tiny_unet()
+    embeds, negative = torch.randn(2, WIDTH), torch.randn(2, WIDTH)
+
+    def sample(forward=None) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(3)
+        with torch.inference_mode():
+            return kandinsky22.decoder_sample(
+                unet, embeds, negative, (16, 16), 5, 4.0, sampler, generator, forward=forward
+            )
+
+    backend = CountingBackend()
+    forward = Compiled(unet, "test", not_oom, backend=backend, fullgraph=True)  # fullgraph: a break raises
+    torch.testing.assert_close(sample(forward), sample(), rtol=0, atol=1e-5)
+    assert forward.ok
+    assert backend.graphs == 1  # one graph, reused by every step: the timestep is a tensor input, not a constant
+
+
+def test_movq_decode_compiles_to_one_graph() -> None:
+    torch.manual_seed(0)
+    movq = MoVQ(MoVQConfig.from_diffusers(tiny_movq_config())).eval()
+    backend = CountingBackend()
+    decode = Compiled(movq.decode, "test", not_oom, backend=backend, fullgraph=True)
+    latents, other = torch.randn(1, 4, 8, 12), torch.randn(1, 4, 8, 12)
+    with torch.inference_mode():
+        torch.testing.assert_close(decode(latents), movq.decode(latents), rtol=0, atol=1e-5)
+        decode(other)  # another value: no recompile
+    assert backend.graphs == 1
+
+
+def test_a_failing_compiler_falls_back_to_eager_with_one_warning(caplog) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3), torch.nn.SiLU()).eval()
+    calls = []
+
+    def broken_backend(graph_module, example_inputs):
+        calls.append(1)
+        raise RuntimeError("no C++ compiler")
+
+    forward = Compiled(model, "DALL·E Decoder Sample", not_oom, backend=broken_backend)
+    x = torch.randn(2, 4, 16, 16)
+    with torch.inference_mode(), caplog.at_level(logging.WARNING):
+        first, second, expected = forward(x), forward(x), model(x)
+    torch.testing.assert_close(first, expected, rtol=0, atol=0)
+    torch.testing.assert_close(second, expected, rtol=0, atol=0)
+    assert not forward.ok and len(calls) == 1
+    warnings = [r.getMessage() for r in caplog.records if "torch.compile failed" in r.getMessage()]
+    assert len(warnings) == 1 and "DALL·E Decoder Sample" in warnings[0] and "no C++ compiler" in warnings[0]
+
+
+def test_out_of_memory_is_raised_not_swallowed() -> None:
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    forward = Compiled(out_of_memory, "test", not_oom, backend=CountingBackend())
+    forward.compiled = out_of_memory  # as if the compiled kernels ran out of memory
+    with pytest.raises(torch.OutOfMemoryError):
+        forward(torch.zeros(1))
+    assert forward.ok  # the compiled function stays: smaller work may fit
+
+
+def test_kernel_cache_goes_beside_the_models_unless_the_user_chose(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv(compiled.INDUCTOR_CACHE_ENV, raising=False)
+    compiled.use_cache_dir(tmp_path / "ours")
+    assert (tmp_path / "ours").is_dir()
+    assert compiled.os.environ[compiled.INDUCTOR_CACHE_ENV] == str(tmp_path / "ours")
+    monkeypatch.setenv(compiled.INDUCTOR_CACHE_ENV, str(tmp_path / "theirs"))
+    compiled.use_cache_dir(tmp_path / "ours2")
+    assert compiled.os.environ[compiled.INDUCTOR_CACHE_ENV] == str(tmp_path / "theirs")
+    assert not (tmp_path / "ours2").exists()
+
+
+def test_layout_is_channels_last_only_for_compiled_gpu_runs() -> None:
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert compiled.memory_format(cuda, compiled=True) == torch.channels_last
+    assert compiled.memory_format(cuda, compiled=False) == torch.contiguous_format
+    assert compiled.memory_format(cpu, compiled=True) == torch.contiguous_format

@@ -1,0 +1,78 @@
+"""models/kandinsky22.py's sampling runs: no value is read back from the device inside the loops.
+
+A host read (`.item()`, `bool(tensor)`, `.tolist()`, `.cpu()`) makes the CPU wait for the GPU at every step and
+leaves the GPU idle while Python queues the next kernels. Tensors on the meta device have no values, so every
+such read raises: a whole sampling run on meta proves there is none, with the models in the loop.
+"""
+
+import pytest
+import torch
+
+from dalle_nodes.models import kandinsky22, sampling
+from dalle_nodes.models.clip import TextEmbeds
+from dalle_nodes.models.prior import PriorConfig, PriorTransformer
+from dalle_nodes.models.unet import KandinskyUNet, UNetConfig
+from tiny_repos import WIDTH, tiny_unet_config
+
+META = torch.device("meta")
+
+
+def text_on_meta(batch: int = 1) -> TextEmbeds:
+    mask = torch.ones(batch, 77, dtype=torch.bool)
+    mask[:, 5:] = False
+    return TextEmbeds(torch.randn(batch, WIDTH), torch.randn(batch, 77, WIDTH), mask).to(META, torch.float32)
+
+
+@pytest.mark.parametrize("negative", [False, True])
+def test_prior_sampling_reads_nothing_back(negative: bool) -> None:
+    with META:
+        prior = PriorTransformer(PriorConfig(heads=2, head_dim=8, layers=2, embedding_dim=WIDTH))
+    generator = torch.Generator().manual_seed(0)
+    steps = []
+    embeds, negative_embeds = kandinsky22.prior_sample(
+        prior,
+        text_on_meta(),
+        text_on_meta(),
+        text_on_meta() if negative else None,
+        batch_size=2,
+        steps=4,
+        guidance=4.0,
+        generator=generator,
+        callback=lambda i, total, x: steps.append(i),
+    )
+    assert embeds.device == META and embeds.shape == (2, WIDTH)
+    assert (negative_embeds is not None) == negative
+    assert steps == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("sampler", sampling.DECODER_SAMPLERS)
+@pytest.mark.parametrize("image_to_image", [False, True])
+def test_decoder_sampling_reads_nothing_back(sampler: str, image_to_image: bool) -> None:
+    with META:
+        unet = KandinskyUNet(UNetConfig.from_diffusers(tiny_unet_config()))
+    embeds, negative = torch.randn(2, WIDTH, device=META), torch.randn(2, WIDTH, device=META)
+    latent = torch.randn(2, 4, 16, 16, device=META) if image_to_image else None
+    steps = []
+    latents = kandinsky22.decoder_sample(
+        unet,
+        embeds,
+        negative,
+        (16, 16),
+        steps=6,
+        guidance=4.0,
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(0),
+        latent=latent,
+        denoise_strength=0.5 if image_to_image else 1.0,
+        callback=lambda i, total, x: steps.append(i),
+    )
+    assert latents.device == META and latents.shape == (2, 4, 16, 16)
+    assert steps == list(range(3 if image_to_image else 6))
+
+
+def test_a_host_read_would_be_caught() -> None:
+    """The premise of the tests above: reading a meta tensor's value fails."""
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        torch.ones(2, device=META).sum().item()
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        bool(torch.ones((), device=META) > 0)
