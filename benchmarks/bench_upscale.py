@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from spandrel.architectures.ESRGAN import ESRGAN
 
 import_package()
-from dalle_nodes.models import upscaler  # noqa: E402
+from dalle_nodes.models import tiling, upscaler  # noqa: E402
 from dalle_nodes.nodes import upscale  # noqa: E402
 
 
@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     node = upscale.DalleGANUpscale()
     half = "bf16" if device.type == "cuda" else "fp32"
     plans = []  # the tilings the node chose, for the record
-    tiled = upscaler.upscale_tiled
-    upscale.upscaler.upscale_tiled = lambda *a, **k: plans.append(a[3]) or tiled(*a, **k)
+    tiled = tiling.run_tiled
+    tiling.run_tiled = lambda *a, **k: plans.append(a[3]) or tiled(*a, **k)
 
     runs = {
         "comfyui_fp32_512_cpu_blend": lambda: comfyui_upscale(model, image, device, torch.device("cpu")),

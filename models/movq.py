@@ -3,7 +3,8 @@
 A VQGAN-style convolutional encoder/decoder whose decoder norms are SpatialNorms: GroupNorms whose scale and shift
 are computed from the latents themselves (MoVQ, arXiv 2209.09002). Kandinsky 2.2 never quantizes: the UNet's
 latents go straight to the decoder, and img2img encodes without a codebook lookup. The codebook is still in the
-checkpoint, so we hold it (and offer the lookup).
+checkpoint, so we hold it (and offer the lookup). Images too large to decode whole decode in overlapping latent
+tiles (`decode_tiled`), close to but not exactly the whole decode.
 Module names mirror diffusers' `VQModel`, so its safetensors load with `strict=True`.
 """
 
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from . import tiling
 from .hub import diffusers_settings
 
 # diffusers' VQModel defaults, used for keys a config.json leaves out.
@@ -310,3 +312,26 @@ class MoVQ(nn.Module):
         if quantize:
             latents = self.quantize(latents)
         return self.decoder(self.post_quant_conv(latents), latents)
+
+    @property
+    def scale(self) -> int:
+        """Image pixels per latent pixel along a side: 8 for Kandinsky 2.2's four levels."""
+        return 2 ** (len(self.config.block_out_channels) - 1)
+
+    def decode_tiled(
+        self, latents: Tensor, plan: tiling.TilePlan, on_batch: Callable[[], None] = lambda: None
+    ) -> Tensor:
+        """decode() in overlapping tiles of `plan` (sizes in latent pixels), cross-faded in pixel space:
+        [B, 4, h, w] -> [B, 3, 8h, 8w] float32 on the latents' device, for latents too large to decode whole.
+
+        One image at a time, so only one full-size float32 canvas is alive beside the output. Not exact: each
+        tile's GroupNorms take their statistics, and its attentions their keys, from the tile instead of the whole
+        latent; only a plan whose one tile covers the latent gives decode() exactly.
+        """
+        count, _, height, width = latents.shape
+        size = (height * self.scale, width * self.scale)
+        images = latents.new_empty(count, self.config.out_channels, *size, dtype=torch.float32)
+        for one, out in zip(latents.split(1), images, strict=True):
+            finish = lambda _, pixels, out=out: out.copy_(pixels)  # noqa: E731 (`out` bound per image)
+            tiling.run_tiled(lambda tiles: self.decode(tiles).float(), one, self.scale, plan, finish, on_batch)
+        return images

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from spandrel import ImageModelDescriptor
 
-from ..models import upscaler
+from ..models import tiling, upscaler
 from ..models.hub import CheckpointError, Source, fetch_file
 from . import runtime
 from .loaders import REVISION_TOOLTIP, reuse
@@ -205,32 +205,28 @@ class DalleGANUpscale:
             else:
                 result[index - count, ..., 3] = out.mean(-1)
 
-        plan = None
-        while True:
-            progress = None
+        def attempt(plan: tiling.TilePlan) -> None:
+            tiles = tiling.tile_count(height, width, plan) * len(x)
+            progress = runtime.Progress(math.ceil(tiles / plan.batch), "upscale")
             try:
-                plan = plan or self.plan(tile, overlap, upscale_model, eager, x, dtype)
-                tiles = upscaler.tile_count(height, width, plan) * len(x)
-                progress = runtime.Progress(math.ceil(tiles / plan.batch), "upscale")
-                upscaler.upscale_tiled(
+                tiling.run_tiled(
                     forward, x, scale, plan, finish, progress.update, fixed_batch=upscaler.compiled_ready(upscale_model)
                 )
-                break
-            except Exception as error:
-                if not runtime.is_out_of_memory(error) or plan is None or (smaller := plan.shrunk()) is None:
-                    raise
             finally:
-                if progress is not None:
-                    progress.close()
+                progress.close()
+
+        def retry(plan: tiling.TilePlan, smaller: tiling.TilePlan) -> None:
             logging.warning("DalleGANUpscale: out of memory with %s; retrying with %s", plan, smaller)
-            plan = smaller
             runtime.free_cache()
+
+        plan = self.plan(tile, overlap, upscale_model, eager, x, dtype)
+        tiling.shrink_on_oom(attempt, plan, runtime.is_out_of_memory, retry)
         return (result,)
 
     @staticmethod
     def plan(
         tile: int, overlap: int, descriptor: ImageModelDescriptor, forward, x: torch.Tensor, dtype: torch.dtype
-    ) -> upscaler.TilePlan:
+    ) -> tiling.TilePlan:
         """Tiles from the user's size, or the least-work tiling whose activations fit the memory budget."""
         if x.device.type != "cuda":
             max_pixels = CPU_TILE_PIXELS

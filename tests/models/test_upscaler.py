@@ -1,4 +1,4 @@
-"""models/upscaler.py: safe loading of Hub-format upscaler files and the tiling arithmetic."""
+"""models/upscaler.py: safe loading of Hub-format upscaler files; models/tiling.py: the tiling arithmetic."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from spandrel import ModelLoader
 
-from dalle_nodes.models import upscaler
+from dalle_nodes.models import tiling, upscaler
 from dalle_nodes.models.hub import CheckpointError
 from tiny_upscalers import compact_state, rrdbnet_state, write_malicious_pickle, write_upscaler
 
@@ -73,8 +73,8 @@ def test_wrong_suffix_and_broken_tensors(tmp_path) -> None:
     + [(100, 20, 16, 1, 1)],  # tiles under two overlaps: the two fade bands of one tile meet
 )
 def test_blend_weights_are_a_partition_of_unity(size, tile, overlap, scale, align) -> None:
-    starts = upscaler.axis_starts(size, tile, overlap, align)
-    weights = upscaler.axis_weights(size, tile, overlap, scale, align)
+    starts = tiling.axis_starts(size, tile, overlap, align)
+    weights = tiling.axis_weights(size, tile, overlap, scale, align)
     total = torch.zeros(size * scale, dtype=torch.float64)
     length = min(size, tile)
     for start, weight in zip(starts, weights, strict=True):
@@ -91,18 +91,76 @@ def test_blend_weights_are_a_partition_of_unity(size, tile, overlap, scale, alig
 
 
 def test_plan_prefers_few_uneven_tiles() -> None:
-    plan = upscaler.plan_tiles(768, 768, 400_000, 32)
+    plan = tiling.plan_tiles(768, 768, 400_000, 32)
     assert (plan.height, plan.width, plan.batch) == (768, 400, 1)  # 2 tiles: 4% extra work, not 4 × 512²
-    assert upscaler.plan_tiles(256, 256, 10**6, 32).batch == 15  # small images go whole, many per forward
+    assert tiling.plan_tiles(256, 256, 10**6, 32).batch == 15  # small images go whole, many per forward
     for height, width, budget in [(1536, 1024, 300_000), (3000, 200, 100_000), (333, 777, 50_000)]:
-        plan = upscaler.plan_tiles(height, width, budget, 32, align=4)
+        plan = tiling.plan_tiles(height, width, budget, 32, align=4)
         assert plan.height * plan.width <= budget
         assert plan.height % 4 == 0 and plan.width % 4 == 0
 
 
 def test_shrunk_plans_end() -> None:
-    plan, seen = upscaler.TilePlan(512, 512, 32, 4, 4), []
+    plan, seen = tiling.TilePlan(512, 512, 32, 4, 4), []
     while plan is not None:
         seen.append(plan)
         plan = plan.shrunk()
     assert seen[1].batch == 1 and seen[-1].height == 32 and len(seen) < 8
+
+
+def test_shrunk_plans_never_grow() -> None:
+    """Tiles under the 32-pixel floor are not 'shrunk' to larger ones: there is nothing smaller to try."""
+    assert tiling.TilePlan(24, 16, 4, 1).shrunk() is None
+    assert tiling.TilePlan(48, 16, 4, 1).shrunk() == tiling.TilePlan(32, 16, 4, 1)
+
+
+def test_run_tiled_takes_its_channels_from_the_forward() -> None:
+    """A pointwise 4 → 3 channel map with 8× nearest upsampling (MoVQ's shapes): tiles blend to the whole output."""
+    mix = torch.randn(3, 4, generator=torch.Generator().manual_seed(6))
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        pixels = torch.einsum("oc,nchw->nohw", mix, x)
+        return torch.nn.functional.interpolate(pixels, scale_factor=8, mode="nearest")
+
+    latents = torch.randn(2, 4, 21, 30, generator=torch.Generator().manual_seed(7))
+    plan = tiling.TilePlan(12, 16, 4, 4)
+    assert tiling.tile_count(21, 30, plan) == 9  # 3 × 3 per image; batches of 4, one with tiles of both
+    out = torch.full((2, 3, 168, 240), float("nan"))
+    tiling.run_tiled(forward, latents, 8, plan, lambda index, image: out[index].copy_(image))
+    torch.testing.assert_close(out, forward(latents), atol=1e-5, rtol=0)
+
+
+def test_shrink_on_oom_retries_smaller_then_gives_up() -> None:
+    tried, retries = [], []
+
+    def attempt(plan: tiling.TilePlan) -> str:
+        tried.append(plan)
+        if plan.height * plan.width * plan.batch > 64 * 64:
+            raise torch.OutOfMemoryError("simulated")
+        return "done"
+
+    def is_oom(error: BaseException) -> bool:
+        return isinstance(error, torch.OutOfMemoryError)
+
+    plan = tiling.TilePlan(128, 128, 16, 2)
+    result, used = tiling.shrink_on_oom(attempt, plan, is_oom, lambda failed, smaller: retries.append(smaller))
+    assert (result, used) == ("done", tiling.TilePlan(64, 64, 16, 1))
+    assert tried == [plan, tiling.TilePlan(128, 128, 16, 1), used] and retries == tried[1:]
+
+    def never_fits(plan: tiling.TilePlan) -> None:
+        tried.append(plan)
+        raise torch.OutOfMemoryError("simulated")
+
+    tried.clear()
+    with pytest.raises(torch.OutOfMemoryError, match="simulated"):
+        tiling.shrink_on_oom(never_fits, plan, is_oom, lambda *_: None)
+    assert [(p.height, p.batch) for p in tried] == [(128, 2), (128, 1), (64, 1), (32, 1)]  # then the error
+
+    def broken(plan: tiling.TilePlan) -> None:
+        tried.append(plan)
+        raise ValueError("not a memory problem")
+
+    tried.clear()
+    with pytest.raises(ValueError, match="not a memory problem"):
+        tiling.shrink_on_oom(broken, plan, is_oom, lambda *_: None)
+    assert len(tried) == 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dalle_nodes.models import upscaler
+from dalle_nodes.models import tiling, upscaler
 from dalle_nodes.models.hub import CheckpointError, NotDownloaded
 from dalle_nodes.nodes import upscale
 from dalle_nodes.nodes.upscale import DalleGANUpscale, DalleLoadUpscaler
@@ -107,8 +107,8 @@ def test_automatic_tiles_on_an_image_larger_than_one_tile(upscalers, monkeypatch
     model = load(filename=str(upscalers["x4"]))
     image = torch.rand(2, 200, 150, 3, generator=torch.Generator().manual_seed(5))
     plans = []
-    tiled = upscaler.upscale_tiled
-    monkeypatch.setattr(upscaler, "upscale_tiled", lambda *args, **kw: plans.append(args[3]) or tiled(*args, **kw))
+    tiled = tiling.run_tiled
+    monkeypatch.setattr(tiling, "run_tiled", lambda *args, **kw: plans.append(args[3]) or tiled(*args, **kw))
     out = run(model, image, overlap=16)
     assert (plans[0].height, plans[0].width, plans[0].overlap) == (108, 83, 16)  # 2 × 2 tiles, not the fallback
     assert out.shape == (2, 800, 600, 3)
