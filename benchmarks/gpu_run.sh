@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Run GPU checks and benchmarks in one call on a lent GPU machine, results under $OUT (or ./gpu-results).
+# Run GPU checks and benchmarks in few calls on a lent GPU machine, results under $OUT (or ./gpu-results).
 #
-#   bash benchmarks/gpu_run.sh tests upscale     # a call's worth (about 4 min on an H100)
-#   bash benchmarks/gpu_run.sh mega k22          # the next call (about 8 min)
+#   bash benchmarks/gpu_run.sh tests k22          # GPU-only tests; Kandinsky eager chain vs diffusers (~6 min)
+#   bash benchmarks/gpu_run.sh k22compiled        # the compiled chain too, batch 1 (compiling: ~3 min of it)
+#   bash benchmarks/gpu_run.sh upscale mega       # GAN upscaling and DALL·E Mega (~7 min)
 #
 # That machine has torch, transformers, huggingface_hub, tokenizers, einops and safetensors, but not spandrel,
 # diffusers, min-dalle or emoji. Put their wheels in .whl/ (git-ignored) beforehand, on a machine with pip
@@ -23,11 +24,13 @@ git log --oneline -1 2>/dev/null | tee -a "$out/gpu.txt"
 
 for job in "$@"; do
     case $job in
-        tests) python3 -m pytest -q -p no:cacheprovider tests/models/test_dalle_bart.py -k cuda 2>&1 | tee "$out/tests.log" ;;
+        tests) python3 -m pytest -q -p no:cacheprovider -rs tests/models/test_cuda_graph.py \
+            tests/models/test_compiled.py tests/models/test_dalle_bart.py 2>&1 | tee "$out/tests.log" ;;
         upscale) (cd benchmarks && python3 bench_upscale.py --compile --profile > "$out/upscale.json" 2> "$out/upscale.err") ;;
         mega) (cd benchmarks && python3 bench_dalle_mega.py > "$out/mega.json" 2> "$out/mega.err") ;;
-        k22) (cd benchmarks && python3 bench_k22.py > "$out/k22.json" 2> "$out/k22.err") ;;
-        *) echo "unknown job '$job': tests, upscale, mega or k22" >&2; exit 2 ;;
+        k22) (cd benchmarks && python3 bench_k22.py --no-compile > "$out/k22.json" 2> "$out/k22.err") ;;
+        k22compiled) (cd benchmarks && python3 bench_k22.py --batch 1 > "$out/k22compiled.json" 2> "$out/k22compiled.err") ;;
+        *) echo "unknown job '$job': tests, upscale, mega, k22 or k22compiled" >&2; exit 2 ;;
     esac
     echo "$job: exit $?"
     [ -f "$out/$job.json" ] && tail -12 "$out/$job.json"

@@ -5,7 +5,6 @@ forward, and its measured activation memory per pixel.
 
 from __future__ import annotations
 
-import logging
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ import torch
 from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError, canonicalize_state_dict
 
 from . import tiling
+from .compiled import Compiled
 from .hub import CheckpointError, read_pickle, read_state_dict
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
@@ -139,8 +139,8 @@ def compute_dtype(precision: str, descriptor: ImageModelDescriptor, device: torc
     return dtype
 
 
-# torch.compile's wrapper of each descriptor's model (None once compiling failed). Keyed by the descriptor, whose
-# wrapper refers only to the model: the entry goes with the descriptor.
+# The compiled forward of each descriptor's model. Keyed by the descriptor, whose wrapper refers only to the model:
+# the entry goes with the descriptor.
 _compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -163,23 +163,17 @@ def forward_fn(
     if device.type == "cuda":
         descriptor.model.to(memory_format=layout)
     if compile and descriptor not in _compiled:
-        _compiled[descriptor] = torch.compile(descriptor.model, dynamic=False)
+        _compiled[descriptor] = Compiled(descriptor.model, "DalleGANUpscale", is_oom)
 
     @torch.inference_mode()  # as inside ComfyUI; outside it (CLI, scripts) autograd would keep every activation
     def forward(tiles: torch.Tensor) -> torch.Tensor:
         tiles = tiles.contiguous(memory_format=layout)
-        compiled = _compiled.get(descriptor) if compile else None
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            if compiled is not None and descriptor.size_requirements.check(tiles.shape[-1], tiles.shape[-2]):
-                try:
-                    # The descriptor's own call function wraps the model (input scaling for some architectures);
-                    # spandrel offers no public way to call it with another module.
-                    return descriptor._call_fn(compiled, tiles).float().clamp_(0, 1)
-                except Exception as error:  # no compiler toolchain, an unsupported op …: eager still works
-                    if is_oom(error):
-                        raise
-                    logging.warning("DalleGANUpscale: torch.compile failed (%s); running uncompiled", error)
-                    _compiled[descriptor] = None
+            width, height = tiles.shape[-1], tiles.shape[-2]
+            if compile and compiled_ready(descriptor) and descriptor.size_requirements.check(width, height):
+                # The descriptor's own call function wraps the model (input scaling for some architectures);
+                # spandrel offers no public way to call it with another module.
+                return descriptor._call_fn(_compiled[descriptor], tiles).float().clamp_(0, 1)
             return descriptor(tiles).float()
 
     return forward
@@ -187,7 +181,7 @@ def forward_fn(
 
 def compiled_ready(descriptor: ImageModelDescriptor) -> bool:
     """Whether a compiled forward of this model exists (and has not failed)."""
-    return _compiled.get(descriptor) is not None
+    return descriptor in _compiled and _compiled[descriptor].ok
 
 
 _bytes_per_pixel: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -123,3 +123,22 @@ def test_layout_is_channels_last_only_for_compiled_gpu_runs() -> None:
     assert compiled.memory_format(cuda, compiled=True) == torch.channels_last
     assert compiled.memory_format(cuda, compiled=False) == torch.contiguous_format
     assert compiled.memory_format(cpu, compiled=True) == torch.contiguous_format
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_inductor_compiled_unet_and_movq_match_eager_on_the_gpu() -> None:
+    """The real compiler, channels-last, bf16, as the decoder loader's compile input runs them."""
+    device = torch.device("cuda")
+    unet = tiny_unet().to(device, torch.bfloat16).to(memory_format=compiled.memory_format(device, compiled=True))
+    torch.manual_seed(0)
+    movq = MoVQ(MoVQConfig.from_diffusers(tiny_movq_config())).eval().to(device, torch.bfloat16)
+    movq.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, 16, 16, device=device, dtype=torch.bfloat16)
+    t, e = torch.tensor(500, device=device), torch.randn(2, WIDTH, device=device, dtype=torch.bfloat16)
+    latents = torch.randn(1, 4, 8, 8, device=device, dtype=torch.bfloat16)
+    forward, decode = Compiled(unet, "test", not_oom), Compiled(movq.decode, "test", not_oom)
+    with torch.inference_mode():
+        for ours, eager, args in ((forward, unet, (x, t, e)), (decode, movq.decode, (latents,))):
+            expected = eager(*args).float()
+            error = (ours(*args).float() - expected).abs().max() / expected.abs().max()
+            assert ours.ok and error < 2e-2  # bf16 (8 bits of mantissa): fused kernels round differently
