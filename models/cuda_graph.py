@@ -15,10 +15,12 @@ it must stay alive and in place, and the caller may change its values in place b
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 import torch
 
+SWITCH = "DALLE_NODES_CUDA_GRAPHS"  # set to 0 to launch every sampling step kernel by kernel, for diagnosis
 WARMUP_CALLS = 2  # eager calls before recording: lazy set-up (cuBLAS handles, kernel choice) must not be recorded
 
 Fn = Callable[..., torch.Tensor]  # (*tensors) → tensor
@@ -76,6 +78,11 @@ class GraphedCall:
         else:
             self.graph.replay()
         return self.output
+
+
+def wanted() -> bool:
+    """Whether the sampling nodes use CUDA graphs: yes, unless the environment sets DALLE_NODES_CUDA_GRAPHS=0."""
+    return os.environ.get(SWITCH, "1") != "0"
 
 
 def can_capture(device: torch.device | str) -> bool:

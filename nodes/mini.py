@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models import dalle_bart
+from ..models import cuda_graph, dalle_bart
 from ..models.bart_tokenizer import BartTokenizer
 from ..models.hub import Source
 from ..models.vqgan import load_vqgan, seamless_grid
@@ -199,6 +199,7 @@ class DalleTokenSample:
                 temperature,
                 supercondition,
                 callback=lambda step: progress.update(1),
+                cuda_graph=cuda_graph.wanted(),
             )
         return (tokens.cpu(),)
 

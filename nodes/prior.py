@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 
-from ..models import kandinsky22, memory
+from ..models import cuda_graph, kandinsky22, memory
 from . import runtime
 from .loaders import CATEGORY, PriorModel
 from .text import PromptEmbeds
@@ -34,11 +33,6 @@ class ImageEmbeds:
 
 def step_callback(progress: runtime.Progress):
     return lambda step, total, x: progress.update(1)
-
-
-def cuda_graphs_enabled() -> bool:
-    """False when the environment sets DALLE_NODES_CUDA_GRAPHS=0 (see DallePriorSample)."""
-    return os.environ.get("DALLE_NODES_CUDA_GRAPHS", "1") != "0"
 
 
 class DallePriorSample:
@@ -113,7 +107,7 @@ class DallePriorSample:
                 guidance,
                 torch.Generator().manual_seed(seed),
                 step_callback(progress),
-                cuda_graph=cuda_graphs_enabled(),
+                cuda_graph=cuda_graph.wanted(),
             )
         progress.close()
         if negative_embeds is None:
