@@ -10,7 +10,7 @@
 # access, and carry .whl with the call:
 #   pip download --no-deps -d .whl spandrel==0.4.2 diffusers==0.42.1 emoji==2.16.0
 #   pip wheel --no-deps -w .whl min-dalle==0.4.11
-set -u
+set -u -o pipefail
 cd "$(dirname "$0")/.."
 out=$(realpath -m "${OUT:-gpu-results}")
 mkdir -p "$out"

@@ -22,31 +22,54 @@ OPTIONS: dict = {}
 
 
 def use_cache_dir(folder: Path) -> None:
-    """Keep inductor's compiled kernels in `folder`, unless the user chose a place ($TORCHINDUCTOR_CACHE_DIR)."""
-    if INDUCTOR_CACHE_ENV not in os.environ:
+    """Keep inductor's compiled kernels in `folder`, unless the user chose a place ($TORCHINDUCTOR_CACHE_DIR).
+
+    Importing torch._dynamo (which ComfyUI and torchvision do early) sets that variable to torch's default, so the
+    default counts as not chosen. Inductor reads the variable whenever it opens its cache, so setting it late works.
+    """
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get(INDUCTOR_CACHE_ENV)
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
         folder.mkdir(parents=True, exist_ok=True)
         os.environ[INDUCTOR_CACHE_ENV] = str(folder)
 
 
 class Compiled:
-    """`fn` compiled with static shapes (each new shape compiles once, then is reused); `fn` itself, with one
-    warning, from the first failure on. An out-of-memory error is raised instead: it is not the compiler's fault,
-    and the caller may retry with less work."""
+    """`fn` compiled with static shapes (each new shape compiles once, then is reused, up to torch's recompile limit
+    of 8 shapes, beyond which dynamo runs new ones uncompiled).
 
-    def __init__(self, fn: Callable, what: str, is_oom: Callable[[BaseException], bool], **options):
-        self.fn, self.what, self.is_oom = fn, what, is_oom
+    An out-of-memory error (as `is_oom` tells) is raised: the caller may retry with less work. After any other
+    error `fn` itself runs: if it raises as well, the error is the caller's (bad input) and is raised, and the
+    compiled function stays; if it works, compiling is what failed, and `fn` is used from then on, with one
+    warning and `on_fallback()` (e.g. back to the eager layout).
+    """
+
+    def __init__(
+        self,
+        fn: Callable,
+        what: str,
+        is_oom: Callable[[BaseException], bool],
+        on_fallback: Callable[[], None] = lambda: None,
+        **options,
+    ):
+        self.fn, self.what, self.is_oom, self.on_fallback = fn, what, is_oom, on_fallback
         self.compiled: Callable | None = torch.compile(fn, dynamic=False, **{**OPTIONS, **options})
 
     def __call__(self, *args, **kwargs):
-        if self.compiled is not None:
-            try:
-                return self.compiled(*args, **kwargs)
-            except Exception as error:
-                if self.is_oom(error):
-                    raise
-                logging.warning("%s: torch.compile failed (%s); running uncompiled", self.what, error)
-                self.compiled = None
-        return self.fn(*args, **kwargs)
+        if self.compiled is None:
+            return self.fn(*args, **kwargs)
+        try:
+            return self.compiled(*args, **kwargs)
+        except Exception as error:
+            if self.is_oom(error):
+                raise
+            failure = str(error)  # not the error itself: its traceback would keep the failed call's tensors alive
+        result = self.fn(*args, **kwargs)  # raises the caller's own error, if that is what it was
+        logging.warning("%s: torch.compile failed (%s); running uncompiled", self.what, failure)
+        self.compiled = None
+        self.on_fallback()
+        return result
 
     @property
     def ok(self) -> bool:

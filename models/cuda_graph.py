@@ -26,6 +26,17 @@ WARMUP_CALLS = 2  # eager calls before recording: lazy set-up (cuBLAS handles, k
 Fn = Callable[..., torch.Tensor]  # (*tensors) → tensor
 
 
+_capture_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _capture_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per device for every capture: cuBLAS keeps a workspace per stream it has run on, so a new
+    stream per sampling run would add one each time."""
+    if device not in _capture_streams:
+        _capture_streams[device] = torch.cuda.Stream(device)
+    return _capture_streams[device]
+
+
 class GraphedCall:
     """`fn(*tensors) → tensor` run on fixed input buffers, replayed as a CUDA graph once capture() has recorded it.
 
@@ -52,7 +63,7 @@ class GraphedCall:
         prescribes. Runs `fn` warmup + 1 times on the input buffers, which hold the example inputs."""
         device = self.device
         with torch.cuda.device(device):  # a replay runs on the device it was captured on, whichever is current
-            side = torch.cuda.Stream(device)
+            side = _capture_stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
                 for _ in range(self.warmup):

@@ -199,9 +199,10 @@ UNET_CONTEXT_FP32_COPIES = 3
 
 
 def fused_attention_on(device: torch.device) -> bool:
-    """Whether attention runs flash / memory-efficient kernels on `device` (CUDA), which hold no attention weights;
-    elsewhere (CPU, MPS) the estimates count torch's math path."""
-    return device.type == "cuda"
+    """Whether attention runs flash / memory-efficient kernels on `device` (NVIDIA CUDA), which hold no attention
+    weights; elsewhere (CPU, MPS, and ROCm, whose kernels may not take MoVQ's 512-wide head) the estimates count
+    torch's math path, which may overestimate."""
+    return device.type == "cuda" and torch.version.hip is None
 
 
 def _movq_factor(config: MoVQConfig) -> int:

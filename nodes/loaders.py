@@ -63,9 +63,12 @@ class ImageEncoder:
     encoder: runtime.ManagedModule
 
 
-def compile_call(fn: Callable, what: str) -> Compiled:
+def compile_call(fn: Callable, what: str, module: torch.nn.Module) -> Compiled:
+    """`fn` (a call of `module`) compiled; should compiling fail, `module` goes back to the eager layout."""
     compiled.use_cache_dir(runtime.cache_dir() / "torch_compile")
-    return Compiled(fn, what, runtime.is_out_of_memory)
+    return Compiled(
+        fn, what, runtime.is_out_of_memory, on_fallback=lambda: module.to(memory_format=torch.contiguous_format)
+    )
 
 
 def speed_layout(module: torch.nn.Module, compile: bool) -> None:
@@ -89,7 +92,7 @@ class DecoderModel:
         if not self.compile:
             return unet
         if self._forward is None:
-            self._forward = compile_call(unet, "DALL·E Decoder Sample")
+            self._forward = compile_call(unet, "DALL·E Decoder Sample", unet)
         return self._forward
 
 
@@ -106,7 +109,7 @@ class VQModel:
         if not self.compile:
             return movq.decode
         if self._decode is None:
-            self._decode = compile_call(movq.decode, "DALL·E VQ Decode")
+            self._decode = compile_call(movq.decode, "DALL·E VQ Decode", movq)
         return self._decode
 
 

@@ -149,5 +149,6 @@ class DalleVQEncode:
         param = next(movq.parameters())
         pixels = image[..., :3].permute(0, 3, 1, 2) * 2 - 1  # drop alpha; MoVQ works in [-1, 1]
         with torch.inference_mode():
-            latents = [movq.encode(one.to(param.device, param.dtype)).float() for one in pixels.split(1)]
+            # contiguous: a channels-last MoVQ (compile) would hand the sampler, and so the compiled UNet, that layout
+            latents = [movq.encode(one.to(param.device, param.dtype)).float().contiguous() for one in pixels.split(1)]
         return ({"samples": torch.cat(latents).to(runtime.output_device())},)

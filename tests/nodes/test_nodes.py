@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dalle_nodes
-from dalle_nodes.models import clip, cuda_graph, kandinsky22, memory
+from dalle_nodes.models import clip, compiled, cuda_graph, kandinsky22, memory
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, loaders, runtime
 
 CONTRACT = {  # DESIGN.md's node contract: id → (required inputs, output types)
@@ -285,3 +285,32 @@ def test_prior_sample_follows_the_cuda_graph_switch(models, monkeypatch, switch,
     (positive,) = call("DalleTextEncode", text_encoder=text_encoder, text="a cat")
     call("DallePriorSample", prior=prior, positive=positive, steps=2, seed=1)
     assert seen == [graphs]
+
+
+def test_vq_encode_hands_on_contiguous_latents(models) -> None:
+    """With compile the MoVQ is channels-last; its latents must not carry that layout into the sampler, where the
+    compiled UNet would compile a second graph for it."""
+    _, _, _, vq_vae = models
+    vq_vae.movq.module.to(memory_format=torch.channels_last)
+    try:
+        (latent,) = call("DalleVQEncode", vq_vae=vq_vae, image=torch.rand(1, 64, 64, 3))
+    finally:
+        vq_vae.movq.module.to(memory_format=torch.contiguous_format)
+    assert latent["samples"].is_contiguous()
+
+
+def test_decoder_compile_falls_back_to_the_eager_layout(models, monkeypatch) -> None:
+    """Where compiling fails, the UNet leaves the channels-last layout (slower in eager) it was given for it."""
+    _, _, decoder, _ = models
+
+    def broken_backend(graph_module, example_inputs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setitem(compiled.OPTIONS, "backend", broken_backend)
+    unet = decoder.unet.module.to(memory_format=torch.channels_last)
+    compiled_decoder = loaders.DecoderModel(decoder.unet, compile=True)
+    forward = compiled_decoder.forward(unet)
+    with torch.inference_mode():
+        forward(torch.randn(2, 4, 8, 8), torch.tensor(10), torch.randn(2, unet.config.image_embed_dim))
+    assert not forward.ok and compiled_decoder.forward(unet) is forward
+    assert unet.conv_in.weight.is_contiguous()
