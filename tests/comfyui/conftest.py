@@ -55,19 +55,19 @@ class ComfyUI:
         status, body = self.request("/prompt", {"prompt": graph, "client_id": self.client.client_id})
         return status, json.loads(body)
 
-    def run(self, graph: dict) -> dict:
+    def run(self, graph: dict, timeout_s: float = PROMPT_TIMEOUT_S) -> dict:
         """Queue a prompt and wait for its /history entry (written once it has finished, well or not)."""
         status, answer = self.queue(graph)
         assert status == 200, f"POST /prompt refused the graph: {answer}"
         prompt_id = answer["prompt_id"]
-        deadline = time.monotonic() + PROMPT_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             history = self.get_json(f"/history/{prompt_id}")
             if prompt_id in history:
                 return history[prompt_id]
             assert self.process.poll() is None, "the ComfyUI server exited while running the prompt"
             time.sleep(0.2)
-        raise AssertionError(f"prompt {prompt_id} did not finish in {PROMPT_TIMEOUT_S} s")
+        raise AssertionError(f"prompt {prompt_id} did not finish in {timeout_s} s")
 
     def view(self, image: dict) -> bytes:
         """The file behind one entry of a SaveImage node's history output, as the frontend fetches it."""

@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -340,3 +341,23 @@ def test_bad_width_is_reported_and_server_recovers(comfyui) -> None:
     assert entry["status"]["status_str"] == "success", why(entry)
     (image,) = entry["outputs"][node_id(graph, "SaveImage")]["images"]
     assert Image.open(io.BytesIO(comfyui.view(image))).size == (WIDTH, HEIGHT)
+
+
+def test_compiled_decoder_gives_the_eager_picture(comfyui) -> None:
+    """The decoder loader's compile input inside ComfyUI (its torch, its memory manager): inductor compiles the UNet
+    and MoVQ on this CPU (minutes, the first time), keeps its kernels beside the models, and the picture is the
+    eager one up to rounding."""
+
+    def picture(compile: bool) -> np.ndarray:
+        graph = text2image(seed=303)
+        graph[node_id(graph, "DalleLoadDecoder")]["inputs"]["compile"] = compile
+        entry = comfyui.run(graph, timeout_s=900)  # compiling on 2 CPU cores, without a kernel cache
+        assert entry["status"]["status_str"] == "success", why(entry)
+        (image,) = entry["outputs"][node_id(graph, "SaveImage")]["images"]
+        return np.asarray(Image.open(io.BytesIO(comfyui.view(image))), dtype=np.int16)
+
+    eager, compiled = picture(False), picture(True)
+    assert np.abs(eager - compiled).max() <= 2  # of 255: the compiled kernels round a little differently
+    assert "torch.compile failed" not in comfyui.log.read_text(errors="replace")
+    kernels = comfyui.base / "models" / "dalle" / ".cache" / "torch_compile"
+    assert kernels.is_dir() and any(kernels.iterdir())
