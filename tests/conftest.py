@@ -49,3 +49,16 @@ def tiny_min_dalle_repo(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("min-dalle")
     tiny_repos.write_min_dalle_repo(root, "mega", tiny_repos.TINY_MIN_DALLE, seed=20)
     return tiny_repos.write_min_dalle_repo(root, "mini", tiny_repos.TINY_MIN_DALLE, seed=30)
+
+
+@pytest.fixture(params=[(None, True), ("1", True), ("0", False)], ids=["unset", "on", "off"])
+def cuda_graph_switch(request, monkeypatch) -> bool:
+    """DALLE_NODES_CUDA_GRAPHS unset, 1 or 0; the value is whether the sampling nodes should then use CUDA graphs."""
+    from dalle_nodes.models import cuda_graph
+
+    switch, graphs = request.param
+    if switch is None:
+        monkeypatch.delenv(cuda_graph.SWITCH, raising=False)
+    else:
+        monkeypatch.setenv(cuda_graph.SWITCH, switch)
+    return graphs

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from dalle_nodes.models import cuda_graph, dalle_bart
+from dalle_nodes.models import dalle_bart
 from dalle_nodes.models.dalle_bart import Hyperparameters
 from dalle_nodes.models.hub import CheckpointError
 from dalle_nodes.nodes import loaders, mini, runtime
@@ -216,12 +216,7 @@ def test_auto_dtypes(tiny_min_dalle_repo, monkeypatch) -> None:
     assert (bart.bart.dtype, vqgan.vqgan.dtype) == (torch.float16, torch.float32)
 
 
-@pytest.mark.parametrize(("switch", "graphs"), [(None, True), ("1", True), ("0", False)])
-def test_token_sample_follows_the_cuda_graph_switch(tiny_bart, monkeypatch, switch, graphs) -> None:
-    if switch is None:
-        monkeypatch.delenv(cuda_graph.SWITCH, raising=False)
-    else:
-        monkeypatch.setenv(cuda_graph.SWITCH, switch)
+def test_token_sample_follows_the_cuda_graph_switch(tiny_bart, monkeypatch, cuda_graph_switch) -> None:
     seen = []
     sample = dalle_bart.sample_image_tokens
     monkeypatch.setattr(
@@ -230,4 +225,4 @@ def test_token_sample_follows_the_cuda_graph_switch(tiny_bart, monkeypatch, swit
         lambda *args, **kwargs: seen.append(kwargs["cuda_graph"]) or sample(*args, **kwargs),
     )
     call(DalleTokenSample, bart=tiny_bart, text="a cat", seed=0, batch_size=1)
-    assert seen == [graphs]
+    assert seen == [cuda_graph_switch]

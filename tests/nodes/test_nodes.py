@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dalle_nodes
-from dalle_nodes.models import clip, compiled, cuda_graph, kandinsky22, memory
+from dalle_nodes.models import clip, compiled, kandinsky22, memory
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, loaders, runtime
 
 CONTRACT = {  # DESIGN.md's node contract: id → (required inputs, output types)
@@ -268,12 +268,7 @@ def test_each_stage_asks_comfyui_for_room_for_its_activations(models, monkeypatc
     assert all(asked[i] > 0 for i in (2, 4, 5, 6, 7))
 
 
-@pytest.mark.parametrize(("switch", "graphs"), [(None, True), ("1", True), ("0", False)])
-def test_prior_sample_follows_the_cuda_graph_switch(models, monkeypatch, switch, graphs) -> None:
-    if switch is None:
-        monkeypatch.delenv(cuda_graph.SWITCH, raising=False)
-    else:
-        monkeypatch.setenv(cuda_graph.SWITCH, switch)
+def test_prior_sample_follows_the_cuda_graph_switch(models, monkeypatch, cuda_graph_switch) -> None:
     prior, text_encoder, _, _ = models
     seen = []
     sample = kandinsky22.prior_sample
@@ -284,7 +279,7 @@ def test_prior_sample_follows_the_cuda_graph_switch(models, monkeypatch, switch,
     )
     (positive,) = call("DalleTextEncode", text_encoder=text_encoder, text="a cat")
     call("DallePriorSample", prior=prior, positive=positive, steps=2, seed=1)
-    assert seen == [graphs]
+    assert seen == [cuda_graph_switch]
 
 
 def test_vq_encode_hands_on_contiguous_latents(models) -> None:
