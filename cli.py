@@ -7,10 +7,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from .models import sampling
 from .models.dalle_bart import REPO as MINI_REPO
-from .models.kandinsky22 import DECODER_REPO, PRIOR_REPO
-from .models.upscaler import PRESETS
+from .pipelines import sampling
+from .pipelines.kandinsky22 import DECODER_REPO, PRIOR_REPO
+from .pipelines.upscale import PRESETS
 
 MODELS = ("kandinsky22", "mega", "mini")
 
@@ -111,10 +111,10 @@ def generate(args: argparse.Namespace) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "queue":
-        from .queue_workflow import queue_workflow
+        from .client.queue_workflow import queue_workflow
 
         return queue_workflow(args)
-    from .models.hub import CheckpointError
+    from .engine.hub import CheckpointError
 
     try:
         generate(args)

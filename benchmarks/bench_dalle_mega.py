@@ -33,9 +33,9 @@ from common import ROOT, environment, import_package, randomize_, report, sync, 
 
 import_package()
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_repos: the tiny sizes, min-dalle's import and a BPE tokenizer
+from dalle_nodes.engine.hub import Source  # noqa: E402
 from dalle_nodes.models import dalle_bart, vqgan  # noqa: E402
 from dalle_nodes.models.dalle_bart import HYPERPARAMETERS, DalleBart, Hyperparameters  # noqa: E402
-from dalle_nodes.models.hub import Source  # noqa: E402
 from dalle_nodes.nodes.mini import DECODE_BATCH  # noqa: E402
 from tiny_repos import TINY_MIN_DALLE, import_min_dalle, write_min_dalle_tokenizer  # noqa: E402
 

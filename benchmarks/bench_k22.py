@@ -43,13 +43,15 @@ from common import ROOT, environment, flops, import_package, matmul_tflops, rand
 
 import_package()
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_repos: the real configs' folders, tiny repos and a CLIP tokenizer
-from dalle_nodes.models import clip, compiled, kandinsky22  # noqa: E402
-from dalle_nodes.models.hub import Source, load_strict  # noqa: E402
+from dalle_nodes.engine import compiled  # noqa: E402
+from dalle_nodes.engine.hub import Source, load_strict  # noqa: E402
+from dalle_nodes.models import clip  # noqa: E402
 from dalle_nodes.models.movq import MoVQ, MoVQConfig  # noqa: E402
 from dalle_nodes.models.prior import PriorConfig, PriorTransformer  # noqa: E402
 from dalle_nodes.models.unet import KandinskyUNet, UNetConfig  # noqa: E402
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS as NODES  # noqa: E402
 from dalle_nodes.nodes import loaders, runtime  # noqa: E402
+from dalle_nodes.pipelines import kandinsky22  # noqa: E402
 from tiny_repos import (  # noqa: E402
     DECODER_CONFIGS,
     PRIOR_CONFIGS,
@@ -435,7 +437,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--compiled-layout",
         choices=("channels_last", "contiguous"),
         default="channels_last",
-        help="memory layout of the compiled chain's UNet and MoVQ (what models/compiled.memory_format picks)",
+        help="memory layout of the compiled chain's UNet and MoVQ (what engine/compiled.memory_format picks)",
     )
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")

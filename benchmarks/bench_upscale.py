@@ -22,8 +22,9 @@ from safetensors.torch import save_file
 from spandrel.architectures.ESRGAN import ESRGAN
 
 import_package()
-from dalle_nodes.models import tiling, upscaler  # noqa: E402
+from dalle_nodes.engine import tiling  # noqa: E402
 from dalle_nodes.nodes import upscale  # noqa: E402
+from dalle_nodes.pipelines import upscale as upscaler  # noqa: E402
 
 
 def comfyui_upscale(model, image: torch.Tensor, device, output_device, tile: int = 512, overlap: int = 32):

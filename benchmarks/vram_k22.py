@@ -1,7 +1,7 @@
 """VRAM each Kandinsky 2.2 stage needs, found without a GPU: weights, and activation peaks traced on the meta device.
 
 Every module is built at full size from the real configs (tests/hub_configs) on the meta device, where it costs
-no memory or compute. Weights: parameters and buffers × dtype size. Activations: `models.memory.peak_live_bytes`,
+no memory or compute. Weights: parameters and buffers × dtype size. Activations: `engine.memory.peak_live_bytes`,
 the most bytes of tensors alive at once during one call (eager, as the nodes run it), with attention as the CUDA
 fused kernels allocate it; the math-path numbers show what a device without them needs. Beside each trace, the
 closed-form estimate the nodes hand to ComfyUI (calibrated feature-map counts × HEADROOM).
@@ -26,10 +26,11 @@ import torch
 from common import ROOT, import_package
 
 import_package()
-from dalle_nodes.models import memory  # noqa: E402
+from dalle_nodes.engine import memory  # noqa: E402
 from dalle_nodes.models.movq import MoVQ, MoVQConfig  # noqa: E402
 from dalle_nodes.models.prior import PriorConfig, PriorTransformer  # noqa: E402
 from dalle_nodes.models.unet import KandinskyUNet, UNetConfig  # noqa: E402
+from dalle_nodes.pipelines import kandinsky22_memory  # noqa: E402
 
 CONFIGS = ROOT / "tests" / "hub_configs"
 PRIOR_REPO = CONFIGS / "kandinsky-community--kandinsky-2-2-prior"
@@ -105,17 +106,17 @@ def stage_activations(models: dict, configs: dict, dtype: torch.dtype, sizes: li
 
     text = both(trace_text_encoder, models["text_encoder"])
     image = both(trace_image_encoder, models["image_encoder"])
-    prior = {batch: both(memory.traced_prior_step, models["prior"], rows[batch]) for batch in batches}
-    movq = {size: both(memory.traced_movq_decode, models["movq"], size, size) for size in sizes}
+    prior = {batch: both(kandinsky22_memory.traced_prior_step, models["prior"], rows[batch]) for batch in batches}
+    movq = {size: both(kandinsky22_memory.traced_movq_decode, models["movq"], size, size) for size in sizes}
     runs = {}
     for batch in batches:
         for size in sizes:
             latent = size // 8
-            unet = both(memory.traced_unet_step, models["unet"], rows[batch], latent, latent)
+            unet = both(kandinsky22_memory.traced_unet_step, models["unet"], rows[batch], latent, latent)
             estimates = {
-                "prior": memory.prior_step_bytes(configs["prior"], rows[batch], dtype),
-                "unet": memory.unet_step_bytes(configs["unet"], rows[batch], latent, latent, dtype),
-                "movq": memory.movq_decode_bytes(configs["movq"], size, size, dtype),
+                "prior": kandinsky22_memory.prior_step_bytes(configs["prior"], rows[batch], dtype),
+                "unet": kandinsky22_memory.unet_step_bytes(configs["unet"], rows[batch], latent, latent, dtype),
+                "movq": kandinsky22_memory.movq_decode_bytes(configs["movq"], size, size, dtype),
             }
             traced = {
                 "text_encoder": text,
@@ -149,8 +150,8 @@ def chain_peaks(stage_weights: dict, activations: dict) -> dict:
 
 def calibration(models: dict, configs: dict, dtype: torch.dtype, activations: dict) -> dict:
     """The closed forms' feature-map counts as traced: peak / one feature map of the finest level (UNet: rows ×
-    latent pixels × 384 channels; MoVQ: pixels × 128; prior: rows × 81 tokens × 2048). models/memory.py holds them
-    rounded up."""
+    latent pixels × 384 channels; MoVQ: pixels × 128; prior: rows × 81 tokens × 2048).
+    pipelines/kandinsky22_memory.py holds them rounded up."""
     itemsize, prior = dtype.itemsize, configs["prior"]
     unet_channels, movq_channels = configs["unet"].block_out_channels[0], configs["movq"].block_out_channels[0]
     tokens = prior.num_embeddings + prior.additional_embeddings
@@ -162,7 +163,7 @@ def calibration(models: dict, configs: dict, dtype: torch.dtype, activations: di
         result[f"prior_b{batch}"] = run["prior"]["traced"] / (rows * tokens * prior.width * itemsize)
         result[f"movq_decode_{size}"] = run["movq"]["traced"] / (pixels * movq_channels * itemsize)
         if f"movq_encode_{size}" not in result:
-            encode = memory.traced_movq_encode(models["movq"], size, size)
+            encode = kandinsky22_memory.traced_movq_encode(models["movq"], size, size)
             result[f"movq_encode_{size}"] = encode / (pixels * movq_channels * itemsize)
     return result
 
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     models, configs = build_models(dtype)
 
     results = {"dtype": args.dtype, "sizes": args.sizes, "batches": args.batches, "torch": torch.__version__}
-    results["headroom"] = memory.HEADROOM
+    results["headroom"] = kandinsky22_memory.HEADROOM
     results["weights"] = {stage: weights(models[stage]) for stage in STAGES}
     results["activations"] = stage_activations(models, configs, dtype, args.sizes, args.batches)
     results["chain"] = {key: chain_peaks(results["weights"], run) for key, run in results["activations"].items()}

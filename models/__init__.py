@@ -1,1 +1,1 @@
-"""Pure PyTorch model code: one file per architecture, plus Hub loading and samplers."""
+"""Networks only: one readable file per architecture (pure PyTorch + einops; CLIP through transformers)."""

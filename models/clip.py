@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .hub import CheckpointError, verify_safetensors
+from ..engine.hub import CheckpointError, verify_safetensors
 
 if TYPE_CHECKING:  # transformers takes seconds to import: ComfyUI's start-up should not pay for it
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.cuda_graph import GraphedCall, can_capture, capture_or_fallback
+from ..engine.hub import CheckpointError, Source, fetch_file, file_on_disk, load_strict, read_state_dict
 from .bart_tokenizer import BartTokenizer
-from .cuda_graph import GraphedCall, can_capture, capture_or_fallback
-from .hub import CheckpointError, Source, fetch_file, file_on_disk, load_strict, read_state_dict
 
 REPO = "kuprel/min-dalle"
 HYPERPARAMETERS_FILE = "hyperparameters.json"  # optional, for other sizes: see folder_hyperparameters

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from . import tiling
-from .hub import diffusers_settings
+from ..engine import tiling
+from ..engine.hub import diffusers_settings
 
 # diffusers' VQModel defaults, used for keys a config.json leaves out.
 _DIFFUSERS_DEFAULTS = dict(

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .hub import diffusers_settings
+from ..engine.hub import diffusers_settings
 from .timestep import TimestepMLP, timestep_embedding
 
 # diffusers' PriorTransformer defaults, used for keys a config.json leaves out.

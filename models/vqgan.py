@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .hub import Source, fetch_file, load_strict, read_state_dict
+from ..engine.hub import Source, fetch_file, load_strict, read_state_dict
 
 DETOKER_FILE = "detoker.pt"  # shared by the Mega and Mini variants
 CODEBOOK_SIZE = 2**14

@@ -1,4 +1,4 @@
-"""ComfyUI-facing node classes, one module per stage; thin: validate, call models/, convert types."""
+"""ComfyUI-facing node classes, one module per stage; thin: convert ComfyUI types, call pipelines/, convert back."""
 
 from .decoder import DalleDecoderSample
 from .embeds import DalleImageEncode, DalleMixEmbeds

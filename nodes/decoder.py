@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..models import kandinsky22, memory, sampling
+from ..engine import memory
+from ..pipelines import kandinsky22, kandinsky22_memory, sampling
 from . import runtime
 from .loaders import CATEGORY, DecoderModel
 from .prior import GUIDANCE_INPUT, ImageEmbeds, seed_input, step_callback
@@ -114,7 +115,7 @@ class DalleDecoderSample:
             size = kandinsky22.latent_size(width, height)
         rows = embeds.shape[0] * (2 if guidance > 1 else 1)
         fused = memory.fused_attention_on(runtime.compute_device())
-        needed = memory.unet_step_bytes(
+        needed = kandinsky22_memory.unet_step_bytes(
             decoder.unet.module.config, rows, *size, decoder.unet.dtype, fused_attention=fused
         )
         unet = decoder.unet.load(memory_required=needed)  # ComfyUI offloads other models to make this room

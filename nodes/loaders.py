@@ -11,10 +11,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..models import clip, compiled, kandinsky22
-from ..models.compiled import Compiled
-from ..models.hub import TRANSFORMERS_WEIGHTS, Source, fetch_config, fetch_file, fetch_weights
+from ..engine import compiled
+from ..engine.compiled import Compiled
+from ..engine.hub import TRANSFORMERS_WEIGHTS, Source, fetch_config, fetch_file, fetch_weights
+from ..models import clip
 from ..models.movq import MoVQ
+from ..pipelines import kandinsky22
 from . import runtime
 
 CATEGORY = "DALL·E/Kandinsky 2.2 (DALL·E 2)"
@@ -72,7 +74,7 @@ def compile_call(fn: Callable, what: str, module: torch.nn.Module) -> Compiled:
 
 
 def speed_layout(module: torch.nn.Module, compile: bool) -> None:
-    """Switch a convolutional net to the memory layout it runs fastest in (see models/compiled.py), once."""
+    """Switch a convolutional net to the memory layout it runs fastest in (see engine/compiled.py), once."""
     layout = compiled.memory_format(runtime.compute_device(), compile)
     if layout != torch.contiguous_format:
         module.to(memory_format=layout)

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models import cuda_graph, dalle_bart
+from ..engine import cuda_graph
+from ..engine.hub import Source
+from ..models import dalle_bart
 from ..models.bart_tokenizer import BartTokenizer
-from ..models.hub import Source
 from ..models.vqgan import load_vqgan, seamless_grid
 from . import runtime
 from .loaders import REVISION_TOOLTIP, reuse, source_from_inputs

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models import cuda_graph, kandinsky22, memory
+from ..engine import cuda_graph, memory
+from ..pipelines import kandinsky22, kandinsky22_memory
 from . import runtime
 from .loaders import CATEGORY, PriorModel
 from .text import PromptEmbeds
@@ -91,7 +92,9 @@ class DallePriorSample:
         zero = prior.zero_image_embed() if negative is None else None
         rows = batch_size * (1 + (guidance > 1) + (negative is not None))  # model rows: prompt, unconditional, negative
         fused = memory.fused_attention_on(runtime.compute_device())
-        needed = memory.prior_step_bytes(prior.prior.module.config, rows, prior.prior.dtype, fused_attention=fused)
+        needed = kandinsky22_memory.prior_step_bytes(
+            prior.prior.module.config, rows, prior.prior.dtype, fused_attention=fused
+        )
         model = prior.prior.load(memory_required=needed)
         param = next(model.parameters())
         place = lambda e: e.to(param.device, param.dtype)  # noqa: E731

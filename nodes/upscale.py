@@ -9,8 +9,9 @@ from pathlib import Path
 import torch
 from spandrel import ImageModelDescriptor
 
-from ..models import tiling, upscaler
-from ..models.hub import CheckpointError, Source, fetch_file
+from ..engine import tiling
+from ..engine.hub import CheckpointError, Source, fetch_file
+from ..pipelines import upscale as upscaler
 from . import runtime
 from .loaders import REVISION_TOOLTIP, reuse
 

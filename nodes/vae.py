@@ -12,8 +12,9 @@ from collections.abc import Callable
 
 import torch
 
-from ..models import kandinsky22, memory, tiling
+from ..engine import memory, tiling
 from ..models.movq import MoVQ
+from ..pipelines import kandinsky22, kandinsky22_memory
 from . import runtime
 from .loaders import CATEGORY, VQModel
 
@@ -96,7 +97,7 @@ class DalleVQDecode:
         height, width = samples.shape[-2:]
         config, scale = vq_vae.movq.module.config, vq_vae.movq.module.scale
         fused = memory.fused_attention_on(runtime.compute_device())
-        needed = memory.movq_decode_bytes(
+        needed = kandinsky22_memory.movq_decode_bytes(
             config, height * scale, width * scale, vq_vae.movq.dtype, fused_attention=fused
         )
         movq = vq_vae.movq.load(memory_required=needed)  # ComfyUI offloads other models to make this room
@@ -142,7 +143,7 @@ class DalleVQEncode:
                 f"Image size {width}x{height} is not a multiple of 8: resize or crop it first (e.g. Upscale Image)."
             )
         fused = memory.fused_attention_on(runtime.compute_device())
-        needed = memory.movq_encode_bytes(
+        needed = kandinsky22_memory.movq_encode_bytes(
             vq_vae.movq.module.config, height, width, vq_vae.movq.dtype, fused_attention=fused
         )
         movq = vq_vae.movq.load(memory_required=needed)

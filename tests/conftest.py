@@ -54,7 +54,7 @@ def tiny_min_dalle_repo(tmp_path_factory) -> Path:
 @pytest.fixture(params=[(None, True), ("1", True), ("0", False)], ids=["unset", "on", "off"])
 def cuda_graph_switch(request, monkeypatch) -> bool:
     """DALLE_NODES_CUDA_GRAPHS unset, 1 or 0; the value is whether the sampling nodes should then use CUDA graphs."""
-    from dalle_nodes.models import cuda_graph
+    from dalle_nodes.engine import cuda_graph
 
     switch, graphs = request.param
     if switch is None:

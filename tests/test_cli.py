@@ -11,7 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from dalle_nodes.cli import main
-from dalle_nodes.models.upscaler import PRESETS
+from dalle_nodes.pipelines.upscale import PRESETS
 from tiny_repos import TINY_MIN_DALLE, write_min_dalle_repo
 from tiny_upscalers import compact_state, write_upscaler
 

@@ -24,8 +24,8 @@ from PIL import Image
 
 import tiny_repos
 import tiny_upscalers
-from dalle_nodes.comfy_client import ComfyClient, OutputFile, ServerError
-from dalle_nodes.models.upscaler import PRESETS
+from dalle_nodes.client.comfy_client import ComfyClient, OutputFile, ServerError
+from dalle_nodes.pipelines.upscale import PRESETS
 
 ROOT = Path(__file__).resolve().parents[2]
 INPUT_SIZE = (160, 120)  # width, height of the input pictures: neither the workflows' size nor its aspect ratio
@@ -92,7 +92,7 @@ def input_image_names() -> set[str]:
     """The files the shipped API workflows' Load Image nodes read from ComfyUI's input folder."""
     return {
         node["inputs"]["image"]
-        for path in sorted((ROOT / "workflows").glob("*.api.json"))
+        for path in sorted((ROOT / "workflows" / "api").glob("*.api.json"))
         for node in json.loads(path.read_text(encoding="utf-8")).values()
         if node["class_type"] == "LoadImage"
     }

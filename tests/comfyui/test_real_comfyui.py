@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from dalle_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from dalle_nodes.workflow_graph import CORE_NODES
-from test_workflows import WORKFLOWS
+from dalle_nodes.client.workflow_graph import CORE_NODES
+from shipped_workflows import NAMES, api_file, ui_file
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
 pytestmark = pytest.mark.skipif(
@@ -28,8 +28,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 TEXT2IMAGE = "kandinsky22_text2image"
-API_WORKFLOWS = sorted(path.name.removesuffix(".api.json") for path in WORKFLOWS.glob("*.api.json"))
-UI_WORKFLOWS = sorted(path.stem for path in WORKFLOWS.glob("*.json") if not path.name.endswith(".api.json"))
 WIDTH, HEIGHT = 128, 192  # the tiny models run this size in well under a second per step
 
 
@@ -43,7 +41,7 @@ def shrunk(name: str, **decoder_inputs) -> dict:
     images, set on the decoder or, where a latent from a picture fixes the size, on Upscale Image; one DALL·E Mega
     image.
     `decoder_inputs` override more of the decoder's inputs."""
-    graph = json.loads((WORKFLOWS / f"{name}.api.json").read_text(encoding="utf-8"))
+    graph = json.loads((api_file(name)).read_text(encoding="utf-8"))
     for node in graph.values():
         inputs = node["inputs"]
         if node["class_type"] == "DallePriorSample":
@@ -113,16 +111,16 @@ def test_nodes_registered(comfyui) -> None:
         assert info[name]["output_node"] == spec.output_node, name
 
 
-@pytest.mark.parametrize("name", UI_WORKFLOWS)
+@pytest.mark.parametrize("name", NAMES)
 def test_ui_workflow_offered_as_template(comfyui, name: str) -> None:
     assert name in comfyui.get_json("/workflow_templates").get("dalle-nodes", [])
     served = comfyui.get_json(f"/api/workflow_templates/dalle-nodes/{name}.json")
-    assert served == json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
+    assert served == json.loads((ui_file(name)).read_text(encoding="utf-8"))
 
 
 def shrinking_settings(name: str) -> list[str]:
     """shrunk()'s changes to a shipped workflow as the queue command's --set arguments (they work on UI files too)."""
-    original = json.loads((WORKFLOWS / f"{name}.api.json").read_text(encoding="utf-8"))
+    original = json.loads((api_file(name)).read_text(encoding="utf-8"))
     small = shrunk(name)
     return [
         f"{node_id}.{key}={json.dumps(value)}"
@@ -149,11 +147,13 @@ def queue(comfyui, *args: str) -> tuple[int, str, str]:
     return code, stdout.getvalue(), stderr.getvalue()
 
 
-@pytest.mark.parametrize("suffix", [".api.json", ".json"], ids=["api", "ui"])
-@pytest.mark.parametrize("name", API_WORKFLOWS)
-def test_shipped_workflow_runs_through_queue(comfyui, tmp_path, name: str, suffix: str) -> None:
+@pytest.mark.parametrize("kind", ["api", "ui"])
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_workflow_runs_through_queue(comfyui, tmp_path, name: str, kind: str) -> None:
     sets = [arg for setting in shrinking_settings(name) for arg in ("--set", setting)]
-    code, out, err = queue(comfyui, str(WORKFLOWS / f"{name}{suffix}"), *sets, "--out", str(tmp_path), "--json")
+    code, out, err = queue(
+        comfyui, str(api_file(name) if kind == "api" else ui_file(name)), *sets, "--out", str(tmp_path), "--json"
+    )
     assert code == 0, err
     summary = json.loads(out)
     (saved,) = summary["outputs"]
@@ -165,7 +165,7 @@ def test_shipped_workflow_runs_through_queue(comfyui, tmp_path, name: str, suffi
 
 
 def test_queue_reports_refusals_and_failures(comfyui, tmp_path) -> None:
-    workflow = str(WORKFLOWS / f"{TEXT2IMAGE}.api.json")
+    workflow = str(api_file(TEXT2IMAGE))
     sets = [arg for setting in shrinking_settings(TEXT2IMAGE) for arg in ("--set", setting)]
     code, _, err = queue(comfyui, workflow, *sets, "--set", "6.width=32", "--out", str(tmp_path))
     assert code == 2
@@ -203,7 +203,7 @@ def test_models_stay_loaded_until_comfyui_frees_them(comfyui) -> None:
 
 
 def test_interrupt_stops_sampling_within_a_step(comfyui) -> None:
-    from dalle_nodes.comfy_client import ComfyClient, Interrupted
+    from dalle_nodes.client.comfy_client import ComfyClient, Interrupted
 
     client = ComfyClient(comfyui.url)
     graph = text2image(steps=500, seed=103)
@@ -224,7 +224,7 @@ def test_interrupt_stops_sampling_within_a_step(comfyui) -> None:
 
 
 def test_ctrl_c_cancels_the_prompt_and_exits_130(comfyui, tmp_path, monkeypatch) -> None:
-    from dalle_nodes.comfy_client import ComfyClient
+    from dalle_nodes.client.comfy_client import ComfyClient
 
     queued, follow = [], ComfyClient.follow
     queue_prompt = ComfyClient.queue
@@ -255,11 +255,11 @@ def test_ctrl_c_cancels_the_prompt_and_exits_130(comfyui, tmp_path, monkeypatch)
 
 
 def test_ui_files_convert_the_same_with_the_servers_node_info(comfyui) -> None:
-    from dalle_nodes.workflow_graph import local_specs, specs_from_object_info, ui_to_api
+    from dalle_nodes.client.workflow_graph import local_specs, specs_from_object_info, ui_to_api
 
     server = specs_from_object_info(comfyui.get_json("/object_info"))
-    for name in UI_WORKFLOWS:
-        ui = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
+    for name in NAMES:
+        ui = json.loads((ui_file(name)).read_text(encoding="utf-8"))
         assert ui_to_api(ui, server) == ui_to_api(ui, local_specs()), name
 
 
@@ -267,7 +267,7 @@ def test_queue_returns_only_once_the_history_is_written(comfyui, tmp_path) -> No
     """Cached prompts finish at once: the command must still find their images (ComfyUI writes the history after
     execution_success, so reading it on that event would race)."""
     sets = [arg for setting in shrinking_settings(TEXT2IMAGE) for arg in ("--set", setting)]
-    workflow = str(WORKFLOWS / f"{TEXT2IMAGE}.api.json")
+    workflow = str(api_file(TEXT2IMAGE))
     for round in range(6):
         code, out, err = queue(comfyui, workflow, *sets, "--out", str(tmp_path))
         assert code == 0, f"round {round}: {err}"

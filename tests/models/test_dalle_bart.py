@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from dalle_nodes.engine.hub import CheckpointError, Source
 from dalle_nodes.models import dalle_bart
 from dalle_nodes.models.dalle_bart import HYPERPARAMETERS, DalleBartDecoder, DalleBartEncoder, Hyperparameters
-from dalle_nodes.models.hub import CheckpointError, Source
 from tiny_repos import (
     MIN_DALLE_CONFIG,
     MIN_DALLE_FILES,

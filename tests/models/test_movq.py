@@ -5,8 +5,8 @@ import pytest
 import torch
 from diffusers import VQModel
 
+from dalle_nodes.engine.tiling import TilePlan
 from dalle_nodes.models.movq import MoVQ, MoVQConfig
-from dalle_nodes.models.tiling import TilePlan
 from tiny_repos import tiny_movq_config
 
 REAL_CONFIG = Path(__file__).parents[1] / "hub_configs" / "kandinsky-community--kandinsky-2-2-decoder/movq/config.json"

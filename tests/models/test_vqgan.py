@@ -5,7 +5,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from dalle_nodes.models.hub import CheckpointError, Source
+from dalle_nodes.engine.hub import CheckpointError, Source
 from dalle_nodes.models.vqgan import VQGAN, load_vqgan, seamless_grid
 from tiny_repos import import_min_dalle
 

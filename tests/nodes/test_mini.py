@@ -7,9 +7,9 @@ import warnings
 import pytest
 import torch
 
+from dalle_nodes.engine.hub import CheckpointError
 from dalle_nodes.models import dalle_bart
 from dalle_nodes.models.dalle_bart import Hyperparameters
-from dalle_nodes.models.hub import CheckpointError
 from dalle_nodes.nodes import loaders, mini, runtime
 from dalle_nodes.nodes.mini import DalleLoadMini, DalleTokenSample, DalleVQGANDecode
 from tiny_repos import MIN_DALLE_FILES, TINY_MIN_DALLE, min_dalle_layout, min_dalle_reference, write_min_dalle_repo

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 import dalle_nodes
-from dalle_nodes.models import clip, compiled, kandinsky22, memory
+from dalle_nodes.engine import compiled
+from dalle_nodes.models import clip
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, loaders, runtime
+from dalle_nodes.pipelines import kandinsky22, kandinsky22_memory
 
 CONTRACT = {  # DESIGN.md's node contract: id → (required inputs, output types)
     "DalleLoadPrior": ({"repo_id", "revision", "dtype"}, ("DALLE_PRIOR", "DALLE_TEXT_ENCODER")),
@@ -236,8 +238,8 @@ def test_zero_image_embedding_follows_new_weights(tiny_prior_repo, tmp_path) -> 
 
 
 def test_each_stage_asks_comfyui_for_room_for_its_activations(models, monkeypatch) -> None:
-    """The decoder, prior and VQ nodes hand ComfyUI their activation estimates (models/memory.py), so that it
-    offloads other models first; here on the CPU, so with the math path's attention."""
+    """The decoder, prior and VQ nodes hand ComfyUI their activation estimates (pipelines/kandinsky22_memory.py), so
+    that it offloads other models first; here on the CPU, so with the math path's attention."""
     prior, text_encoder, decoder, vq_vae = models
     asked = []
     load = runtime.ManagedModule.load
@@ -258,12 +260,12 @@ def test_each_stage_asks_comfyui_for_room_for_its_activations(models, monkeypatc
     assert asked == [
         0,  # the text encoder: a few MiB, within ComfyUI's own reserve (as the image encoder below)
         0,  # the second prompt
-        memory.prior_step_bytes(prior_config, 3 * 2, dtype, **math),  # negative, prompt, negative rows
+        kandinsky22_memory.prior_step_bytes(prior_config, 3 * 2, dtype, **math),  # negative, prompt, negative rows
         0,  # the image encoder, once, for the zero-image embedding
-        memory.prior_step_bytes(prior_config, 2 * 2, dtype, **math),  # unconditional and prompt rows
-        memory.unet_step_bytes(decoder.unet.module.config, 2 * 2, 16, 8, dtype, **math),
-        memory.movq_decode_bytes(movq_config, 128, 64, dtype, **math),
-        memory.movq_encode_bytes(movq_config, 128, 64, dtype, **math),
+        kandinsky22_memory.prior_step_bytes(prior_config, 2 * 2, dtype, **math),  # unconditional and prompt rows
+        kandinsky22_memory.unet_step_bytes(decoder.unet.module.config, 2 * 2, 16, 8, dtype, **math),
+        kandinsky22_memory.movq_decode_bytes(movq_config, 128, 64, dtype, **math),
+        kandinsky22_memory.movq_encode_bytes(movq_config, 128, 64, dtype, **math),
     ]
     assert all(asked[i] > 0 for i in (2, 4, 5, 6, 7))
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dalle_nodes.models import tiling, upscaler
-from dalle_nodes.models.hub import CheckpointError, NotDownloaded
+from dalle_nodes.engine import tiling
+from dalle_nodes.engine.hub import CheckpointError, NotDownloaded
 from dalle_nodes.nodes import upscale
 from dalle_nodes.nodes.upscale import DalleGANUpscale, DalleLoadUpscaler
+from dalle_nodes.pipelines import upscale as upscaler
 from tiny_upscalers import compact_state, rrdbnet_state, write_upscaler
 
 

@@ -11,10 +11,11 @@ import logging
 import pytest
 import torch
 
-from dalle_nodes.models import memory, tiling
+from dalle_nodes.engine import tiling
 from dalle_nodes.models.movq import MoVQ
 from dalle_nodes.nodes import runtime, vae
 from dalle_nodes.nodes.loaders import DalleLoadDecoder
+from dalle_nodes.pipelines import kandinsky22_memory
 
 NEEDED = 10**9  # the patched activation estimate of one image, in bytes
 DECODE, DECODE_TILED = MoVQ.decode, MoVQ.decode_tiled  # the real ones, whatever a test patches
@@ -22,7 +23,9 @@ DECODE, DECODE_TILED = MoVQ.decode, MoVQ.decode_tiled  # the real ones, whatever
 
 @pytest.fixture()
 def vq_vae(tiny_decoder_repo, monkeypatch):
-    monkeypatch.setattr(memory, "movq_decode_bytes", lambda config, height, width, dtype, fused_attention: NEEDED)
+    monkeypatch.setattr(
+        kandinsky22_memory, "movq_decode_bytes", lambda config, height, width, dtype, fused_attention: NEEDED
+    )
     monkeypatch.setattr(vae, "OVERLAP", 2)  # so that tiles of a few latent pixels can split these small latents
     return DalleLoadDecoder().load(repo_id=str(tiny_decoder_repo), revision="main", dtype="fp32")[1]
 
@@ -82,7 +85,9 @@ def fail_when(condition, monkeypatch) -> list[tuple]:
 def test_whole_where_it_fits(vq_vae, calls, monkeypatch, room) -> None:
     monkeypatch.setattr(vae, "activation_room", lambda device: room)
     estimates = []
-    monkeypatch.setattr(memory, "movq_decode_bytes", lambda *args, **kwargs: estimates.append(args) or NEEDED)
+    monkeypatch.setattr(
+        kandinsky22_memory, "movq_decode_bytes", lambda *args, **kwargs: estimates.append(args) or NEEDED
+    )
     samples = latent(2, 4, 16, 24)
     image = run(vq_vae, samples)
     movq = vq_vae.movq.module

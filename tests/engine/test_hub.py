@@ -1,4 +1,4 @@
-"""models/hub.py: repo ids and local folders resolve to verified files; every user mistake is a clear error."""
+"""engine/hub.py: repo ids and local folders resolve to verified files; every user mistake is a clear error."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dalle_nodes.models import hub, kandinsky22
-from dalle_nodes.models.hub import CheckpointError, Source
+from dalle_nodes.engine import hub
+from dalle_nodes.engine.hub import CheckpointError, Source
+from dalle_nodes.pipelines import kandinsky22
 
 PRIOR_ID = "kandinsky-community/kandinsky-2-2-prior"
 

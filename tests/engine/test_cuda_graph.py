@@ -1,4 +1,4 @@
-"""models/cuda_graph.py, and the Kandinsky 2.2 prior sampled through it.
+"""engine/cuda_graph.py, and the Kandinsky 2.2 prior sampled through it.
 
 On the CPU a graph cannot be recorded: the tests there check the bookkeeping (input buffers, the output buffer a
 replay overwrites, the fallback) with a stand-in for the recording. The tests marked for a GPU record real graphs.
@@ -7,9 +7,10 @@ replay overwrites, the fallback) with a stand-in for the recording. The tests ma
 import pytest
 import torch
 
-from dalle_nodes.models import cuda_graph, kandinsky22
+from dalle_nodes.engine import cuda_graph
+from dalle_nodes.engine.hub import Source
 from dalle_nodes.models.clip import TextEmbeds
-from dalle_nodes.models.hub import Source
+from dalle_nodes.pipelines import kandinsky22
 from tiny_repos import WIDTH
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -1,5 +1,5 @@
 """GAN upscalers (Real-ESRGAN and every other single-image architecture spandrel knows): safe loading, and what
-the tiled upscale (models/tiling.py) needs of a model: its tile plan on the model's grid, a half-precision
+the tiled upscale (engine/tiling.py) needs of a model: its tile plan on the model's grid, a half-precision
 forward, and its measured activation memory per pixel.
 """
 
@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError, canonicalize_state_dict
 
-from . import tiling
-from .compiled import Compiled
-from .hub import CheckpointError, read_pickle, read_state_dict
+from ..engine import tiling
+from ..engine.compiled import Compiled
+from ..engine.hub import CheckpointError, read_pickle, read_state_dict
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 PROBE_SIZE = 128  # pixels a side of the smaller tile that measures a model's activation memory

@@ -10,13 +10,13 @@ from collections.abc import Callable
 
 import torch
 
+from ..engine.cuda_graph import can_capture, graphed
+from ..engine.hub import CheckpointError, Source, fetch_config, fetch_weights, load_strict, read_state_dict
+from ..models.clip import TextEmbeds
+from ..models.movq import MoVQ, MoVQConfig
+from ..models.prior import PriorConfig, PriorTransformer
+from ..models.unet import KandinskyUNet, UNetConfig
 from . import sampling
-from .clip import TextEmbeds
-from .cuda_graph import can_capture, graphed
-from .hub import CheckpointError, Source, fetch_config, fetch_weights, load_strict, read_state_dict
-from .movq import MoVQ, MoVQConfig
-from .prior import PriorConfig, PriorTransformer
-from .unet import KandinskyUNet, UNetConfig
 
 LATENT_CHANNELS = 4
 PRIOR_REPO = "kandinsky-community/kandinsky-2-2-prior"

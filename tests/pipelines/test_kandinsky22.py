@@ -1,4 +1,4 @@
-"""models/kandinsky22.py's sampling runs: no value is read back from the device inside the loops.
+"""pipelines/kandinsky22.py's sampling runs: no value is read back from the device inside the loops.
 
 A host read (`.item()`, `bool(tensor)`, `.tolist()`, `.cpu()`) makes the CPU wait for the GPU at every step and
 leaves the GPU idle while Python queues the next kernels. Tensors on the meta device have no values, so every
@@ -8,10 +8,10 @@ such read raises: a whole sampling run on meta proves there is none, with the mo
 import pytest
 import torch
 
-from dalle_nodes.models import kandinsky22, sampling
 from dalle_nodes.models.clip import TextEmbeds
 from dalle_nodes.models.prior import PriorConfig, PriorTransformer
 from dalle_nodes.models.unet import KandinskyUNet, UNetConfig
+from dalle_nodes.pipelines import kandinsky22, sampling
 from tiny_repos import WIDTH, tiny_unet_config
 
 META = torch.device("meta")

@@ -1,4 +1,5 @@
-"""models/memory.py: the live-tensor tracer counts exactly, and the closed forms hold the full-size traces.
+"""engine/memory.py + pipelines/kandinsky22_memory.py: the live-tensor tracer counts exactly, and the closed forms
+hold the full-size traces.
 
 The closed forms must never promise less than the trace (ComfyUI would make too little room) and should not ask for
 much more (it would offload other models for nothing). Bound: 1.5× the trace wherever the trace is at least
@@ -16,10 +17,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dalle_nodes.models import kandinsky22, memory
+from dalle_nodes.engine import memory
 from dalle_nodes.models.movq import MoVQ, MoVQConfig
 from dalle_nodes.models.prior import PriorConfig, PriorTransformer
 from dalle_nodes.models.unet import KandinskyUNet, UNetConfig
+from dalle_nodes.pipelines import kandinsky22, kandinsky22_memory
 
 HUB_CONFIGS = Path(__file__).parents[1] / "hub_configs"
 DECODER = HUB_CONFIGS / "kandinsky-community--kandinsky-2-2-decoder"
@@ -120,13 +122,17 @@ def test_attention_as_the_fused_kernels_and_on_the_math_path():
     assert fused_wide == wide.numel() * (2 + 4) + 1024 * 4
     _, math = memory.peak_live_bytes(F.scaled_dot_product_attention, q, q, q, fused_attention=False)
     weights = 2 * 8 * 1024 * 1024
-    assert memory.MATH_ATTENTION_BYTES * weights <= math <= memory.MATH_ATTENTION_BYTES * weights + 8 * output
+    assert (
+        kandinsky22_memory.MATH_ATTENTION_BYTES * weights
+        <= math
+        <= kandinsky22_memory.MATH_ATTENTION_BYTES * weights + 8 * output
+    )
 
 
 def test_a_full_size_unet_step_traces_on_meta_for_free():
-    peak = memory.traced_unet_step(unet(torch.bfloat16), 2, 96, 96)
+    peak = kandinsky22_memory.traced_unet_step(unet(torch.bfloat16), 2, 96, 96)
     assert 150 * MIB < peak < 250 * MIB  # 189 MiB for 768² with guidance
-    assert memory.traced_unet_step(unet(torch.bfloat16), 8, 96, 96) == pytest.approx(4 * peak, rel=1e-3)
+    assert kandinsky22_memory.traced_unet_step(unet(torch.bfloat16), 8, 96, 96) == pytest.approx(4 * peak, rel=1e-3)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -144,8 +150,8 @@ UNET_CASES = [  # (dtype, fused attention, rows, latent h, latent w)
 
 @pytest.mark.parametrize(("dtype", "fused", "rows", "height", "width"), UNET_CASES)
 def test_unet_step_estimate_holds_the_trace(dtype, fused, rows, height, width):
-    traced = memory.traced_unet_step(unet(dtype), rows, height, width, fused)
-    estimate = memory.unet_step_bytes(UNET_CONFIG, rows, height, width, dtype, fused_attention=fused)
+    traced = kandinsky22_memory.traced_unet_step(unet(dtype), rows, height, width, fused)
+    estimate = kandinsky22_memory.unet_step_bytes(UNET_CONFIG, rows, height, width, dtype, fused_attention=fused)
     assert_holds(estimate, traced)
 
 
@@ -159,22 +165,22 @@ MOVQ_CASES = [  # (dtype, fused attention, height, width): math past ~1024² is 
 
 @pytest.mark.parametrize(("dtype", "fused", "height", "width"), MOVQ_CASES)
 def test_movq_decode_estimate_holds_the_trace(dtype, fused, height, width):
-    traced = memory.traced_movq_decode(movq(dtype), height, width, fused)
-    assert_holds(memory.movq_decode_bytes(MOVQ_CONFIG, height, width, dtype, fused_attention=fused), traced)
+    traced = kandinsky22_memory.traced_movq_decode(movq(dtype), height, width, fused)
+    assert_holds(kandinsky22_memory.movq_decode_bytes(MOVQ_CONFIG, height, width, dtype, fused_attention=fused), traced)
 
 
 @pytest.mark.parametrize(("dtype", "fused", "height", "width"), [(torch.bfloat16, True, 512, 512)] + MOVQ_CASES[3:6])
 def test_movq_encode_estimate_holds_the_trace(dtype, fused, height, width):
-    traced = memory.traced_movq_encode(movq(dtype), height, width, fused)
-    assert_holds(memory.movq_encode_bytes(MOVQ_CONFIG, height, width, dtype, fused_attention=fused), traced)
+    traced = kandinsky22_memory.traced_movq_encode(movq(dtype), height, width, fused)
+    assert_holds(kandinsky22_memory.movq_encode_bytes(MOVQ_CONFIG, height, width, dtype, fused_attention=fused), traced)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("rows", [2, 8])
 def test_prior_step_estimate_holds_the_trace(dtype, fused, rows):
-    traced = memory.traced_prior_step(prior(dtype), rows, fused)
-    assert_holds(memory.prior_step_bytes(PRIOR_CONFIG, rows, dtype, fused_attention=fused), traced)
+    traced = kandinsky22_memory.traced_prior_step(prior(dtype), rows, fused)
+    assert_holds(kandinsky22_memory.prior_step_bytes(PRIOR_CONFIG, rows, dtype, fused_attention=fused), traced)
 
 
 def test_unet_step_estimate_covers_a_whole_sampler_step():
@@ -187,14 +193,14 @@ def test_unet_step_estimate_covers_a_whole_sampler_step():
         return kandinsky22.decoder_sample(model, embeds, embeds, (96, 96), 2, 4.0, "dpmpp_2m", generator)
 
     _, traced = memory.peak_live_bytes(sample)
-    assert traced > memory.traced_unet_step(model, 4, 96, 96)
-    assert memory.unet_step_bytes(UNET_CONFIG, 4, 96, 96, dtype) >= traced
+    assert traced > kandinsky22_memory.traced_unet_step(model, 4, 96, 96)
+    assert kandinsky22_memory.unet_step_bytes(UNET_CONFIG, 4, 96, 96, dtype) >= traced
 
 
 def test_movq_decode_estimate_is_linear_in_pixels_with_fused_attention():
     """nodes/vae.py sizes its tiles by the estimate per pixel: that holds with fused attention."""
-    whole = memory.movq_decode_bytes(MOVQ_CONFIG, 1024, 1024, torch.bfloat16)
-    quarter = memory.movq_decode_bytes(MOVQ_CONFIG, 512, 512, torch.bfloat16)
+    whole = kandinsky22_memory.movq_decode_bytes(MOVQ_CONFIG, 1024, 1024, torch.bfloat16)
+    quarter = kandinsky22_memory.movq_decode_bytes(MOVQ_CONFIG, 512, 512, torch.bfloat16)
     assert whole == pytest.approx(4 * quarter, abs=4)
-    fp32 = memory.movq_decode_bytes(MOVQ_CONFIG, 1024, 1024, torch.float32)
+    fp32 = kandinsky22_memory.movq_decode_bytes(MOVQ_CONFIG, 1024, 1024, torch.float32)
     assert fp32 == pytest.approx(2 * whole, abs=2)

@@ -1,130 +1,28 @@
 """How much memory each Kandinsky 2.2 stage needs beside its weights, known without a GPU.
 
-Two halves:
+`unet_step_bytes`, `movq_decode_bytes`, `movq_encode_bytes` and `prior_step_bytes` are closed forms the nodes
+hand ComfyUI's memory manager at run time (no tracing): a few feature maps' worth of bytes, with counts calibrated
+from full-size traces on the meta device (the `traced_*` functions below, with engine/memory.py's tracer;
+`benchmarks/vram_k22.py` prints the calibration and tests/pipelines/test_kandinsky22_memory.py holds the estimates
+between 1x and 1.5x the traces), times HEADROOM. The CLIP towers need no estimate: 5 MiB for the text node's two
+prompts and 11 MiB for one 224² image in bf16, well inside the room ComfyUI always keeps free.
 
-- `peak_live_bytes(fn, ...)` runs a call under a TorchDispatchMode that counts every tensor storage the call creates
-  until it is freed, and returns the peak. On the meta device a full-size model costs no memory and no compute:
-  a UNet step at any size traces in under a second on a CPU. The `traced_*` functions run one stage that way.
-- `unet_step_bytes`, `movq_decode_bytes`, `movq_encode_bytes` and `prior_step_bytes` are closed forms the nodes
-  call at run time (no tracing): a few feature maps' worth of bytes, with counts calibrated from those traces at
-  full size (`benchmarks/vram_k22.py` prints the calibration; tests/models/test_memory.py holds the estimates
-  between 1× and 1.5× the traces), times HEADROOM. The CLIP towers need no estimate: 5 MiB for the text node's
-  two prompts and 11 MiB for one 224² image in bf16, well inside the room ComfyUI always keeps free.
-
-What the tracer counts is the eager live-tensor set: the bytes of the storages alive at once (on any device),
-what `torch.cuda.max_memory_allocated` reports for the same eager run but for the allocator's rounding of each
-block. Not counted: that rounding and the fragmentation of the caching allocator, cuDNN/cuBLAS workspaces, and
-temporaries an operator allocates inside its own kernel (ComfyUI keeps `extra_reserved_memory()` plus 0.8 GiB
-free on every load for those). Composite operators are decomposed into what they run, so their intermediate
-tensors count.
-
-Attention is the one operator whose memory depends on the kernel torch picks. On CUDA every attention here has a
-fused kernel (flash attention for the UNet's 64-wide heads, memory-efficient attention for MoVQ's single
-512-wide head and the prior's masked attention), which holds no attention matrix: the tracer counts its output,
-its fp32 log-sum-exp and, for heads wider than 128 in half precision, an fp32 output accumulator
-(`fused_attention=True`, the default). Where no fused kernel runs (some MPS, ROCm and DirectML setups) torch's
-math path materialises the weights in fp32, scores and softmax together: `fused_attention=False` traces that path
-(on meta it is exactly the decomposition torch runs) and the estimates add its term, which grows with the square
-of the pixels: 3.3 GiB for one 1024² UNet step with guidance instead of 0.33 GiB.
+Attention: with fused kernels (NVIDIA CUDA: flash attention for the UNet's 64-wide heads, memory-efficient attention
+for MoVQ's single 512-wide head and the prior's masked attention) no attention matrix is held. On torch's math path
+the estimates add the attention weights, which grow with the square of the pixels: 3.3 GiB for one 1024² UNet step
+with guidance instead of 0.33 GiB.
 """
 
 from __future__ import annotations
 
 import math
-import weakref
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
-from .movq import MoVQ, MoVQConfig
-from .prior import PriorConfig, PriorTransformer
-from .unet import KandinskyUNet, UNetConfig
-
-T = TypeVar("T")
-
-# ---------------------------------------------------------------------------------------------------------------
-# The tracer
-
-_ATTENTION = torch.ops.aten.scaled_dot_product_attention.default
-_COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
-
-
-class _LiveStorages(TorchDispatchMode):
-    """Counts the bytes of every storage an operator creates, until Python frees it; keeps the peak."""
-
-    def __init__(self, fused_attention: bool):
-        super().__init__()
-        self.fused_attention = fused_attention
-        self.live = 0
-        self.peak = 0
-        self._nbytes: dict[int, int] = {}  # id(storage) -> bytes counted for it
-        self._refs: dict[int, weakref.ref] = {}  # id(storage) -> weak reference whose callback uncounts it
-
-    def _freed(self, key: int) -> None:
-        self.live -= self._nbytes.pop(key)
-        del self._refs[key]
-
-    def _count(self, out: Any, inputs: set[int]) -> None:
-        for tensor in tree_leaves(out):
-            if not isinstance(tensor, torch.Tensor):
-                continue
-            storage = tensor.untyped_storage()  # one Python object per storage (meta ones too: data_ptr is 0 there)
-            key, nbytes = id(storage), storage.nbytes()
-            if key in self._nbytes:  # counted already; an in-place resize_ may have grown it
-                self.live += nbytes - self._nbytes[key]
-                self._nbytes[key] = nbytes
-            elif key in inputs:  # a view or an in-place result of a tensor from before the call
-                continue
-            else:
-                self._nbytes[key] = nbytes
-                self._refs[key] = weakref.ref(storage, lambda _, key=key: self._freed(key))
-                self.live += nbytes
-            self.peak = max(self.peak, self.live)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        workspace = None
-        if func is _ATTENTION and self.fused_attention:
-            with self:
-                workspace = _fused_attention_workspace(*args[:3])
-            out = func(*args, **kwargs)  # unobserved: on meta this is the math path, whose temporaries don't count
-        elif torch._C._dispatch_has_kernel_for_dispatch_key(func.name(), _COMPOSITE):
-            with self:  # what it runs, operator by operator (the math path, for attention)
-                return func.decompose(*args, **kwargs)
-        else:
-            out = func(*args, **kwargs)
-        inputs = {id(t.untyped_storage()) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        self._count(out, inputs)
-        del workspace
-        return out
-
-
-def _fused_attention_workspace(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> list[torch.Tensor]:
-    """What flash / memory-efficient attention allocate beside the output: the fp32 log-sum-exp of every query, and
-    for value heads wider than 128 in half precision an fp32 output accumulator."""
-    rows = q.shape[:-1]
-    workspace = [q.new_empty(rows, dtype=torch.float32)]
-    if v.shape[-1] > 128 and q.dtype != torch.float32:
-        workspace.append(q.new_empty((*rows, v.shape[-1]), dtype=torch.float32))
-    return workspace
-
-
-def peak_live_bytes(fn: Callable[..., T], *args: Any, fused_attention: bool = True, **kwargs: Any) -> tuple[T, int]:
-    """Run `fn(*args, **kwargs)` under inference mode (as ComfyUI runs nodes) and return its result and the peak
-    bytes of tensor storage alive at once that the call created.
-
-    Tensors from before the call (inputs, parameters) are not counted, nor are views or in-place results of them.
-    A storage counts from the operator that creates it until Python frees it (tensors in reference cycles wait for
-    the garbage collector, as they would on a GPU). Works on any device; on meta it is free of compute and memory.
-    `fused_attention` picks the attention kernel modelled: see the module docstring.
-    """
-    mode = _LiveStorages(fused_attention)
-    with torch.inference_mode(), mode:
-        result = fn(*args, **kwargs)
-    return result, mode.peak
+from ..engine.memory import peak_live_bytes
+from ..models.movq import MoVQ, MoVQConfig
+from ..models.prior import PriorConfig, PriorTransformer
+from ..models.unet import KandinskyUNet, UNetConfig
 
 
 def traced_unet_step(
@@ -169,7 +67,7 @@ def traced_prior_step(prior: PriorTransformer, batch_rows: int, fused_attention:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Closed forms for the nodes
+# Closed forms for the nodes (calibrated from the traces above)
 
 # Multiplies every estimate, for what the eager live set leaves out: the CUDA caching allocator rounds each block
 # up (to 512 B, large ones to 2 MiB) and fragments when freed blocks do not fit later requests. Not measured on a
@@ -196,13 +94,6 @@ PRIOR_ATTENTION_FP32_MAPS = 8.6  # 8.52
 UNET_ATTENTION_FEATURE_MAPS = 8.0
 UNET_ATTENTION_FP32_MAPS = 7.5
 UNET_CONTEXT_FP32_COPIES = 3
-
-
-def fused_attention_on(device: torch.device) -> bool:
-    """Whether attention runs flash / memory-efficient kernels on `device` (NVIDIA CUDA), which hold no attention
-    weights; elsewhere (CPU, MPS, and ROCm, whose kernels may not take MoVQ's 512-wide head) the estimates count
-    torch's math path, which may overestimate."""
-    return device.type == "cuda" and torch.version.hip is None
 
 
 def _movq_factor(config: MoVQConfig) -> int:

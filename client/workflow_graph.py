@@ -63,7 +63,7 @@ CORE_NODES = {
 
 def local_specs() -> dict[str, NodeSpec]:
     """Our nodes (from their classes) and the core nodes above: enough for every workflow we ship."""
-    from .nodes import NODE_CLASS_MAPPINGS
+    from ..nodes import NODE_CLASS_MAPPINGS
 
     ours = {
         name: NodeSpec(cls.INPUT_TYPES(), tuple(cls.RETURN_TYPES), getattr(cls, "OUTPUT_NODE", False))

@@ -7,13 +7,12 @@ tests/comfyui runs the API files in a real ComfyUI.
 from __future__ import annotations
 
 import copy
-import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
-from dalle_nodes.workflow_graph import (
+from dalle_nodes.client.workflow_graph import (
     WIDGET_TYPES,
     FrontendWidget,
     NodeSpec,
@@ -22,10 +21,8 @@ from dalle_nodes.workflow_graph import (
     ui_to_api,
     widget_names,
 )
+from shipped_workflows import API_FILES, NAMES, UI_FILES, WORKFLOWS, api_file, load, ui_file
 
-WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
-API_FILES = sorted(WORKFLOWS.glob("*.api.json"))
-UI_FILES = sorted(p for p in WORKFLOWS.glob("*.json") if not p.name.endswith(".api.json"))
 SPECS = local_specs()
 
 
@@ -143,14 +140,11 @@ def ui_mismatches(ui: dict, api: dict) -> list[str]:
     return errors
 
 
-def load(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def test_workflows_are_shipped() -> None:
     assert API_FILES and UI_FILES, f"no workflows in {WORKFLOWS}"
     api_names = [path.name.removesuffix(".api.json") for path in API_FILES]
-    assert api_names == [path.stem for path in UI_FILES], "every workflow comes as <name>.json and <name>.api.json"
+    assert api_names == NAMES, "every workflow comes as workflows/<name>.json and workflows/api/<name>.api.json"
+    assert not list(WORKFLOWS.glob("*.api.json")), "API files in workflows/ would show in ComfyUI's template browser"
 
 
 @pytest.mark.parametrize("path", API_FILES, ids=lambda p: p.name)
@@ -161,7 +155,7 @@ def test_api_workflow_is_valid(path: Path) -> None:
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.name)
 def test_ui_workflow_matches_api_twin(path: Path) -> None:
-    twin = path.with_name(path.stem + ".api.json")
+    twin = api_file(path.stem)
     assert twin.is_file(), f"{path.name} has no API-format twin {twin.name}"
     ui = load(path)
     assert ui.get("version") == 0.4 and isinstance(ui.get("nodes"), list) and isinstance(ui.get("links"), list)
@@ -177,7 +171,7 @@ def without_titles(graph: dict) -> dict:
 def test_ui_workflow_converts_to_its_api_twin(path: Path) -> None:
     """What `python -m dalle_nodes queue` sends for a UI file is exactly the API file we ship beside it."""
     converted = ui_to_api(load(path), SPECS)
-    assert without_titles(converted) == without_titles(load(path.with_name(path.stem + ".api.json")))
+    assert without_titles(converted) == without_titles(load(api_file(path.stem)))
 
 
 def _break_api(graph: dict, how: str) -> str:
@@ -224,7 +218,7 @@ def _break_api(graph: dict, how: str) -> str:
     ],
 )
 def test_api_check_catches(how: str) -> None:
-    graph = load(WORKFLOWS / "kandinsky22_text2image.api.json")
+    graph = load(api_file("kandinsky22_text2image"))
     expected = _break_api(graph, how)
     assert any(expected in error for error in api_errors(graph)), api_errors(graph)
 
@@ -238,7 +232,7 @@ def test_api_check_catches(how: str) -> None:
     ],
 )
 def test_ui_check_catches(how: str, expected: str) -> None:
-    ui, api = load(WORKFLOWS / "kandinsky22_text2image.json"), load(WORKFLOWS / "kandinsky22_text2image.api.json")
+    ui, api = load(ui_file("kandinsky22_text2image")), load(api_file("kandinsky22_text2image"))
     broken = copy.deepcopy(ui)
     nodes = {node["id"]: node for node in broken["nodes"]}
     decoder = next(n for n in broken["nodes"] if n["type"] == "DalleDecoderSample")
@@ -258,7 +252,7 @@ def test_ui_check_catches(how: str, expected: str) -> None:
 @pytest.mark.parametrize("value, expected", [(None, "1 widget values for"), ("mask", "upload 'mask' not in ['image']")])
 def test_ui_check_knows_the_upload_button(value: str | None, expected: str) -> None:
     """The frontend saves Load Image's upload button as a widget value after the file name: expected, and checked."""
-    ui, api = load(WORKFLOWS / "kandinsky22_img2img.json"), load(WORKFLOWS / "kandinsky22_img2img.api.json")
+    ui, api = load(ui_file("kandinsky22_img2img")), load(api_file("kandinsky22_img2img"))
     broken = copy.deepcopy(ui)
     loader = next(n for n in broken["nodes"] if n["type"] == "LoadImage")
     assert loader["widgets_values"] == ["example.png", "image"]

@@ -1,4 +1,4 @@
-"""models/compiled.py: our UNet and MoVQ trace into one graph each, compile once per shape (not per step), give
+"""engine/compiled.py: our UNet and MoVQ trace into one graph each, compile once per shape (not per step), give
 eager's results, and fall back to eager when compiling fails.
 
 Dynamo traces with a counting backend that runs the captured graph as is: what these tests check (no graph
@@ -11,10 +11,11 @@ import logging
 import pytest
 import torch
 
-from dalle_nodes.models import compiled, kandinsky22
-from dalle_nodes.models.compiled import Compiled
+from dalle_nodes.engine import compiled
+from dalle_nodes.engine.compiled import Compiled
 from dalle_nodes.models.movq import MoVQ, MoVQConfig
 from dalle_nodes.models.unet import KandinskyUNet, UNetConfig
+from dalle_nodes.pipelines import kandinsky22
 from tiny_repos import WIDTH, tiny_movq_config, tiny_unet_config
 
 

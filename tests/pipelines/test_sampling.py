@@ -20,7 +20,7 @@ from diffusers import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 
-from dalle_nodes.models import sampling
+from dalle_nodes.pipelines import sampling
 
 HUB_CONFIGS = Path(__file__).parents[1] / "hub_configs"
 PRIOR_SCHEDULER = HUB_CONFIGS / "kandinsky-community--kandinsky-2-2-prior" / "scheduler"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from dalle_nodes import queue_workflow
 from dalle_nodes.cli import main
-from dalle_nodes.comfy_client import OutputFile
-from dalle_nodes.workflow_graph import (
+from dalle_nodes.client import queue_workflow
+from dalle_nodes.client.comfy_client import OutputFile
+from dalle_nodes.client.workflow_graph import (
     WorkflowError,
     check_has_output,
     local_specs,
@@ -23,13 +23,13 @@ from dalle_nodes.workflow_graph import (
     set_seed,
     ui_to_api,
 )
-from test_workflows import UI_FILES, WORKFLOWS, load
+from shipped_workflows import UI_FILES, api_file, load, ui_file
 
 SPECS = local_specs()
 
 
 def text2image() -> dict:
-    return load(WORKFLOWS / "kandinsky22_text2image.api.json")
+    return load(api_file("kandinsky22_text2image"))
 
 
 def test_set_targets_a_node_by_id_title_or_type() -> None:
@@ -67,7 +67,7 @@ def test_prompt_and_seed_find_our_nodes() -> None:
     assert sorted(set_seed(graph, 7)) == ["4", "6"]
     assert graph["4"]["inputs"]["seed"] == graph["6"]["inputs"]["seed"] == 7
 
-    mega = load(WORKFLOWS / "dalle_mega_text2image_upscaled.api.json")
+    mega = load(api_file("dalle_mega_text2image_upscaled"))
     assert set_prompt(mega, "a cat") == ["2"] and set_seed(mega, 3) == ["2"]
     assert mega["2"]["inputs"]["text"] == "a cat" and mega["2"]["inputs"]["seed"] == 3
 
@@ -95,7 +95,7 @@ def test_ui_files_convert(path: Path) -> None:
 
 
 def ui_text2image() -> dict:
-    return load(WORKFLOWS / "kandinsky22_text2image.json")
+    return load(ui_file("kandinsky22_text2image"))
 
 
 def test_conversion_follows_reroutes_primitives_and_bypassed_nodes() -> None:
