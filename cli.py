@@ -7,8 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .models.dalle_bart import REPO as MINI_REPO
 from .pipelines import sampling
+from .pipelines.dalle_mini import REPO as MINI_REPO
 from .pipelines.kandinsky22 import DECODER_REPO, PRIOR_REPO
 from .pipelines.upscale import PRESETS
 
@@ -59,43 +59,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def kandinsky22(args: argparse.Namespace, nodes: dict):
-    print(f"Loading prior {args.prior} …", file=sys.stderr)
-    prior, text_encoder = nodes["DalleLoadPrior"]().load(args.prior, "main", args.dtype)
-    encode = nodes["DalleTextEncode"]().encode
-    (positive,) = encode(text_encoder, args.prompt)
-    negative = {"negative": encode(text_encoder, args.negative)[0]} if args.negative else {}
-    (embeds,) = nodes["DallePriorSample"]().sample(
-        prior, positive, args.seed, args.prior_steps, args.prior_guidance, args.batch_size, **negative
-    )
-    print(f"Loading decoder {args.decoder} …", file=sys.stderr)
-    decoder, vq_vae = nodes["DalleLoadDecoder"]().load(args.decoder, "main", args.dtype)
-    (latent,) = nodes["DalleDecoderSample"]().sample(
-        decoder, embeds, args.width, args.height, args.steps, args.guidance, args.sampler, False, args.seed
-    )
-    return nodes["DalleVQDecode"]().decode(vq_vae, latent)[0]
-
-
-def dalle_mini(args: argparse.Namespace, nodes: dict):
-    print(f"Loading DALL·E {args.model} from {args.repo} …", file=sys.stderr)
-    bart, vqgan = nodes["DalleLoadMini"]().load(args.repo, "main", args.model, args.dtype)
-    (tokens,) = nodes["DalleTokenSample"]().sample(
-        bart, args.prompt, args.seed, args.batch_size, args.top_k, args.temperature, args.supercondition
-    )
-    return nodes["DalleVQGANDecode"]().decode(vqgan, tokens)[0]
-
-
 def generate(args: argparse.Namespace) -> list[Path]:
-    import numpy as np
-    from PIL import Image
+    from .pipelines import DalleMini, Kandinsky22, Upscaler, dalle_mini, kandinsky22
 
-    from .nodes import NODE_CLASS_MAPPINGS as NODES
-
-    images = kandinsky22(args, NODES) if args.model == "kandinsky22" else dalle_mini(args, NODES)
+    if args.model == "kandinsky22":
+        request = kandinsky22.Request(
+            args.prompt,
+            negative=args.negative,
+            seed=args.seed,
+            steps=args.steps,
+            prior_steps=args.prior_steps,
+            guidance=args.guidance,
+            prior_guidance=args.prior_guidance,
+            width=args.width,
+            height=args.height,
+            batch_size=args.batch_size,
+            sampler=args.sampler,
+        )
+        print(f"Loading {args.prior} and {args.decoder} …", file=sys.stderr)
+        images = Kandinsky22.load(prior=args.prior, decoder=args.decoder, dtype=args.dtype).run(request)
+    else:
+        request = dalle_mini.Request(
+            args.prompt,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            top_k=args.top_k,
+            temperature=args.temperature,
+            supercondition=args.supercondition,
+        )
+        print(f"Loading DALL·E {args.model} from {args.repo} …", file=sys.stderr)
+        images = DalleMini.load(repo=args.repo, variant=args.model, dtype=args.dtype).run(request)
     if args.upscale:
         print(f"Upscaling with {args.upscale} …", file=sys.stderr)
-        (upscaler,) = NODES["DalleLoadUpscaler"]().load(args.upscale, "", "", "main")
-        (images,) = NODES["DalleGANUpscale"]().upscale(upscaler, images, 0, 32, "auto")
+        images = Upscaler.load(args.upscale).upscale(images)
     paths = (
         [args.output]
         if len(images) == 1
@@ -103,7 +99,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     for path, image in zip(paths, images, strict=True):
-        Image.fromarray(np.clip(image.numpy() * 255 + 0.5, 0, 255).astype(np.uint8)).save(path)
+        image.save(path)
         print(path)
     return paths
 

@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import copy
 import importlib
+import os
 import statistics
 import sys
 import tempfile
@@ -33,10 +34,12 @@ from common import ROOT, environment, import_package, randomize_, report, sync, 
 
 import_package()
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_repos: the tiny sizes, min-dalle's import and a BPE tokenizer
+from dalle_nodes.engine.cuda_graph import SWITCH as CUDA_GRAPH_SWITCH  # noqa: E402
 from dalle_nodes.engine.hub import Source  # noqa: E402
 from dalle_nodes.models import dalle_bart, vqgan  # noqa: E402
 from dalle_nodes.models.dalle_bart import HYPERPARAMETERS, DalleBart, Hyperparameters  # noqa: E402
-from dalle_nodes.nodes.mini import DECODE_BATCH  # noqa: E402
+from dalle_nodes.pipelines import dalle_mini  # noqa: E402
+from dalle_nodes.pipelines.dalle_mini import DECODE_BATCH  # noqa: E402
 from tiny_repos import TINY_MIN_DALLE, import_min_dalle, write_min_dalle_tokenizer  # noqa: E402
 
 PROMPT = "an astronaut riding a horse on the moon, oil painting"
@@ -141,7 +144,7 @@ def instrument_ours(barts: list[DalleBart], stages: Stages, captures: list[bool]
     for bart in barts:
         hooks.append(bart.encoder.register_forward_pre_hook(lambda *_: stages.mark("encode_start")))
         hooks.append(bart.encoder.register_forward_hook(lambda *_: stages.mark("encode_end")))
-    capture = dalle_bart.GraphStep.capture
+    capture = dalle_mini.GraphStep.capture
 
     def timed_capture(self) -> None:
         stages.mark("capture_start")
@@ -154,7 +157,7 @@ def instrument_ours(barts: list[DalleBart], stages: Stages, captures: list[bool]
         captures.append(True)
 
     try:
-        with mock.patch.object(dalle_bart.GraphStep, "capture", timed_capture):
+        with mock.patch.object(dalle_mini.GraphStep, "capture", timed_capture):
             yield
     finally:
         for hook in hooks:
@@ -193,14 +196,16 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.device(device):
             detokenizer = vqgan.VQGAN().eval()  # PyTorch's default initialisation
         mega_folder = write_min_dalle_files(Path(folder), barts[reference_dtype], detokenizer)
-        tokenizer = dalle_bart.load_tokenizer(Source(str(mega_folder)), "mega")
+        tokenizer = dalle_mini.load_tokenizer(Source(str(mega_folder)), "mega")
         stack.enter_context(instrument_ours(list(barts.values()), stages, captures))
 
         def ours(name: str, bart: DalleBart, decoder: vqgan.VQGAN, cuda_graph: bool):
             def run() -> None:
                 stages.start()
-                text = dalle_bart.text_tokens(tokenizer.encode(PROMPT))
-                codes = dalle_bart.sample_image_tokens(bart, text, images, args.seed, **SETTINGS, cuda_graph=cuda_graph)
+                text = dalle_mini.text_tokens(tokenizer.encode(PROMPT))
+                switch = {CUDA_GRAPH_SWITCH: "1" if cuda_graph else "0"}  # read by sample_image_tokens
+                with mock.patch.dict(os.environ, switch):
+                    codes = dalle_mini.sample_image_tokens(bart, text, images, args.seed, **SETTINGS)
                 stages.mark("sampling_end")
                 codes_seen.setdefault(name, []).append(codes.clone())
                 chunks = codes[:, :side, :side].split(DECODE_BATCH)  # as DalleVQGANDecode decodes them

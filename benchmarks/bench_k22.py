@@ -50,7 +50,7 @@ from dalle_nodes.models.movq import MoVQ, MoVQConfig  # noqa: E402
 from dalle_nodes.models.prior import PriorConfig, PriorTransformer  # noqa: E402
 from dalle_nodes.models.unet import KandinskyUNet, UNetConfig  # noqa: E402
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS as NODES  # noqa: E402
-from dalle_nodes.nodes import loaders, runtime  # noqa: E402
+from dalle_nodes.nodes import loaders, runtime, sockets  # noqa: E402
 from dalle_nodes.pipelines import kandinsky22  # noqa: E402
 from tiny_repos import (  # noqa: E402
     DECODER_CONFIGS,
@@ -298,12 +298,12 @@ def ours_chain(
 ):
     """Our four nodes on the models as the loaders hand them over (the zero-image embedding already cached);
     `compile` as the decoder loader's input of that name."""
-    text_encoder = loaders.TextEncoder(tokenizer, runtime.ManagedModule(modules["text"]))
-    prior = loaders.PriorModel(
+    text_encoder = sockets.TextEncoder(tokenizer, runtime.ManagedModule(modules["text"]))
+    prior = sockets.PriorModel(
         runtime.ManagedModule(modules["prior"]), Source("benchmark/random"), dtype, _zero_embed=zero
     )
-    decoder = loaders.DecoderModel(runtime.ManagedModule(modules["unet"]), compile)
-    vq_vae = loaders.VQModel(runtime.ManagedModule(modules["movq"]), compile)
+    decoder = sockets.DecoderModel(runtime.ManagedModule(modules["unet"]), compile)
+    vq_vae = sockets.MoVQModel(runtime.ManagedModule(modules["movq"]), compile)
     encode, sample_prior = NODES["DalleTextEncode"]().encode, NODES["DallePriorSample"]().sample
     sample_decoder, decode = NODES["DalleDecoderSample"]().sample, NODES["DalleVQDecode"]().decode
 
@@ -369,8 +369,8 @@ def module_calls(side: str, modules: dict, t, x, embeds, states, mask, z) -> dic
     unet, prior, movq = modules["unet"], modules["prior"], modules["movq"]
     if side.startswith("ours"):
         compile = side == "ours_compiled"
-        unet_call = loaders.DecoderModel(runtime.ManagedModule(unet), compile).forward(unet)
-        decode = loaders.VQModel(runtime.ManagedModule(movq), compile).decode_fn(movq)
+        unet_call = sockets.DecoderModel(runtime.ManagedModule(unet), compile).unet_call(unet)
+        decode = sockets.MoVQModel(runtime.ManagedModule(movq), compile).decode_call(movq)
         return {
             "unet_step": lambda: unet_call(x, t, embeds),
             "prior_step": lambda: prior(embeds, t, embeds, states, mask),

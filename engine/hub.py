@@ -7,6 +7,7 @@ checkpoint) becomes a `CheckpointError` that says what is wrong and how to fix i
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -246,3 +247,15 @@ def load_strict(build: Callable[[], torch.nn.Module], state: dict[str, torch.Ten
         )
     module.load_state_dict(state, strict=True, assign=True)
     return module.eval().requires_grad_(False)
+
+
+def default_store() -> Path | None:
+    """Where downloads land outside ComfyUI: $DALLE_NODES_HOME when set, else None (the Hugging Face cache)."""
+    home = os.environ.get("DALLE_NODES_HOME")
+    return Path(home).expanduser() if home else None
+
+
+def cache_folder(store: Path | None) -> Path:
+    """Small files derived from checkpoints (the zero-image embedding, compiled kernels): beside the downloads,
+    else ~/.cache/dalle-nodes."""
+    return store / ".cache" if store is not None else Path.home() / ".cache" / "dalle-nodes"

@@ -15,8 +15,6 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..engine.hub import Source, fetch_file, load_strict, read_state_dict
-
 DETOKER_FILE = "detoker.pt"  # shared by the Mega and Mini variants
 CODEBOOK_SIZE = 2**14
 CODE_WIDTH = 256
@@ -143,9 +141,3 @@ def seamless_grid(codes: torch.Tensor) -> torch.Tensor:
     if side * side != codes.shape[0]:
         raise ValueError(f"a seamless grid needs a square number of images (4, 9, 16 …), not {codes.shape[0]}.")
     return rearrange(codes, "(a b) h w -> 1 (b h) (a w)", a=side)
-
-
-def load_vqgan(source: Source, dtype: torch.dtype) -> VQGAN:
-    """The detokenizer, loaded strictly (min-dalle loads detoker.pt strictly too)."""
-    path = fetch_file(source, "", DETOKER_FILE)
-    return load_strict(VQGAN, read_state_dict(path, dtype), f"VQGAN detokenizer '{path}'")

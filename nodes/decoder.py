@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..engine import memory
 from ..pipelines import kandinsky22, kandinsky22_memory, sampling
 from . import runtime
-from .loaders import CATEGORY, DecoderModel
-from .prior import GUIDANCE_INPUT, ImageEmbeds, seed_input, step_callback
+from .sockets import GUIDANCE_INPUT, KANDINSKY_CATEGORY, DecoderModel, ImageEmbeds, seed_input, step_callback
 
 
 class DalleDecoderSample:
@@ -16,7 +14,7 @@ class DalleDecoderSample:
         "Samples image latents from CLIP image embeddings with the Kandinsky 2.2 UNet. Connect a latent "
         "(e.g. from DALL·E VQ Encode) and lower denoise for image-to-image."
     )
-    CATEGORY = CATEGORY
+    CATEGORY = KANDINSKY_CATEGORY
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
     FUNCTION = "sample"
@@ -34,9 +32,9 @@ class DalleDecoderSample:
                     "INT",
                     {
                         "default": 768,
-                        "min": 64,
-                        "max": 4096,
-                        "step": 64,
+                        "min": kandinsky22.MIN_SIZE,
+                        "max": kandinsky22.MAX_SIZE,
+                        "step": kandinsky22.SIZE_STEP,
                         "tooltip": "Image width in pixels, a multiple of 64. Ignored when a latent is connected.",
                     },
                 ),
@@ -44,13 +42,16 @@ class DalleDecoderSample:
                     "INT",
                     {
                         "default": 768,
-                        "min": 64,
-                        "max": 4096,
-                        "step": 64,
+                        "min": kandinsky22.MIN_SIZE,
+                        "max": kandinsky22.MAX_SIZE,
+                        "step": kandinsky22.SIZE_STEP,
                         "tooltip": "Image height in pixels, a multiple of 64. Ignored when a latent is connected.",
                     },
                 ),
-                "steps": ("INT", {"default": 50, "min": 1, "max": 999, "tooltip": "Decoder denoising steps."}),
+                "steps": (
+                    "INT",
+                    {"default": 50, "min": 1, "max": sampling.MAX_DECODER_STEPS, "tooltip": "Decoder denoising steps."},
+                ),
                 "guidance": GUIDANCE_INPUT,
                 "sampler": (
                     list(sampling.DECODER_SAMPLERS),
@@ -68,7 +69,7 @@ class DalleDecoderSample:
                     "FLOAT",
                     {
                         "default": 1.0,
-                        "min": 0.01,
+                        "min": sampling.MIN_DENOISE,
                         "max": 1.0,
                         "step": 0.01,
                         "tooltip": "With a latent: how much of the schedule to run (1 = ignore the image).",
@@ -91,51 +92,29 @@ class DalleDecoderSample:
         latent: dict | None = None,
         denoise: float = 1.0,
     ) -> tuple[dict]:
-        if steps < 1:
-            raise ValueError(f"steps must be at least 1 (got {steps}).")
-        if sampler not in sampling.DECODER_SAMPLERS:
-            raise ValueError(f"Unknown sampler '{sampler}': choose one of {', '.join(sampling.DECODER_SAMPLERS)}.")
-        if karras and sampler != "dpmpp_2m":
-            raise ValueError("karras sigmas apply to the dpmpp_2m sampler only: switch karras off or pick dpmpp_2m.")
-        embeds, negative = image_embeds.positive, image_embeds.negative
-        start = None
-        if latent is not None:
-            start = latent["samples"]
-            if start.shape[1] != kandinsky22.LATENT_CHANNELS:
-                raise ValueError(f"The latent has {start.shape[1]} channels; connect a MoVQ latent (DALL·E VQ Encode).")
-            if start.shape[0] not in (1, embeds.shape[0]):
-                raise ValueError(
-                    f"The latent batch ({start.shape[0]}) must be 1 or match the embeddings ({embeds.shape[0]})."
-                )
-            start = start.expand(embeds.shape[0], -1, -1, -1)
-            size = tuple(start.shape[2:])
-        else:
-            if denoise < 1:
-                raise ValueError("denoise below 1 needs a starting latent: connect one (e.g. from DALL·E VQ Encode).")
-            size = kandinsky22.latent_size(width, height)
-        rows = embeds.shape[0] * (2 if guidance > 1 else 1)
-        fused = memory.fused_attention_on(runtime.compute_device())
-        needed = kandinsky22_memory.unet_step_bytes(
-            decoder.unet.module.config, rows, *size, decoder.unet.dtype, fused_attention=fused
+        schedule = sampling.decoder_schedule(sampler, steps, karras, denoise)
+        size = kandinsky22.latent_size(width, height) if latent is None else None
+        generator = torch.Generator().manual_seed(seed)
+        x = kandinsky22.decoder_start(
+            image_embeds, schedule, size, None if latent is None else latent["samples"], generator
         )
-        unet = decoder.unet.load(memory_required=needed)  # ComfyUI offloads other models to make this room
-        run = sampling.img2img_start(steps, denoise)
-        progress = runtime.Progress(steps - run, "decoder")
-        with torch.inference_mode():
+        rows = x.shape[0] * (2 if guidance > 1 else 1)
+        config, dtype = decoder.unet.module.config, decoder.unet.dtype
+        unet = decoder.unet.load_for(  # ComfyUI offloads other models to make this room
+            lambda fused: kandinsky22_memory.unet_step_bytes(config, rows, *x.shape[2:], dtype, fused_attention=fused)
+        )
+        param = next(unet.parameters())
+        progress = runtime.Progress(schedule.steps_run, "decoder")
+        try:
             samples = kandinsky22.decoder_sample(
-                unet,
-                embeds,
-                negative,
-                size,
-                steps,
+                decoder.unet_call(unet),
+                image_embeds,
+                x.to(param.device, param.dtype),
+                schedule,
                 guidance,
-                sampler,
-                torch.Generator().manual_seed(seed),
-                karras,
-                start,
-                denoise,
+                generator,
                 step_callback(progress),
-                forward=decoder.forward(unet),
             )
-        progress.close()
+        finally:
+            progress.close()
         return ({"samples": samples.float().to(runtime.output_device())},)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..models import clip
+from ..pipelines import kandinsky22
 from . import runtime
-from .loaders import CATEGORY, ImageEncoder
-from .prior import ImageEmbeds
+from .sockets import KANDINSKY_CATEGORY, ImageEmbeds, ImageEncoder
 
 
 class DalleImageEncode:
@@ -15,7 +14,7 @@ class DalleImageEncode:
         "Embeds images with CLIP for the decoder: variations of a picture, or one side of a mix with a "
         "prompt. The negative is the embedding of an all-zero image, as in the reference."
     )
-    CATEGORY = CATEGORY
+    CATEGORY = KANDINSKY_CATEGORY
     RETURN_TYPES = ("DALLE_IMAGE_EMBEDS",)
     RETURN_NAMES = ("image_embeds",)
     FUNCTION = "encode"
@@ -34,11 +33,7 @@ class DalleImageEncode:
 
     def encode(self, image_encoder: ImageEncoder, image: torch.Tensor) -> tuple[ImageEmbeds]:
         encoder = image_encoder.encoder.load()
-        with torch.inference_mode():
-            embeds = clip.encode_images(image_encoder.processor, encoder, image)
-            zero = clip.zero_image_embed(encoder).expand_as(embeds)
-        store = runtime.offload_device()
-        return (ImageEmbeds(embeds.float().to(store), zero.float().to(store)),)
+        return (kandinsky22.encode_images(image_encoder.processor, encoder, image, runtime.offload_device()),)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
@@ -54,7 +49,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
 
 class DalleMixEmbeds:
     DESCRIPTION = "Blends two sets of image embeddings (from prompts or images): 0 gives a, 1 gives b."
-    CATEGORY = CATEGORY
+    CATEGORY = KANDINSKY_CATEGORY
     RETURN_TYPES = ("DALLE_IMAGE_EMBEDS",)
     RETURN_NAMES = ("image_embeds",)
     FUNCTION = "mix"

@@ -2,75 +2,25 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from ..engine import compiled
-from ..engine.compiled import Compiled
-from ..engine.hub import TRANSFORMERS_WEIGHTS, Source, fetch_config, fetch_file, fetch_weights
-from ..models import clip
-from ..models.movq import MoVQ
+from ..engine.hub import Source
 from ..pipelines import kandinsky22
 from . import runtime
-
-CATEGORY = "DALL·E/Kandinsky 2.2 (DALL·E 2)"
-DTYPE_TOOLTIP = "Weights and compute precision. auto: bf16 on GPUs that support it, else fp16; fp32 on the CPU."
-REVISION_TOOLTIP = "Branch, tag or commit of the Hub repo (ignored for a local folder)."
-COMPILE_TOOLTIP = (
-    "torch.compile the UNet and MoVQ: faster steps after a one-off compile of a minute or two per image size "
-    "(kept on disk for later runs). Falls back to normal speed where compiling is unavailable."
+from .sockets import (
+    COMPILE_TOOLTIP,
+    DTYPE_TOOLTIP,
+    KANDINSKY_CATEGORY,
+    REVISION_TOOLTIP,
+    DecoderModel,
+    ImageEncoder,
+    MoVQModel,
+    PriorModel,
+    TextEncoder,
 )
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
-
-
-@dataclass
-class PriorModel:
-    """DALLE_PRIOR: the diffusion prior, and where to find the image tower for the unconditional embedding."""
-
-    prior: runtime.ManagedModule
-    source: Source
-    dtype: torch.dtype
-    _zero_embed: torch.Tensor | None = field(default=None, repr=False)
-
-    def zero_image_embed(self) -> torch.Tensor:
-        """[1, D] image embedding of an all-zero image, computed once per checkpoint and dtype, then read from disk.
-
-        It stands in for "no negative prompt" in the decoder; caching it means text-to-image never needs the
-        3.7 GB image encoder in memory again after the first run.
-        """
-        if self._zero_embed is None:
-            self._zero_embed = _cached_zero_embed(self.source, self.dtype)
-        return self._zero_embed
-
-
-@dataclass
-class TextEncoder:
-    """DALLE_TEXT_ENCODER: CLIP tokenizer + text tower."""
-
-    tokenizer: object
-    encoder: runtime.ManagedModule
-
-
-@dataclass
-class ImageEncoder:
-    """DALLE_IMAGE_ENCODER: CLIP ViT-bigG image tower with its preprocessing."""
-
-    processor: object
-    encoder: runtime.ManagedModule
-
-
-def compile_call(fn: Callable, what: str, module: torch.nn.Module) -> Compiled:
-    """`fn` (a call of `module`) compiled; should compiling fail, `module` goes back to the eager layout."""
-    compiled.use_cache_dir(runtime.cache_dir() / "torch_compile")
-    return Compiled(
-        fn, what, runtime.is_out_of_memory, on_fallback=lambda: module.to(memory_format=torch.contiguous_format)
-    )
 
 
 def speed_layout(module: torch.nn.Module, compile: bool) -> None:
@@ -78,67 +28,6 @@ def speed_layout(module: torch.nn.Module, compile: bool) -> None:
     layout = compiled.memory_format(runtime.compute_device(), compile)
     if layout != torch.contiguous_format:
         module.to(memory_format=layout)
-
-
-@dataclass
-class DecoderModel:
-    """DALLE_DECODER: the latent diffusion UNet conditioned on image embeddings; with `compile`, sampling calls
-    it through torch.compile (compiled on first use for each image size, then reused)."""
-
-    unet: runtime.ManagedModule
-    compile: bool = False
-    _forward: Compiled | None = field(default=None, repr=False)
-
-    def forward(self, unet: torch.nn.Module) -> Callable:
-        """The call sampling makes of `unet` (the loaded module)."""
-        if not self.compile:
-            return unet
-        if self._forward is None:
-            self._forward = compile_call(unet, "DALL·E Decoder Sample", unet)
-        return self._forward
-
-
-@dataclass
-class VQModel:
-    """DALLE_VQ_VAE: MoVQ, between latents and pixels; with `compile`, decoding goes through torch.compile."""
-
-    movq: runtime.ManagedModule
-    compile: bool = False
-    _decode: Compiled | None = field(default=None, repr=False)
-
-    def decode_fn(self, movq: MoVQ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The whole-image decode of `movq` (the loaded module)."""
-        if not self.compile:
-            return movq.decode
-        if self._decode is None:
-            self._decode = compile_call(movq.decode, "DALL·E VQ Decode", movq)
-        return self._decode
-
-
-def _cache_key(weights: Path, dtype: torch.dtype) -> str:
-    """Names the weight file's content: the HF cache stores blobs under their hash, and a file replaced in a
-    folder changes size or mtime, so new weights never meet an old embedding."""
-    stat = weights.stat()
-    identity = f"{weights.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{dtype}"
-    return hashlib.sha256(identity.encode()).hexdigest()[:24]
-
-
-def _cached_zero_embed(source: Source, dtype: torch.dtype) -> torch.Tensor:
-    fetch_config(source, "image_encoder", expect="CLIPVisionModelWithProjection")
-    weights = fetch_weights(source, "image_encoder", TRANSFORMERS_WEIGHTS)  # on disk after the first time
-    path = runtime.cache_dir() / "zero_image_embeds" / f"{_cache_key(weights, dtype)}.safetensors"
-    if path.is_file():
-        return load_file(path)["embed"]
-    managed = runtime.ManagedModule(clip.load_image_encoder(weights.parent, dtype))
-    with torch.inference_mode():
-        embed = clip.zero_image_embed(managed.load()).float().cpu()
-    del managed
-    runtime.free_cache()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"embed": embed.contiguous()}, tmp)
-    tmp.replace(path)  # atomic: a crash never leaves a half-written cache entry
-    return embed
 
 
 _loaded: dict[str, tuple[tuple, object]] = {}
@@ -171,7 +60,7 @@ class HubLoader:
     """Shared body of the loader nodes: repo id, revision and dtype in; the models of `build` out, reused while
     those inputs stay the same."""
 
-    CATEGORY = CATEGORY
+    CATEGORY = KANDINSKY_CATEGORY
     FUNCTION = "load"
     DEFAULT_REPO = ""
     CONTENTS = ""  # what the repo must hold, for the tooltip
@@ -206,12 +95,7 @@ class DalleLoadPrior(HubLoader):
 
     def build(self, source: Source, dtype: torch.dtype) -> tuple[PriorModel, TextEncoder]:
         prior = kandinsky22.load_prior(source, dtype)
-        fetch_config(source, "text_encoder", expect="CLIPTextModelWithProjection")
-        text_folder = fetch_weights(source, "text_encoder", TRANSFORMERS_WEIGHTS).parent
-        for name in TOKENIZER_FILES:  # the tokenizer reads its whole folder: fetch every file it needs first
-            tokenizer_file = fetch_file(source, "tokenizer", name)
-        tokenizer = clip.load_tokenizer(tokenizer_file.parent)
-        text_encoder = clip.load_text_encoder(text_folder, dtype)
+        tokenizer, text_encoder = kandinsky22.load_text_encoder(source, dtype)
         return (
             PriorModel(runtime.ManagedModule(prior), source, dtype),
             TextEncoder(tokenizer, runtime.ManagedModule(text_encoder)),
@@ -229,10 +113,8 @@ class DalleLoadImageEncoder(HubLoader):
     CONTENTS = "prior (its image_encoder/ and image_processor/)"
 
     def build(self, source: Source, dtype: torch.dtype) -> tuple[ImageEncoder]:
-        fetch_config(source, "image_encoder", expect="CLIPVisionModelWithProjection")
-        folder = fetch_weights(source, "image_encoder", TRANSFORMERS_WEIGHTS).parent
-        processor = clip.load_image_processor(fetch_file(source, "image_processor", "preprocessor_config.json").parent)
-        return (ImageEncoder(processor, runtime.ManagedModule(clip.load_image_encoder(folder, dtype))),)
+        processor, encoder = kandinsky22.load_image_encoder(source, dtype)
+        return (ImageEncoder(processor, runtime.ManagedModule(encoder)),)
 
 
 class DalleLoadDecoder(HubLoader):
@@ -253,12 +135,12 @@ class DalleLoadDecoder(HubLoader):
     def load(self, repo_id: str, revision: str, dtype: str, compile: bool = False) -> tuple:
         return super().load(repo_id, revision, dtype, compile=compile)
 
-    def build(self, source: Source, dtype: torch.dtype, compile: bool = False) -> tuple[DecoderModel, VQModel]:
+    def build(self, source: Source, dtype: torch.dtype, compile: bool = False) -> tuple[DecoderModel, MoVQModel]:
         unet = kandinsky22.load_unet(source, dtype)
         movq = kandinsky22.load_movq(source, dtype)
         speed_layout(unet, compile)
         speed_layout(movq, compile)
         return (
             DecoderModel(runtime.ManagedModule(unet), compile),
-            VQModel(runtime.ManagedModule(movq), compile),
+            MoVQModel(runtime.ManagedModule(movq), compile),
         )

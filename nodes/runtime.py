@@ -8,9 +8,14 @@ fall back to plain torch and tqdm.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from ..engine import device as plain
+from ..engine import hub, memory
+from ..engine.device import DTYPES, Host
 
 try:
     import comfy.model_management as comfy_mm
@@ -21,17 +26,11 @@ except ImportError:
     comfy_mm = None
 
 IN_COMFYUI = comfy_mm is not None
-DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+__all__ = ["DTYPES", "HOST", "IN_COMFYUI"]
 
 
 def compute_device() -> torch.device:
-    if IN_COMFYUI:
-        return comfy_mm.get_torch_device()
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    return comfy_mm.get_torch_device() if IN_COMFYUI else plain.default_device()
 
 
 def offload_device() -> torch.device:
@@ -44,19 +43,9 @@ def output_device() -> torch.device:
 
 
 def resolve_dtype(choice: str, device: torch.device | None = None) -> torch.dtype:
-    """The loader's dtype input → a torch dtype; "auto" is bf16 where supported, fp16 on other GPUs, fp32 on CPU."""
-    if choice not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not '{choice}'.")
-    if DTYPES[choice] is not None:
-        return DTYPES[choice]
-    device = device or compute_device()
-    if device.type == "cpu":
-        return torch.float32
-    if IN_COMFYUI:
-        return torch.bfloat16 if comfy_mm.should_use_bf16(device) else torch.float16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
+    """The loader's dtype input → a torch dtype; "auto" is bf16 where supported (inside ComfyUI: where ComfyUI would
+    use it), fp16 on other GPUs, fp32 on the CPU."""
+    return plain.resolve_dtype(choice, device or compute_device(), comfy_mm.should_use_bf16 if IN_COMFYUI else None)
 
 
 def fp16_ok(device: torch.device) -> bool:
@@ -72,8 +61,7 @@ def model_store() -> Path | None:
         if "dalle" not in folder_paths.folder_names_and_paths:
             folder_paths.add_model_folder_path("dalle", os.path.join(folder_paths.models_dir, "dalle"))
         return Path(folder_paths.get_folder_paths("dalle")[0])
-    home = os.environ.get("DALLE_NODES_HOME")
-    return Path(home).expanduser() if home else None
+    return hub.default_store()
 
 
 class _Holder(torch.nn.Module):
@@ -113,18 +101,17 @@ class ManagedModule:
             self.module.to(compute_device())
         return self.module
 
+    def load_for(self, activation_bytes: Callable[[bool], int]) -> torch.nn.Module:
+        """load() with room for the activations `activation_bytes(fused_attention)` estimates for the coming call."""
+        return self.load(memory_required=activation_bytes(memory.fused_attention_on(compute_device())))
+
     def device(self) -> torch.device:
         return next(self.module.parameters()).device
 
 
 def free_memory(device: torch.device) -> int:
     """Bytes the compute device can still allocate (ComfyUI counts what its own caches can give back)."""
-    if IN_COMFYUI:
-        return int(comfy_mm.get_free_memory(device))
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    return 0
+    return int(comfy_mm.get_free_memory(device)) if IN_COMFYUI else plain.free_memory(device)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -136,12 +123,7 @@ class Progress:
 
     def __init__(self, total: int, desc: str = ""):
         self.total = total
-        if IN_COMFYUI:
-            self.bar = comfy.utils.ProgressBar(total)
-        else:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, leave=False)
+        self.bar = comfy.utils.ProgressBar(total) if IN_COMFYUI else plain.console_progress(total, desc)
 
     def update(self, n: int = 1) -> None:
         check_interrupt()
@@ -161,11 +143,19 @@ def check_interrupt() -> None:
 def free_cache() -> None:
     if IN_COMFYUI:
         comfy_mm.soft_empty_cache()
-    elif torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    else:
+        plain.free_cache()
 
 
 def cache_dir() -> Path:
     """Small files derived from checkpoints (the zero-image embedding): beside the downloads, else ~/.cache."""
-    store = model_store()
-    return store / ".cache" if store is not None else Path.home() / ".cache" / "dalle-nodes"
+    return hub.cache_folder(model_store())
+
+
+# What the pipelines ask of the program running them, answered by ComfyUI where it runs them.
+HOST = Host(
+    lambda device: free_memory(device),
+    lambda error: is_out_of_memory(error),
+    lambda: free_cache(),
+    lambda: check_interrupt(),
+)

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-import math
 from pathlib import Path
 
 import torch
 from spandrel import ImageModelDescriptor
 
-from ..engine import tiling
-from ..engine.hub import CheckpointError, Source, fetch_file
 from ..pipelines import upscale as upscaler
 from . import runtime
-from .loaders import REVISION_TOOLTIP, reuse
-
-CATEGORY = "DALL·E/upscaling"
-CUSTOM = "custom"
-ACTIVATION_CAP = 2 << 30  # bytes of activations per forward: more does not run faster, and leaves VRAM to others
-CPU_TILE_PIXELS = 512 * 512  # on the CPU tiles only bound memory and pace the progress bar
-
-
-def _split(filename: str) -> tuple[str, str]:
-    folder, _, name = filename.strip().strip("/").rpartition("/")
-    return folder, name
+from .loaders import reuse
+from .sockets import REVISION_TOOLTIP, UPSCALE_CATEGORY
 
 
 class DalleLoadUpscaler:
@@ -31,7 +18,7 @@ class DalleLoadUpscaler:
         "Loads a GAN upscaler (Real-ESRGAN, ESRGAN, SwinIR … anything spandrel recognises) from the Hugging Face "
         "Hub or a local file. Works with DALL·E GAN Upscale and with ComfyUI's own Upscale Image (using Model)."
     )
-    CATEGORY = CATEGORY
+    CATEGORY = UPSCALE_CATEGORY
     RETURN_TYPES = ("UPSCALE_MODEL",)
     RETURN_NAMES = ("upscale_model",)
     FUNCTION = "load"
@@ -45,7 +32,7 @@ class DalleLoadUpscaler:
         return {
             "required": {
                 "model": (
-                    [*upscaler.PRESETS, CUSTOM],
+                    [*upscaler.PRESETS, upscaler.CUSTOM],
                     {"default": "RealESRGAN_x4plus", "tooltip": f"A known-good checkpoint, or custom. {presets}."},
                 ),
                 "repo_id": (
@@ -65,29 +52,8 @@ class DalleLoadUpscaler:
         }
 
     def load(self, model: str, repo_id: str, filename: str, revision: str) -> tuple[ImageModelDescriptor]:
-        path = self.locate(model, repo_id, filename, revision)
+        path = upscaler.locate(model, repo_id, filename, revision, runtime.model_store())
         return (reuse(type(self).__name__, (path, path.stat().st_mtime_ns), lambda: self.build(path)),)
-
-    @staticmethod
-    def locate(model: str, repo_id: str, filename: str, revision: str) -> Path:
-        store = runtime.model_store()
-        if model in upscaler.PRESETS:
-            preset = upscaler.PRESETS[model]
-            return fetch_file(Source(preset.repo, None, store), *_split(preset.filename))
-        if model != CUSTOM:
-            raise ValueError(
-                f"Unknown upscaler preset '{model}': choose one of {', '.join(upscaler.PRESETS)} or custom."
-            )
-        if not filename.strip():
-            raise ValueError("custom upscaler: give the filename of the weight file (and the repo_id it is in).")
-        if not repo_id.strip():
-            path = Path(filename.strip()).expanduser()
-            if not path.is_file():
-                raise CheckpointError(
-                    f"Upscaler file '{path}' does not exist. Give a full path to a local file, or a repo_id."
-                )
-            return path
-        return fetch_file(Source(repo_id.strip(), revision.strip() or None, store), *_split(filename))
 
     @staticmethod
     def build(path: Path) -> ImageModelDescriptor:
@@ -102,7 +68,7 @@ class DalleGANUpscale:
         "Upscales images with a GAN upscaler: large batched tiles sized to free memory, cross-faded so no seam "
         "shows, half precision where the model allows it; alpha is upscaled too."
     )
-    CATEGORY = CATEGORY
+    CATEGORY = UPSCALE_CATEGORY
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("image",)
     FUNCTION = "upscale"
@@ -118,7 +84,7 @@ class DalleGANUpscale:
                     {
                         "default": 0,
                         "min": 0,
-                        "max": 8192,
+                        "max": upscaler.MAX_TILE,
                         "step": 16,
                         "tooltip": "Tile side in input pixels; 0 picks the largest tiles that fit in free memory "
                         "with the least overlap work. Lower it only if another program needs the VRAM.",
@@ -129,13 +95,13 @@ class DalleGANUpscale:
                     {
                         "default": 32,
                         "min": 0,
-                        "max": 512,
+                        "max": upscaler.MAX_OVERLAP,
                         "step": 4,
                         "tooltip": "Input pixels neighbouring tiles share; seams are cross-faded inside it.",
                     },
                 ),
                 "precision": (
-                    ["auto", "fp32", "fp16", "bf16"],
+                    list(upscaler.PRECISIONS),
                     {"default": "auto", "tooltip": "auto: fp16 on GPUs where the architecture allows it, else fp32."},
                 ),
             },
@@ -145,7 +111,7 @@ class DalleGANUpscale:
                     {
                         "default": 0.0,
                         "min": 0.0,
-                        "max": 16.0,
+                        "max": upscaler.MAX_SCALE_TO,
                         "step": 0.05,
                         "tooltip": "Final size as a multiple of the input (e.g. 2 with a 4× model); "
                         "0 keeps the model's own scale. Resized with antialiased bicubic.",
@@ -172,66 +138,17 @@ class DalleGANUpscale:
         scale_to: float = 0.0,
         compile: bool = False,
     ) -> tuple[torch.Tensor]:
-        count, height, width, channels = image.shape
-        if channels not in (3, 4):
-            raise ValueError(f"The image has {channels} channels; GAN upscaling takes RGB or RGBA images.")
-        if tile and overlap * 2 >= tile:
-            raise ValueError(f"overlap ({overlap}) must be less than half the tile ({tile}); lower it or tile=0.")
-        scale = upscale_model.scale
-        size = (round(height * scale_to), round(width * scale_to)) if scale_to else (height * scale, width * scale)
-        if min(size) < 1:
-            raise ValueError(f"scale_to {scale_to} makes the image smaller than one pixel.")
+        settings = upscaler.UpscaleSettings(tile, overlap, precision, scale_to, compile)
         managed = runtime.ManagedModule(upscale_model.model, getattr(upscale_model, "patcher", None))
         device = runtime.compute_device()
-        dtype = upscaler.compute_dtype(precision, upscale_model, device)
-        managed.load(memory_required=ACTIVATION_CAP if device.type != "cpu" else 0)
-        eager = upscaler.forward_fn(upscale_model, dtype, device)  # probes memory: compiling for probes wastes minutes
-        forward = (
-            upscaler.forward_fn(upscale_model, dtype, device, compile=True, is_oom=runtime.is_out_of_memory)
-            if compile
-            else eager
+        managed.load(memory_required=upscaler.ACTIVATION_CAP if device.type != "cpu" else 0)
+        return (
+            upscaler.upscale(
+                upscale_model,
+                image,
+                settings,
+                runtime.HOST,
+                runtime.output_device(),
+                lambda total: runtime.Progress(total, "upscale"),
+            ),
         )
-
-        x = image.movedim(-1, 1).to(device, torch.float32)
-        if channels == 4:  # alpha goes through the model as a grey image and comes back as the channel mean
-            x = torch.cat([x[:, :3], x[:, 3:].expand(-1, 3, -1, -1)])
-        result = torch.empty(count, *size, channels, device=runtime.output_device())
-
-        def finish(index: int, out: torch.Tensor) -> None:
-            if tuple(out.shape[-2:]) != size:
-                out = torch.nn.functional.interpolate(out[None], size=size, mode="bicubic", antialias=True)[0]
-            out = out.clamp_(0, 1).movedim(0, -1)  # to ComfyUI's channels-last layout before leaving the GPU
-            if index < count:
-                result[index, ..., :3] = out
-            else:
-                result[index - count, ..., 3] = out.mean(-1)
-
-        def attempt(plan: tiling.TilePlan) -> None:
-            tiles = tiling.tile_count(height, width, plan) * len(x)
-            progress = runtime.Progress(math.ceil(tiles / plan.batch), "upscale")
-            try:
-                tiling.run_tiled(
-                    forward, x, scale, plan, finish, progress.update, fixed_batch=upscaler.compiled_ready(upscale_model)
-                )
-            finally:
-                progress.close()
-
-        def retry(plan: tiling.TilePlan, smaller: tiling.TilePlan) -> None:
-            logging.warning("DalleGANUpscale: out of memory with %s; retrying with %s", plan, smaller)
-            runtime.free_cache()
-
-        plan = self.plan(tile, overlap, upscale_model, eager, x, dtype)
-        tiling.shrink_on_oom(attempt, plan, runtime.is_out_of_memory, retry)
-        return (result,)
-
-    @staticmethod
-    def plan(
-        tile: int, overlap: int, descriptor: ImageModelDescriptor, forward, x: torch.Tensor, dtype: torch.dtype
-    ) -> tiling.TilePlan:
-        """Tiles from the user's size, or the least-work tiling whose activations fit the memory budget."""
-        if x.device.type != "cuda":
-            max_pixels = CPU_TILE_PIXELS
-        else:
-            budget = min(ACTIVATION_CAP, runtime.free_memory(x.device) // 2)
-            max_pixels = max(int(budget / upscaler.bytes_per_pixel(descriptor, forward, x.device, dtype)), 64 * 64)
-        return upscaler.choose_plan(x.shape[2], x.shape[3], tile, overlap, max_pixels, descriptor)

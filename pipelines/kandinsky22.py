@@ -1,24 +1,66 @@
-"""Kandinsky 2.2, the open DALL·E 2: checkpoint loading and the two sampling procedures (prior, decoder).
+"""Kandinsky 2.2, the open DALL·E 2, stage by stage: checkpoint loading, text encoding, prior sampling, decoder
+sampling and MoVQ coding as plain functions over our own modules.
 
-Mirrors diffusers' KandinskyV22PriorPipeline and KandinskyV22Pipeline step for step, so that the same seed
-gives the same image, but as plain functions over our own modules.
+Mirrors diffusers' KandinskyV22PriorPipeline, KandinskyV22Pipeline and KandinskyV22Img2ImgPipeline step for step,
+so that the same seed gives the same image. The nodes call these functions one stage each; `Kandinsky22` in
+pipelines/api.py runs them in a row.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
 
-from ..engine.cuda_graph import can_capture, graphed
-from ..engine.hub import CheckpointError, Source, fetch_config, fetch_weights, load_strict, read_state_dict
+from ..engine import cuda_graph
+from ..engine.device import PLAIN, console_progress, default_device, resolve_dtype
+from ..engine.hub import (
+    TRANSFORMERS_WEIGHTS,
+    CheckpointError,
+    MissingFile,
+    Source,
+    cache_folder,
+    default_store,
+    fetch_config,
+    fetch_file,
+    fetch_weights,
+    load_strict,
+    read_state_dict,
+)
+from ..engine.images import to_pil
+from ..models import clip
 from ..models.clip import TextEmbeds
 from ..models.movq import MoVQ, MoVQConfig
 from ..models.prior import PriorConfig, PriorTransformer
 from ..models.unet import KandinskyUNet, UNetConfig
 from . import sampling
+from .checks import check_range
+from .vq_decode import movq_decode
+
+if TYPE_CHECKING:  # transformers takes seconds to import: ComfyUI's start-up should not pay for it
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        CLIPVisionModelWithProjection,
+    )
 
 LATENT_CHANNELS = 4
+MIN_SIZE, MAX_SIZE, SIZE_STEP = 64, 4096, 64  # pixels; MoVQ downsamples by 8 and the UNet by 8 more
+MAX_BATCH = 64
+MAX_GUIDANCE = 100.0
+MAX_SEED = 2**64 - 1
+# The CLIP tokenizer reads vocab.json and merges.txt; the other two hold settings it otherwise takes as defaults
+# (transformers 5's save_pretrained no longer writes special_tokens_map.json).
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+OPTIONAL_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 PRIOR_REPO = "kandinsky-community/kandinsky-2-2-prior"
 DECODER_REPO = "kandinsky-community/kandinsky-2-2-decoder"
 
@@ -114,6 +156,113 @@ def load_movq(source: Source, dtype: torch.dtype) -> MoVQ:
     return _load(source, "movq", "VQModel", MoVQConfig, MoVQ, dtype, "MoVQ")
 
 
+def load_text_encoder(source: Source, dtype: torch.dtype) -> tuple[CLIPTokenizer, CLIPTextModelWithProjection]:
+    """The prior repo's CLIP tokenizer and text tower."""
+    fetch_config(source, "text_encoder", expect="CLIPTextModelWithProjection")
+    folder = fetch_weights(source, "text_encoder", TRANSFORMERS_WEIGHTS).parent
+    for name in TOKENIZER_FILES:  # the tokenizer reads its whole folder: fetch what it needs first
+        tokenizer_folder = fetch_file(source, "tokenizer", name).parent
+    for name in OPTIONAL_TOKENIZER_FILES:
+        try:
+            fetch_file(source, "tokenizer", name)
+        except MissingFile:
+            pass
+    return clip.load_tokenizer(tokenizer_folder), clip.load_text_encoder(folder, dtype)
+
+
+def load_image_encoder(source: Source, dtype: torch.dtype) -> tuple[CLIPImageProcessor, CLIPVisionModelWithProjection]:
+    """The prior repo's CLIP image preprocessing and ViT-bigG image tower."""
+    fetch_config(source, "image_encoder", expect="CLIPVisionModelWithProjection")
+    folder = fetch_weights(source, "image_encoder", TRANSFORMERS_WEIGHTS).parent
+    processor = clip.load_image_processor(fetch_file(source, "image_processor", "preprocessor_config.json").parent)
+    return processor, clip.load_image_encoder(folder, dtype)
+
+
+def _zero_embed_key(weights: Path, dtype: torch.dtype) -> str:
+    """Names the weight file's content: the HF cache stores blobs under their hash, and a file replaced in a
+    folder changes size or mtime, so new weights never meet an old embedding."""
+    stat = weights.stat()
+    identity = f"{weights.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{dtype}"
+    return hashlib.sha256(identity.encode()).hexdigest()[:24]
+
+
+def zero_image_embed(
+    source: Source, dtype: torch.dtype, cache: Path, place: Callable[[torch.nn.Module], torch.nn.Module]
+) -> torch.Tensor:
+    """[1, D] image embedding of an all-zero image, computed once per checkpoint and dtype, then read from `cache`.
+
+    It stands in for "no negative prompt" in the decoder; caching it means text-to-image never needs the 3.7 GB
+    image encoder in memory again after the first run. `place` readies the encoder on the compute device.
+    """
+    fetch_config(source, "image_encoder", expect="CLIPVisionModelWithProjection")
+    weights = fetch_weights(source, "image_encoder", TRANSFORMERS_WEIGHTS)  # on disk after the first time
+    path = cache / "zero_image_embeds" / f"{_zero_embed_key(weights, dtype)}.safetensors"
+    if path.is_file():
+        return load_file(path)["embed"]
+    with torch.inference_mode():
+        embed = clip.zero_image_embed(place(clip.load_image_encoder(weights.parent, dtype))).float().cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"embed": embed.contiguous()}, tmp)
+    tmp.replace(path)  # atomic: a crash never leaves a half-written cache entry
+    return embed
+
+
+@dataclass
+class PromptEmbeds:
+    """DALLE_TEXT_EMBEDS: one prompt's embeddings, with the empty prompt's (the prior's unconditional input)."""
+
+    text: str
+    prompt: TextEmbeds
+    empty: TextEmbeds
+
+    def __repr__(self) -> str:  # ComfyUI puts node inputs into error reports: keep tensors out of them
+        return f"PromptEmbeds({self.text!r})"
+
+
+@dataclass
+class ImageEmbeds:
+    """DALLE_IMAGE_EMBEDS: [B, D] CLIP image embeddings and the [B, D] negative ones the decoder guides away from."""
+
+    positive: torch.Tensor
+    negative: torch.Tensor
+
+    def __repr__(self) -> str:
+        return f"ImageEmbeds({' x '.join(map(str, self.positive.shape))}, {self.positive.dtype})"
+
+
+def check_prompt_text(text: str) -> None:
+    if not text.strip():
+        raise ValueError(
+            "The prompt is empty: write what the image should show. (For no negative prompt, leave the "
+            "prior's negative input unconnected.)"
+        )
+
+
+def encode_prompt(
+    tokenizer: CLIPTokenizer, encoder: CLIPTextModelWithProjection, text: str, store: torch.device
+) -> PromptEmbeds:
+    """The prompt's CLIP embeddings, and the empty prompt's, kept on `store` between stages."""
+    check_prompt_text(text)
+    with torch.inference_mode():
+        both = clip.encode_text(tokenizer, encoder, [text, ""])
+    rows = [
+        TextEmbeds(both.pooled[i : i + 1], both.states[i : i + 1], both.mask[i : i + 1]).to(store, both.pooled.dtype)
+        for i in range(2)
+    ]
+    return PromptEmbeds(text, rows[0], rows[1])
+
+
+def encode_images(
+    processor: CLIPImageProcessor, encoder: CLIPVisionModelWithProjection, images: torch.Tensor, store: torch.device
+) -> ImageEmbeds:
+    """IMAGE [B, H, W, 3|4] in 0..1 → their CLIP image embeddings, guided away from the all-zero image's."""
+    with torch.inference_mode():
+        embeds = clip.encode_images(processor, encoder, images)
+        zero = clip.zero_image_embed(encoder).expand_as(embeds)
+    return ImageEmbeds(embeds.float().to(store), zero.float().to(store))
+
+
 def _repeat(embeds: TextEmbeds, n: int) -> TextEmbeds:
     return TextEmbeds(*(t.repeat_interleave(n, dim=0) for t in (embeds.pooled, embeds.states, embeds.mask)))
 
@@ -134,38 +283,38 @@ def _graphed_denoise(denoise: sampling.Denoise, x: torch.Tensor) -> sampling.Den
     same stream as the next replay), so no copy is needed.
     """
     timestep = torch.zeros((), dtype=torch.long, device=x.device)  # any value: the warm-up only needs the shape
-    return graphed(denoise, x, timestep, what="Kandinsky 2.2 prior")
+    return cuda_graph.graphed(denoise, x, timestep, what="Kandinsky 2.2 prior")
 
 
 def prior_sample(
     prior: PriorTransformer,
-    prompt: TextEmbeds,
-    empty: TextEmbeds,
-    negative: TextEmbeds | None,
+    prompt: PromptEmbeds,
+    negative: PromptEmbeds | None,
     batch_size: int,
-    steps: int,
     guidance: float,
+    schedule: sampling.PriorSchedule,
     generator: torch.Generator,
     callback: sampling.Callback | None = None,
-    cuda_graph: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sample CLIP image embeddings for one prompt: ([B, D] embeddings, [B, D] negative embeddings or None).
 
-    Each TextEmbeds holds one prompt on the prior's device and dtype; `empty` is the encoded "" prompt, the
-    unconditional input when there is no negative prompt. With a negative prompt the reference samples its
-    image embedding alongside (guided against itself, which is just its conditional prediction), so noise is
+    Without a negative prompt the empty prompt is the prior's unconditional input. With one, the reference samples
+    its image embedding alongside (guided against itself, which is just its conditional prediction), so noise is
     drawn for 2B rows; we skip the redundant unconditional half of those rows (3B model rows instead of 4B).
 
-    On a CUDA device the guided model call is recorded once as a CUDA graph and replayed at every step
-    (`cuda_graph=False`: launched kernel by kernel, same embeddings, slower); see _graphed_denoise.
+    On a CUDA device the guided model call is recorded once as a CUDA graph and replayed at every step, unless
+    DALLE_NODES_CUDA_GRAPHS=0 (same embeddings, slower); see _graphed_denoise.
     """
+    check_range("batch_size", batch_size, 1, MAX_BATCH)
+    check_range("guidance", guidance, 0.0, MAX_GUIDANCE)
     param = next(prior.parameters())
-    pos, rows = _repeat(prompt, batch_size), batch_size
+    place = lambda e: _repeat(e.to(param.device, param.dtype), batch_size)  # noqa: E731
+    pos, rows = place(prompt.prompt), batch_size
     if negative is not None:
-        neg, rows = _repeat(negative, batch_size), 2 * batch_size
+        neg, rows = place(negative.prompt), 2 * batch_size
     guided = guidance > 1
     if negative is None:
-        text = _cat(_repeat(empty, batch_size), pos) if guided else pos
+        text = _cat(place(prompt.empty), pos) if guided else pos
     else:
         text = _cat(neg, pos, neg) if guided else _cat(pos, neg)
 
@@ -178,63 +327,225 @@ def prior_sample(
         return torch.cat([uncond + guidance * (cond - uncond), rest])
 
     x = sampling.randn((rows, prior.config.embedding_dim), generator, param.device, param.dtype)
-    if cuda_graph and can_capture(x.device):
+    if cuda_graph.wanted() and cuda_graph.can_capture(x.device):
         denoise = _graphed_denoise(denoise, x)
-    embeds = prior.unnormalize(sampling.sample_prior(denoise, x, steps, generator, callback))
+    with torch.inference_mode():
+        embeds = prior.unnormalize(sampling.sample_prior(denoise, x, schedule, generator, callback))
     return embeds[:batch_size], (embeds[batch_size:] if negative is not None else None)
+
+
+def prior_rows(batch_size: int, guidance: float, negative: bool) -> int:
+    """Rows of each prior forward: the prompt's, the unconditional ones with guidance, the negative prompt's."""
+    return batch_size * (1 + (guidance > 1) + negative)
 
 
 def latent_size(width: int, height: int) -> tuple[int, int]:
     """Latent (height, width) for an image size: MoVQ downsamples by 8, and sizes must be multiples of 64."""
     for name, value in (("width", width), ("height", height)):
-        if value % 64 or not 64 <= value <= 4096:
-            nearest = max(64, min(4096, round(value / 64) * 64))
+        if not isinstance(value, int) or value % SIZE_STEP or not MIN_SIZE <= value <= MAX_SIZE:
+            nearest = max(MIN_SIZE, min(MAX_SIZE, round(value / SIZE_STEP) * SIZE_STEP)) if value == value else 768
             raise ValueError(
-                f"{name} {value} is not supported: use a multiple of 64 between 64 and 4096 (e.g. {nearest})."
+                f"{name} {value} is not supported: use a multiple of {SIZE_STEP} between {MIN_SIZE} and "
+                f"{MAX_SIZE} (e.g. {nearest})."
             )
     return height // 8, width // 8
 
 
-def decoder_sample(
-    unet: KandinskyUNet,
-    embeds: torch.Tensor,
-    negative_embeds: torch.Tensor,
-    size: tuple[int, int],
-    steps: int,
-    guidance: float,
-    sampler: str,
+def decoder_start(
+    embeds: ImageEmbeds,
+    schedule: sampling.DecoderSchedule,
+    size: tuple[int, int] | None,
+    latent: torch.Tensor | None,
     generator: torch.Generator,
-    karras: bool = False,
-    latent: torch.Tensor | None = None,
-    denoise_strength: float = 1.0,
-    callback: sampling.Callback | None = None,
-    forward: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Sample MoVQ latents [B, 4, h, w] conditioned on image embeddings, as KandinskyV22Pipeline does.
+    """The latent sampling starts from, in float32: noise of latent `size` (h, w) for text-to-image (on the CPU), or
+    `latent` (an encoded image, batch 1 or the embeddings') noised to the schedule's start for image-to-image (on the
+    latent's device). The noise is drawn on the CPU either way, so a seed gives the same image on any device."""
+    rows = embeds.positive.shape[0]
+    if latent is None:
+        if schedule.start:
+            raise ValueError("denoise below 1 needs a starting latent: connect one (e.g. from DALL·E VQ Encode).")
+        return sampling.initial_noise((rows, LATENT_CHANNELS, *size), schedule, generator, "cpu", torch.float32)
+    if latent.ndim != 4 or latent.shape[1] != LATENT_CHANNELS:
+        raise ValueError(
+            f"The latent has shape {tuple(latent.shape)}: connect a MoVQ latent [B, {LATENT_CHANNELS}, h, w] "
+            "(DALL·E VQ Encode)."
+        )
+    if latent.shape[0] not in (1, rows):
+        raise ValueError(f"The latent batch ({latent.shape[0]}) must be 1 or match the embeddings ({rows}).")
+    return sampling.noise_latent(latent.float().expand(rows, -1, -1, -1), schedule, generator)
 
-    With `latent` (an encoded image) this is img2img: only the last `denoise_strength` of the schedule runs,
-    starting from the latent noised to that level (KandinskyV22Img2ImgPipeline). `forward` replaces the call of
-    `unet` (its compiled version).
+
+def decoder_sample(
+    unet: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    embeds: ImageEmbeds,
+    x: torch.Tensor,
+    schedule: sampling.DecoderSchedule,
+    guidance: float,
+    generator: torch.Generator,
+    callback: sampling.Callback | None = None,
+) -> torch.Tensor:
+    """Sample MoVQ latents [B, 4, h, w] from `x` (decoder_start's, already on the UNet's device and dtype),
+    conditioned on image embeddings, as KandinskyV22Pipeline (and its img2img twin) does.
+
+    `unet` is the UNet module or its compiled call.
     """
-    forward = unet if forward is None else forward
-    param = next(unet.parameters())
+    check_range("guidance", guidance, 0.0, MAX_GUIDANCE)
     guided = guidance > 1
-    cond = torch.cat([negative_embeds, embeds]) if guided else embeds
-    cond = cond.to(param.device, param.dtype)
+    cond = torch.cat([embeds.negative, embeds.positive]) if guided else embeds.positive
+    cond = cond.to(x.device, x.dtype)
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        eps = forward(torch.cat([x, x]) if guided else x, t, cond)[:, : x.shape[1]]  # drop the learned-variance half
+        eps = unet(torch.cat([x, x]) if guided else x, t, cond)[:, : x.shape[1]]  # drop the learned-variance half
         if not guided:
             return eps
         uncond, text = eps.chunk(2)
         return uncond + guidance * (text - uncond)
 
-    if latent is None:
-        schedule = sampling.decoder_schedule(sampler, steps, karras)
-        x = sampling.randn((embeds.shape[0], LATENT_CHANNELS, *size), generator, param.device, param.dtype)
-        x = x * schedule.init_noise_sigma
-    else:
-        x = sampling.noise_latent(
-            latent.to(param.device, param.dtype), generator, steps, sampler, karras, denoise_strength
+    with torch.inference_mode():
+        return sampling.sample_decoder(denoise, x, schedule, generator, callback)
+
+
+def movq_encode(movq: MoVQ, images: torch.Tensor) -> torch.Tensor:
+    """IMAGE [B, H, W, 3|4] in 0..1 (sides multiples of 8) → MoVQ latents [B, 4, H/8, W/8], float32, one at a time."""
+    height, width = images.shape[1:3]
+    if height % 8 or width % 8:
+        raise ValueError(
+            f"Image size {width}x{height} is not a multiple of 8: resize or crop it first (e.g. Upscale Image)."
         )
-    return sampling.sample_decoder(denoise, x, steps, sampler, generator, karras, denoise_strength, callback)
+    param = next(movq.parameters())
+    pixels = images[..., :3].permute(0, 3, 1, 2) * 2 - 1  # drop alpha; MoVQ works in [-1, 1]
+    with torch.inference_mode():
+        # contiguous: a channels-last MoVQ (compile) would hand the sampler, and so the compiled UNet, that layout
+        return torch.cat(
+            [movq.encode(one.to(param.device, param.dtype)).float().contiguous() for one in pixels.split(1)]
+        )
+
+
+@dataclass
+class Kandinsky22:
+    """DALL·E 2 on Kandinsky 2.2 in plain Python, no ComfyUI needed: the same stage functions the nodes run.
+
+    ```python
+    k = Kandinsky22.load(prior="kandinsky-community/kandinsky-2-2-prior",
+                         decoder="kandinsky-community/kandinsky-2-2-decoder", dtype="auto")
+    images = k.generate("a red fox", seed=42)  # list of PIL images
+    ```
+    Every model stays on `device` (about 5.7 GiB in bf16); the image encoder is loaded only on the first run of a
+    checkpoint, for the zero-image embedding, which is then cached on disk.
+    """
+
+    prior: PriorTransformer
+    tokenizer: CLIPTokenizer
+    text_encoder: CLIPTextModelWithProjection
+    unet: KandinskyUNet
+    movq: MoVQ
+    zero_embed: torch.Tensor
+
+    @classmethod
+    def load(
+        cls,
+        prior: str = PRIOR_REPO,
+        decoder: str = DECODER_REPO,
+        dtype: str = "auto",
+        device: str | torch.device | None = None,
+    ) -> Kandinsky22:
+        """Hub repo ids or local folders in the repos' layout; downloads go to $DALLE_NODES_HOME or the Hugging
+        Face cache. dtype: auto (bf16 on GPUs that support it, else fp16; fp32 on the CPU), fp32, fp16 or bf16."""
+        device = torch.device(device) if device is not None else default_device()
+        torch_dtype = resolve_dtype(dtype, device)
+        store = default_store()
+        prior_source, decoder_source = Source(prior, None, store), Source(decoder, None, store)
+        placed = lambda module: module.to(device)  # noqa: E731
+        zero = zero_image_embed(prior_source, torch_dtype, cache_folder(store), placed)
+        tokenizer, text_encoder = load_text_encoder(prior_source, torch_dtype)
+        return cls(
+            placed(load_prior(prior_source, torch_dtype)),
+            tokenizer,
+            placed(text_encoder),
+            placed(load_unet(decoder_source, torch_dtype)),
+            placed(load_movq(decoder_source, torch_dtype)),
+            zero,
+        )
+
+    def generate(self, prompt: str, **settings) -> list[Image.Image]:
+        """Text → images; `settings` are those of `Request` (negative, seed, steps, prior_steps, guidance,
+        prior_guidance, width, height, batch_size, sampler, karras), all checked before any work."""
+        return self.run(Request(prompt, **settings))
+
+    def run(self, request: Request) -> list[Image.Image]:
+        """The node chain Text Encode → Prior Sample → Decoder Sample → VQ Decode, as it runs for the same seed."""
+        store = torch.device("cpu")
+        positive = encode_prompt(self.tokenizer, self.text_encoder, request.prompt, store)
+        negative = (
+            encode_prompt(self.tokenizer, self.text_encoder, request.negative, store) if request.negative else None
+        )
+        bar = console_progress(request.prior_steps + request.steps, "Kandinsky 2.2")
+        step = lambda i, total, x: bar.update()  # noqa: E731
+        try:
+            embeds, negative_image = prior_sample(
+                self.prior,
+                positive,
+                negative,
+                request.batch_size,
+                request.prior_guidance,
+                request.prior_schedule,
+                torch.Generator().manual_seed(request.seed),
+                step,
+            )
+            if negative_image is None:
+                negative_image = self.zero_embed.expand(request.batch_size, -1)
+            image_embeds = ImageEmbeds(embeds.float(), negative_image.float().to(embeds.device))
+            generator = torch.Generator().manual_seed(request.seed)
+            x = decoder_start(image_embeds, request.decoder_schedule, request.latent_size, None, generator)
+            param = next(self.unet.parameters())
+            latents = decoder_sample(
+                self.unet,
+                image_embeds,
+                x.to(param.device, param.dtype),
+                request.decoder_schedule,
+                request.guidance,
+                generator,
+                step,
+            )
+        finally:
+            bar.close()
+        return to_pil(movq_decode(self.movq, latents.float(), PLAIN, store))
+
+
+@dataclass(frozen=True)
+class Request:
+    """The settings of one text-to-image run, checked when made: before any model loads, a mistake is reported."""
+
+    prompt: str
+    negative: str | None = None
+    seed: int = 0
+    steps: int = 50
+    prior_steps: int = 25
+    guidance: float = 4.0
+    prior_guidance: float = 4.0
+    width: int = 768
+    height: int = 768
+    batch_size: int = 1
+    sampler: str = "ddpm"
+    karras: bool = False
+
+    def __post_init__(self) -> None:
+        check_prompt_text(self.prompt)
+        check_range("seed", self.seed, 0, MAX_SEED)
+        for name in ("guidance", "prior_guidance"):
+            check_range(name, getattr(self, name), 0.0, MAX_GUIDANCE)
+        check_range("batch_size", self.batch_size, 1, MAX_BATCH)
+        self.prior_schedule, self.decoder_schedule, self.latent_size  # noqa: B018  (built now: they check the rest)
+
+    @cached_property
+    def prior_schedule(self) -> sampling.PriorSchedule:
+        return sampling.prior_schedule(self.prior_steps)
+
+    @cached_property
+    def decoder_schedule(self) -> sampling.DecoderSchedule:
+        return sampling.decoder_schedule(self.sampler, self.steps, self.karras)
+
+    @cached_property
+    def latent_size(self) -> tuple[int, int]:
+        return latent_size(self.width, self.height)

@@ -1,9 +1,14 @@
 """Noise schedules and samplers for Kandinsky 2.2, reproducing the diffusers pipelines step for step.
 
-Prior:   emb = sample_prior(denoise, randn(shape, gen, device, dtype), steps, gen)  # denoise -> guided clean embedding
-Decoder: x = randn(shape, gen, device, dtype) * decoder_schedule(sampler, steps, karras).init_noise_sigma  # txt2img
-     or  x = noise_latent(image_latent, gen, steps, sampler, karras, strength)                          # img2img
-         x = sample_decoder(denoise, x, steps, sampler, gen, karras, strength, callback)  # denoise -> guided eps
+k-diffusion's contract: a schedule is built once per run, as a value, and every sampler is a function of
+(denoise, x, schedule, generator, callback).
+
+Prior:   schedule = prior_schedule(steps)
+         emb = sample_prior(denoise, randn(shape, gen, device, dtype), schedule, gen)  # denoise -> guided clean emb
+Decoder: schedule = decoder_schedule(sampler, steps, karras, denoise_strength)
+         x = initial_noise(shape, schedule, gen, device, dtype)       # text-to-image
+     or  x = noise_latent(image_latent, schedule, gen)                # image-to-image: from schedule.start
+         x = sample_decoder(denoise, x, schedule, gen, callback)      # denoise -> guided eps
 `denoise(x, t)` receives exactly the model input and timestep the diffusers pipeline would feed the prior / UNet.
 """
 
@@ -16,6 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .checks import check_choice, check_range
+
 DECODER_SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "euler_ancestral")
 
 Denoise = Callable[[Tensor, Tensor], Tensor]
@@ -25,6 +32,8 @@ TRAIN_TIMESTEPS = 1000
 PRIOR_CLIP_RANGE = 10.0  # prior scheduler config: clip_sample with clip_sample_range 10
 DECODER_BETA_START, DECODER_BETA_END = 0.00085, 0.012  # decoder scheduler config: linear betas
 KARRAS_RHO = 7.0
+MAX_DECODER_STEPS = TRAIN_TIMESTEPS - 1  # "leading" spacing with offset 1 would index past the table at 1000
+MIN_DENOISE = 0.01
 
 
 def randn(
@@ -46,6 +55,21 @@ class DecoderSchedule:
     alphas_cumprod: Tensor  # training schedule, float32 [1000]
     sigmas: Tensor | None  # dpmpp_2m / euler_ancestral: noise level per step plus a final 0, float32
     init_noise_sigma: float  # txt2img: the initial N(0, 1) noise is scaled by this
+    start: int = 0  # image-to-image: index of the first step run (KandinskyV22Img2ImgPipeline.get_timesteps)
+
+    @property
+    def steps_run(self) -> int:
+        return len(self.timesteps) - self.start
+
+
+@dataclass(frozen=True)
+class PriorSchedule:
+    """The unCLIP prior's ancestral DDPM steps: timesteps and the posterior's coefficients per step."""
+
+    timesteps: Tensor  # int64, CPU
+    coef_x0: Tensor  # x_prev = coef_x0 * x0 + coef_x * x_t + noise_std * noise
+    coef_x: Tensor
+    noise_std: Tensor
 
 
 def _numpy_linspace(stop: float, num: int) -> Tensor:
@@ -98,19 +122,20 @@ def _interp_table(timesteps: Tensor, table: Tensor) -> Tensor:
     return (table[low + 1] - table[low]) * (timesteps - low) + table[low]
 
 
-def decoder_schedule(sampler: str, steps: int, karras: bool = False) -> DecoderSchedule:
-    """The schedule diffusers' scheduler for `sampler` (built with from_config of the decoder DDPM config) sets up."""
-    if sampler not in DECODER_SAMPLERS:
-        raise ValueError(f"unknown decoder sampler {sampler!r}; expected one of {DECODER_SAMPLERS}")
+def decoder_schedule(sampler: str, steps: int, karras: bool = False, denoise_strength: float = 1.0) -> DecoderSchedule:
+    """The schedule diffusers' scheduler for `sampler` (built with from_config of the decoder DDPM config) sets up;
+    with denoise_strength < 1 (image-to-image) only its last int(steps * denoise_strength) steps run."""
+    check_choice("sampler", sampler, DECODER_SAMPLERS)
     if karras and sampler != "dpmpp_2m":
-        raise ValueError("karras sigmas are only available for dpmpp_2m")
-    if not 1 <= steps < TRAIN_TIMESTEPS:  # "leading" spacing with offset 1 would index past the table at 1000
-        raise ValueError(f"decoder steps must be between 1 and {TRAIN_TIMESTEPS - 1}, got {steps}")
+        raise ValueError("karras sigmas apply to the dpmpp_2m sampler only: switch karras off or pick dpmpp_2m.")
+    check_range("steps", steps, 1, MAX_DECODER_STEPS)
+    check_range("denoise", denoise_strength, MIN_DENOISE, 1.0)
+    start = img2img_start(steps, denoise_strength)
     alphas_cumprod = _decoder_alphas_cumprod()
     if sampler in ("ddpm", "ddim"):
         # "leading" spacing with the config's steps_offset 1
         timesteps = torch.arange(steps - 1, -1, -1) * (TRAIN_TIMESTEPS // steps) + 1
-        return DecoderSchedule(sampler, timesteps, alphas_cumprod, None, 1.0)
+        return DecoderSchedule(sampler, timesteps, alphas_cumprod, None, 1.0, start)
     sigma_table = ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
     final_zero = torch.zeros(1)
     if sampler == "dpmpp_2m":
@@ -121,32 +146,34 @@ def decoder_schedule(sampler: str, steps: int, karras: bool = False) -> DecoderS
             # from_config drops the DDPM's default "leading", so DPM-Solver uses its own "linspace"
             timesteps = _numpy_linspace(TRAIN_TIMESTEPS - 1, steps + 1).round().flip(0)[:-1].long()
             sigmas = sigma_table[timesteps]
-        return DecoderSchedule(sampler, timesteps, alphas_cumprod, torch.cat([sigmas.float(), final_zero]), 1.0)
+        return DecoderSchedule(sampler, timesteps, alphas_cumprod, torch.cat([sigmas.float(), final_zero]), 1.0, start)
     # euler_ancestral, "linspace" spacing too: fractional timesteps and sigmas interpolated between table entries
     timesteps = _numpy_linspace(TRAIN_TIMESTEPS - 1, steps).float().flip(0)
     sigmas = torch.cat([_interp_table(timesteps.double(), sigma_table).float(), final_zero])
-    return DecoderSchedule(sampler, timesteps, alphas_cumprod, sigmas, float(sigmas.max()))
+    return DecoderSchedule(sampler, timesteps, alphas_cumprod, sigmas, float(sigmas.max()), start)
 
 
 def img2img_start(steps: int, denoise_strength: float) -> int:
     """Index of the first step run at this strength (KandinskyV22Img2ImgPipeline.get_timesteps)."""
     start = steps - min(int(steps * denoise_strength), steps)
     if start >= steps:
-        raise ValueError(f"denoise strength {denoise_strength} leaves no step to run out of {steps}")
+        raise ValueError(
+            f"denoise {denoise_strength} leaves no step to run out of {steps}: raise denoise or steps "
+            f"(at least {1 / steps:.2f} for {steps} steps)."
+        )
     return start
 
 
-def noise_latent(
-    latent: Tensor,
-    generator: torch.Generator | None,
-    steps: int,
-    sampler: str,
-    karras: bool = False,
-    denoise_strength: float = 1.0,
+def initial_noise(
+    shape: tuple[int, ...], schedule: DecoderSchedule, generator: torch.Generator | None, device, dtype
 ) -> Tensor:
-    """Noise a clean latent to the first step run at `denoise_strength` (the img2img pipeline's add_noise)."""
-    schedule = decoder_schedule(sampler, steps, karras)
-    start = img2img_start(steps, denoise_strength)
+    """Text-to-image's starting latent: N(0, 1) noise scaled to the schedule's first noise level."""
+    return randn(shape, generator, device, dtype) * schedule.init_noise_sigma
+
+
+def noise_latent(latent: Tensor, schedule: DecoderSchedule, generator: torch.Generator | None) -> Tensor:
+    """Noise a clean latent to the schedule's first step run (the img2img pipeline's add_noise)."""
+    sampler, start = schedule.sampler, schedule.start
     noise = randn(latent.shape, generator, latent.device, torch.float32)
     if sampler in ("ddpm", "ddim"):
         alpha_cumprod = schedule.alphas_cumprod[schedule.timesteps[start]]
@@ -170,17 +197,15 @@ def _posterior_loop(
     denoise: Denoise,
     to_x0: Callable[[Tensor, Tensor, int], Tensor],
     x: Tensor,
-    timesteps: Tensor,
-    coef_x0: Tensor,
-    coef_x: Tensor,
-    noise_std: Tensor,
+    steps: PriorSchedule,
     start: int,
     generator: torch.Generator | None,
     callback: Callback | None,
 ) -> Tensor:
     """Ancestral DDPM: x <- coef_x0 * x0 + coef_x * x + noise_std * noise, noise drawn only while t > 0."""
-    timesteps_on_device = timesteps.to(x.device)
-    ts, c_x0, c_x, std = timesteps.tolist(), coef_x0.tolist(), coef_x.tolist(), noise_std.tolist()
+    timesteps_on_device = steps.timesteps.to(x.device)
+    ts, c_x0, c_x = steps.timesteps.tolist(), steps.coef_x0.tolist(), steps.coef_x.tolist()
+    std = steps.noise_std.tolist()
     for i in range(start, len(ts)):
         x32 = x.float()
         x0 = to_x0(x32, denoise(x, timesteps_on_device[i]).float(), i)
@@ -193,16 +218,9 @@ def _posterior_loop(
     return x
 
 
-def sample_prior(
-    denoise: Denoise, x: Tensor, steps: int, generator: torch.Generator | None, callback: Callback | None = None
-) -> Tensor:
-    """unCLIP prior sampling (UnCLIPScheduler as the Kandinsky 2.2 prior pipeline drives it).
-
-    `x` is N(0, 1) noise (the scheduler's init_noise_sigma is 1). denoise(x, t) returns the guided predicted clean
-    embedding for int64 timestep `t`; it is clipped to +-10 and the step noise is drawn after each call but the last.
-    """
-    if not 2 <= steps <= TRAIN_TIMESTEPS:
-        raise ValueError(f"prior steps must be between 2 and {TRAIN_TIMESTEPS}, got {steps}")
+def prior_schedule(steps: int) -> PriorSchedule:
+    """The steps UnCLIPScheduler takes when the Kandinsky 2.2 prior pipeline sets `steps` timesteps."""
+    check_range("prior steps", steps, 2, TRAIN_TIMESTEPS)
     betas = _prior_betas()
     alphas = 1 - betas
     alphas_cumprod = torch.cumprod(alphas, dim=0)
@@ -217,27 +235,27 @@ def sample_prior(
     alpha = torch.where(adjacent, alphas[timesteps], 1 - beta)
     coef_x0, coef_x, variance = _posterior(a_t, a_prev, alpha, beta)
     noise_std = torch.exp(0.5 * torch.log(torch.clamp(variance, min=1e-20)))  # "fixed_small_log"
-    return _posterior_loop(
-        denoise,
-        lambda x32, out, i: out.clamp(-PRIOR_CLIP_RANGE, PRIOR_CLIP_RANGE),
-        x,
-        timesteps,
-        coef_x0,
-        coef_x,
-        noise_std,
-        0,
-        generator,
-        callback,
-    )
+    return PriorSchedule(timesteps, coef_x0, coef_x, noise_std)
+
+
+def sample_prior(
+    denoise: Denoise,
+    x: Tensor,
+    schedule: PriorSchedule,
+    generator: torch.Generator | None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """unCLIP prior sampling (UnCLIPScheduler as the Kandinsky 2.2 prior pipeline drives it).
+
+    `x` is N(0, 1) noise (the scheduler's init_noise_sigma is 1). denoise(x, t) returns the guided predicted clean
+    embedding for int64 timestep `t`; it is clipped to +-10 and the step noise is drawn after each call but the last.
+    """
+    clip = lambda x32, out, i: out.clamp(-PRIOR_CLIP_RANGE, PRIOR_CLIP_RANGE)  # noqa: E731
+    return _posterior_loop(denoise, clip, x, schedule, 0, generator, callback)
 
 
 def _sample_ddpm(
-    denoise: Denoise,
-    x: Tensor,
-    schedule: DecoderSchedule,
-    start: int,
-    generator: torch.Generator | None,
-    callback: Callback | None,
+    denoise: Denoise, x: Tensor, schedule: DecoderSchedule, generator: torch.Generator | None, callback: Callback | None
 ) -> Tensor:
     """DDPMScheduler, variance "fixed_small": step noise drawn after every model call (all t >= 1)."""
     timesteps, alphas_cumprod = schedule.timesteps, schedule.alphas_cumprod
@@ -248,29 +266,16 @@ def _sample_ddpm(
     coef_x0, coef_x, variance = _posterior(a_t, a_prev, alpha, 1 - alpha)
     noise_std = torch.clamp(variance, min=1e-20) ** 0.5
     sqrt_a, sqrt_b = (a_t**0.5).tolist(), ((1 - a_t) ** 0.5).tolist()
-    return _posterior_loop(
-        denoise,
-        lambda x32, eps, i: (x32 - sqrt_b[i] * eps) / sqrt_a[i],
-        x,
-        timesteps,
-        coef_x0,
-        coef_x,
-        noise_std,
-        start,
-        generator,
-        callback,
-    )
+    to_x0 = lambda x32, eps, i: (x32 - sqrt_b[i] * eps) / sqrt_a[i]  # noqa: E731
+    steps = PriorSchedule(timesteps, coef_x0, coef_x, noise_std)
+    return _posterior_loop(denoise, to_x0, x, steps, schedule.start, generator, callback)
 
 
 def _sample_ddim(
-    denoise: Denoise,
-    x: Tensor,
-    schedule: DecoderSchedule,
-    start: int,
-    generator: torch.Generator | None,
-    callback: Callback | None,
+    denoise: Denoise, x: Tensor, schedule: DecoderSchedule, generator: torch.Generator | None, callback: Callback | None
 ) -> Tensor:
     """DDIMScheduler with eta 0 (as the pipeline calls it): deterministic, draws no noise."""
+    start = schedule.start
     timesteps, alphas_cumprod = schedule.timesteps, schedule.alphas_cumprod
     prev = timesteps - TRAIN_TIMESTEPS // len(timesteps)
     a_t = alphas_cumprod[timesteps]
@@ -289,15 +294,11 @@ def _sample_ddim(
 
 
 def _sample_dpmpp_2m(
-    denoise: Denoise,
-    x: Tensor,
-    schedule: DecoderSchedule,
-    start: int,
-    generator: torch.Generator | None,
-    callback: Callback | None,
+    denoise: Denoise, x: Tensor, schedule: DecoderSchedule, generator: torch.Generator | None, callback: Callback | None
 ) -> Tensor:
     """DPMSolverMultistepScheduler: dpmsolver++, order 2, midpoint; first order on the first step run and on the
     last (final sigma 0). Deterministic, draws no noise."""
+    start = schedule.start
     sigmas = schedule.sigmas
     alpha = 1 / (sigmas**2 + 1) ** 0.5
     sigma = sigmas * alpha
@@ -326,15 +327,11 @@ def _sample_dpmpp_2m(
 
 
 def _sample_euler_ancestral(
-    denoise: Denoise,
-    x: Tensor,
-    schedule: DecoderSchedule,
-    start: int,
-    generator: torch.Generator | None,
-    callback: Callback | None,
+    denoise: Denoise, x: Tensor, schedule: DecoderSchedule, generator: torch.Generator | None, callback: Callback | None
 ) -> Tensor:
     """EulerAncestralDiscreteScheduler: the model sees x / sqrt(sigma^2 + 1) (scale_model_input); step noise is
     drawn after every model call, the last one included (where it is scaled by 0)."""
+    start = schedule.start
     sigma_from, sigma_to = schedule.sigmas[:-1], schedule.sigmas[1:]
     sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
     sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
@@ -363,18 +360,13 @@ _DECODER_LOOPS = {
 def sample_decoder(
     denoise: Denoise,
     x: Tensor,
-    steps: int,
-    sampler: str,
+    schedule: DecoderSchedule,
     generator: torch.Generator | None,
-    karras: bool = False,
-    denoise_strength: float = 1.0,
     callback: Callback | None = None,
 ) -> Tensor:
-    """Run decoder sampler `sampler` from latent `x` (txt2img: scaled noise; img2img: `noise_latent`'s output).
+    """Run the schedule's sampler from latent `x` (txt2img: `initial_noise`; img2img: `noise_latent`'s output).
 
-    denoise(x, t) returns the guided 4-channel epsilon. With denoise_strength < 1 only the last
-    int(steps * denoise_strength) steps run. callback(step_index, total, x) follows every step.
+    denoise(x, t) returns the guided 4-channel epsilon. Steps run from schedule.start; callback(step_index, total, x)
+    follows every step.
     """
-    schedule = decoder_schedule(sampler, steps, karras)
-    start = img2img_start(steps, denoise_strength)
-    return _DECODER_LOOPS[sampler](denoise, x, schedule, start, generator, callback)
+    return _DECODER_LOOPS[schedule.sampler](denoise, x, schedule, generator, callback)

@@ -5,19 +5,26 @@ forward, and its measured activation memory per pixel.
 
 from __future__ import annotations
 
+import logging
+import math
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError, canonicalize_state_dict
 
 from ..engine import tiling
 from ..engine.compiled import Compiled
-from ..engine.hub import CheckpointError, read_pickle, read_state_dict
+from ..engine.device import PLAIN, Host, Progress, console_progress, default_device
+from ..engine.hub import CheckpointError, Source, default_store, fetch_file, read_pickle, read_state_dict
+from ..engine.images import from_pil, to_pil
+from .checks import check_choice, check_range
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+CUSTOM = "custom"
 PROBE_SIZE = 128  # pixels a side of the smaller tile that measures a model's activation memory
 
 
@@ -208,3 +215,160 @@ def bytes_per_pixel(
         slope = (peaks[1] - peaks[0]) / (sizes[1] ** 2 - sizes[0] ** 2)
         measured[dtype] = 1.25 * max(slope, peaks[1] / sizes[1] ** 2 / 2, 1.0)  # 25% headroom
     return measured[dtype]
+
+
+ACTIVATION_CAP = 2 << 30  # bytes of activations per forward: more does not run faster, and leaves VRAM to others
+CPU_TILE_PIXELS = 512 * 512  # on the CPU tiles only bound memory and pace the progress bar
+MAX_TILE, MAX_OVERLAP, MAX_SCALE_TO = 8192, 512, 16.0
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class UpscaleSettings:
+    """How to upscale, checked when made: `tile` input pixels a side (0: the least-work tiles that fit in memory),
+    `overlap` pixels shared by neighbouring tiles, `scale_to` the final size as a multiple of the input (0: the
+    model's own scale), `compile` through torch.compile."""
+
+    tile: int = 0
+    overlap: int = 32
+    precision: str = "auto"
+    scale_to: float = 0.0
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        check_range("tile", self.tile, 0, MAX_TILE)
+        check_range("overlap", self.overlap, 0, MAX_OVERLAP)
+        check_range("scale_to", self.scale_to, 0.0, MAX_SCALE_TO)
+        check_choice("precision", self.precision, PRECISIONS)
+        if self.tile and self.overlap * 2 >= self.tile:
+            raise ValueError(
+                f"overlap ({self.overlap}) must be less than half the tile ({self.tile}); lower it or tile=0."
+            )
+
+
+def locate(preset: str, repo_id: str, filename: str, revision: str, store: Path | None) -> Path:
+    """The weight file of a preset, or of `custom`: repo_id + filename (a Hub repo or local folder), or an empty
+    repo_id and a local file's full path."""
+    if preset in PRESETS:
+        known = PRESETS[preset]
+        return fetch_file(Source(known.repo, None, store), *_split(known.filename))
+    if preset != CUSTOM:
+        raise ValueError(f"Unknown upscaler preset '{preset}': choose one of {', '.join(PRESETS)} or custom.")
+    if not filename.strip():
+        raise ValueError("custom upscaler: give the filename of the weight file (and the repo_id it is in).")
+    if not repo_id.strip():
+        path = Path(filename.strip()).expanduser()
+        if not path.is_file():
+            raise CheckpointError(
+                f"Upscaler file '{path}' does not exist. Give a full path to a local file, or a repo_id."
+            )
+        return path
+    return fetch_file(Source(repo_id.strip(), revision.strip() or None, store), *_split(filename))
+
+
+def _split(filename: str) -> tuple[str, str]:
+    folder, _, name = filename.strip().strip("/").rpartition("/")
+    return folder, name
+
+
+def plan(
+    descriptor: ImageModelDescriptor, x: torch.Tensor, settings: UpscaleSettings, forward: Callable, host: Host
+) -> tiling.TilePlan:
+    """Tiles from the user's size, or the least-work tiling whose activations fit the memory budget."""
+    dtype = compute_dtype(settings.precision, descriptor, x.device)
+    if x.device.type != "cuda":
+        max_pixels = CPU_TILE_PIXELS
+    else:
+        budget = min(ACTIVATION_CAP, host.free_memory(x.device) // 2)
+        max_pixels = max(int(budget / bytes_per_pixel(descriptor, forward, x.device, dtype)), 64 * 64)
+    return choose_plan(x.shape[2], x.shape[3], settings.tile, settings.overlap, max_pixels, descriptor)
+
+
+def upscale(
+    descriptor: ImageModelDescriptor,
+    images: torch.Tensor,
+    settings: UpscaleSettings,
+    host: Host,
+    out_device: torch.device,
+    progress: Callable[[int], Progress],
+) -> torch.Tensor:
+    """IMAGE [B, H, W, 3|4] in 0..1 → IMAGE of scale × the size (or scale_to ×), on `out_device`, by the model on
+    the device it is on. Alpha goes through the model as a grey image and comes back as its own channel. On out of
+    memory it retries with one tile at a time, then halved tiles. `progress(total)` gives the bar of each try."""
+    count, height, width, channels = images.shape
+    if channels not in (3, 4):
+        raise ValueError(f"The image has {channels} channels; GAN upscaling takes RGB or RGBA images.")
+    scale, scale_to = descriptor.scale, settings.scale_to
+    size = (round(height * scale_to), round(width * scale_to)) if scale_to else (height * scale, width * scale)
+    if min(size) < 1:
+        raise ValueError(f"scale_to {scale_to} makes the image smaller than one pixel.")
+    device = next(descriptor.model.parameters()).device
+    dtype = compute_dtype(settings.precision, descriptor, device)
+    eager = forward_fn(descriptor, dtype, device)  # probes memory: compiling for probes wastes minutes
+    forward = forward_fn(descriptor, dtype, device, True, host.is_out_of_memory) if settings.compile else eager
+
+    x = images.movedim(-1, 1).to(device, torch.float32)
+    if channels == 4:  # alpha goes through the model as a grey image and comes back as the channel mean
+        x = torch.cat([x[:, :3], x[:, 3:].expand(-1, 3, -1, -1)])
+    result = torch.empty(count, *size, channels, device=out_device)
+
+    def finish(index: int, out: torch.Tensor) -> None:
+        if tuple(out.shape[-2:]) != size:
+            out = torch.nn.functional.interpolate(out[None], size=size, mode="bicubic", antialias=True)[0]
+        out = out.clamp_(0, 1).movedim(0, -1)  # to ComfyUI's channels-last layout before leaving the GPU
+        if index < count:
+            result[index, ..., :3] = out
+        else:
+            result[index - count, ..., 3] = out.mean(-1)
+
+    def attempt(tiles: tiling.TilePlan) -> None:
+        bar = progress(math.ceil(tiling.tile_count(height, width, tiles) * len(x) / tiles.batch))
+        try:
+            tiling.run_tiled(forward, x, scale, tiles, finish, bar.update, fixed_batch=compiled_ready(descriptor))
+        finally:
+            bar.close()
+
+    def retry(tiles: tiling.TilePlan, smaller: tiling.TilePlan) -> None:
+        logging.warning("DalleGANUpscale: out of memory with %s; retrying with %s", tiles, smaller)
+        host.free_cache()
+
+    tiling.shrink_on_oom(attempt, plan(descriptor, x, settings, eager, host), host.is_out_of_memory, retry)
+    return result
+
+
+@dataclass
+class Upscaler:
+    """GAN upscaling in plain Python: the same tiled upscale the DALL·E GAN Upscale node runs, PIL in, PIL out.
+
+    ```python
+    big = Upscaler.load("RealESRGAN_x4plus").upscale(images)
+    ```
+    """
+
+    descriptor: ImageModelDescriptor
+
+    @classmethod
+    def load(
+        cls, preset: str = "RealESRGAN_x4plus", repo_id: str = "", filename: str = "", revision: str = "main"
+    ) -> Upscaler:
+        """A preset (see PRESETS), or `custom` with repo_id + filename (Hub repo or local folder), or an empty
+        repo_id and a local file's full path."""
+        path = locate(preset, repo_id, filename, revision, default_store())
+        descriptor = load_upscaler(path)
+        descriptor.model.to(default_device())
+        return cls(descriptor)
+
+    def upscale(
+        self,
+        images: Image.Image | list[Image.Image],
+        *,
+        tile: int = 0,
+        overlap: int = 32,
+        precision: str = "auto",
+        scale_to: float = 0.0,
+        compile: bool = False,
+    ) -> list[Image.Image]:
+        """Images of one size (RGB or RGBA) → upscaled images, scale × (or scale_to ×) the size."""
+        settings = UpscaleSettings(tile, overlap, precision, scale_to, compile)
+        progress = lambda total: console_progress(total, "upscale")  # noqa: E731
+        return to_pil(upscale(self.descriptor, from_pil(images), settings, PLAIN, torch.device("cpu"), progress))

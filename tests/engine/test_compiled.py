@@ -15,7 +15,7 @@ from dalle_nodes.engine import compiled
 from dalle_nodes.engine.compiled import Compiled
 from dalle_nodes.models.movq import MoVQ, MoVQConfig
 from dalle_nodes.models.unet import KandinskyUNet, UNetConfig
-from dalle_nodes.pipelines import kandinsky22
+from dalle_nodes.pipelines import kandinsky22, sampling
 from tiny_repos import WIDTH, tiny_movq_config, tiny_unet_config
 
 
@@ -49,14 +49,13 @@ def tiny_unet() -> KandinskyUNet:
 @pytest.mark.parametrize("sampler", ["ddpm", "euler_ancestral"])  # integer and fractional timesteps
 def test_unet_compiles_once_for_a_whole_sampling_run(sampler: str) -> None:
     unet = tiny_unet()
-    embeds, negative = torch.randn(2, WIDTH), torch.randn(2, WIDTH)
+    embeds = kandinsky22.ImageEmbeds(torch.randn(2, WIDTH), torch.randn(2, WIDTH))
+    schedule = sampling.decoder_schedule(sampler, 5)
 
     def sample(forward=None) -> torch.Tensor:
         generator = torch.Generator().manual_seed(3)
-        with torch.inference_mode():
-            return kandinsky22.decoder_sample(
-                unet, embeds, negative, (16, 16), 5, 4.0, sampler, generator, forward=forward
-            )
+        x = kandinsky22.decoder_start(embeds, schedule, (16, 16), None, generator)
+        return kandinsky22.decoder_sample(forward or unet, embeds, x, schedule, 4.0, generator)
 
     backend = CountingBackend()
     forward = Compiled(unet, "test", not_oom, backend=backend, fullgraph=True)  # fullgraph: a break raises

@@ -4,13 +4,16 @@ On the CPU a graph cannot be recorded: the tests there check the bookkeeping (in
 replay overwrites, the fallback) with a stand-in for the recording. The tests marked for a GPU record real graphs.
 """
 
+import os
+from unittest import mock
+
 import pytest
 import torch
 
 from dalle_nodes.engine import cuda_graph
 from dalle_nodes.engine.hub import Source
 from dalle_nodes.models.clip import TextEmbeds
-from dalle_nodes.pipelines import kandinsky22
+from dalle_nodes.pipelines import kandinsky22, sampling
 from tiny_repos import WIDTH
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -114,23 +117,25 @@ def text_embeds(seed: int, length: int, device: str = "cpu", dtype: torch.dtype 
     return TextEmbeds(pooled, states, mask).to(torch.device(device), dtype)
 
 
-def sample_prior(prior, device: str, dtype: torch.dtype, case: str, seed: int, **kwargs):
-    """prior_sample for one prompt: ([2, D] embeddings, negative embeddings or None, the generator afterwards)."""
-    negative = text_embeds(2, 5, device, dtype) if case == "negative" else None
+def sample_prior(prior, device: str, dtype: torch.dtype, case: str, seed: int, graphs: bool = True):
+    """prior_sample for one prompt: ([2, D] embeddings, negative embeddings or None, the generator afterwards);
+    `graphs` is the DALLE_NODES_CUDA_GRAPHS switch during the call."""
+    prompt = kandinsky22.PromptEmbeds("a", text_embeds(0, 9, device, dtype), text_embeds(1, 2, device, dtype))
+    negative = (
+        kandinsky22.PromptEmbeds("b", text_embeds(2, 5, device, dtype), prompt.empty) if case == "negative" else None
+    )
     generator = torch.Generator().manual_seed(seed)
     steps = []
-    with torch.inference_mode():
+    with torch.inference_mode(), mock.patch.dict(os.environ, {cuda_graph.SWITCH: "1" if graphs else "0"}):
         embeds, negative_embeds = kandinsky22.prior_sample(
             prior,
-            text_embeds(0, 9, device, dtype),
-            text_embeds(1, 2, device, dtype),
+            prompt,
             negative,
             2,
-            STEPS,
             1.0 if case == "unguided" else 4.0,
+            sampling.prior_schedule(STEPS),
             generator,
             lambda i, total, x: steps.append(i),
-            **kwargs,
         )
     assert steps == list(range(STEPS))
     return embeds, negative_embeds, generator
@@ -145,12 +150,12 @@ def test_prior_sample_graph_bookkeeping_gives_the_eager_embeddings(tiny_prior_re
     for bit, the sampler never reads the output buffer after the next replay, and the warm-up and recording calls
     draw no noise (the generator ends where eager sampling leaves it)."""
     prior = tiny_prior(tiny_prior_repo)
-    eager, eager_negative, eager_generator = sample_prior(prior, "cpu", torch.float32, case, 3, cuda_graph=False)
-    off_cuda, _, _ = sample_prior(prior, "cpu", torch.float32, case, 3)  # cuda_graph=True: nothing to capture here
+    eager, eager_negative, eager_generator = sample_prior(prior, "cpu", torch.float32, case, 3, graphs=False)
+    off_cuda, _, _ = sample_prior(prior, "cpu", torch.float32, case, 3)  # graphs on: nothing to capture here
     assert torch.equal(off_cuda, eager)
 
     captured = []
-    monkeypatch.setattr(kandinsky22, "can_capture", lambda device: True)
+    monkeypatch.setattr(cuda_graph, "can_capture", lambda device: True)
     monkeypatch.setattr(cuda_graph.GraphedCall, "capture", capture_on_the_cpu(captured))
     replays = []
     replay = ReplayOnTheCPU.replay
@@ -163,17 +168,17 @@ def test_prior_sample_graph_bookkeeping_gives_the_eager_embeddings(tiny_prior_re
     if case == "negative":
         assert torch.equal(negative_embeds, eager_negative)
     assert torch.equal(generator.get_state(), eager_generator.get_state())
-    assert not sample_prior(prior, "cpu", torch.float32, case, 4, cuda_graph=False)[0].equal(eager)
+    assert not sample_prior(prior, "cpu", torch.float32, case, 4, graphs=False)[0].equal(eager)
 
 
 def test_prior_sample_runs_eagerly_when_capture_fails(tiny_prior_repo, monkeypatch, caplog) -> None:
     prior = tiny_prior(tiny_prior_repo)
-    eager, _, _ = sample_prior(prior, "cpu", torch.float32, "guided", 5, cuda_graph=False)
+    eager, _, _ = sample_prior(prior, "cpu", torch.float32, "guided", 5, graphs=False)
 
     def fail(self) -> None:
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(kandinsky22, "can_capture", lambda device: True)
+    monkeypatch.setattr(cuda_graph, "can_capture", lambda device: True)
     monkeypatch.setattr(cuda_graph.GraphedCall, "capture", fail)
     assert torch.equal(sample_prior(prior, "cpu", torch.float32, "guided", 5)[0], eager)
     assert "Kandinsky 2.2 prior: CUDA graph capture failed (operation not permitted" in caplog.text
@@ -215,7 +220,7 @@ def test_prior_sample_graph_gives_the_eager_embeddings_on_the_gpu(tiny_prior_rep
     graph, graph_negative, _ = sample_prior(prior, "cuda", dtype, case, 3)
     assert len(captured) == 1 and captured[0].graph is not None
     assert "capture failed" not in caplog.text
-    eager, eager_negative, _ = sample_prior(prior, "cuda", dtype, case, 3, cuda_graph=False)
+    eager, eager_negative, _ = sample_prior(prior, "cuda", dtype, case, 3, graphs=False)
     assert len(captured) == 1
     assert graph.dtype == dtype and graph.device.type == "cuda" and graph.isfinite().all()
     assert torch.equal(graph, eager)

@@ -1,15 +1,19 @@
 """DALL·E Mini / Mega BART against min-dalle: module outputs, per-step logits, and whole generations token for token."""
 
 import json
+import os
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
 
+from dalle_nodes.engine import cuda_graph
 from dalle_nodes.engine.hub import CheckpointError, Source
 from dalle_nodes.models import dalle_bart
 from dalle_nodes.models.dalle_bart import HYPERPARAMETERS, DalleBartDecoder, DalleBartEncoder, Hyperparameters
+from dalle_nodes.pipelines import dalle_mini
 from tiny_repos import (
     MIN_DALLE_CONFIG,
     MIN_DALLE_FILES,
@@ -52,7 +56,7 @@ def test_tables_match_the_hub_config() -> None:
     for variant, hp in HYPERPARAMETERS.items():
         assert {k: v for k, v in config[variant].items() if k in TINY_MIN_DALLE} == vars(hp)
         assert (config[variant]["text_token_count"], config[variant]["image_token_count"]) == (64, 256)
-        files = dalle_bart.FILES[variant]
+        files = dalle_mini.FILES[variant]
         assert (files.encoder, files.decoder, files.vocab, files.merges) == MIN_DALLE_FILES[variant]
         assert set(config[variant]["files"]) == {*MIN_DALLE_FILES[variant], "detoker.pt"}
 
@@ -70,18 +74,18 @@ def test_full_size_names_and_shapes_are_min_dalles(variant: str) -> None:
 @pytest.fixture(scope="module")
 def pair(tiny_min_dalle_repo):
     """Ours and min-dalle's tiny Mega modules holding the same (fp16-stored) weights, in fp32."""
-    ours = dalle_bart.load_bart(Source(str(tiny_min_dalle_repo)), "mega", torch.float32, TINY)
+    ours = dalle_mini.load_bart(Source(str(tiny_min_dalle_repo)), "mega", torch.float32, TINY)
     encoder, decoder = reference_modules(TINY)
     encoder.load_state_dict(torch.load(tiny_min_dalle_repo / "encoder.pt"))
     decoder.load_state_dict(torch.load(tiny_min_dalle_repo / "decoder.pt"))
-    tokenizer = dalle_bart.load_tokenizer(Source(str(tiny_min_dalle_repo)), "mega")
+    tokenizer = dalle_mini.load_tokenizer(Source(str(tiny_min_dalle_repo)), "mega")
     return ours, encoder.eval(), decoder.eval(), tokenizer
 
 
 @torch.no_grad()
 def test_encoder_matches_min_dalle(pair) -> None:
     ours, encoder, _, tokenizer = pair
-    tokens = dalle_bart.text_tokens(tokenizer.encode(PROMPT))  # a padded prompt row and the unconditional one
+    tokens = dalle_mini.text_tokens(tokenizer.encode(PROMPT))  # a padded prompt row and the unconditional one
     expected = encoder(tokens)
     abs_error, rel_error = max_errors(ours.encoder(tokens), expected)
     assert abs_error < 1e-4 and rel_error < 1e-5, (abs_error, rel_error)
@@ -92,7 +96,7 @@ def test_decoder_steps_match_min_dalle(pair) -> None:
     """Logits of 12 steps with both key/value caches carried along, for 3 images on arbitrary previous codes."""
     ours, encoder, decoder, tokenizer = pair
     images, steps = 3, 12
-    tokens = dalle_bart.text_tokens(tokenizer.encode(PROMPT))
+    tokens = dalle_mini.text_tokens(tokenizer.encode(PROMPT))
     states = encoder(tokens)
     rows = [0] * images + [1] * images  # min-dalle's expansion: unconditional rows, then the prompt's
     mask = tokens[rows].ne(1)[:, None, None, :]
@@ -139,11 +143,11 @@ def test_generation_matches_min_dalle(
         expected = next(stream)  # [4, 256]
 
     source = Source(str(tiny_min_dalle_repo))
-    bart = dalle_bart.load_bart(source, variant, torch.float32, TINY)
-    tokens = dalle_bart.text_tokens(dalle_bart.load_tokenizer(source, variant).encode(text))
+    bart = dalle_mini.load_bart(source, variant, torch.float32, TINY)
+    tokens = dalle_mini.text_tokens(dalle_mini.load_tokenizer(source, variant).encode(text))
     steps = []
     with torch.inference_mode():
-        got = dalle_bart.sample_image_tokens(
+        got = dalle_mini.sample_image_tokens(
             bart, tokens, 4, torch.Generator().manual_seed(seed), top_k, temperature, supercondition, steps.append
         )
     assert got.shape == (4, 16, 16) and got.dtype == torch.long
@@ -163,9 +167,9 @@ def test_choose_tokens_draws_as_min_dalle_sample_tokens(seed, top_k, temperature
     torch.manual_seed(seed)
     expected, _ = decoder.sample_tokens(torch.tensor([temperature, top_k, supercondition]))
     generator = torch.Generator().manual_seed(seed)
-    noise = dalle_bart.draw_noise(torch.empty(3, 2**14), generator)
+    noise = dalle_mini.draw_noise(torch.empty(3, 2**14), generator)
     settings = torch.tensor([temperature]), torch.tensor([supercondition])
-    assert torch.equal(dalle_bart.choose_tokens(logits[:, -1, : 2**14], noise, top_k, *settings), expected)
+    assert torch.equal(dalle_mini.choose_tokens(logits[:, -1, : 2**14], noise, top_k, *settings), expected)
     assert torch.equal(generator.get_state(), torch.get_rng_state())
 
 
@@ -175,24 +179,24 @@ def test_unused_tensors_warn_and_missing_or_misshaped_ones_fail(tiny_min_dalle_r
     state = torch.load(tiny_min_dalle_repo / "encoder.pt")
     torch.save({**state, "pose_tokens": torch.zeros(2, 64)}, tmp_path / "encoder.pt")
     with pytest.warns(UserWarning, match=r"encoder.pt' holds 1 tensors .* \(pose_tokens\)"):
-        dalle_bart.load_bart(Source(str(tmp_path)), "mega", torch.float32, TINY)
+        dalle_mini.load_bart(Source(str(tmp_path)), "mega", torch.float32, TINY)
 
     torch.save({k: v for k, v in state.items() if k != "final_ln.weight"}, tmp_path / "encoder.pt")
     with pytest.raises(CheckpointError, match=r"encoder '.*encoder.pt'.*1 missing \(final_ln.weight\)"):
-        dalle_bart.load_bart(Source(str(tmp_path)), "mega", torch.float32, TINY)
+        dalle_mini.load_bart(Source(str(tmp_path)), "mega", torch.float32, TINY)
 
     wide = Hyperparameters(**{**TINY_MIN_DALLE, "glu_embed_count": 64})
     with pytest.raises(CheckpointError, match=r"encoder.pt'.*of another shape \(layers.0.glu"):
-        dalle_bart.load_bart(Source(str(tmp_path)), "mega", torch.float32, wide)
+        dalle_mini.load_bart(Source(str(tmp_path)), "mega", torch.float32, wide)
 
 
 def test_unknown_variant_is_refused(tiny_min_dalle_repo) -> None:
     with pytest.raises(ValueError, match="variant must be one of mega, mini"):
-        dalle_bart.load_bart(Source(str(tiny_min_dalle_repo)), "huge", torch.float32)
+        dalle_mini.load_bart(Source(str(tiny_min_dalle_repo)), "huge", torch.float32)
 
 
 def test_sampling_generator_is_the_cpus_on_the_cpu() -> None:
-    generator = dalle_bart.sampling_generator(9, torch.device("cpu"))
+    generator = dalle_mini.sampling_generator(9, torch.device("cpu"))
     assert generator.device == torch.device("cpu")
     assert torch.equal(generator.get_state(), torch.Generator().manual_seed(9).get_state())
 
@@ -206,14 +210,15 @@ def test_a_sampling_step_reads_no_tensor_values_on_the_host() -> None:
         cache = bart.decoder.start(bart.encoder(tokens), tokens, 3)
         settings = torch.ones(2, 1)
         prev_codes, noise = torch.zeros(3, dtype=torch.long), torch.ones(3, 2**14)
-        codes = dalle_bart.sampling_step(bart.decoder, cache, 256, settings, prev_codes, cache.positions[:1], noise)
+        codes = dalle_mini.sampling_step(bart.decoder, cache, 256, settings, prev_codes, cache.positions[:1], noise)
     assert codes.shape == (3,) and codes.dtype == torch.long
 
 
-def sample(bart, tokens, generator, **kwargs) -> tuple[torch.Tensor, list[int]]:
+def sample(bart, tokens, generator, graphs: bool = True) -> tuple[torch.Tensor, list[int]]:
+    """sample_image_tokens with the DALLE_NODES_CUDA_GRAPHS switch on or off; the codes and the steps seen."""
     steps = []
-    with torch.inference_mode():
-        codes = dalle_bart.sample_image_tokens(bart, tokens, 3, generator, 50, 1.3, 4.0, steps.append, **kwargs)
+    with torch.inference_mode(), mock.patch.dict(os.environ, {cuda_graph.SWITCH: "1" if graphs else "0"}):
+        codes = dalle_mini.sample_image_tokens(bart, tokens, 3, generator, 50, 1.3, 4.0, steps.append)
     return codes, steps
 
 
@@ -221,30 +226,30 @@ def test_graph_steps_buffers_give_the_eager_tokens(pair, monkeypatch) -> None:
     """The CUDA graph path's bookkeeping (inputs copied into fixed buffers, output read back) on the CPU, with the
     capture left out: the same tokens as the eager loop, and an int seed is a CPU generator's seed here."""
     ours, _, _, tokenizer = pair
-    tokens = dalle_bart.text_tokens(tokenizer.encode(PROMPT))
+    tokens = dalle_mini.text_tokens(tokenizer.encode(PROMPT))
     expected, _ = sample(ours, tokens, torch.Generator().manual_seed(4))
     captured = []
-    monkeypatch.setattr(dalle_bart, "can_capture", lambda device: True)
-    monkeypatch.setattr(dalle_bart.GraphStep, "capture", lambda self: captured.append(self))
+    monkeypatch.setattr(cuda_graph, "can_capture", lambda device: True)
+    monkeypatch.setattr(dalle_mini.GraphStep, "capture", lambda self: captured.append(self))
     calls = []
-    call = dalle_bart.GraphStep.__call__
-    monkeypatch.setattr(dalle_bart.GraphStep, "__call__", lambda self, *args: calls.append(1) or call(self, *args))
+    call = dalle_mini.GraphStep.__call__
+    monkeypatch.setattr(dalle_mini.GraphStep, "__call__", lambda self, *args: calls.append(1) or call(self, *args))
     got, steps = sample(ours, tokens, 4)
     assert len(captured) == 1 and len(calls) == 256 and steps == list(range(256))
     assert torch.equal(got, expected)
-    assert torch.equal(sample(ours, tokens, 4, cuda_graph=False)[0], expected)
+    assert torch.equal(sample(ours, tokens, 4, graphs=False)[0], expected)
 
 
 def test_a_failed_capture_falls_back_to_the_eager_loop(pair, monkeypatch, caplog) -> None:
     ours, _, _, tokenizer = pair
-    tokens = dalle_bart.text_tokens(tokenizer.encode(PROMPT))
-    expected, _ = sample(ours, tokens, 5, cuda_graph=False)
+    tokens = dalle_mini.text_tokens(tokenizer.encode(PROMPT))
+    expected, _ = sample(ours, tokens, 5, graphs=False)
 
     def fail(self) -> None:
         raise RuntimeError("operation not permitted when stream is capturing")
 
-    monkeypatch.setattr(dalle_bart, "can_capture", lambda device: True)
-    monkeypatch.setattr(dalle_bart.GraphStep, "capture", fail)
+    monkeypatch.setattr(cuda_graph, "can_capture", lambda device: True)
+    monkeypatch.setattr(dalle_mini.GraphStep, "capture", fail)
     got, steps = sample(ours, tokens, 5)
     assert torch.equal(got, expected) and steps == list(range(256))
     assert "CUDA graph capture failed (operation not permitted" in caplog.text
@@ -259,7 +264,7 @@ def test_a_graph_step_reads_the_callers_noise_buffer_in_place() -> None:
 
     long = dict(dtype=torch.long)
     noise = torch.zeros(3, 4)
-    graph_step = dalle_bart.GraphStep(step, torch.zeros(3, **long), torch.zeros(1, **long), noise)
+    graph_step = dalle_mini.GraphStep(step, torch.zeros(3, **long), torch.zeros(1, **long), noise)
     noise.fill_(1.0)
     assert torch.equal(graph_step(torch.ones(3, **long), torch.tensor([2]), noise), torch.full((3,), 7))
     assert torch.equal(graph_step.inputs[0], torch.ones(3, **long)) and graph_step.noise is noise
@@ -271,11 +276,11 @@ def test_a_graph_step_reads_the_callers_noise_buffer_in_place() -> None:
 def test_cuda_graph_tokens_are_the_eager_tokens_on_the_gpu(tiny_min_dalle_repo, caplog) -> None:
     """On a GPU: noise from the device's own generator, the graph captured (no fallback), the same tokens."""
     source = Source(str(tiny_min_dalle_repo))
-    bart = dalle_bart.load_bart(source, "mega", torch.float32, TINY).cuda()
-    tokens = dalle_bart.text_tokens(dalle_bart.load_tokenizer(source, "mega").encode(PROMPT))
-    assert dalle_bart.sampling_generator(3, torch.device("cuda")).device.type == "cuda"
+    bart = dalle_mini.load_bart(source, "mega", torch.float32, TINY).cuda()
+    tokens = dalle_mini.text_tokens(dalle_mini.load_tokenizer(source, "mega").encode(PROMPT))
+    assert dalle_mini.sampling_generator(3, torch.device("cuda")).device.type == "cuda"
     graph, steps = sample(bart, tokens, 3)
-    eager, _ = sample(bart, tokens, 3, cuda_graph=False)
+    eager, _ = sample(bart, tokens, 3, graphs=False)
     assert "capture failed" not in caplog.text and steps == list(range(256))
     assert torch.equal(graph, eager) and torch.equal(sample(bart, tokens, 3)[0], graph)
     assert len(graph.unique()) > 16

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import dalle_nodes
-from dalle_nodes.engine import compiled
+from dalle_nodes.engine import compiled, cuda_graph
 from dalle_nodes.models import clip
-from dalle_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, loaders, runtime
-from dalle_nodes.pipelines import kandinsky22, kandinsky22_memory
+from dalle_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, loaders, runtime, sockets
+from dalle_nodes.pipelines import kandinsky22_memory
 
 CONTRACT = {  # DESIGN.md's node contract: id → (required inputs, output types)
     "DalleLoadPrior": ({"repo_id", "revision", "dtype"}, ("DALLE_PRIOR", "DALLE_TEXT_ENCODER")),
@@ -178,11 +178,14 @@ def test_img2img_matches_diffusers(models, tiny_decoder_repo) -> None:
     [
         ({"width": 100}, "width 100 is not supported: use a multiple of 64 between 64 and 4096 \\(e.g. 128\\)"),
         ({"height": 8192}, "height 8192 is not supported"),
-        ({"steps": 0}, "steps must be at least 1"),
-        ({"sampler": "heun"}, "Unknown sampler 'heun'"),
+        ({"steps": 0}, "steps must be between 1 and 999 \\(got 0\\)"),
+        ({"sampler": "heun"}, "sampler must be one of ddpm, ddim, dpmpp_2m, euler_ancestral \\(got 'heun'\\)"),
         ({"karras": True}, "karras sigmas apply to the dpmpp_2m sampler only"),
         ({"denoise": 0.5}, "denoise below 1 needs a starting latent"),
-        ({"latent": {"samples": torch.zeros(1, 16, 8, 8)}}, "latent has 16 channels"),
+        (
+            {"latent": {"samples": torch.zeros(1, 16, 8, 8)}},
+            "latent has shape \\(1, 16, 8, 8\\): connect a MoVQ latent",
+        ),
     ],
 )
 def test_decoder_input_errors(models, inputs, message) -> None:
@@ -201,7 +204,10 @@ def test_empty_prompt_is_refused(models, text) -> None:
 
 @pytest.mark.parametrize(
     "inputs, message",
-    [({"steps": 1}, "steps must be at least 2"), ({"batch_size": 0}, "batch_size must be at least 1")],
+    [
+        ({"steps": 1}, "prior steps must be between 2 and 1000"),
+        ({"batch_size": 0}, "batch_size must be between 1 and 64"),
+    ],
 )
 def test_prior_input_errors(models, inputs, message) -> None:
     (positive,) = call("DalleTextEncode", text_encoder=models[1], text="a cat")
@@ -271,17 +277,16 @@ def test_each_stage_asks_comfyui_for_room_for_its_activations(models, monkeypatc
 
 
 def test_prior_sample_follows_the_cuda_graph_switch(models, monkeypatch, cuda_graph_switch) -> None:
+    """With a device that could capture, the prior node records its step as a CUDA graph unless switched off."""
     prior, text_encoder, _, _ = models
     seen = []
-    sample = kandinsky22.prior_sample
-    monkeypatch.setattr(
-        kandinsky22,
-        "prior_sample",
-        lambda *args, **kwargs: seen.append(kwargs["cuda_graph"]) or sample(*args, **kwargs),
-    )
+    graphed = cuda_graph.graphed
+    monkeypatch.setattr(cuda_graph, "can_capture", lambda device: True)
+    monkeypatch.setattr(cuda_graph.GraphedCall, "capture", lambda self: None)  # replays run the call on the CPU
+    monkeypatch.setattr(cuda_graph, "graphed", lambda *args, **kwargs: seen.append(True) or graphed(*args, **kwargs))
     (positive,) = call("DalleTextEncode", text_encoder=text_encoder, text="a cat")
     call("DallePriorSample", prior=prior, positive=positive, steps=2, seed=1)
-    assert seen == [cuda_graph_switch]
+    assert seen == ([True] if cuda_graph_switch else [])
 
 
 def test_vq_encode_hands_on_contiguous_latents(models) -> None:
@@ -305,9 +310,9 @@ def test_decoder_compile_falls_back_to_the_eager_layout(models, monkeypatch) -> 
 
     monkeypatch.setitem(compiled.OPTIONS, "backend", broken_backend)
     unet = decoder.unet.module.to(memory_format=torch.channels_last)
-    compiled_decoder = loaders.DecoderModel(decoder.unet, compile=True)
-    forward = compiled_decoder.forward(unet)
+    compiled_decoder = sockets.DecoderModel(decoder.unet, compile=True)
+    forward = compiled_decoder.unet_call(unet)
     with torch.inference_mode():
         forward(torch.randn(2, 4, 8, 8), torch.tensor(10), torch.randn(2, unet.config.image_embed_dim))
-    assert not forward.ok and compiled_decoder.forward(unet) is forward
+    assert not forward.ok and compiled_decoder.unet_call(unet) is forward
     assert unet.conv_in.weight.is_contiguous()

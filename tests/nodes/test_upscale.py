@@ -11,7 +11,6 @@ import torch
 
 from dalle_nodes.engine import tiling
 from dalle_nodes.engine.hub import CheckpointError, NotDownloaded
-from dalle_nodes.nodes import upscale
 from dalle_nodes.nodes.upscale import DalleGANUpscale, DalleLoadUpscaler
 from dalle_nodes.pipelines import upscale as upscaler
 from tiny_upscalers import compact_state, rrdbnet_state, write_upscaler
@@ -104,7 +103,7 @@ def test_tiles_blend_to_the_whole_image(upscalers, kind, size, tile, overlap) ->
 
 
 def test_automatic_tiles_on_an_image_larger_than_one_tile(upscalers, monkeypatch) -> None:
-    monkeypatch.setattr(upscale, "CPU_TILE_PIXELS", 100 * 100)  # as if memory allowed only small tiles
+    monkeypatch.setattr(upscaler, "CPU_TILE_PIXELS", 100 * 100)  # as if memory allowed only small tiles
     model = load(filename=str(upscalers["x4"]))
     image = torch.rand(2, 200, 150, 3, generator=torch.Generator().manual_seed(5))
     plans = []

@@ -29,14 +29,14 @@ def test_prior_sampling_reads_nothing_back(negative: bool) -> None:
         prior = PriorTransformer(PriorConfig(heads=2, head_dim=8, layers=2, embedding_dim=WIDTH))
     generator = torch.Generator().manual_seed(0)
     steps = []
+    prompt = kandinsky22.PromptEmbeds("a cat", text_on_meta(), text_on_meta())
     embeds, negative_embeds = kandinsky22.prior_sample(
         prior,
-        text_on_meta(),
-        text_on_meta(),
-        text_on_meta() if negative else None,
+        prompt,
+        kandinsky22.PromptEmbeds("a dog", text_on_meta(), text_on_meta()) if negative else None,
         batch_size=2,
-        steps=4,
         guidance=4.0,
+        schedule=sampling.prior_schedule(4),
         generator=generator,
         callback=lambda i, total, x: steps.append(i),
     )
@@ -50,21 +50,14 @@ def test_prior_sampling_reads_nothing_back(negative: bool) -> None:
 def test_decoder_sampling_reads_nothing_back(sampler: str, image_to_image: bool) -> None:
     with META:
         unet = KandinskyUNet(UNetConfig.from_diffusers(tiny_unet_config()))
-    embeds, negative = torch.randn(2, WIDTH, device=META), torch.randn(2, WIDTH, device=META)
+    embeds = kandinsky22.ImageEmbeds(torch.randn(2, WIDTH, device=META), torch.randn(2, WIDTH, device=META))
     latent = torch.randn(2, 4, 16, 16, device=META) if image_to_image else None
+    schedule = sampling.decoder_schedule(sampler, 6, denoise_strength=0.5 if image_to_image else 1.0)
+    generator = torch.Generator().manual_seed(0)
+    x = kandinsky22.decoder_start(embeds, schedule, (16, 16), latent, generator)
     steps = []
     latents = kandinsky22.decoder_sample(
-        unet,
-        embeds,
-        negative,
-        (16, 16),
-        steps=6,
-        guidance=4.0,
-        sampler=sampler,
-        generator=torch.Generator().manual_seed(0),
-        latent=latent,
-        denoise_strength=0.5 if image_to_image else 1.0,
-        callback=lambda i, total, x: steps.append(i),
+        unet, embeds, x.to(META), schedule, 4.0, generator, callback=lambda i, total, x: steps.append(i)
     )
     assert latents.device == META and latents.shape == (2, 4, 16, 16)
     assert steps == list(range(3 if image_to_image else 6))

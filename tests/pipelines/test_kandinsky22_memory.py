@@ -21,7 +21,7 @@ from dalle_nodes.engine import memory
 from dalle_nodes.models.movq import MoVQ, MoVQConfig
 from dalle_nodes.models.prior import PriorConfig, PriorTransformer
 from dalle_nodes.models.unet import KandinskyUNet, UNetConfig
-from dalle_nodes.pipelines import kandinsky22, kandinsky22_memory
+from dalle_nodes.pipelines import kandinsky22, kandinsky22_memory, sampling
 
 HUB_CONFIGS = Path(__file__).parents[1] / "hub_configs"
 DECODER = HUB_CONFIGS / "kandinsky-community--kandinsky-2-2-decoder"
@@ -187,10 +187,13 @@ def test_unet_step_estimate_covers_a_whole_sampler_step():
     """The sampler's own tensors (noise, the guided latent pair, its history) fit in the headroom."""
     model, dtype = unet(torch.bfloat16), torch.bfloat16
     embeds = torch.empty(2, 1280, device="meta", dtype=dtype)
+    embeds = kandinsky22.ImageEmbeds(embeds, embeds)
+    schedule = sampling.decoder_schedule("dpmpp_2m", 2)
 
     def sample():
         generator = torch.Generator().manual_seed(0)
-        return kandinsky22.decoder_sample(model, embeds, embeds, (96, 96), 2, 4.0, "dpmpp_2m", generator)
+        x = kandinsky22.decoder_start(embeds, schedule, (96, 96), None, generator).to("meta", dtype)
+        return kandinsky22.decoder_sample(model, embeds, x, schedule, 4.0, generator)
 
     _, traced = memory.peak_live_bytes(sample)
     assert traced > kandinsky22_memory.traced_unet_step(model, 4, 96, 96)

@@ -154,7 +154,7 @@ def test_prior_matches_unclip_scheduler(steps):
     ours = Recorder(fake_prior)
     generator = torch.Generator("cpu").manual_seed(SEED)
     x = sampling.randn(EMBEDDING_SHAPE, generator, "cpu", torch.float32)
-    result = sampling.sample_prior(ours, x, steps, generator, callback=ours.callback)
+    result = sampling.sample_prior(ours, x, sampling.prior_schedule(steps), generator, callback=ours.callback)
     assert_same_trajectory(ours, reference, generator)
     assert torch.equal(result, ours.latents[-1])
     steps = zip(ours.inputs, ours.timesteps, strict=True)
@@ -182,9 +182,12 @@ def test_decoder_matches_diffusers(sampler, steps, karras):
     ours = Recorder(fake_unet)
     generator = torch.Generator("cpu").manual_seed(SEED)
     schedule = sampling.decoder_schedule(sampler, steps, karras)
-    x = sampling.randn(LATENT_SHAPE, generator, "cpu", torch.float32) * schedule.init_noise_sigma
+    x = sampling.initial_noise(LATENT_SHAPE, schedule, generator, "cpu", torch.float32)
+    assert torch.equal(
+        x, sampling.randn(LATENT_SHAPE, generator.manual_seed(SEED), "cpu", torch.float32) * schedule.init_noise_sigma
+    )
     assert relative_error(x, reference_start) < TOLERANCE
-    result = sampling.sample_decoder(ours, x, steps, sampler, generator, karras=karras, callback=ours.callback)
+    result = sampling.sample_decoder(ours, x, schedule, generator, callback=ours.callback)
     assert_same_trajectory(ours, reference, generator)
     assert torch.equal(result, ours.latents[-1])
     assert len(ours.timesteps) == steps
@@ -199,13 +202,13 @@ def test_img2img_truncation_matches_pipeline(sampler, karras):
     latent = image_latent()
     reference, reference_start = reference_decoder(sampler, steps, karras, strength, latent)
     generator = torch.Generator("cpu").manual_seed(SEED)
-    start = sampling.noise_latent(latent, generator, steps, sampler, karras, denoise_strength=strength)
+    schedule = sampling.decoder_schedule(sampler, steps, karras, denoise_strength=strength)
+    start = sampling.noise_latent(latent, schedule, generator)
     assert relative_error(start, reference_start) < TOLERANCE
     assert sampling.img2img_start(steps, strength) == 4
+    assert schedule.start == 4 and schedule.steps_run == 6
     ours = Recorder(fake_unet)
-    sampling.sample_decoder(
-        ours, start, steps, sampler, generator, karras=karras, denoise_strength=strength, callback=ours.callback
-    )
+    sampling.sample_decoder(ours, start, schedule, generator, callback=ours.callback)
     assert len(ours.timesteps) == 6
     assert_same_trajectory(ours, reference, generator)
 
@@ -218,14 +221,14 @@ def test_low_precision_decoder_stays_near_float32(sampler, karras, dtype, bound)
     def run(run_dtype):
         generator = torch.Generator("cpu").manual_seed(SEED)
         schedule = sampling.decoder_schedule(sampler, 10, karras)
-        x = sampling.randn(LATENT_SHAPE, generator, "cpu", run_dtype) * schedule.init_noise_sigma
+        x = sampling.initial_noise(LATENT_SHAPE, schedule, generator, "cpu", run_dtype)
         seen = []
 
         def denoise(x_in, t):
             seen.append(x_in.dtype)
             return fake_unet(x_in.float(), t).to(run_dtype)
 
-        result = sampling.sample_decoder(denoise, x, 10, sampler, generator, karras=karras)
+        result = sampling.sample_decoder(denoise, x, schedule, generator)
         assert result.dtype == run_dtype and set(seen) == {run_dtype}
         return result
 
@@ -244,7 +247,7 @@ def test_low_precision_prior_stays_near_float32(dtype, bound):
         def denoise(x_in, t):
             return (0.8 * x_in.float() + 0.2 * torch.cos(t.float() / 300)).to(run_dtype)
 
-        result = sampling.sample_prior(denoise, x, 10, generator)
+        result = sampling.sample_prior(denoise, x, sampling.prior_schedule(10), generator)
         assert result.dtype == run_dtype
         return result
 
@@ -265,8 +268,12 @@ def test_invalid_arguments_are_rejected():
         sampling.decoder_schedule("euler_ancestral", 10, karras=True)
     with pytest.raises(ValueError):
         sampling.img2img_start(10, 0.05)
+    with pytest.raises(ValueError, match="denoise 0.05 leaves no step to run out of 10"):
+        sampling.decoder_schedule("ddpm", 10, denoise_strength=0.05)
+    with pytest.raises(ValueError, match="denoise must be between 0.01 and 1.0"):
+        sampling.decoder_schedule("ddpm", 10, denoise_strength=float("nan"))
     with pytest.raises(ValueError):
         sampling.decoder_schedule("ddpm", 1000)
     with pytest.raises(ValueError):
-        sampling.sample_prior(fake_prior, torch.zeros(EMBEDDING_SHAPE), 1, None)
+        sampling.prior_schedule(1)
     assert set(sampling.DECODER_SAMPLERS) == {"ddpm", "ddim", "dpmpp_2m", "euler_ancestral"}

@@ -1,5 +1,6 @@
-"""DalleVQDecode's memory policy on the tiny decoder repo's MoVQ: whole where one image's activations fit, tiles
-where they do not or where the whole decode runs out of memory anyway, smaller tiles after each further failure.
+"""pipelines/vq_decode.py, MoVQ's memory policy, through DalleVQDecode on the tiny decoder repo's MoVQ: whole
+where one image's activations fit, tiles where they do not or where the whole decode runs out of memory anyway,
+smaller tiles after each further failure.
 
 There is no GPU here: the activation estimate, the free memory and the out-of-memory errors are patched in.
 """
@@ -15,7 +16,7 @@ from dalle_nodes.engine import tiling
 from dalle_nodes.models.movq import MoVQ
 from dalle_nodes.nodes import runtime, vae
 from dalle_nodes.nodes.loaders import DalleLoadDecoder
-from dalle_nodes.pipelines import kandinsky22_memory
+from dalle_nodes.pipelines import kandinsky22_memory, vq_decode
 
 NEEDED = 10**9  # the patched activation estimate of one image, in bytes
 DECODE, DECODE_TILED = MoVQ.decode, MoVQ.decode_tiled  # the real ones, whatever a test patches
@@ -26,7 +27,7 @@ def vq_vae(tiny_decoder_repo, monkeypatch):
     monkeypatch.setattr(
         kandinsky22_memory, "movq_decode_bytes", lambda config, height, width, dtype, fused_attention: NEEDED
     )
-    monkeypatch.setattr(vae, "OVERLAP", 2)  # so that tiles of a few latent pixels can split these small latents
+    monkeypatch.setattr(vq_decode, "OVERLAP", 2)  # so that tiles of a few latent pixels can split these small latents
     return DalleLoadDecoder().load(repo_id=str(tiny_decoder_repo), revision="main", dtype="fp32")[1]
 
 
@@ -83,7 +84,7 @@ def fail_when(condition, monkeypatch) -> list[tuple]:
 
 @pytest.mark.parametrize("room", [None, NEEDED])  # the CPU (never budgeted), a GPU with just enough free
 def test_whole_where_it_fits(vq_vae, calls, monkeypatch, room) -> None:
-    monkeypatch.setattr(vae, "activation_room", lambda device: room)
+    monkeypatch.setattr(vq_decode, "activation_room", lambda host, device: room)
     estimates = []
     monkeypatch.setattr(
         kandinsky22_memory, "movq_decode_bytes", lambda *args, **kwargs: estimates.append(args) or NEEDED
@@ -91,7 +92,8 @@ def test_whole_where_it_fits(vq_vae, calls, monkeypatch, room) -> None:
     samples = latent(2, 4, 16, 24)
     image = run(vq_vae, samples)
     movq = vq_vae.movq.module
-    assert estimates == [(movq.config, 128, 192, torch.float32)]  # one image of the output's size, in pixels
+    # one image of the output's size, in pixels: the room asked of ComfyUI, then the decode's own check of it
+    assert estimates == [(movq.config, 128, 192, torch.float32)] * 2
     assert calls["load"] == [NEEDED] and calls["tiled"] == [] and calls["decode"] == [(1, 4, 16, 24)] * 2
     assert image.shape == (2, 128, 192, 3) and image.dtype == torch.float32
     with torch.inference_mode():
@@ -103,7 +105,7 @@ def test_tiles_where_the_estimate_exceeds_free_memory(vq_vae, calls, monkeypatch
     movq = vq_vae.movq.module
     canvas = 2 * 4 * 3 * 128 * 192  # the tiled decode's float32 canvas and output
     room = canvas + NEEDED // 3  # room for a third of the image's activations: 128 of its 384 latent pixels
-    monkeypatch.setattr(vae, "activation_room", lambda device: room)
+    monkeypatch.setattr(vq_decode, "activation_room", lambda host, device: room)
     samples = latent(2, 4, 16, 24)
     image = run(vq_vae, samples)
     assert calls["load"] == [NEEDED]
@@ -125,7 +127,7 @@ def test_whole_decode_out_of_memory_goes_to_tiles(vq_vae, calls, monkeypatch, ca
     assert failed == [(1, 4, 16, 24)]  # once: the second image goes straight to tiles
     assert "out of memory decoding whole; decoding in tiles" in caplog.text
     movq = vq_vae.movq.module
-    plan = vae.tile_plan(movq, 16, 24, NEEDED, None)  # without a budget: tiles of at most half the latent
+    plan = vq_decode.tile_plan(movq, 16, 24, NEEDED, None)  # without a budget: tiles of at most half the latent
     assert calls["tiled"] == [plan, plan] and tiling.tile_count(16, 24, plan) > 1
     with torch.inference_mode():
         expected = as_image(DECODE_TILED(movq, samples["samples"], plan))
@@ -137,7 +139,7 @@ def test_tiles_shrink_after_out_of_memory(vq_vae, monkeypatch, caplog) -> None:
     failed = fail_when(lambda shape: shape[0] * shape[2] * shape[3] > 32 * 24, monkeypatch)
     samples = latent(1, 4, 40, 24)["samples"]
     with caplog.at_level(logging.WARNING), torch.inference_mode():
-        pixels, plan = vae.decode_in_tiles(movq, samples, tiling.TilePlan(64, 64, 2, 2))
+        pixels, plan = vq_decode.decode_in_tiles(movq, samples, tiling.TilePlan(64, 64, 2, 2), runtime.HOST)
     # 64² tiles, two at a time (only one: the latent is 40 × 24), then one at a time: too large; then 32² tiles
     assert failed == [(1, 4, 40, 24)] * 2 and plan == tiling.TilePlan(32, 32, 2, 1)
     assert caplog.text.count("DalleVQDecode: out of memory with") == 2

@@ -1,0 +1,143 @@
+"""What flows between our nodes: the custom socket types (the values of DALLE_* sockets) and the input specs
+several nodes share (seed, guidance, revision, dtype), with their tooltips."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ..engine import compiled
+from ..engine.compiled import Compiled
+from ..engine.hub import Source
+from ..models.bart_tokenizer import BartTokenizer
+from ..models.movq import MoVQ
+from ..pipelines.kandinsky22 import ImageEmbeds, PromptEmbeds, zero_image_embed
+from . import runtime
+
+__all__ = ["ImageEmbeds", "PromptEmbeds"]  # DALLE_IMAGE_EMBEDS and DALLE_TEXT_EMBEDS are the pipeline's own types
+
+KANDINSKY_CATEGORY = "DALL·E/Kandinsky 2.2 (DALL·E 2)"
+MINI_CATEGORY = "DALL·E/DALL·E Mini (DALL·E 1)"
+UPSCALE_CATEGORY = "DALL·E/upscaling"
+
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+DTYPE_TOOLTIP = "Weights and compute precision. auto: bf16 on GPUs that support it, else fp16; fp32 on the CPU."
+REVISION_TOOLTIP = "Branch, tag or commit of the Hub repo (ignored for a local folder)."
+GUIDANCE_TOOLTIP = "Classifier-free guidance; 1 or less turns it off."
+GUIDANCE_INPUT = ("FLOAT", {"default": 4.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": GUIDANCE_TOOLTIP})
+COMPILE_TOOLTIP = (
+    "torch.compile the UNet and MoVQ: faster steps after a one-off compile of a minute or two per image size "
+    "(kept on disk for later runs). Falls back to normal speed where compiling is unavailable."
+)
+
+
+def seed_input(tooltip: str) -> tuple:
+    return ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True, "tooltip": tooltip})
+
+
+def step_callback(progress: runtime.Progress) -> Callable:
+    return lambda step, total, x: progress.update(1)
+
+
+@dataclass
+class PriorModel:
+    """DALLE_PRIOR: the diffusion prior, and where to find the image tower for the unconditional embedding."""
+
+    prior: runtime.ManagedModule
+    source: Source
+    dtype: torch.dtype
+    _zero_embed: torch.Tensor | None = field(default=None, repr=False)
+
+    def zero_image_embed(self) -> torch.Tensor:
+        """[1, D] image embedding of an all-zero image (pipelines.kandinsky22.zero_image_embed), kept once read."""
+        if self._zero_embed is None:
+
+            def place(encoder: torch.nn.Module) -> torch.nn.Module:
+                return runtime.ManagedModule(encoder).load()
+
+            self._zero_embed = zero_image_embed(self.source, self.dtype, runtime.cache_dir(), place)
+            runtime.free_cache()
+        return self._zero_embed
+
+
+@dataclass
+class TextEncoder:
+    """DALLE_TEXT_ENCODER: CLIP tokenizer + text tower."""
+
+    tokenizer: object
+    encoder: runtime.ManagedModule
+
+
+@dataclass
+class ImageEncoder:
+    """DALLE_IMAGE_ENCODER: CLIP ViT-bigG image tower with its preprocessing."""
+
+    processor: object
+    encoder: runtime.ManagedModule
+
+
+def compile_call(fn: Callable, what: str, module: torch.nn.Module) -> Compiled:
+    """`fn` (a call of `module`) compiled; should compiling fail, `module` goes back to the eager layout."""
+    compiled.use_cache_dir(runtime.cache_dir() / "torch_compile")
+    return Compiled(
+        fn, what, runtime.is_out_of_memory, on_fallback=lambda: module.to(memory_format=torch.contiguous_format)
+    )
+
+
+@dataclass
+class DecoderModel:
+    """DALLE_DECODER: the latent diffusion UNet conditioned on image embeddings; with `compile`, sampling calls
+    it through torch.compile (compiled on first use for each image size, then reused)."""
+
+    unet: runtime.ManagedModule
+    compile: bool = False
+    _compiled: Compiled | None = field(default=None, repr=False)
+
+    def unet_call(self, unet: torch.nn.Module) -> Callable:
+        """The call sampling makes of `unet` (the loaded module): the module, or its compiled call."""
+        if not self.compile:
+            return unet
+        if self._compiled is None:
+            self._compiled = compile_call(unet, "DALL·E Decoder Sample", unet)
+        return self._compiled
+
+
+@dataclass
+class MoVQModel:
+    """DALLE_VQ_VAE: MoVQ, between latents and pixels; with `compile`, decoding goes through torch.compile."""
+
+    movq: runtime.ManagedModule
+    compile: bool = False
+    _compiled: Compiled | None = field(default=None, repr=False)
+
+    def decode_call(self, movq: MoVQ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The whole-image decode of `movq` (the loaded module): movq.decode, or its compiled call."""
+        if not self.compile:
+            return movq.decode
+        if self._compiled is None:
+            self._compiled = compile_call(movq.decode, "DALL·E VQ Decode", movq)
+        return self._compiled
+
+
+@dataclass
+class BartModel:
+    """DALLE_BART: the tokenizer and the text encoder + image-token decoder of one variant."""
+
+    tokenizer: BartTokenizer
+    bart: runtime.ManagedModule
+    variant: str
+
+    def __repr__(self) -> str:  # ComfyUI puts node inputs into error reports: keep tensors out of them
+        return f"BartModel({self.variant}, {self.bart.dtype})"
+
+
+@dataclass
+class VQGANModel:
+    """DALLE_VQGAN: the VQGAN detokenizer, codes → pixels."""
+
+    vqgan: runtime.ManagedModule
+
+    def __repr__(self) -> str:
+        return f"VQGANModel({self.vqgan.dtype})"

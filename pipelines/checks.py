@@ -1,0 +1,33 @@
+"""Input checks shared by the pipelines, the nodes and the CLI: one wording for each kind of mistake.
+
+Every public pipeline function checks its inputs here once, before any work; node classes and the CLI rely on it
+instead of checking again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+
+def check_range(name: str, value: float, low: float, high: float) -> None:
+    """`value` lies in [low, high] and is a finite number."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+        raise ValueError(f"{name} must be between {low} and {high} (got {value}).")
+
+
+def check_above(name: str, value: float, low: float) -> None:
+    """`value` is a finite number above `low`."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > low):
+        raise ValueError(f"{name} must be above {low} (got {value}).")
+
+
+def check_choice(name: str, value: str, choices: Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)} (got '{value}').")
+
+
+def check_prompt(text: str, what: str = "the image") -> None:
+    if not text.strip():
+        raise ValueError(f"The prompt is empty: write what {what} should show.")
