@@ -7,10 +7,13 @@ fall back to plain torch and tqdm.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import torch
+
+from ..engine.hub import DownloadProgress
 
 try:
     import comfy.model_management as comfy_mm
@@ -150,6 +153,54 @@ class Progress:
     def close(self) -> None:
         if not IN_COMFYUI:
             self.bar.close()
+
+
+class DownloadBar(DownloadProgress):
+    """Download progress where the user looks: a tqdm bar in bytes per downloaded file ("file k of n" in its
+    label) and, inside ComfyUI, the node's progress bar in bytes and the label as the node's text. ComfyUI's
+    Cancel stops the download. Files already on disk show nothing.
+
+    Use: `Source(repo, revision, model_store(), progress=DownloadBar(files=n))`, n the files the loader fetches.
+    """
+
+    def __init__(self, files: int | None = None) -> None:
+        super().__init__(files)
+        self.bar = None  # tqdm of the current file
+        self.node_bar = None
+
+    def start(self, filename: str, total: int | None) -> None:
+        from tqdm.auto import tqdm
+
+        label = f"Downloading {filename} ({self.position()})"
+        self.bar = tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024)
+        if IN_COMFYUI:
+            logging.info("%s, %s", label, f"{total / 2**30:.2f} GiB" if total else "size unknown")
+            self.node_bar = comfy.utils.ProgressBar(total or 0)
+            _node_text(label)
+
+    def update(self, done: int) -> None:
+        check_interrupt()
+        self.bar.update(done - self.bar.n)
+        if self.node_bar is not None:
+            self.node_bar.update_absolute(done, max(self.node_bar.total, done))
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.node_bar is not None:
+            _node_text("")
+            self.node_bar = None
+
+
+def _node_text(text: str) -> None:
+    """Text on the executing node (ComfyUI's progress text); skipped where this ComfyUI has none."""
+    try:
+        from comfy_execution.utils import get_executing_context
+        from server import PromptServer
+    except ImportError:
+        return
+    context = get_executing_context()
+    if context is not None and getattr(PromptServer, "instance", None) is not None:
+        PromptServer.instance.send_progress_text(text, context.node_id)
 
 
 def check_interrupt() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
 import threading
 import types
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import huggingface_hub.constants as hf_constants
 import pytest
 
 from dalle_nodes.engine.hub import CheckpointError, DownloadProgress, Source, fetch_file
+from dalle_nodes.nodes import runtime
 
 REPO = "someone/big-model"
 FILE = "unet/diffusion_pytorch_model.safetensors"
@@ -255,3 +257,64 @@ def test_xet_thread_cancel_aborts_the_transfer_and_reaches_the_caller(local_hub,
     assert aborted == [True]
     assert progress.updates == [CHUNK, 2 * CHUNK]  # nothing reported after the Cancel
     assert progress.events == [("start", FILE, len(PAYLOAD), "file 1"), ("close",)]
+
+
+def test_runtime_bar_outside_comfyui_is_tqdm_in_bytes(local_hub, store, capsys) -> None:
+    bar = runtime.DownloadBar(files=2)
+    assert fetch(local_hub, store, bar).read_bytes() == PAYLOAD
+    err = capsys.readouterr().err
+    assert f"Downloading {FILE} (file 1 of 2)" in err
+    assert "100%" in err and "6.00k/6.00k" in err
+    assert bar.bar.n == len(PAYLOAD) and bar.bar.unit == "B"
+
+
+def test_runtime_bar_stops_on_interrupt(local_hub, store, tmp_path, monkeypatch) -> None:
+    """runtime.check_interrupt (ComfyUI's Cancel) raising mid-file stops the download."""
+    local_hub.paced = True
+    calls = []
+
+    def interrupt_on_second_chunk() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise Cancelled
+        local_hub.allow_next_chunk()
+
+    monkeypatch.setattr(runtime, "check_interrupt", interrupt_on_second_chunk)
+    with pytest.raises(Cancelled):
+        fetch(local_hub, store, runtime.DownloadBar())
+    assert local_hub.transfers[0].sent == 2
+    assert complete_looking_files(tmp_path / "store", tmp_path / "hf") == []
+
+
+def test_runtime_bar_inside_comfyui_drives_the_node_bar(local_hub, tmp_path, monkeypatch) -> None:
+    """ComfyUI stand-ins: the node's ProgressBar gets bytes of the file, the node's text says file k of n."""
+    absolute, texts = [], []
+
+    class ProgressBar:
+        def __init__(self, total: int):
+            self.total = total
+
+        def update_absolute(self, value: int, total: int | None = None, preview: object = None) -> None:
+            absolute.append((value, total))
+
+    class PromptServer:
+        instance = types.SimpleNamespace(send_progress_text=lambda text, node_id: texts.append((text, node_id)))
+
+    context = types.SimpleNamespace(node_id="7")
+    monkeypatch.setattr(runtime, "IN_COMFYUI", True)
+    monkeypatch.setattr(
+        runtime,
+        "comfy",
+        raising=False,
+        value=types.SimpleNamespace(utils=types.SimpleNamespace(ProgressBar=ProgressBar)),
+    )
+    monkeypatch.setattr(runtime, "comfy_mm", types.SimpleNamespace(throw_exception_if_processing_interrupted=lambda: 0))
+    monkeypatch.setitem(sys.modules, "server", types.SimpleNamespace(PromptServer=PromptServer))
+    monkeypatch.setitem(
+        sys.modules, "comfy_execution.utils", types.SimpleNamespace(get_executing_context=lambda: context)
+    )
+    monkeypatch.setitem(sys.modules, "comfy_execution", types.SimpleNamespace())
+
+    fetch(local_hub, tmp_path, runtime.DownloadBar(files=4))
+    assert absolute == [(CHUNK * k, len(PAYLOAD)) for k in range(1, CHUNKS + 1)]
+    assert texts == [(f"Downloading {FILE} (file 1 of 4)", "7"), ("", "7")]
