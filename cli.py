@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "queue":
         from .client.queue_workflow import queue_workflow
+        from .nodes import NODE_CLASS_MAPPINGS
 
-        return queue_workflow(args)
+        return queue_workflow(args, NODE_CLASS_MAPPINGS)
     from .engine.hub import CheckpointError
 
     try:

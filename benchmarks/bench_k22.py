@@ -2,8 +2,8 @@
 
 Full-size modules built from the real configs (tests/hub_configs) with random weights, normal(0, 0.02) with norm
 scales at 1 (the work does not depend on the values), made directly on the device in the reference dtype (fp16, as
-the speed anchors in REFERENCE.md; --dtype bf16 also). Our prior, UNet and MoVQ take the diffusers modules' state
-dicts (strict), converted to our dtype (auto: bf16 on GPUs that have it); the CLIP text and image towers are the
+the H100 speed anchors we compare against; --dtype bf16 also). Our prior, UNet and MoVQ take the diffusers modules'
+state dicts (strict), converted to our dtype (auto: bf16 on GPUs that have it); the CLIP text and image towers are the
 same transformers objects (copied when our dtype differs). One process, one GPU: 768², prior 25 + decoder 50 steps,
 guidance 4, no negative prompt, batch 1 and 4, the same seed on both sides.
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .comfy_client import ComfyClient, ExecutionFailed, Interrupted, OutputFile, PromptRefused, ServerError
 from .workflow_graph import (
+    NodeSpec,
     WorkflowError,
     check_has_output,
     is_ui_format,
@@ -28,28 +29,27 @@ from .workflow_graph import (
 )
 
 
-def api_graph(workflow: dict, client: ComfyClient) -> dict:
-    """The API graph of a workflow file: as it is, or converted from the UI format (asking the server about
-    nodes that are not ours)."""
+def api_graph(workflow: dict, client: ComfyClient, local: dict[str, NodeSpec]) -> dict:
+    """The API graph of a workflow file: as it is, or converted from the UI format with the `local` node specs
+    (asking the server about nodes that are not among them)."""
     if not is_ui_format(workflow):
         return workflow
     try:
-        return ui_to_api(workflow, local_specs())
+        return ui_to_api(workflow, local)
     except WorkflowError:
         return ui_to_api(workflow, specs_from_object_info(client.object_info()))
 
 
-def prepare(args: argparse.Namespace, client: ComfyClient) -> dict:
-    graph = api_graph(read_workflow(args.workflow), client)
+def prepare(args: argparse.Namespace, client: ComfyClient, local: dict[str, NodeSpec]) -> dict:
+    graph = api_graph(read_workflow(args.workflow), client, local)
     for assignment in args.set:
         set_input(graph, assignment)
     if args.prompt is not None:
         set_prompt(graph, args.prompt)
     if args.seed is not None:
         set_seed(graph, args.seed)
-    specs = local_specs()
-    if all(node["class_type"] in specs for node in graph.values()):  # else the server judges (it knows them)
-        check_has_output(graph, specs)
+    if all(node["class_type"] in local for node in graph.values()):  # else the server judges (it knows them)
+        check_has_output(graph, local)
     return graph
 
 
@@ -107,10 +107,11 @@ def save(files: list[OutputFile], client: ComfyClient, folder: Path) -> list[Pat
     return paths
 
 
-def queue_workflow(args: argparse.Namespace) -> int:
+def queue_workflow(args: argparse.Namespace, node_classes: dict[str, type]) -> int:
+    """The queue command; `node_classes` are our nodes (NODE_CLASS_MAPPINGS), for converting UI files offline."""
     try:
         client = ComfyClient(args.server)
-        graph = prepare(args, client)
+        graph = prepare(args, client, local_specs(node_classes))
         prompt_id = run(graph, client, args.timeout)
         files = client.outputs(prompt_id)
         if not files:

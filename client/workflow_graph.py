@@ -61,13 +61,12 @@ CORE_NODES = {
 }
 
 
-def local_specs() -> dict[str, NodeSpec]:
-    """Our nodes (from their classes) and the core nodes above: enough for every workflow we ship."""
-    from ..nodes import NODE_CLASS_MAPPINGS
-
+def local_specs(node_classes: dict[str, type]) -> dict[str, NodeSpec]:
+    """The given node classes (ours: NODE_CLASS_MAPPINGS, handed in by the caller, as the client imports no node
+    code) and the core nodes above: enough for every workflow we ship."""
     ours = {
         name: NodeSpec(cls.INPUT_TYPES(), tuple(cls.RETURN_TYPES), getattr(cls, "OUTPUT_NODE", False))
-        for name, cls in NODE_CLASS_MAPPINGS.items()
+        for name, cls in node_classes.items()
     }
     return {**CORE_NODES, **ours}
 

@@ -1,7 +1,8 @@
 """Checkpoint files: a Hub repo id or a local folder → verified files → strictly loaded modules.
 
 Every failure a user can cause (a typo in a repo id, a missing or half-downloaded file, the wrong kind of
-checkpoint) becomes a `CheckpointError` that says what is wrong and how to fix it.
+checkpoint) becomes a `CheckpointError` that says what is wrong and how to fix it. Downloads report their bytes to
+the `DownloadProgress` a caller puts on the `Source`, which may also stop them (a Cancel).
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,17 +46,65 @@ class NotDownloaded(CheckpointError):
     """The file is not on disk and the Hub cannot be reached."""
 
 
+class DownloadProgress:
+    """Told how the files of a checkpoint download; put one on `Source(progress=...)`. These methods do nothing.
+
+    fetch_file counts every file it is asked for in `index` (files already on disk too), so a caller that sets
+    `files` to the number of files it fetches can say "file k of n" (`position()`). Only a file that is really
+    downloaded gets start → update… → close. `update` may raise (a Cancel): the download stops, its partial file
+    is deleted, nothing is left under the file's name, and the exception reaches fetch_file's caller unchanged.
+    """
+
+    def __init__(self, files: int | None = None) -> None:
+        self.files = files
+        self.index = 0
+
+    def position(self) -> str:
+        return f"file {self.index} of {self.files}" if self.files else f"file {self.index}"
+
+    def start(self, filename: str, total: int | None) -> None:
+        """Bytes of `filename` (path in the repo) start to arrive; `total` is its size when known."""
+
+    def update(self, done: int) -> None:
+        """`done` bytes of the current file have arrived (may be called from a download thread)."""
+
+    def close(self) -> None:
+        """The current file is complete, or its download failed or was stopped."""
+
+
+class ConsoleDownload(DownloadProgress):
+    """A tqdm bar on stderr in bytes for each file downloaded, labelled with the file and "file k of n"."""
+
+    def __init__(self, files: int | None = None) -> None:
+        super().__init__(files)
+        self.bar = None
+
+    def start(self, filename: str, total: int | None) -> None:
+        from tqdm.auto import tqdm
+
+        label = f"Downloading {filename} ({self.position()})"
+        self.bar = tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024)
+
+    def update(self, done: int) -> None:
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 @dataclass(frozen=True)
 class Source:
     """Where a checkpoint comes from: a Hub repo id (at a revision) or a local folder in the repo's layout.
 
     `store` is the folder downloads land in (ComfyUI's models/dalle or $DALLE_NODES_HOME); None means the
-    Hugging Face cache.
+    Hugging Face cache. `progress` hears about downloads; it is not part of the identity (loaders key caches on
+    sources).
     """
 
     repo: str
     revision: str | None = None
     store: Path | None = None
+    progress: DownloadProgress | None = field(default=None, compare=False, repr=False)
 
     @property
     def local_folder(self) -> Path | None:
@@ -76,6 +126,16 @@ class Source:
 
 def fetch_file(source: Source, subfolder: str, filename: str) -> Path:
     """Return the local path of one file of the checkpoint, downloading only that file if needed."""
+    _count_file(source)
+    return _fetch(source, subfolder, filename)
+
+
+def _count_file(source: Source) -> None:
+    if source.progress is not None:
+        source.progress.index += 1
+
+
+def _fetch(source: Source, subfolder: str, filename: str) -> Path:
     local = source.local_folder
     if local is not None:
         path = local / subfolder / filename
@@ -89,14 +149,7 @@ def fetch_file(source: Source, subfolder: str, filename: str) -> Path:
     if local_dir is not None and hf_constants.HF_HUB_OFFLINE and (local_dir / rel).is_file():
         return local_dir / rel  # huggingface_hub would warn once per file that it cannot check for updates
     try:
-        path = hf_hub_download(
-            source.repo,
-            filename,
-            subfolder=subfolder or None,
-            revision=source.revision,
-            local_dir=local_dir,
-            local_files_only=hf_constants.HF_HUB_OFFLINE,  # offline: do not even try the network
-        )
+        path = _download(source, subfolder, filename, local_dir)
     except RepositoryNotFoundError as error:
         raise CheckpointError(
             f"Hub repo '{source.repo}' was not found (or it is private or gated: log in with `hf auth login`). "
@@ -114,6 +167,101 @@ def fetch_file(source: Source, subfolder: str, filename: str) -> Path:
     except HfHubHTTPError as error:
         raise CheckpointError(f"Downloading '{rel}' from {source.describe()} failed: {error}") from error
     return Path(path)
+
+
+def _download(source: Source, subfolder: str, filename: str, local_dir: Path | None) -> str:
+    """hf_hub_download, its progress going to `source.progress`; an exception raised there stops the download and
+    reaches the caller as it is."""
+    options = dict(
+        subfolder=subfolder or None,
+        revision=source.revision,
+        local_dir=local_dir,
+        local_files_only=hf_constants.HF_HUB_OFFLINE,  # offline: do not even try the network
+    )
+    if source.progress is None:
+        return hf_hub_download(source.repo, filename, **options)
+    watch = _Watch(source.progress, f"{subfolder}/{filename}" if subfolder else filename)
+    try:
+        path = hf_hub_download(source.repo, filename, tqdm_class=watch.bar_class(), **options)
+    except BaseException as error:
+        if watch.stopped is None or watch.stopped is error:
+            raise
+        raise watch.stopped from error  # an aborted Xet transfer fails with an error of its own
+    if watch.stopped is not None:
+        raise watch.stopped  # the transfer ended before the abort landed: the file is whole, but the user said stop
+    return path
+
+
+class _Watch:
+    """Turns huggingface_hub's progress-bar calls for one file (its public `tqdm_class` hook) into calls of a
+    DownloadProgress, and keeps the exception that progress raised.
+
+    Plain HTTP downloads call the bar in the caller's thread, so the exception simply stops the transfer there.
+    Xet downloads call it from a Rust progress thread that only logs exceptions: that transfer is aborted instead,
+    and `_download` raises the kept exception.
+    """
+
+    def __init__(self, progress: DownloadProgress, filename: str):
+        self.progress = progress
+        self.filename = filename
+        self.thread = threading.get_ident()
+        self.stopped: BaseException | None = None
+
+    def report(self, done: int) -> None:
+        if self.stopped is not None:
+            return  # a Xet transfer reports on until the abort lands
+        try:
+            self.progress.update(done)
+        except BaseException as error:
+            self.stopped = error
+            if threading.get_ident() != self.thread:
+                _abort_xet_transfers()
+            raise
+
+    def bar_class(self) -> type:
+        watch = self
+
+        class Bar:
+            """The part of tqdm huggingface_hub uses, like its own snapshot_download's `_AggregatedTqdm`."""
+
+            def __init__(self, *args: object, total: int | None = None, initial: int = 0, **kwargs: object):
+                self.total, self.n, self.closed = total, initial, False
+                watch.progress.start(watch.filename, total)
+
+            def update(self, n: int = 1) -> None:
+                self.n += n  # negative when a retried transfer starts over
+                watch.report(self.n)
+
+            def update_transfer(self, n: int = 1) -> None:
+                """Network bytes of a Xet transfer: having this method makes huggingface_hub report a Xet download
+                through this one bar (bytes written) instead of opening a second bar per file."""
+
+            def set_postfix_str(self, *args: object, **kwargs: object) -> None:
+                pass
+
+            set_transfer_postfix_str = set_postfix_str
+            refresh = set_postfix_str
+
+            def close(self) -> None:
+                if not self.closed:
+                    self.closed = True
+                    watch.progress.close()
+
+            def __enter__(self) -> Bar:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                self.close()
+
+        return Bar
+
+
+def _abort_xet_transfers() -> None:
+    """Abort running Xet transfers the way huggingface_hub does on Ctrl-C. Private API (huggingface_hub 2.x):
+    hf_xet offers no public cancel that reaches a single hf_hub_download."""
+    from huggingface_hub.utils._xet import abort_xet_session
+
+    abort_xet_session()
 
 
 def _store_folder(source: Source) -> Path | None:
@@ -164,10 +312,11 @@ def diffusers_settings(config: dict, defaults: dict, what: str) -> dict:
 
 def fetch_weights(source: Source, subfolder: str, names: tuple[str, ...] = DIFFUSERS_WEIGHTS) -> Path:
     """The component's weight file, safetensors first, pickled `.bin` only when no safetensors exists."""
+    _count_file(source)  # one file of the checkpoint, whichever name it has
     offline: NotDownloaded | None = None
     for name in names:
         try:
-            return fetch_file(source, subfolder, name)
+            return _fetch(source, subfolder, name)
         except NotDownloaded as error:  # a .bin twin may still be on disk
             offline = offline or error
         except MissingFile:

@@ -47,13 +47,14 @@ def reuse(kind: str, key: tuple, build):
     return value
 
 
-def source_from_inputs(repo_id: str, revision: str) -> Source:
+def source_from_inputs(repo_id: str, revision: str, files: int | None = None) -> Source:
+    """The checkpoint a loader's inputs name; its downloads show on the node's progress bar as "file k of `files`"."""
     repo_id = repo_id.strip()
     if not repo_id:
         raise ValueError(
             "repo_id is empty: give a Hub repo id (e.g. kandinsky-community/kandinsky-2-2-prior) or a local folder."
         )
-    return Source(repo_id, revision.strip() or None, runtime.model_store())
+    return Source(repo_id, revision.strip() or None, runtime.model_store(), runtime.DownloadBar(files))
 
 
 class HubLoader:
@@ -64,6 +65,7 @@ class HubLoader:
     FUNCTION = "load"
     DEFAULT_REPO = ""
     CONTENTS = ""  # what the repo must hold, for the tooltip
+    FILES = 0  # files the loader asks for, for "file k of n" on the progress bar
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -77,7 +79,7 @@ class HubLoader:
         }
 
     def load(self, repo_id: str, revision: str, dtype: str, **options) -> tuple:
-        source = source_from_inputs(repo_id, revision)
+        source = source_from_inputs(repo_id, revision, self.FILES)
         torch_dtype = runtime.resolve_dtype(dtype)
         key = (source, torch_dtype, *options.values())
         return reuse(type(self).__name__, key, lambda: self.build(source, torch_dtype, **options))
@@ -92,6 +94,7 @@ class DalleLoadPrior(HubLoader):
     RETURN_NAMES = ("prior", "text_encoder")
     DEFAULT_REPO = kandinsky22.PRIOR_REPO
     CONTENTS = "prior (with prior/, text_encoder/, tokenizer/, image_encoder/)"
+    FILES = kandinsky22.FETCHES["prior"] + kandinsky22.FETCHES["text_encoder"]
 
     def build(self, source: Source, dtype: torch.dtype) -> tuple[PriorModel, TextEncoder]:
         prior = kandinsky22.load_prior(source, dtype)
@@ -111,6 +114,7 @@ class DalleLoadImageEncoder(HubLoader):
     RETURN_NAMES = ("image_encoder",)
     DEFAULT_REPO = kandinsky22.PRIOR_REPO
     CONTENTS = "prior (its image_encoder/ and image_processor/)"
+    FILES = kandinsky22.FETCHES["image_encoder"]
 
     def build(self, source: Source, dtype: torch.dtype) -> tuple[ImageEncoder]:
         processor, encoder = kandinsky22.load_image_encoder(source, dtype)
@@ -125,6 +129,7 @@ class DalleLoadDecoder(HubLoader):
     RETURN_NAMES = ("decoder", "vq_vae")
     DEFAULT_REPO = kandinsky22.DECODER_REPO
     CONTENTS = "decoder (with unet/, movq/, scheduler/)"
+    FILES = kandinsky22.FETCHES["unet"] + kandinsky22.FETCHES["movq"]
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:

@@ -52,7 +52,7 @@ class DalleLoadMini:
 
     def load(self, repo_id: str, revision: str, variant: str, dtype: str) -> tuple[BartModel, VQGANModel]:
         dalle_mini.check_variant(variant)
-        source = source_from_inputs(repo_id, revision)
+        source = source_from_inputs(repo_id, revision, dalle_mini.FETCHES)
         dtypes = dalle_mini.dtypes(dtype, runtime.compute_device(), runtime.fp16_ok)
         return reuse(type(self).__name__, (source, variant, dtypes), lambda: _load(source, variant, dtypes))
 

@@ -7,6 +7,7 @@ fall back to plain torch and tqdm.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from ..engine import device as plain
 from ..engine import hub, memory
 from ..engine.device import DTYPES, Host
+from ..engine.hub import ConsoleDownload
 
 try:
     import comfy.model_management as comfy_mm
@@ -132,6 +134,48 @@ class Progress:
     def close(self) -> None:
         if not IN_COMFYUI:
             self.bar.close()
+
+
+class DownloadBar(ConsoleDownload):
+    """Download progress where the user looks: the console's tqdm bar and, inside ComfyUI, the node's progress bar in
+    bytes with "file k of n" as the node's text. ComfyUI's Cancel stops the download. Files already on disk show
+    nothing."""
+
+    def __init__(self, files: int | None = None) -> None:
+        super().__init__(files)
+        self.node_bar = None
+
+    def start(self, filename: str, total: int | None) -> None:
+        super().start(filename, total)
+        if IN_COMFYUI:
+            label = f"Downloading {filename} ({self.position()})"
+            logging.info("%s, %s", label, f"{total / 2**30:.2f} GiB" if total else "size unknown")
+            self.node_bar = comfy.utils.ProgressBar(total or 0)
+            _node_text(label)
+
+    def update(self, done: int) -> None:
+        check_interrupt()
+        super().update(done)
+        if self.node_bar is not None:
+            self.node_bar.update_absolute(done, max(self.node_bar.total, done))
+
+    def close(self) -> None:
+        super().close()
+        if self.node_bar is not None:
+            _node_text("")
+            self.node_bar = None
+
+
+def _node_text(text: str) -> None:
+    """Text on the executing node (ComfyUI's progress text); skipped where this ComfyUI has none."""
+    try:
+        from comfy_execution.utils import get_executing_context
+        from server import PromptServer
+    except ImportError:
+        return
+    context = get_executing_context()
+    if context is not None and getattr(PromptServer, "instance", None) is not None:
+        PromptServer.instance.send_progress_text(text, context.node_id)
 
 
 def check_interrupt() -> None:

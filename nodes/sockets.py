@@ -4,7 +4,7 @@ several nodes share (seed, guidance, revision, dtype), with their tooltips."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -13,6 +13,7 @@ from ..engine.compiled import Compiled
 from ..engine.hub import Source
 from ..models.bart_tokenizer import BartTokenizer
 from ..models.movq import MoVQ
+from ..pipelines import kandinsky22
 from ..pipelines.kandinsky22 import ImageEmbeds, PromptEmbeds, zero_image_embed
 from . import runtime
 
@@ -57,7 +58,8 @@ class PriorModel:
             def place(encoder: torch.nn.Module) -> torch.nn.Module:
                 return runtime.ManagedModule(encoder).load()
 
-            self._zero_embed = zero_image_embed(self.source, self.dtype, runtime.cache_dir(), place)
+            source = replace(self.source, progress=runtime.DownloadBar(kandinsky22.FETCHES["zero_image_embed"]))
+            self._zero_embed = zero_image_embed(source, self.dtype, runtime.cache_dir(), place)
             runtime.free_cache()
         return self._zero_embed
 

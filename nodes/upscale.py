@@ -52,7 +52,7 @@ class DalleLoadUpscaler:
         }
 
     def load(self, model: str, repo_id: str, filename: str, revision: str) -> tuple[ImageModelDescriptor]:
-        path = upscaler.locate(model, repo_id, filename, revision, runtime.model_store())
+        path = upscaler.locate(model, repo_id, filename, revision, runtime.model_store(), runtime.DownloadBar(1))
         return (reuse(type(self).__name__, (path, path.stat().st_mtime_ns), lambda: self.build(path)),)
 
     @staticmethod

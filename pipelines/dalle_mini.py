@@ -23,6 +23,7 @@ from ..engine.cuda_graph import GraphedCall, capture_or_fallback
 from ..engine.device import console_progress, default_device, resolve_dtype
 from ..engine.hub import (
     CheckpointError,
+    ConsoleDownload,
     Source,
     default_store,
     fetch_file,
@@ -54,6 +55,7 @@ HYPERPARAMETERS_FILE = "hyperparameters.json"  # optional, for other sizes: see 
 STEPS_AHEAD = 8  # on a GPU, sampling steps the host may queue before the device has run them
 GRAPH_WARMUP_STEPS = 2  # eager runs of a sampling step before it is captured as a CUDA graph
 MAX_SUPERCONDITION = 100.0
+FETCHES = 5  # files a load asks for (vocabulary, merges, encoder, decoder, VQGAN): "file k of n" in download bars
 
 
 @dataclass(frozen=True)
@@ -368,7 +370,7 @@ class DalleMini:
         check_variant(variant)
         device = torch.device(device) if device is not None else default_device()
         bart_dtype, vqgan_dtype = dtypes(dtype, device, lambda d: d.type in ("cuda", "mps"))
-        source = Source(repo, None, default_store())
+        source = Source(repo, None, default_store(), ConsoleDownload(FETCHES))
         tokenizer = load_tokenizer(source, variant)
         bart = load_bart(source, variant, bart_dtype).to(device)
         return cls(tokenizer, bart, load_vqgan(source, vqgan_dtype).to(device), variant)

@@ -24,6 +24,7 @@ from ..engine.device import PLAIN, console_progress, default_device, resolve_dty
 from ..engine.hub import (
     TRANSFORMERS_WEIGHTS,
     CheckpointError,
+    ConsoleDownload,
     MissingFile,
     Source,
     cache_folder,
@@ -61,6 +62,9 @@ MAX_SEED = 2**64 - 1
 # (transformers 5's save_pretrained no longer writes special_tokens_map.json).
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 OPTIONAL_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+# Files each loader asks the Hub for (configs counted each time they are read), for "file k of n" in download bars;
+# tests/pipelines/test_kandinsky22_api.py holds them to the loaders.
+FETCHES = {"prior": 3, "text_encoder": 6, "image_encoder": 3, "zero_image_embed": 2, "unet": 4, "movq": 2}
 PRIOR_REPO = "kandinsky-community/kandinsky-2-2-prior"
 DECODER_REPO = "kandinsky-community/kandinsky-2-2-decoder"
 
@@ -455,7 +459,9 @@ class Kandinsky22:
         device = torch.device(device) if device is not None else default_device()
         torch_dtype = resolve_dtype(dtype, device)
         store = default_store()
-        prior_source, decoder_source = Source(prior, None, store), Source(decoder, None, store)
+        prior_files = FETCHES["zero_image_embed"] + FETCHES["text_encoder"] + FETCHES["prior"]
+        prior_source = Source(prior, None, store, ConsoleDownload(prior_files))
+        decoder_source = Source(decoder, None, store, ConsoleDownload(FETCHES["unet"] + FETCHES["movq"]))
         placed = lambda module: module.to(device)  # noqa: E731
         zero = zero_image_embed(prior_source, torch_dtype, cache_folder(store), placed)
         tokenizer, text_encoder = load_text_encoder(prior_source, torch_dtype)

@@ -19,7 +19,16 @@ from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError, c
 from ..engine import tiling
 from ..engine.compiled import Compiled
 from ..engine.device import PLAIN, Host, Progress, console_progress, default_device
-from ..engine.hub import CheckpointError, Source, default_store, fetch_file, read_pickle, read_state_dict
+from ..engine.hub import (
+    CheckpointError,
+    ConsoleDownload,
+    DownloadProgress,
+    Source,
+    default_store,
+    fetch_file,
+    read_pickle,
+    read_state_dict,
+)
 from ..engine.images import from_pil, to_pil
 from .checks import check_choice, check_range
 
@@ -246,12 +255,14 @@ class UpscaleSettings:
             )
 
 
-def locate(preset: str, repo_id: str, filename: str, revision: str, store: Path | None) -> Path:
+def locate(
+    preset: str, repo_id: str, filename: str, revision: str, store: Path | None, progress: DownloadProgress
+) -> Path:
     """The weight file of a preset, or of `custom`: repo_id + filename (a Hub repo or local folder), or an empty
-    repo_id and a local file's full path."""
+    repo_id and a local file's full path. `progress` hears about its download."""
     if preset in PRESETS:
         known = PRESETS[preset]
-        return fetch_file(Source(known.repo, None, store), *_split(known.filename))
+        return fetch_file(Source(known.repo, None, store, progress), *_split(known.filename))
     if preset != CUSTOM:
         raise ValueError(f"Unknown upscaler preset '{preset}': choose one of {', '.join(PRESETS)} or custom.")
     if not filename.strip():
@@ -263,7 +274,7 @@ def locate(preset: str, repo_id: str, filename: str, revision: str, store: Path 
                 f"Upscaler file '{path}' does not exist. Give a full path to a local file, or a repo_id."
             )
         return path
-    return fetch_file(Source(repo_id.strip(), revision.strip() or None, store), *_split(filename))
+    return fetch_file(Source(repo_id.strip(), revision.strip() or None, store, progress), *_split(filename))
 
 
 def _split(filename: str) -> tuple[str, str]:
@@ -353,7 +364,7 @@ class Upscaler:
     ) -> Upscaler:
         """A preset (see PRESETS), or `custom` with repo_id + filename (Hub repo or local folder), or an empty
         repo_id and a local file's full path."""
-        path = locate(preset, repo_id, filename, revision, default_store())
+        path = locate(preset, repo_id, filename, revision, default_store(), ConsoleDownload(1))
         descriptor = load_upscaler(path)
         descriptor.model.to(default_device())
         return cls(descriptor)

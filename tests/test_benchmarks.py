@@ -62,7 +62,7 @@ def test_vram_k22_on_meta(capsys) -> None:
 
     results = vram_k22.main(["--sizes", "512", "--batches", "1"])
     params = {stage: round(w["params"] / 1e6, 1) for stage, w in results["weights"].items()}
-    # REFERENCE.md's parameter counts of the real checkpoints
+    # the real checkpoints' parameter counts (millions)
     assert params == {"text_encoder": 694.7, "image_encoder": 1844.9, "prior": 1026.2, "unet": 1253.1, "movq": 67.8}
     assert results["weights"]["unet"]["bytes"] == 2 * results["weights"]["unet"]["params"]  # bf16
     run = results["activations"]["512_b1"]

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS as NODES
+from numerics import relative_error
 
 PROMPT, NEGATIVE = "the cat and a dog", "the dog"
 WIDTH, HEIGHT = 128, 192  # non-square: 16 x 24 latents
@@ -55,20 +56,16 @@ def ours(prior_repo, decoder_repo, negative: str | None, batch: int, seed: int):
     return embeds, latent["samples"], image
 
 
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).abs().max() / b.abs().max()).item()
-
-
 @pytest.mark.parametrize("negative, batch, seed", [(None, 1, 7), (NEGATIVE, 2, 123)])
 def test_chain_matches_diffusers(tiny_prior_repo, tiny_decoder_repo, negative, batch, seed) -> None:
     embeds, latents, image = ours(tiny_prior_repo, tiny_decoder_repo, negative, batch, seed)
     ref_embeds, ref_latents = reference(tiny_prior_repo, tiny_decoder_repo, negative, batch, seed, "latent")
     _, ref_image = reference(tiny_prior_repo, tiny_decoder_repo, negative, batch, seed, "np")
 
-    assert relative(embeds.positive, ref_embeds.image_embeds) < 1e-5
-    assert relative(embeds.negative, ref_embeds.negative_image_embeds) < 1e-5
+    assert relative_error(embeds.positive, ref_embeds.image_embeds) < 1e-5
+    assert relative_error(embeds.negative, ref_embeds.negative_image_embeds) < 1e-5
     assert latents.shape == (batch, 4, HEIGHT // 8, WIDTH // 8)
-    assert relative(latents, ref_latents) < 1e-4
+    assert relative_error(latents, ref_latents) < 1e-4
     assert image.shape == (batch, HEIGHT, WIDTH, 3)
     ref_image = torch.from_numpy(np.asarray(ref_image))
     assert ref_image.std() > 0.01 and 0 < ref_image.mean() < 1  # a real, non-constant, unclamped picture

@@ -23,9 +23,10 @@ from dalle_nodes.client.workflow_graph import (
     set_seed,
     ui_to_api,
 )
+from dalle_nodes.nodes import NODE_CLASS_MAPPINGS
 from shipped_workflows import UI_FILES, api_file, load, ui_file
 
-SPECS = local_specs()
+SPECS = local_specs(NODE_CLASS_MAPPINGS)
 
 
 def text2image() -> dict:

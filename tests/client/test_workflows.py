@@ -21,9 +21,10 @@ from dalle_nodes.client.workflow_graph import (
     ui_to_api,
     widget_names,
 )
+from dalle_nodes.nodes import NODE_CLASS_MAPPINGS
 from shipped_workflows import API_FILES, NAMES, UI_FILES, WORKFLOWS, api_file, load, ui_file
 
-SPECS = local_specs()
+SPECS = local_specs(NODE_CLASS_MAPPINGS)
 
 
 def node_spec(class_type: str) -> NodeSpec | None:

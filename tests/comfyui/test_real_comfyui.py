@@ -260,7 +260,7 @@ def test_ui_files_convert_the_same_with_the_servers_node_info(comfyui) -> None:
     server = specs_from_object_info(comfyui.get_json("/object_info"))
     for name in NAMES:
         ui = json.loads((ui_file(name)).read_text(encoding="utf-8"))
-        assert ui_to_api(ui, server) == ui_to_api(ui, local_specs()), name
+        assert ui_to_api(ui, server) == ui_to_api(ui, local_specs(NODE_CLASS_MAPPINGS)), name
 
 
 def test_queue_returns_only_once_the_history_is_written(comfyui, tmp_path) -> None:

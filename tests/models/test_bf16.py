@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS as NODES
+from numerics import relative_error
 
 PROMPT = "the cat and a dog"
 SIZE, PRIOR_STEPS, DECODER_STEPS, GUIDANCE = 64, 5, 6, 4.0
@@ -46,18 +47,14 @@ def chain(prior_repo, decoder_repo, dtype: str, negative: str | None, batch: int
     return embeds, latent["samples"], image
 
 
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).abs().max() / b.float().abs().max()).item()
-
-
 @pytest.mark.parametrize("negative, batch, seed", [(None, 1, 0), ("the dog", 2, 3)])
 def test_bf16_chain_stays_close_to_fp32(tiny_prior_repo, tiny_decoder_repo, negative, batch, seed) -> None:
     embeds32, latents32, image32 = chain(tiny_prior_repo, tiny_decoder_repo, "fp32", negative, batch, seed)
     embeds16, latents16, image16 = chain(tiny_prior_repo, tiny_decoder_repo, "bf16", negative, batch, seed)
 
-    assert relative(embeds16.positive, embeds32.positive) < 0.1
-    assert relative(embeds16.negative, embeds32.negative) < 0.1
-    assert relative(latents16, latents32) < 0.1
+    assert relative_error(embeds16.positive, embeds32.positive) < 0.1
+    assert relative_error(embeds16.negative, embeds32.negative) < 0.1
+    assert relative_error(latents16, latents32) < 0.1
     assert image16.dtype == image32.dtype == torch.float32 and image16.shape == (batch, SIZE, SIZE, 3)
     assert image32.std() > 0.01  # a picture with detail, not a flat field that any path would match
     difference = (image16 - image32).abs().flatten()

@@ -7,16 +7,13 @@ from diffusers import VQModel
 
 from dalle_nodes.engine.tiling import TilePlan
 from dalle_nodes.models.movq import MoVQ, MoVQConfig
+from numerics import relative_error
 from tiny_repos import tiny_movq_config
 
 REAL_CONFIG = Path(__file__).parents[1] / "hub_configs" / "kandinsky-community--kandinsky-2-2-decoder/movq/config.json"
 
 # The real layout (3 plain encoder levels + attention level, attention decoder level + 3 plain), shrunk.
 TINY_CONFIG = tiny_movq_config(layers_per_block=2)
-
-
-def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return ((ours.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
 
 
 @pytest.fixture(scope="module")

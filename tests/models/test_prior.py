@@ -8,6 +8,7 @@ import torch
 from diffusers.models.transformers.prior_transformer import PriorTransformer as DiffusersPrior
 
 from dalle_nodes.models.prior import PriorConfig, PriorTransformer
+from numerics import relative_error
 
 REAL_CONFIG = Path(__file__).parents[1] / "hub_configs" / "kandinsky-community--kandinsky-2-2-prior/prior/config.json"
 # embedding_dim (12) differs from the transformer width (2 x 8) so that mixing the two up fails.
@@ -38,10 +39,6 @@ def tiny_inputs(timestep: torch.Tensor) -> dict[str, torch.Tensor]:
         text_states=torch.randn(BATCH, 77, 12),
         text_mask=text_mask,
     )
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual - expected).abs().max() / expected.abs().max()).item()
 
 
 @pytest.mark.parametrize("timestep", [torch.tensor([0, 417, 999]), torch.tensor(250)], ids=["per-row", "0-d"])

@@ -9,6 +9,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from dalle_nodes.models.unet import KandinskyUNet, UNetConfig
+from numerics import relative_error
 from tiny_repos import WIDTH, tiny_unet_config
 
 HUB_CONFIGS = Path(__file__).parents[1] / "hub_configs"
@@ -32,10 +33,6 @@ def ours_from(reference: UNet2DConditionModel) -> KandinskyUNet:
     model = KandinskyUNet(UNetConfig.from_diffusers(dict(reference.config)))
     model.load_state_dict(reference.state_dict(), strict=True)
     return model.eval()
-
-
-def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    return ((ours.float() - reference.float()).abs().max() / reference.float().abs().max()).item()
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from dalle_nodes.models import clip
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, loaders, runtime, sockets
 from dalle_nodes.pipelines import kandinsky22_memory
 
-CONTRACT = {  # DESIGN.md's node contract: id → (required inputs, output types)
+CONTRACT = {  # the node contract shared workflows rely on: id → (required inputs, output types)
     "DalleLoadPrior": ({"repo_id", "revision", "dtype"}, ("DALLE_PRIOR", "DALLE_TEXT_ENCODER")),
     "DalleLoadDecoder": ({"repo_id", "revision", "dtype"}, ("DALLE_DECODER", "DALLE_VQ_VAE")),
     "DalleTextEncode": ({"text_encoder", "text"}, ("DALLE_TEXT_EMBEDS",)),
@@ -316,3 +316,29 @@ def test_decoder_compile_falls_back_to_the_eager_layout(models, monkeypatch) -> 
         forward(torch.randn(2, 4, 8, 8), torch.tensor(10), torch.randn(2, unet.config.image_embed_dim))
     assert not forward.ok and compiled_decoder.unet_call(unet) is forward
     assert unet.conv_in.weight.is_contiguous()
+
+
+@pytest.mark.parametrize(
+    "removed", [("special_tokens_map.json",), ("tokenizer_config.json", "special_tokens_map.json")]
+)
+def test_a_tokenizer_folder_needs_only_vocab_and_merges(tiny_prior_repo, tmp_path, removed) -> None:
+    """transformers 5's save_pretrained writes no special_tokens_map.json (tokenizer_config.json holds the special
+    tokens): such a folder encodes as the full one. With vocab.json and merges.txt alone CLIP's default padding
+    token stands in for the repo's, which changes only the padded positions, which the prior masks out."""
+    import shutil
+
+    repo = tmp_path / "prior"
+    shutil.copytree(tiny_prior_repo, repo)
+    for name in removed:
+        (repo / "tokenizer" / name).unlink()
+    full = call("DalleTextEncode", text_encoder=call("DalleLoadPrior", repo_id=str(tiny_prior_repo))[1], text="a cat")
+    loaders._loaded.clear()
+    reduced = call("DalleTextEncode", text_encoder=call("DalleLoadPrior", repo_id=str(repo))[1], text="a cat")
+    full, reduced = full[0].prompt, reduced[0].prompt
+    assert torch.equal(reduced.pooled, full.pooled) and torch.equal(reduced.mask, full.mask)
+    real = full.mask[0]
+    assert real.sum() == 4  # start, "a", "cat", end
+    if len(removed) == 1:
+        assert torch.equal(reduced.states, full.states)
+    else:
+        assert torch.equal(reduced.states[:, real], full.states[:, real])

@@ -21,6 +21,7 @@ from diffusers import (
 from diffusers.utils.torch_utils import randn_tensor
 
 from dalle_nodes.pipelines import sampling
+from numerics import relative_error
 
 HUB_CONFIGS = Path(__file__).parents[1] / "hub_configs"
 PRIOR_SCHEDULER = HUB_CONFIGS / "kandinsky-community--kandinsky-2-2-prior" / "scheduler"
@@ -69,10 +70,6 @@ class Recorder:
         assert step == len(self.latents)
         self.total = total
         self.latents.append(x.clone())
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.float() - expected.float()).abs().max() / expected.float().abs().max()).item()
 
 
 def assert_same_trajectory(ours: Recorder, reference: Recorder, generator: torch.Generator) -> float:
