@@ -173,6 +173,11 @@ def test_queue_reports_refusals_and_failures(comfyui, tmp_path) -> None:
     code, _, err = queue(comfyui, workflow, *sets, "--set", "6.width=100", "--out", str(tmp_path))
     assert code == 1
     assert "node 6 (DalleDecoderSample) failed: ValueError: width 100 is not supported" in err
+    code, _, err = queue(comfyui, workflow, *sets, "--set", "5.repo_id=someone/not-downloaded", "--out", str(tmp_path))
+    assert code == 1
+    # our own exception by its class name: ComfyUI's type name for it is a path into custom_nodes
+    assert "node 5 (DalleLoadDecoder) failed: NotDownloaded: " in err and "is not downloaded yet" in err, err
+    assert "custom_nodes" not in err and "dalle_nodes" not in err and "engine.hub" not in err
     assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing written
     code, _, err = queue(comfyui, workflow, *sets, "--out", str(tmp_path))
     assert code == 0, err  # the server still serves
