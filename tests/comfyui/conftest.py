@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -141,7 +142,7 @@ def _checkout() -> Path:
     if not (checkout / "main.py").is_file():
         pytest.fail(f"COMFYUI_PATH={os.environ['COMFYUI_PATH']} is not a ComfyUI checkout (no main.py there).")
     python = os.environ.get("COMFYUI_PYTHON")
-    if python and not os.access(python, os.X_OK):
+    if python and not shutil.which(python):
         pytest.fail(f"COMFYUI_PYTHON={python} is not an executable Python.")
     return checkout
 
