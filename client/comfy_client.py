@@ -45,6 +45,13 @@ class OutputFile:
     type: str
 
 
+def exception_name(exception_type: str | None) -> str:
+    """The class name in ComfyUI's `exception_type`, which is `module.QualifiedName` (bare for builtins). A custom
+    node's module is named after its install folder (dots written as _x_), e.g.
+    `/home/me/ComfyUI/custom_nodes/dalle-nodes.engine.hub.NotDownloaded`: only the last part means anything."""
+    return (exception_type or "").strip().rsplit(".", 1)[-1] or "error"
+
+
 def describe_refusal(answer: dict) -> str:
     """ComfyUI's 400 answer in plain words: the error, then each node's errors."""
     error = answer.get("error", {})
@@ -165,7 +172,7 @@ class ComfyClient:
             elif kind == "execution_error":
                 raise ExecutionFailed(
                     f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
-                    f"{data.get('exception_type', 'error')}: {data.get('exception_message', '').strip()}"
+                    f"{exception_name(data.get('exception_type'))}: {(data.get('exception_message') or '').strip()}"
                 )
             elif kind == "execution_interrupted":
                 raise Interrupted(f"the prompt was interrupted at node {data.get('node_id')} ({data.get('node_type')})")

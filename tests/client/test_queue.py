@@ -12,7 +12,7 @@ import pytest
 
 from dalle_nodes.cli import main
 from dalle_nodes.client import queue_workflow
-from dalle_nodes.client.comfy_client import OutputFile
+from dalle_nodes.client.comfy_client import ComfyClient, OutputFile, exception_name
 from dalle_nodes.client.workflow_graph import (
     WorkflowError,
     check_has_output,
@@ -210,6 +210,79 @@ def test_timeout_is_exit_1(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setattr(queue_workflow, "run", never_finishes)
     code = main(["queue", str(path), "--timeout", "5"])
     assert code == 1 and "did not finish within 5 s" in capsys.readouterr().err
+
+
+class Events:
+    """A websocket that hands over ComfyUI's events for one prompt, as JSON text like the server sends them."""
+
+    def __init__(self, *events: dict):
+        self.messages = [json.dumps(event) for event in events]
+
+    def __enter__(self) -> Events:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def recv(self, timeout: float | None = None) -> str:
+        return self.messages.pop(0)
+
+
+def node_failure(prompt_id: str, exception_type: str, message: str) -> dict:
+    """An execution_error event as ComfyUI's PromptExecutor sends it (execution.py, handle_execution_error)."""
+    return {
+        "type": "execution_error",
+        "data": {
+            "prompt_id": prompt_id,
+            "node_id": "5",
+            "node_type": "DalleLoadDecoder",
+            "executed": ["1", "2", "3"],
+            "exception_message": f"{message}\n",  # ComfyUI appends its tips, empty here, after a newline
+            "exception_type": exception_type,
+            "traceback": ['  File "/ComfyUI/execution.py", line 300, in execute\n'],
+            "current_inputs": {"repo_id": ["someone/not-downloaded"]},
+            "current_outputs": ["1", "2", "3"],
+            "timestamp": 1767225600000,
+        },
+    }
+
+
+# ComfyUI names the type module.QualifiedName; a custom node's module is its install folder, dots written as _x_.
+MANGLED = "/home/me/ComfyUI_x_0/custom_nodes/dalle-nodes.engine.hub.NotDownloaded"
+
+
+def test_node_failure_names_the_exception_class_only(tmp_path, capsys, monkeypatch) -> None:
+    path = tmp_path / "workflow.json"
+    path.write_text(json.dumps(text2image()))
+    message = "'unet/config.json' of someone/not-downloaded is not downloaded yet"
+    events = Events(
+        {"type": "execution_start", "data": {"prompt_id": "p1", "timestamp": 1767225600000}},
+        {"type": "executing", "data": {"node": "5", "display_node": "5", "prompt_id": "p1"}},
+        node_failure("p1", MANGLED, message),
+    )
+    monkeypatch.setattr(ComfyClient, "listen", lambda self: events)
+    monkeypatch.setattr(ComfyClient, "queue", lambda self, graph: "p1")
+    code = main(["queue", str(path), "--server", "http://127.0.0.1:8188", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"error: node 5 (DalleLoadDecoder) failed: NotDownloaded: {message}\n" in err, err
+    assert "custom_nodes" not in err and "_x_" not in err
+
+
+@pytest.mark.parametrize(
+    ("exception_type", "name"),
+    [
+        (MANGLED, "NotDownloaded"),
+        ("C:\\ComfyUI_x_1\\custom_nodes\\dalle-nodes.engine.hub.MissingFile", "MissingFile"),
+        ("ValueError", "ValueError"),  # builtins come bare
+        ("torch.OutOfMemoryError", "OutOfMemoryError"),
+        ("comfy.model_management.InterruptProcessingException", "InterruptProcessingException"),
+        ("", "error"),
+        (None, "error"),
+    ],
+)
+def test_exception_name(exception_type: str | None, name: str) -> None:
+    assert exception_name(exception_type) == name
 
 
 class Images:
