@@ -342,3 +342,33 @@ def test_a_tokenizer_folder_needs_only_vocab_and_merges(tiny_prior_repo, tmp_pat
         assert torch.equal(reduced.states, full.states)
     else:
         assert torch.equal(reduced.states[:, real], full.states[:, real])
+
+
+class Cancelled(Exception):
+    """Stands in for ComfyUI's InterruptProcessingException."""
+
+
+@pytest.mark.parametrize("stage", ["prior", "decoder"])
+def test_cancel_stops_sampling_within_a_step(models, monkeypatch, stage) -> None:
+    """Every sampling step ends at ComfyUI's interrupt check (runtime.Progress.update): a Cancel pressed during step
+    k stops the node before step k + 1 runs (the real-ComfyUI suite shows the check is ComfyUI's own Cancel)."""
+    prior, text_encoder, decoder, _ = models
+    (positive,) = call("DalleTextEncode", text_encoder=text_encoder, text="a cat")
+    (embeds,) = call("DallePriorSample", prior=prior, positive=positive, steps=2, seed=1)
+    module = prior.prior.module if stage == "prior" else decoder.unet.module
+    calls, checks = [], []
+    forward = type(module).forward
+    monkeypatch.setattr(type(module), "forward", lambda self, *args: calls.append(1) or forward(self, *args))
+
+    def check() -> None:
+        checks.append(1)
+        if len(checks) == 3:  # the user pressed Cancel during the third step
+            raise Cancelled
+
+    monkeypatch.setattr(runtime, "check_interrupt", check)
+    with pytest.raises(Cancelled):
+        if stage == "prior":
+            call("DallePriorSample", prior=prior, positive=positive, steps=20, seed=1)
+        else:
+            call("DalleDecoderSample", decoder=decoder, image_embeds=embeds, width=64, height=64, steps=20, seed=1)
+    assert len(calls) == 3  # one guided model call per step: no step ran after the Cancel
