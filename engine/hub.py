@@ -7,6 +7,7 @@ the `DownloadProgress` a caller puts on the `Source`, which may also stop them (
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -169,6 +170,10 @@ def _fetch(source: Source, subfolder: str, filename: str) -> Path:
     return Path(path)
 
 
+# huggingface_hub takes a progress-bar class from 1.20 on; older ones (transformers 4.x needs one) show their own bars.
+_PROGRESS_HOOK = "tqdm_class" in inspect.signature(hf_hub_download).parameters
+
+
 def _download(source: Source, subfolder: str, filename: str, local_dir: Path | None) -> str:
     """hf_hub_download, its progress going to `source.progress`; an exception raised there stops the download and
     reaches the caller as it is."""
@@ -178,7 +183,7 @@ def _download(source: Source, subfolder: str, filename: str, local_dir: Path | N
         local_dir=local_dir,
         local_files_only=hf_constants.HF_HUB_OFFLINE,  # offline: do not even try the network
     )
-    if source.progress is None:
+    if source.progress is None or not _PROGRESS_HOOK:
         return hf_hub_download(source.repo, filename, **options)
     watch = _Watch(source.progress, f"{subfolder}/{filename}" if subfolder else filename)
     try:

@@ -1,4 +1,5 @@
-"""CLIP text and image towers of the Kandinsky 2.2 prior repo, through transformers (a well-kept implementation).
+"""CLIP text and image towers of the Kandinsky 2.2 prior repo, through transformers (a well-kept implementation);
+loading them from the repo is pipelines/kandinsky22.py's.
 
 The prior is conditioned on the projected pooled text embedding, the per-token hidden states and their padding
 mask; when no negative prompt is given the decoder's unconditional input is the image tower's embedding of an
@@ -8,12 +9,9 @@ all-zero image, which `zero_image_embed` computes.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-
-from ..engine.hub import CheckpointError, verify_safetensors
 
 if TYPE_CHECKING:  # transformers takes seconds to import: ComfyUI's start-up should not pay for it
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
@@ -29,45 +27,6 @@ class TextEmbeds:
 
     def to(self, device: torch.device, dtype: torch.dtype) -> TextEmbeds:
         return TextEmbeds(self.pooled.to(device, dtype), self.states.to(device, dtype), self.mask.to(device))
-
-
-def _from_pretrained(class_name: str, folder: Path, dtype: torch.dtype, what: str):
-    import transformers
-    from transformers.utils import logging as transformers_logging
-
-    cls = getattr(transformers, class_name)
-    for weights in folder.glob("*.safetensors"):
-        verify_safetensors(weights)
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()  # we report key problems ourselves, as errors
-    try:
-        model, info = cls.from_pretrained(folder, torch_dtype=dtype, output_loading_info=True, use_safetensors=None)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"The {what} in '{folder}' could not be loaded: {error}") from error
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    if problems:
-        listed = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, list(v)[:3]))}" for k, v in problems.items())
-        raise CheckpointError(f"The {what} in '{folder}' does not match its config ({listed}).")
-    return model.eval().requires_grad_(False)
-
-
-def load_text_encoder(folder: Path, dtype: torch.dtype) -> CLIPTextModelWithProjection:
-    return _from_pretrained("CLIPTextModelWithProjection", folder, dtype, "CLIP text encoder")
-
-
-def load_image_encoder(folder: Path, dtype: torch.dtype) -> CLIPVisionModelWithProjection:
-    return _from_pretrained("CLIPVisionModelWithProjection", folder, dtype, "CLIP image encoder")
-
-
-def load_tokenizer(folder: Path) -> CLIPTokenizer:
-    from transformers import CLIPTokenizer
-
-    try:
-        return CLIPTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"The CLIP tokenizer in '{folder}' could not be loaded: {error}") from error
 
 
 def encode_text(tokenizer: CLIPTokenizer, encoder: CLIPTextModelWithProjection, prompts: list[str]) -> TextEmbeds:
@@ -86,16 +45,6 @@ def zero_image_embed(encoder: CLIPVisionModelWithProjection) -> torch.Tensor:
     size = encoder.config.image_size
     zeros = torch.zeros(1, 3, size, size, device=encoder.device, dtype=encoder.dtype)
     return encoder(zeros).image_embeds
-
-
-def load_image_processor(folder: Path):
-    """CLIP's own preprocessing (resize the short side to 224, center crop, normalize) from image_processor/."""
-    from transformers import CLIPImageProcessor
-
-    try:
-        return CLIPImageProcessor.from_pretrained(folder)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"The CLIP image processor in '{folder}' could not be loaded: {error}") from error
 
 
 def encode_images(processor, encoder: CLIPVisionModelWithProjection, images: torch.Tensor) -> torch.Tensor:

@@ -8,11 +8,8 @@ One code covers 16 × 16 pixels: 16 × 16 codes → 256² px.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 DETOKER_FILE = "detoker.pt"  # shared by the Mega and Mini variants
@@ -129,15 +126,3 @@ class VQGAN(nn.Module):
         """[B, h, w] codes → [B, 3, 16h, 16w] images in 0…1."""
         z = self.embedding(codes).permute(0, 3, 1, 2).contiguous()
         return self.decoder(self.post_quant_conv(z)).clamp(0, 1)
-
-
-def seamless_grid(codes: torch.Tensor) -> torch.Tensor:
-    """A square batch [g², h, w] → one [1, g·h, g·w] code map, decoded as one picture that blends across seams.
-
-    Image a·g + b lands in block row b, block column a: min-dalle's placement (it fills its grids column-wise),
-    so the picture is the one min-dalle's seamless mode gives.
-    """
-    side = math.isqrt(codes.shape[0])
-    if side * side != codes.shape[0]:
-        raise ValueError(f"a seamless grid needs a square number of images (4, 9, 16 …), not {codes.shape[0]}.")
-    return rearrange(codes, "(a b) h w -> 1 (b h) (a w)", a=side)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..pipelines import kandinsky22, kandinsky22_memory, sampling
@@ -95,21 +97,25 @@ class DalleDecoderSample:
         schedule = sampling.decoder_schedule(sampler, steps, karras, denoise)
         size = kandinsky22.latent_size(width, height) if latent is None else None
         generator = torch.Generator().manual_seed(seed)
-        x = kandinsky22.decoder_start(
-            image_embeds, schedule, size, None if latent is None else latent["samples"], generator
-        )
-        rows = x.shape[0] * (2 if guidance > 1 else 1)
         config, dtype = decoder.unet.module.config, decoder.unet.dtype
-        unet = decoder.unet.load_for(  # ComfyUI offloads other models to make this room
-            lambda fused: kandinsky22_memory.unet_step_bytes(config, rows, *x.shape[2:], dtype, fused_attention=fused)
-        )
-        param = next(unet.parameters())
+        start = None if latent is None else latent["samples"]
+        x = kandinsky22.decoder_start(image_embeds, schedule, size, start, generator, runtime.compute_device(), dtype)
+        rows = x.shape[0] * (2 if guidance > 1 else 1)
+
+        def load() -> Callable:
+            unet = decoder.unet.load_for(  # ComfyUI offloads other models to make this room
+                lambda fused: kandinsky22_memory.unet_step_bytes(
+                    config, rows, *x.shape[2:], dtype, fused_attention=fused
+                )
+            )
+            return decoder.unet_call(unet)
+
         progress = runtime.Progress(schedule.steps_run, "decoder")
         try:
             samples = kandinsky22.decoder_sample(
-                decoder.unet_call(unet),
+                load,
                 image_embeds,
-                x.to(param.device, param.dtype),
+                x,
                 schedule,
                 guidance,
                 generator,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from ..models.dalle_bart import IMAGE_CODES, IMAGE_TOKENS
-from ..models.vqgan import seamless_grid
 from ..pipelines import dalle_mini
 from . import runtime
 from .loaders import reuse, source_from_inputs
@@ -175,7 +174,5 @@ class DalleVQGANDecode:
         }
 
     def decode(self, vqgan: VQGANModel, tokens: torch.Tensor, seamless: bool = False) -> tuple[torch.Tensor]:
-        if seamless:
-            tokens = seamless_grid(tokens)
-        model = vqgan.vqgan.load()
-        return (dalle_mini.vqgan_decode(model, tokens, runtime.output_device(), runtime.check_interrupt),)
+        out = runtime.output_device()
+        return (dalle_mini.vqgan_decode(vqgan.vqgan.load, tokens, out, runtime.check_interrupt, seamless),)

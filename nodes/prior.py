@@ -77,16 +77,20 @@ class DallePriorSample:
         negative: PromptEmbeds | None = None,
     ) -> tuple[ImageEmbeds]:
         schedule = sampling.prior_schedule(steps)
-        zero = prior.zero_image_embed() if negative is None else None
         rows = kandinsky22.prior_rows(batch_size, guidance, negative is not None)
         config, dtype = prior.prior.module.config, prior.prior.dtype
-        model = prior.prior.load_for(
-            lambda fused: kandinsky22_memory.prior_step_bytes(config, rows, dtype, fused_attention=fused)
-        )
+
+        def load() -> torch.nn.Module:
+            if negative is None:  # the decoder's negative: read (or computed, once) before the prior takes the GPU
+                prior.zero_image_embed()
+            return prior.prior.load_for(
+                lambda fused: kandinsky22_memory.prior_step_bytes(config, rows, dtype, fused_attention=fused)
+            )
+
         progress = runtime.Progress(steps, "prior")
         try:
             embeds, negative_embeds = kandinsky22.prior_sample(
-                model,
+                load,
                 positive,
                 negative,
                 batch_size,
@@ -98,6 +102,6 @@ class DallePriorSample:
         finally:
             progress.close()
         if negative_embeds is None:
-            negative_embeds = zero.expand(batch_size, -1)
+            negative_embeds = prior.zero_image_embed().expand(batch_size, -1)  # kept since load()
         store = runtime.offload_device()
         return (ImageEmbeds(embeds.float().to(store), negative_embeds.float().to(store)),)

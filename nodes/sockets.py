@@ -14,6 +14,7 @@ from ..engine.hub import Source
 from ..models.bart_tokenizer import BartTokenizer
 from ..models.movq import MoVQ
 from ..pipelines import kandinsky22
+from ..pipelines.checks import MAX_SEED
 from ..pipelines.kandinsky22 import ImageEmbeds, PromptEmbeds, zero_image_embed
 from . import runtime
 
@@ -23,7 +24,7 @@ KANDINSKY_CATEGORY = "DALL·E/Kandinsky 2.2 (DALL·E 2)"
 MINI_CATEGORY = "DALL·E/DALL·E Mini (DALL·E 1)"
 UPSCALE_CATEGORY = "DALL·E/upscaling"
 
-MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
 DTYPE_TOOLTIP = "Weights and compute precision. auto: bf16 on GPUs that support it, else fp16; fp32 on the CPU."
 REVISION_TOOLTIP = "Branch, tag or commit of the Hub repo (ignored for a local folder)."
 GUIDANCE_TOOLTIP = "Classifier-free guidance; 1 or less turns it off."

@@ -31,5 +31,5 @@ class DalleTextEncode:
         }
 
     def encode(self, text_encoder: TextEncoder, text: str) -> tuple[PromptEmbeds]:
-        encoder = text_encoder.encoder.load()
-        return (kandinsky22.encode_prompt(text_encoder.tokenizer, encoder, text, runtime.offload_device()),)
+        store = runtime.offload_device()
+        return (kandinsky22.encode_prompt(text_encoder.tokenizer, text_encoder.encoder.load, text, store),)

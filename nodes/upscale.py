@@ -140,8 +140,7 @@ class DalleGANUpscale:
     ) -> tuple[torch.Tensor]:
         settings = upscaler.UpscaleSettings(tile, overlap, precision, scale_to, compile)
         managed = runtime.ManagedModule(upscale_model.model, getattr(upscale_model, "patcher", None))
-        device = runtime.compute_device()
-        managed.load(memory_required=upscaler.ACTIVATION_CAP if device.type != "cpu" else 0)
+        room = upscaler.ACTIVATION_CAP if runtime.compute_device().type != "cpu" else 0
         return (
             upscaler.upscale(
                 upscale_model,
@@ -150,5 +149,6 @@ class DalleGANUpscale:
                 runtime.HOST,
                 runtime.output_device(),
                 lambda total: runtime.Progress(total, "upscale"),
+                lambda: managed.load(memory_required=room),
             ),
         )

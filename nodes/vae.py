@@ -43,7 +43,10 @@ class DalleVQEncode:
     def encode(self, vq_vae: MoVQModel, image: torch.Tensor) -> tuple[dict]:
         height, width = image.shape[1:3]
         config, dtype = vq_vae.movq.module.config, vq_vae.movq.dtype
-        movq = vq_vae.movq.load_for(
-            lambda fused: kandinsky22_memory.movq_encode_bytes(config, height, width, dtype, fused_attention=fused)
-        )
-        return ({"samples": kandinsky22.movq_encode(movq, image).to(runtime.output_device())},)
+
+        def load() -> torch.nn.Module:
+            return vq_vae.movq.load_for(
+                lambda fused: kandinsky22_memory.movq_encode_bytes(config, height, width, dtype, fused_attention=fused)
+            )
+
+        return ({"samples": kandinsky22.movq_encode(load, image).to(runtime.output_device())},)

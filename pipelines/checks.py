@@ -7,18 +7,21 @@ instead of checking again.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable
+
+MAX_SEED = 2**64 - 1  # torch's CPU generator takes seeds up to this
 
 
 def check_range(name: str, value: float, low: float, high: float) -> None:
     """`value` lies in [low, high] and is a finite number."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high):
+    if not (_is_number(value) and math.isfinite(value) and low <= value <= high):
         raise ValueError(f"{name} must be between {low} and {high} (got {value}).")
 
 
 def check_above(name: str, value: float, low: float) -> None:
     """`value` is a finite number above `low`."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > low):
+    if not (_is_number(value) and math.isfinite(value) and value > low):
         raise ValueError(f"{name} must be above {low} (got {value}).")
 
 
@@ -28,6 +31,12 @@ def check_choice(name: str, value: str, choices: Iterable[str]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(choices)} (got '{value}').")
 
 
-def check_prompt(text: str, what: str = "the image") -> None:
+def check_prompt(text: str, what: str = "the image", hint: str = "") -> None:
+    """A prompt with something in it; `what` it describes and a `hint` for the caller's case complete the message."""
     if not text.strip():
-        raise ValueError(f"The prompt is empty: write what {what} should show.")
+        raise ValueError(f"The prompt is empty: write what {what} should show.{hint}")
+
+
+def _is_number(value: object) -> bool:
+    """A real number (Python's, numpy's …), not a bool, which would pass for 0 or 1."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)

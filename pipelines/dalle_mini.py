@@ -9,12 +9,14 @@ instead of at every step, the noise is drawn on the device, and each step is rep
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from functools import partial
 
 import torch
+from einops import rearrange
 from PIL import Image
 from torch import nn
 
@@ -48,7 +50,7 @@ from ..models.dalle_bart import (
     Hyperparameters,
 )
 from ..models.vqgan import DETOKER_FILE, VQGAN
-from .checks import check_above, check_prompt, check_range
+from .checks import MAX_SEED, check_above, check_prompt, check_range
 
 REPO = "kuprel/min-dalle"
 HYPERPARAMETERS_FILE = "hyperparameters.json"  # optional, for other sizes: see folder_hyperparameters
@@ -184,7 +186,7 @@ def graph_step(step: Step, prev_codes: torch.Tensor, index: torch.Tensor, noise:
     return capture_or_fallback(GraphStep(step, prev_codes, index, noise), step, "DALL·E Mini")
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def sample_image_tokens(
     bart: DalleBart,
     tokens: torch.Tensor,
@@ -332,11 +334,19 @@ def check_sampling(batch_size: int, top_k: int, temperature: float, superconditi
 
 
 def vqgan_decode(
-    vqgan: VQGAN, codes: torch.Tensor, out_device: torch.device, check_interrupt: Callable[[], None]
+    load: Callable[[], VQGAN],
+    codes: torch.Tensor,
+    out_device: torch.device,
+    check_interrupt: Callable[[], None],
+    seamless: bool = False,
 ) -> torch.Tensor:
-    """[B, h, w] codes → IMAGE [B, 16h, 16w, 3] on `out_device`, DECODE_BATCH images a pass."""
+    """[B, h, w] codes → IMAGE [B, 16h, 16w, 3] on `out_device`, DECODE_BATCH images a pass, by the VQGAN `load()`
+    readies once the codes are checked. `seamless` decodes a square batch as one picture (seamless_grid)."""
     if codes.ndim != 3 or codes.dtype != torch.long:
         raise ValueError(f"Expected image tokens [B, 16, 16] of int64, got {tuple(codes.shape)} {codes.dtype}.")
+    if seamless:
+        codes = seamless_grid(codes)
+    vqgan = load()
     device = next(vqgan.parameters()).device
     images = []
     with torch.inference_mode():
@@ -398,7 +408,7 @@ class DalleMini:
             )
         finally:
             bar.close()
-        return to_pil(vqgan_decode(self.vqgan, codes, torch.device("cpu"), lambda: None))
+        return to_pil(vqgan_decode(lambda: self.vqgan, codes, torch.device("cpu"), lambda: None))
 
 
 @dataclass(frozen=True)
@@ -414,5 +424,17 @@ class Request:
 
     def __post_init__(self) -> None:
         check_prompt(self.prompt, "the images")
-        check_range("seed", self.seed, 0, 2**64 - 1)
+        check_range("seed", self.seed, 0, MAX_SEED)
         check_sampling(self.batch_size, self.top_k, self.temperature, self.supercondition)
+
+
+def seamless_grid(codes: torch.Tensor) -> torch.Tensor:
+    """A square batch [g², h, w] → one [1, g·h, g·w] code map, decoded as one picture that blends across seams.
+
+    Image a·g + b lands in block row b, block column a: min-dalle's placement (it fills its grids column-wise),
+    so the picture is the one min-dalle's seamless mode gives.
+    """
+    side = math.isqrt(codes.shape[0])
+    if side * side != codes.shape[0]:
+        raise ValueError(f"a seamless grid needs a square number of images (4, 9, 16 …), not {codes.shape[0]}.")
+    return rearrange(codes, "(a b) h w -> 1 (b h) (a w)", a=side)

@@ -3,7 +3,7 @@ sampling and MoVQ coding as plain functions over our own modules.
 
 Mirrors diffusers' KandinskyV22PriorPipeline, KandinskyV22Pipeline and KandinskyV22Img2ImgPipeline step for step,
 so that the same seed gives the same image. The nodes call these functions one stage each; `Kandinsky22` in
-pipelines/api.py runs them in a row.
+this module runs them in a row, the Python API.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from ..engine.hub import (
     fetch_weights,
     load_strict,
     read_state_dict,
+    verify_safetensors,
 )
 from ..engine.images import to_pil
 from ..models import clip
@@ -42,7 +43,7 @@ from ..models.movq import MoVQ, MoVQConfig
 from ..models.prior import PriorConfig, PriorTransformer
 from ..models.unet import KandinskyUNet, UNetConfig
 from . import sampling
-from .checks import check_range
+from .checks import MAX_SEED, check_prompt, check_range
 from .vq_decode import movq_decode
 
 if TYPE_CHECKING:  # transformers takes seconds to import: ComfyUI's start-up should not pay for it
@@ -57,13 +58,13 @@ LATENT_CHANNELS = 4
 MIN_SIZE, MAX_SIZE, SIZE_STEP = 64, 4096, 64  # pixels; MoVQ downsamples by 8 and the UNet by 8 more
 MAX_BATCH = 64
 MAX_GUIDANCE = 100.0
-MAX_SEED = 2**64 - 1
 # The CLIP tokenizer reads vocab.json and merges.txt; the other two hold settings it otherwise takes as defaults
 # (transformers 5's save_pretrained no longer writes special_tokens_map.json).
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 OPTIONAL_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 # Files each loader asks the Hub for (configs counted each time they are read), for "file k of n" in download bars;
-# tests/pipelines/test_kandinsky22_api.py holds them to the loaders.
+# tests/pipelines/test_api.py holds them to the loaders.
+NO_NEGATIVE_HINT = " (For no negative prompt, leave the prior's negative input unconnected.)"
 FETCHES = {"prior": 3, "text_encoder": 6, "image_encoder": 3, "zero_image_embed": 2, "unet": 4, "movq": 2}
 PRIOR_REPO = "kandinsky-community/kandinsky-2-2-prior"
 DECODER_REPO = "kandinsky-community/kandinsky-2-2-decoder"
@@ -160,6 +161,51 @@ def load_movq(source: Source, dtype: torch.dtype) -> MoVQ:
     return _load(source, "movq", "VQModel", MoVQConfig, MoVQ, dtype, "MoVQ")
 
 
+TEXT_TOWER, IMAGE_TOWER = "CLIP text encoder", "CLIP image encoder"
+
+
+def _clip_model(class_name: str, folder: Path, dtype: torch.dtype, what: str):
+    """A transformers CLIP tower from its folder, every key checked; problems become CheckpointErrors."""
+    import transformers
+    from transformers.utils import logging as transformers_logging
+
+    cls = getattr(transformers, class_name)
+    for weights in folder.glob("*.safetensors"):
+        verify_safetensors(weights)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # we report key problems ourselves, as errors
+    try:
+        model, info = cls.from_pretrained(folder, torch_dtype=dtype, output_loading_info=True, use_safetensors=None)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"The {what} in '{folder}' could not be loaded: {error}") from error
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if problems:
+        listed = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, list(v)[:3]))}" for k, v in problems.items())
+        raise CheckpointError(f"The {what} in '{folder}' does not match its config ({listed}).")
+    return model.eval().requires_grad_(False)
+
+
+def _clip_tokenizer(folder: Path) -> CLIPTokenizer:
+    from transformers import CLIPTokenizer
+
+    try:
+        return CLIPTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"The CLIP tokenizer in '{folder}' could not be loaded: {error}") from error
+
+
+def _clip_processor(folder: Path) -> CLIPImageProcessor:
+    """CLIP's own preprocessing (resize the short side to 224, center crop, normalize) from image_processor/."""
+    from transformers import CLIPImageProcessor
+
+    try:
+        return CLIPImageProcessor.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"The CLIP image processor in '{folder}' could not be loaded: {error}") from error
+
+
 def load_text_encoder(source: Source, dtype: torch.dtype) -> tuple[CLIPTokenizer, CLIPTextModelWithProjection]:
     """The prior repo's CLIP tokenizer and text tower."""
     fetch_config(source, "text_encoder", expect="CLIPTextModelWithProjection")
@@ -171,15 +217,15 @@ def load_text_encoder(source: Source, dtype: torch.dtype) -> tuple[CLIPTokenizer
             fetch_file(source, "tokenizer", name)
         except MissingFile:
             pass
-    return clip.load_tokenizer(tokenizer_folder), clip.load_text_encoder(folder, dtype)
+    return _clip_tokenizer(tokenizer_folder), _clip_model("CLIPTextModelWithProjection", folder, dtype, TEXT_TOWER)
 
 
 def load_image_encoder(source: Source, dtype: torch.dtype) -> tuple[CLIPImageProcessor, CLIPVisionModelWithProjection]:
     """The prior repo's CLIP image preprocessing and ViT-bigG image tower."""
     fetch_config(source, "image_encoder", expect="CLIPVisionModelWithProjection")
     folder = fetch_weights(source, "image_encoder", TRANSFORMERS_WEIGHTS).parent
-    processor = clip.load_image_processor(fetch_file(source, "image_processor", "preprocessor_config.json").parent)
-    return processor, clip.load_image_encoder(folder, dtype)
+    processor = _clip_processor(fetch_file(source, "image_processor", "preprocessor_config.json").parent)
+    return processor, _clip_model("CLIPVisionModelWithProjection", folder, dtype, IMAGE_TOWER)
 
 
 def _zero_embed_key(weights: Path, dtype: torch.dtype) -> str:
@@ -204,7 +250,8 @@ def zero_image_embed(
     if path.is_file():
         return load_file(path)["embed"]
     with torch.inference_mode():
-        embed = clip.zero_image_embed(place(clip.load_image_encoder(weights.parent, dtype))).float().cpu()
+        encoder = _clip_model("CLIPVisionModelWithProjection", weights.parent, dtype, IMAGE_TOWER)
+        embed = clip.zero_image_embed(place(encoder)).float().cpu()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({"embed": embed.contiguous()}, tmp)
@@ -235,19 +282,13 @@ class ImageEmbeds:
         return f"ImageEmbeds({' x '.join(map(str, self.positive.shape))}, {self.positive.dtype})"
 
 
-def check_prompt_text(text: str) -> None:
-    if not text.strip():
-        raise ValueError(
-            "The prompt is empty: write what the image should show. (For no negative prompt, leave the "
-            "prior's negative input unconnected.)"
-        )
-
-
 def encode_prompt(
-    tokenizer: CLIPTokenizer, encoder: CLIPTextModelWithProjection, text: str, store: torch.device
+    tokenizer: CLIPTokenizer, load: Callable[[], CLIPTextModelWithProjection], text: str, store: torch.device
 ) -> PromptEmbeds:
-    """The prompt's CLIP embeddings, and the empty prompt's, kept on `store` between stages."""
-    check_prompt_text(text)
+    """The prompt's CLIP embeddings, and the empty prompt's, kept on `store` between stages. The text is checked
+    before `load()` readies the text tower (as every stage function here does with its inputs and its model)."""
+    check_prompt(text, "the image", NO_NEGATIVE_HINT)
+    encoder = load()
     with torch.inference_mode():
         both = clip.encode_text(tokenizer, encoder, [text, ""])
     rows = [
@@ -291,7 +332,7 @@ def _graphed_denoise(denoise: sampling.Denoise, x: torch.Tensor) -> sampling.Den
 
 
 def prior_sample(
-    prior: PriorTransformer,
+    load: Callable[[], PriorTransformer],
     prompt: PromptEmbeds,
     negative: PromptEmbeds | None,
     batch_size: int,
@@ -311,6 +352,7 @@ def prior_sample(
     """
     check_range("batch_size", batch_size, 1, MAX_BATCH)
     check_range("guidance", guidance, 0.0, MAX_GUIDANCE)
+    prior = load()
     param = next(prior.parameters())
     place = lambda e: _repeat(e.to(param.device, param.dtype), batch_size)  # noqa: E731
     pos, rows = place(prompt.prompt), batch_size
@@ -330,10 +372,10 @@ def prior_sample(
         uncond, cond, rest = out[:batch_size], out[batch_size : 2 * batch_size], out[2 * batch_size :]
         return torch.cat([uncond + guidance * (cond - uncond), rest])
 
-    x = sampling.randn((rows, prior.config.embedding_dim), generator, param.device, param.dtype)
-    if cuda_graph.wanted() and cuda_graph.can_capture(x.device):
-        denoise = _graphed_denoise(denoise, x)
     with torch.inference_mode():
+        x = sampling.randn((rows, prior.config.embedding_dim), generator, param.device, param.dtype)
+        if cuda_graph.wanted() and cuda_graph.can_capture(x.device):
+            denoise = _graphed_denoise(denoise, x)
         embeds = prior.unnormalize(sampling.sample_prior(denoise, x, schedule, generator, callback))
     return embeds[:batch_size], (embeds[batch_size:] if negative is not None else None)
 
@@ -361,15 +403,18 @@ def decoder_start(
     size: tuple[int, int] | None,
     latent: torch.Tensor | None,
     generator: torch.Generator,
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> torch.Tensor:
-    """The latent sampling starts from, in float32: noise of latent `size` (h, w) for text-to-image (on the CPU), or
-    `latent` (an encoded image, batch 1 or the embeddings') noised to the schedule's start for image-to-image (on the
-    latent's device). The noise is drawn on the CPU either way, so a seed gives the same image on any device."""
+    """The latent sampling starts from, on the UNet's `device` in its `dtype`: noise of latent `size` (h, w) for
+    text-to-image, or `latent` (an encoded image, batch 1 or the embeddings') noised to the schedule's start for
+    image-to-image. The noise is drawn on the CPU in float32 and rounded as diffusers' pipelines round it (cast, then
+    scaled), so a seed gives the same image on any device."""
     rows = embeds.positive.shape[0]
     if latent is None:
         if schedule.start:
             raise ValueError("denoise below 1 needs a starting latent: connect one (e.g. from DALL·E VQ Encode).")
-        return sampling.initial_noise((rows, LATENT_CHANNELS, *size), schedule, generator, "cpu", torch.float32)
+        return sampling.initial_noise((rows, LATENT_CHANNELS, *size), schedule, generator, device, dtype)
     if latent.ndim != 4 or latent.shape[1] != LATENT_CHANNELS:
         raise ValueError(
             f"The latent has shape {tuple(latent.shape)}: connect a MoVQ latent [B, {LATENT_CHANNELS}, h, w] "
@@ -377,11 +422,11 @@ def decoder_start(
         )
     if latent.shape[0] not in (1, rows):
         raise ValueError(f"The latent batch ({latent.shape[0]}) must be 1 or match the embeddings ({rows}).")
-    return sampling.noise_latent(latent.float().expand(rows, -1, -1, -1), schedule, generator)
+    return sampling.noise_latent(latent.to(device, dtype).expand(rows, -1, -1, -1), schedule, generator)
 
 
 def decoder_sample(
-    unet: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    load: Callable[[], Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]],
     embeds: ImageEmbeds,
     x: torch.Tensor,
     schedule: sampling.DecoderSchedule,
@@ -389,12 +434,12 @@ def decoder_sample(
     generator: torch.Generator,
     callback: sampling.Callback | None = None,
 ) -> torch.Tensor:
-    """Sample MoVQ latents [B, 4, h, w] from `x` (decoder_start's, already on the UNet's device and dtype),
-    conditioned on image embeddings, as KandinskyV22Pipeline (and its img2img twin) does.
-
-    `unet` is the UNet module or its compiled call.
+    """Sample MoVQ latents [B, 4, h, w] from `x` (decoder_start's, on the UNet's device and dtype), conditioned on
+    image embeddings, as KandinskyV22Pipeline (and its img2img twin) does. `load()` readies the UNet and returns
+    the call to make of it: the module, or its compiled call.
     """
     check_range("guidance", guidance, 0.0, MAX_GUIDANCE)
+    unet = load()
     guided = guidance > 1
     cond = torch.cat([embeds.negative, embeds.positive]) if guided else embeds.positive
     cond = cond.to(x.device, x.dtype)
@@ -410,13 +455,15 @@ def decoder_sample(
         return sampling.sample_decoder(denoise, x, schedule, generator, callback)
 
 
-def movq_encode(movq: MoVQ, images: torch.Tensor) -> torch.Tensor:
-    """IMAGE [B, H, W, 3|4] in 0..1 (sides multiples of 8) → MoVQ latents [B, 4, H/8, W/8], float32, one at a time."""
+def movq_encode(load: Callable[[], MoVQ], images: torch.Tensor) -> torch.Tensor:
+    """IMAGE [B, H, W, 3|4] in 0..1 (sides multiples of 8) → MoVQ latents [B, 4, H/8, W/8], float32, one at a time;
+    `load()` readies MoVQ once the images are checked."""
     height, width = images.shape[1:3]
     if height % 8 or width % 8:
         raise ValueError(
             f"Image size {width}x{height} is not a multiple of 8: resize or crop it first (e.g. Upscale Image)."
         )
+    movq = load()
     param = next(movq.parameters())
     pixels = images[..., :3].permute(0, 3, 1, 2) * 2 - 1  # drop alpha; MoVQ works in [-1, 1]
     with torch.inference_mode():
@@ -482,15 +529,14 @@ class Kandinsky22:
     def run(self, request: Request) -> list[Image.Image]:
         """The node chain Text Encode → Prior Sample → Decoder Sample → VQ Decode, as it runs for the same seed."""
         store = torch.device("cpu")
-        positive = encode_prompt(self.tokenizer, self.text_encoder, request.prompt, store)
-        negative = (
-            encode_prompt(self.tokenizer, self.text_encoder, request.negative, store) if request.negative else None
-        )
+        text_encoder = lambda: self.text_encoder  # noqa: E731
+        positive = encode_prompt(self.tokenizer, text_encoder, request.prompt, store)
+        negative = encode_prompt(self.tokenizer, text_encoder, request.negative, store) if request.negative else None
         bar = console_progress(request.prior_steps + request.steps, "Kandinsky 2.2")
         step = lambda i, total, x: bar.update()  # noqa: E731
         try:
             embeds, negative_image = prior_sample(
-                self.prior,
+                lambda: self.prior,
                 positive,
                 negative,
                 request.batch_size,
@@ -503,20 +549,21 @@ class Kandinsky22:
                 negative_image = self.zero_embed.expand(request.batch_size, -1)
             image_embeds = ImageEmbeds(embeds.float(), negative_image.float().to(embeds.device))
             generator = torch.Generator().manual_seed(request.seed)
-            x = decoder_start(image_embeds, request.decoder_schedule, request.latent_size, None, generator)
             param = next(self.unet.parameters())
+            size, schedule = request.latent_size, request.decoder_schedule
+            x = decoder_start(image_embeds, schedule, size, None, generator, param.device, param.dtype)
             latents = decoder_sample(
-                self.unet,
+                lambda: self.unet,
                 image_embeds,
-                x.to(param.device, param.dtype),
-                request.decoder_schedule,
+                x,
+                schedule,
                 request.guidance,
                 generator,
                 step,
             )
         finally:
             bar.close()
-        return to_pil(movq_decode(self.movq, latents.float(), PLAIN, store))
+        return to_pil(movq_decode(self.movq, latents, PLAIN, store))
 
 
 @dataclass(frozen=True)
@@ -537,7 +584,9 @@ class Request:
     karras: bool = False
 
     def __post_init__(self) -> None:
-        check_prompt_text(self.prompt)
+        check_prompt(self.prompt, "the image")
+        if self.negative is not None:
+            check_prompt(self.negative, "the image should not show", " (For no negative prompt, pass None.)")
         check_range("seed", self.seed, 0, MAX_SEED)
         for name in ("guidance", "prior_guidance"):
             check_range(name, getattr(self, name), 0.0, MAX_GUIDANCE)

@@ -302,10 +302,12 @@ def upscale(
     host: Host,
     out_device: torch.device,
     progress: Callable[[int], Progress],
+    load: Callable[[], object] = lambda: None,
 ) -> torch.Tensor:
     """IMAGE [B, H, W, 3|4] in 0..1 → IMAGE of scale × the size (or scale_to ×), on `out_device`, by the model on
-    the device it is on. Alpha goes through the model as a grey image and comes back as its own channel. On out of
-    memory it retries with one tile at a time, then halved tiles. `progress(total)` gives the bar of each try."""
+    the device `load()` readies it on once the images are checked. Alpha goes through the model as a grey image and
+    comes back as its own channel. On out of memory it retries with one tile at a time, then halved tiles.
+    `progress(total)` gives the bar of each try."""
     count, height, width, channels = images.shape
     if channels not in (3, 4):
         raise ValueError(f"The image has {channels} channels; GAN upscaling takes RGB or RGBA images.")
@@ -313,6 +315,7 @@ def upscale(
     size = (round(height * scale_to), round(width * scale_to)) if scale_to else (height * scale, width * scale)
     if min(size) < 1:
         raise ValueError(f"scale_to {scale_to} makes the image smaller than one pixel.")
+    load()
     device = next(descriptor.model.parameters()).device
     dtype = compute_dtype(settings.precision, descriptor, device)
     eager = forward_fn(descriptor, dtype, device)  # probes memory: compiling for probes wastes minutes

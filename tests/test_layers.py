@@ -24,7 +24,8 @@ def modules() -> list[Path]:
 
 
 def our_imports(path: Path) -> list[tuple[int, str]]:
-    """(line, top folder) of each relative import of ours in the module, lazy imports inside functions included."""
+    """(line, top folder) of each import of ours in the module: relative ones and `dalle_nodes.…` ones, lazy imports
+    inside functions included."""
     folder = path.parent.name
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -36,6 +37,13 @@ def our_imports(path: Path) -> list[tuple[int, str]]:
             else:
                 target = "<outside>"
             found.append((node.lineno, target))
+        names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names = [node.module]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "dalle_nodes":
+                found.append((node.lineno, parts[1] if len(parts) > 1 else "<root>"))
     return found
 
 
@@ -69,9 +77,10 @@ def test_only_runtime_imports_comfyui(path: Path) -> None:
 
 
 def parameters(function: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
-    """Parameters a caller can pass by position (keyword-only settings with defaults, as the Python API's generate
-    methods take them, are not counted; self and cls are not either)."""
-    names = [arg.arg for arg in (*function.args.posonlyargs, *function.args.args)]
+    """Every parameter a caller can pass (positional and keyword-only, *args counted as one), but self and cls."""
+    arguments = function.args
+    names = [arg.arg for arg in (*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs)]
+    names += [arguments.vararg.arg] if arguments.vararg else []
     return [name for name in names if name not in ("self", "cls")]
 
 
@@ -89,7 +98,7 @@ def test_no_function_outside_node_classes_takes_more_than_8_parameters() -> None
                 continue
             for function in ast.iter_child_nodes(owner):
                 if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
-                    count = len(parameters(function)) + (function.args.vararg is not None)
+                    count = len(parameters(function))
                     if count > MAX_PARAMETERS:
                         long.append(f"{path.relative_to(ROOT)}:{function.lineno} {function.name} ({count})")
     assert not long, "more than 8 parameters: " + ", ".join(long)
@@ -99,10 +108,9 @@ def test_the_checks_see_what_they_look_for(tmp_path) -> None:
     """The premises: the readers find a lazy upward import, a ComfyUI import and a long signature."""
     module = tmp_path / "engine" / "bad.py"
     module.parent.mkdir()
-    module.write_text(
-        "def f(a, b, c, d, e, f, g, h, i):\n    from ..nodes import runtime\n    import comfy.utils\n", encoding="utf-8"
-    )
-    assert our_imports(module) == [(2, "nodes")]
+    source = "def f(a, b, c, d, e, f, g, *, h, i):\n    from ..nodes import runtime\n    import comfy.utils\n"
+    module.write_text(source + "    import dalle_nodes.pipelines.sampling\n", encoding="utf-8")
+    assert our_imports(module) == [(2, "nodes"), (4, "pipelines")]
     assert (3, "comfy") in absolute_imports(module)
     function = ast.parse(module.read_text()).body[0]
     assert len(parameters(function)) == 9

@@ -54,8 +54,8 @@ def test_unet_compiles_once_for_a_whole_sampling_run(sampler: str) -> None:
 
     def sample(forward=None) -> torch.Tensor:
         generator = torch.Generator().manual_seed(3)
-        x = kandinsky22.decoder_start(embeds, schedule, (16, 16), None, generator)
-        return kandinsky22.decoder_sample(forward or unet, embeds, x, schedule, 4.0, generator)
+        x = kandinsky22.decoder_start(embeds, schedule, (16, 16), None, generator, torch.device("cpu"), torch.float32)
+        return kandinsky22.decoder_sample(lambda: forward or unet, embeds, x, schedule, 4.0, generator)
 
     backend = CountingBackend()
     forward = Compiled(unet, "test", not_oom, backend=backend, fullgraph=True)  # fullgraph: a break raises

@@ -128,7 +128,7 @@ def sample_prior(prior, device: str, dtype: torch.dtype, case: str, seed: int, g
     steps = []
     with torch.inference_mode(), mock.patch.dict(os.environ, {cuda_graph.SWITCH: "1" if graphs else "0"}):
         embeds, negative_embeds = kandinsky22.prior_sample(
-            prior,
+            lambda: prior,
             prompt,
             negative,
             2,

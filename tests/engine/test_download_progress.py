@@ -19,6 +19,7 @@ from pathlib import Path
 import huggingface_hub.constants as hf_constants
 import pytest
 
+from dalle_nodes.engine import hub
 from dalle_nodes.engine.hub import CheckpointError, DownloadProgress, Source, fetch_file
 from dalle_nodes.nodes import runtime
 
@@ -199,6 +200,15 @@ def test_interrupt_mid_file_leaves_no_complete_looking_file(local_hub, store, tm
 def test_files_on_disk_show_no_progress(local_hub, store) -> None:
     fetch(local_hub, store, Recorder(local_hub))
     progress = Recorder(local_hub, files=2)
+    assert fetch(local_hub, store, progress).read_bytes() == PAYLOAD
+    assert (progress.index, progress.events, progress.updates) == (1, [], [])
+
+
+def test_a_huggingface_hub_without_the_progress_hook_still_downloads(local_hub, store, monkeypatch) -> None:
+    """huggingface_hub before 1.20 (which transformers 4.x requires) takes no tqdm_class: the file still comes, with
+    huggingface_hub's own console bar instead of ours."""
+    monkeypatch.setattr(hub, "_PROGRESS_HOOK", False)
+    progress = Recorder(local_hub, files=1)
     assert fetch(local_hub, store, progress).read_bytes() == PAYLOAD
     assert (progress.index, progress.events, progress.updates) == (1, [], [])
 

@@ -6,8 +6,8 @@ from einops import rearrange
 from torch import nn
 
 from dalle_nodes.engine.hub import CheckpointError, Source
-from dalle_nodes.models.vqgan import VQGAN, seamless_grid
-from dalle_nodes.pipelines.dalle_mini import load_vqgan
+from dalle_nodes.models.vqgan import VQGAN
+from dalle_nodes.pipelines.dalle_mini import load_vqgan, seamless_grid
 from tiny_repos import import_min_dalle
 
 

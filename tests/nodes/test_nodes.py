@@ -7,9 +7,8 @@ import torch
 
 import dalle_nodes
 from dalle_nodes.engine import compiled, cuda_graph
-from dalle_nodes.models import clip
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, loaders, runtime, sockets
-from dalle_nodes.pipelines import kandinsky22_memory
+from dalle_nodes.pipelines import kandinsky22, kandinsky22_memory
 
 CONTRACT = {  # the node contract shared workflows rely on: id → (required inputs, output types)
     "DalleLoadPrior": ({"repo_id", "revision", "dtype"}, ("DALLE_PRIOR", "DALLE_TEXT_ENCODER")),
@@ -133,10 +132,14 @@ def test_zero_image_embedding_is_computed_once_and_cached_on_disk(tiny_prior_rep
     assert torch.allclose(embed, reference, atol=1e-6)
     assert len(list((runtime.cache_dir() / "zero_image_embeds").glob("*.safetensors"))) == 1
 
-    def image_encoder_must_not_load(*args, **kwargs):
-        raise AssertionError("the image encoder was loaded although its zero embedding is cached")
+    load = kandinsky22._clip_model
 
-    monkeypatch.setattr(clip, "load_image_encoder", image_encoder_must_not_load)
+    def image_encoder_must_not_load(class_name: str, *args):
+        if class_name == "CLIPVisionModelWithProjection":
+            raise AssertionError("the image encoder was loaded although its zero embedding is cached")
+        return load(class_name, *args)
+
+    monkeypatch.setattr(kandinsky22, "_clip_model", image_encoder_must_not_load)
     loaders._loaded.clear()
     prior, _ = call("DalleLoadPrior", repo_id=str(tiny_prior_repo), dtype="fp32")
     assert torch.equal(prior.zero_image_embed(), embed)

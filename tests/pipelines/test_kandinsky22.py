@@ -31,7 +31,7 @@ def test_prior_sampling_reads_nothing_back(negative: bool) -> None:
     steps = []
     prompt = kandinsky22.PromptEmbeds("a cat", text_on_meta(), text_on_meta())
     embeds, negative_embeds = kandinsky22.prior_sample(
-        prior,
+        lambda: prior,
         prompt,
         kandinsky22.PromptEmbeds("a dog", text_on_meta(), text_on_meta()) if negative else None,
         batch_size=2,
@@ -54,10 +54,10 @@ def test_decoder_sampling_reads_nothing_back(sampler: str, image_to_image: bool)
     latent = torch.randn(2, 4, 16, 16, device=META) if image_to_image else None
     schedule = sampling.decoder_schedule(sampler, 6, denoise_strength=0.5 if image_to_image else 1.0)
     generator = torch.Generator().manual_seed(0)
-    x = kandinsky22.decoder_start(embeds, schedule, (16, 16), latent, generator)
+    x = kandinsky22.decoder_start(embeds, schedule, (16, 16), latent, generator, META, torch.float32)
     steps = []
     latents = kandinsky22.decoder_sample(
-        unet, embeds, x.to(META), schedule, 4.0, generator, callback=lambda i, total, x: steps.append(i)
+        lambda: unet, embeds, x, schedule, 4.0, generator, callback=lambda i, total, x: steps.append(i)
     )
     assert latents.device == META and latents.shape == (2, 4, 16, 16)
     assert steps == list(range(3 if image_to_image else 6))

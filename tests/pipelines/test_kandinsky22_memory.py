@@ -192,8 +192,8 @@ def test_unet_step_estimate_covers_a_whole_sampler_step():
 
     def sample():
         generator = torch.Generator().manual_seed(0)
-        x = kandinsky22.decoder_start(embeds, schedule, (96, 96), None, generator).to("meta", dtype)
-        return kandinsky22.decoder_sample(model, embeds, x, schedule, 4.0, generator)
+        x = kandinsky22.decoder_start(embeds, schedule, (96, 96), None, generator, torch.device("meta"), dtype)
+        return kandinsky22.decoder_sample(lambda: model, embeds, x, schedule, 4.0, generator)
 
     _, traced = memory.peak_live_bytes(sample)
     assert traced > kandinsky22_memory.traced_unet_step(model, 4, 96, 96)
@@ -201,7 +201,7 @@ def test_unet_step_estimate_covers_a_whole_sampler_step():
 
 
 def test_movq_decode_estimate_is_linear_in_pixels_with_fused_attention():
-    """nodes/vae.py sizes its tiles by the estimate per pixel: that holds with fused attention."""
+    """pipelines/vq_decode.py sizes its tiles by the estimate per pixel: that holds with fused attention."""
     whole = kandinsky22_memory.movq_decode_bytes(MOVQ_CONFIG, 1024, 1024, torch.bfloat16)
     quarter = kandinsky22_memory.movq_decode_bytes(MOVQ_CONFIG, 512, 512, torch.bfloat16)
     assert whole == pytest.approx(4 * quarter, abs=4)
