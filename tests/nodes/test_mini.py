@@ -234,3 +234,12 @@ def test_token_sample_follows_the_cuda_graph_switch(tiny_bart, monkeypatch, cuda
     monkeypatch.setattr(dalle_mini.GraphStep, "capture", lambda self: seen.append(True))  # eager replays on the CPU
     call(DalleTokenSample, bart=tiny_bart, text="a cat", seed=0, batch_size=1)
     assert seen == ([True] if cuda_graph_switch else [])
+
+
+def test_bad_tokens_are_refused_before_the_vqgan_loads(tiny_min_dalle_repo, monkeypatch) -> None:
+    _, vqgan = call(DalleLoadMini, repo_id=str(tiny_min_dalle_repo), variant="mini", dtype="fp32")
+    loaded = []
+    monkeypatch.setattr(runtime.ManagedModule, "load", lambda self, memory_required=0: loaded.append(self))
+    with pytest.raises(ValueError, match=r"Expected image tokens \[B, 16, 16\] of int64"):
+        call(DalleVQGANDecode, vqgan=vqgan, tokens=torch.zeros(4, 16, 16), seamless=True)
+    assert loaded == []

@@ -375,3 +375,32 @@ def test_cancel_stops_sampling_within_a_step(models, monkeypatch, stage) -> None
         else:
             call("DalleDecoderSample", decoder=decoder, image_embeds=embeds, width=64, height=64, steps=20, seed=1)
     assert len(calls) == 3  # one guided model call per step: no step ran after the Cancel
+
+
+@pytest.mark.parametrize(
+    "node, inputs, message",
+    [
+        ("DalleTextEncode", {"text": "  "}, "The prompt is empty"),
+        ("DallePriorSample", {"batch_size": 65}, "batch_size must be between 1 and 64"),
+        ("DallePriorSample", {"guidance": float("nan")}, "guidance must be between"),
+        ("DalleDecoderSample", {"guidance": float("inf")}, "guidance must be between"),
+        ("DalleDecoderSample", {"steps": 1000}, "steps must be between 1 and 999"),
+        ("DalleVQEncode", {"image": torch.rand(1, 100, 100, 3)}, "100x100 is not a multiple of 8"),
+    ],
+)
+def test_inputs_are_checked_before_any_model_loads(models, monkeypatch, node, inputs, message) -> None:
+    prior, text_encoder, decoder, vq_vae = models
+    (positive,) = call("DalleTextEncode", text_encoder=text_encoder, text="a cat")
+    (embeds,) = call("DallePriorSample", prior=prior, positive=positive, steps=2, seed=1)
+    prior._zero_embed = None  # so that computing it again would load the image encoder
+    sockets = {
+        "DalleTextEncode": {"text_encoder": text_encoder},
+        "DallePriorSample": {"prior": prior, "positive": positive, "steps": 2},
+        "DalleDecoderSample": {"decoder": decoder, "image_embeds": embeds, "width": 64, "height": 64},
+        "DalleVQEncode": {"vq_vae": vq_vae},
+    }[node]
+    loaded = []
+    monkeypatch.setattr(runtime.ManagedModule, "load", lambda self, memory_required=0: loaded.append(self))
+    with pytest.raises(ValueError, match=message):
+        call(node, **sockets, **inputs)
+    assert loaded == []

@@ -11,6 +11,7 @@ import torch
 
 from dalle_nodes.engine import tiling
 from dalle_nodes.engine.hub import CheckpointError, NotDownloaded
+from dalle_nodes.nodes import runtime
 from dalle_nodes.nodes.upscale import DalleGANUpscale, DalleLoadUpscaler
 from dalle_nodes.pipelines import upscale as upscaler
 from tiny_upscalers import compact_state, rrdbnet_state, write_upscaler
@@ -205,3 +206,14 @@ def test_upscale_input_errors(upscalers, inputs, message) -> None:
     model = load(filename=str(upscalers["compact"]))
     with pytest.raises(ValueError, match=message):
         run(model, **{"image": torch.rand(1, 8, 8, 3), **inputs})
+
+
+def test_bad_images_are_refused_before_the_model_loads(upscalers, monkeypatch) -> None:
+    model = load(filename=str(upscalers["compact"]))
+    loaded = []
+    monkeypatch.setattr(runtime.ManagedModule, "load", lambda self, memory_required=0: loaded.append(self))
+    with pytest.raises(ValueError, match="2 channels"):
+        run(model, torch.rand(1, 8, 8, 2))
+    with pytest.raises(ValueError, match="smaller than one pixel"):
+        run(model, torch.rand(1, 8, 8, 3), scale_to=0.01)
+    assert loaded == []

@@ -69,3 +69,22 @@ def test_a_host_read_would_be_caught() -> None:
         torch.ones(2, device=META).sum().item()
     with pytest.raises((RuntimeError, NotImplementedError)):
         bool(torch.ones((), device=META) > 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_start_is_rounded_as_diffusers_rounds_it(dtype) -> None:
+    """diffusers' prepare_latents casts the noise to the UNet's dtype, then scales it (euler_ancestral's first sigma
+    is about 14.6); image-to-image noises the latent in that dtype."""
+    embeds = kandinsky22.ImageEmbeds(torch.zeros(2, WIDTH), torch.zeros(2, WIDTH))
+    schedule = sampling.decoder_schedule("euler_ancestral", 10)
+    cpu = torch.device("cpu")
+    x = kandinsky22.decoder_start(embeds, schedule, (8, 8), None, torch.Generator().manual_seed(5), cpu, dtype)
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    assert schedule.init_noise_sigma > 10 and x.dtype == dtype
+    assert torch.equal(x, noise.to(dtype) * schedule.init_noise_sigma)
+
+    latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6))
+    schedule = sampling.decoder_schedule("ddpm", 10, denoise_strength=0.5)
+    x = kandinsky22.decoder_start(embeds, schedule, None, latent, torch.Generator().manual_seed(5), cpu, dtype)
+    expected = sampling.noise_latent(latent.to(dtype).expand(2, -1, -1, -1), schedule, torch.Generator().manual_seed(5))
+    assert x.dtype == dtype and torch.equal(x, expected)
