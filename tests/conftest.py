@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -62,3 +63,19 @@ def cuda_graph_switch(request, monkeypatch) -> bool:
     else:
         monkeypatch.setenv(cuda_graph.SWITCH, switch)
     return graphs
+
+
+@pytest.fixture(scope="session")
+def min_dalle_pair(tiny_min_dalle_repo):
+    """Ours and min-dalle's tiny Mega modules holding the same (fp16-stored) weights, in fp32."""
+    from dalle_nodes.engine.hub import Source
+    from dalle_nodes.models.dalle_bart import Hyperparameters
+    from dalle_nodes.pipelines import dalle_mini
+
+    tiny = Hyperparameters(**tiny_repos.TINY_MIN_DALLE)
+    ours = dalle_mini.load_bart(Source(str(tiny_min_dalle_repo)), "mega", torch.float32, tiny)
+    encoder, decoder = tiny_repos.min_dalle_modules(tiny)
+    encoder.load_state_dict(torch.load(tiny_min_dalle_repo / "encoder.pt"))
+    decoder.load_state_dict(torch.load(tiny_min_dalle_repo / "decoder.pt"))
+    tokenizer = dalle_mini.load_tokenizer(Source(str(tiny_min_dalle_repo)), "mega")
+    return ours, encoder.eval(), decoder.eval(), tokenizer

@@ -334,3 +334,17 @@ def write_min_dalle_repo(
         detoker["decoder.conv_out.bias"] += 0.5
         torch.save(detoker, root / "detoker.pt")
     return root
+
+
+def min_dalle_modules(hp) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """min-dalle's own encoder and decoder sized by `hp` (a Hyperparameters), on torch's default device."""
+    models = import_min_dalle().models
+    shared = dict(
+        layer_count=hp.layer_count,
+        embed_count=hp.embed_count,
+        attention_head_count=hp.attention_head_count,
+        glu_embed_count=hp.glu_embed_count,
+        device=torch.get_default_device(),
+    )
+    encoder = models.DalleBartEncoder(**shared, text_vocab_count=hp.text_vocab_count, text_token_count=64)
+    return encoder, models.DalleBartDecoder(**shared, image_vocab_count=hp.image_vocab_count)
