@@ -125,6 +125,18 @@ class Source:
         return self.repo if not self.revision else f"{self.repo}@{self.revision}"
 
 
+def source_from_input(
+    repo_id: str, revision: str | None, store: Path | None, progress: DownloadProgress | None = None
+) -> Source:
+    """The checkpoint a user named (a loader node's inputs, a Python API argument): surrounding spaces dropped."""
+    repo_id = repo_id.strip()
+    if not repo_id:
+        raise ValueError(
+            "repo_id is empty: give a Hub repo id (e.g. kandinsky-community/kandinsky-2-2-prior) or a local folder."
+        )
+    return Source(repo_id, (revision or "").strip() or None, store, progress)
+
+
 def fetch_file(source: Source, subfolder: str, filename: str) -> Path:
     """Return the local path of one file of the checkpoint, downloading only that file if needed."""
     _count_file(source)

@@ -7,7 +7,7 @@ import logging
 import torch
 
 from ..engine import compiled
-from ..engine.hub import Source
+from ..engine.hub import Source, source_from_input
 from ..pipelines import kandinsky22
 from . import runtime
 from .sockets import (
@@ -49,12 +49,7 @@ def reuse(kind: str, key: tuple, build):
 
 def source_from_inputs(repo_id: str, revision: str, files: int | None = None) -> Source:
     """The checkpoint a loader's inputs name; its downloads show on the node's progress bar as "file k of `files`"."""
-    repo_id = repo_id.strip()
-    if not repo_id:
-        raise ValueError(
-            "repo_id is empty: give a Hub repo id (e.g. kandinsky-community/kandinsky-2-2-prior) or a local folder."
-        )
-    return Source(repo_id, revision.strip() or None, runtime.model_store(), runtime.DownloadBar(files))
+    return source_from_input(repo_id, revision, runtime.model_store(), runtime.DownloadBar(files))
 
 
 class HubLoader:

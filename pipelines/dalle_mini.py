@@ -32,6 +32,7 @@ from ..engine.hub import (
     file_on_disk,
     load_strict,
     read_state_dict,
+    source_from_input,
 )
 from ..engine.images import to_pil
 from ..models.bart_tokenizer import BartTokenizer
@@ -380,7 +381,7 @@ class DalleMini:
         check_variant(variant)
         device = torch.device(device) if device is not None else default_device()
         bart_dtype, vqgan_dtype = dtypes(dtype, device, lambda d: d.type in ("cuda", "mps"))
-        source = Source(repo, None, default_store(), ConsoleDownload(FETCHES))
+        source = source_from_input(repo, None, default_store(), ConsoleDownload(FETCHES))
         tokenizer = load_tokenizer(source, variant)
         bart = load_bart(source, variant, bart_dtype).to(device)
         return cls(tokenizer, bart, load_vqgan(source, vqgan_dtype).to(device), variant)

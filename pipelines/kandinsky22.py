@@ -34,6 +34,7 @@ from ..engine.hub import (
     fetch_weights,
     load_strict,
     read_state_dict,
+    source_from_input,
     verify_safetensors,
 )
 from ..engine.images import to_pil
@@ -507,8 +508,8 @@ class Kandinsky22:
         torch_dtype = resolve_dtype(dtype, device)
         store = default_store()
         prior_files = FETCHES["zero_image_embed"] + FETCHES["text_encoder"] + FETCHES["prior"]
-        prior_source = Source(prior, None, store, ConsoleDownload(prior_files))
-        decoder_source = Source(decoder, None, store, ConsoleDownload(FETCHES["unet"] + FETCHES["movq"]))
+        prior_source = source_from_input(prior, None, store, ConsoleDownload(prior_files))
+        decoder_source = source_from_input(decoder, None, store, ConsoleDownload(FETCHES["unet"] + FETCHES["movq"]))
         placed = lambda module: module.to(device)  # noqa: E731
         zero = zero_image_embed(prior_source, torch_dtype, cache_folder(store), placed)
         tokenizer, text_encoder = load_text_encoder(prior_source, torch_dtype)

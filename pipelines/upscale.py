@@ -28,6 +28,7 @@ from ..engine.hub import (
     fetch_file,
     read_pickle,
     read_state_dict,
+    source_from_input,
 )
 from ..engine.images import from_pil, to_pil
 from .checks import check_choice, check_range
@@ -274,7 +275,7 @@ def locate(
                 f"Upscaler file '{path}' does not exist. Give a full path to a local file, or a repo_id."
             )
         return path
-    return fetch_file(Source(repo_id.strip(), revision.strip() or None, store, progress), *_split(filename))
+    return fetch_file(source_from_input(repo_id, revision, store, progress), *_split(filename))
 
 
 def _split(filename: str) -> tuple[str, str]:

@@ -142,3 +142,10 @@ def test_download_bars_know_how_many_files_each_loader_fetches(tiny_prior_repo, 
         dalle_mini.load_vqgan(source, dtype)
 
     assert fetched(mini, repo) == dalle_mini.FETCHES
+
+
+def test_repo_arguments_are_read_as_the_nodes_read_them(tiny_min_dalle) -> None:
+    with pytest.raises(ValueError, match="repo_id is empty"):
+        Kandinsky22.load(prior="  ", device="cpu")
+    model = DalleMini.load(repo=f"  {tiny_min_dalle}  ", variant="mini", dtype="fp32", device="cpu")
+    assert model.variant == "mini"
