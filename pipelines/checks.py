@@ -31,10 +31,11 @@ def check_choice(name: str, value: str, choices: Iterable[str]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(choices)} (got '{value}').")
 
 
-def check_prompt(text: str, what: str = "the image", hint: str = "") -> None:
-    """A prompt with something in it; `what` it describes and a `hint` for the caller's case complete the message."""
+def check_prompt(text: str, wanted: str = "what the image should show", name: str = "prompt", hint: str = "") -> None:
+    """A prompt with something in it; what it should say (`wanted`) and a `hint` for the caller's case complete the
+    message."""
     if not text.strip():
-        raise ValueError(f"The prompt is empty: write what {what} should show.{hint}")
+        raise ValueError(f"The {name} is empty: write {wanted}.{hint}")
 
 
 def _is_number(value: object) -> bool:

@@ -317,7 +317,7 @@ def dtypes(
 
 def prompt_tokens(tokenizer: BartTokenizer, text: str) -> torch.Tensor:
     """The [2, 64] decoder text of a prompt (text_tokens), or an error if DALL·E Mini can read none of it."""
-    check_prompt(text, "the images")
+    check_prompt(text, "what the images should show")
     ids = tokenizer.encode(text)
     if len(ids) <= 2:  # only <s> and </s>
         raise ValueError(
@@ -424,7 +424,7 @@ class Request:
     supercondition: float = 16.0
 
     def __post_init__(self) -> None:
-        check_prompt(self.prompt, "the images")
+        check_prompt(self.prompt, "what the images should show")
         check_range("seed", self.seed, 0, MAX_SEED)
         check_sampling(self.batch_size, self.top_k, self.temperature, self.supercondition)
 

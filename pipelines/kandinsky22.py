@@ -288,7 +288,7 @@ def encode_prompt(
 ) -> PromptEmbeds:
     """The prompt's CLIP embeddings, and the empty prompt's, kept on `store` between stages. The text is checked
     before `load()` readies the text tower (as every stage function here does with its inputs and its model)."""
-    check_prompt(text, "the image", NO_NEGATIVE_HINT)
+    check_prompt(text, hint=NO_NEGATIVE_HINT)
     encoder = load()
     with torch.inference_mode():
         both = clip.encode_text(tokenizer, encoder, [text, ""])
@@ -585,9 +585,9 @@ class Request:
     karras: bool = False
 
     def __post_init__(self) -> None:
-        check_prompt(self.prompt, "the image")
+        check_prompt(self.prompt)
         if self.negative is not None:
-            check_prompt(self.negative, "the image should not show", " (For no negative prompt, pass None.)")
+            check_prompt(self.negative, "what the image should not show", "negative prompt", " Or pass None for none.")
         check_range("seed", self.seed, 0, MAX_SEED)
         for name in ("guidance", "prior_guidance"):
             check_range(name, getattr(self, name), 0.0, MAX_GUIDANCE)

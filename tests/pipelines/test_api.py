@@ -85,7 +85,8 @@ def test_upscaler_is_the_upscale_node(tmp_path) -> None:
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"prompt": " "}, "The prompt is empty"),
+        ({"prompt": " "}, "The prompt is empty: write what the image should show"),
+        ({"negative": ""}, "The negative prompt is empty: write what the image should not show. Or pass None"),
         ({"width": 100}, "width 100 is not supported"),
         ({"steps": 0}, "steps must be between 1 and 999"),
         ({"prior_steps": 1}, "prior steps must be between 2 and 1000"),
