@@ -47,6 +47,10 @@ def free_memory(device: torch.device) -> int:
     return 0
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError)
+
+
 def free_cache() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -77,4 +81,4 @@ class Host:
     check_interrupt: Callable[[], None]  # raises when the user asked to stop
 
 
-PLAIN = Host(free_memory, lambda error: isinstance(error, torch.OutOfMemoryError), free_cache, lambda: None)
+PLAIN = Host(free_memory, is_out_of_memory, free_cache, lambda: None)

@@ -80,11 +80,13 @@ class ConsoleDownload(DownloadProgress):
         super().__init__(files)
         self.bar = None
 
+    def label(self, filename: str) -> str:
+        return f"Downloading {filename} ({self.position()})"
+
     def start(self, filename: str, total: int | None) -> None:
         from tqdm.auto import tqdm
 
-        label = f"Downloading {filename} ({self.position()})"
-        self.bar = tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024)
+        self.bar = tqdm(total=total, desc=self.label(filename), unit="B", unit_scale=True, unit_divisor=1024)
 
     def update(self, done: int) -> None:
         self.bar.update(done - self.bar.n)

@@ -117,7 +117,7 @@ def free_memory(device: torch.device) -> int:
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    return isinstance(error, torch.OutOfMemoryError) or (IN_COMFYUI and comfy_mm.is_oom(error))
+    return plain.is_out_of_memory(error) or (IN_COMFYUI and comfy_mm.is_oom(error))
 
 
 class Progress:
@@ -148,7 +148,7 @@ class DownloadBar(ConsoleDownload):
     def start(self, filename: str, total: int | None) -> None:
         super().start(filename, total)
         if IN_COMFYUI:
-            label = f"Downloading {filename} ({self.position()})"
+            label = self.label(filename)
             logging.info("%s, %s", label, f"{total / 2**30:.2f} GiB" if total else "size unknown")
             self.node_bar = comfy.utils.ProgressBar(total or 0)
             _node_text(label)

@@ -24,11 +24,13 @@ KANDINSKY_CATEGORY = "DALL·E/Kandinsky 2.2 (DALL·E 2)"
 MINI_CATEGORY = "DALL·E/DALL·E Mini (DALL·E 1)"
 UPSCALE_CATEGORY = "DALL·E/upscaling"
 
-
 DTYPE_TOOLTIP = "Weights and compute precision. auto: bf16 on GPUs that support it, else fp16; fp32 on the CPU."
 REVISION_TOOLTIP = "Branch, tag or commit of the Hub repo (ignored for a local folder)."
 GUIDANCE_TOOLTIP = "Classifier-free guidance; 1 or less turns it off."
-GUIDANCE_INPUT = ("FLOAT", {"default": 4.0, "min": 0.0, "max": 100.0, "step": 0.1, "tooltip": GUIDANCE_TOOLTIP})
+GUIDANCE_INPUT = (
+    "FLOAT",
+    {"default": 4.0, "min": 0.0, "max": kandinsky22.MAX_GUIDANCE, "step": 0.1, "tooltip": GUIDANCE_TOOLTIP},
+)
 COMPILE_TOOLTIP = (
     "torch.compile the UNet and MoVQ: faster steps after a one-off compile of a minute or two per image size "
     "(kept on disk for later runs). Falls back to normal speed where compiling is unavailable."

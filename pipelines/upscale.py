@@ -18,7 +18,7 @@ from spandrel import ImageModelDescriptor, ModelLoader, UnsupportedModelError, c
 
 from ..engine import tiling
 from ..engine.compiled import Compiled
-from ..engine.device import PLAIN, Host, Progress, console_progress, default_device
+from ..engine.device import PLAIN, Host, Progress, console_progress, default_device, is_out_of_memory
 from ..engine.hub import (
     CheckpointError,
     ConsoleDownload,
@@ -166,7 +166,7 @@ def forward_fn(
     dtype: torch.dtype,
     device: torch.device,
     compile: bool = False,
-    is_oom: Callable[[BaseException], bool] = lambda error: isinstance(error, torch.OutOfMemoryError),
+    is_oom: Callable[[BaseException], bool] = is_out_of_memory,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """[N, 3, h, w] float32 → [N, 3, h·s, w·s] float32 in 0..1, computed in `dtype` under autocast (the stored
     weights stay fp32, which ComfyUI's own upscale node needs), channels-last on GPUs, where convolutions run
@@ -284,10 +284,15 @@ def _split(filename: str) -> tuple[str, str]:
 
 
 def plan(
-    descriptor: ImageModelDescriptor, x: torch.Tensor, settings: UpscaleSettings, forward: Callable, host: Host
+    descriptor: ImageModelDescriptor,
+    x: torch.Tensor,
+    settings: UpscaleSettings,
+    forward: Callable,
+    dtype: torch.dtype,
+    host: Host,
 ) -> tiling.TilePlan:
-    """Tiles from the user's size, or the least-work tiling whose activations fit the memory budget."""
-    dtype = compute_dtype(settings.precision, descriptor, x.device)
+    """Tiles from the user's size, or the least-work tiling whose activations (of `forward` in `dtype`) fit the
+    memory budget."""
     if x.device.type != "cuda":
         max_pixels = CPU_TILE_PIXELS
     else:
@@ -347,7 +352,7 @@ def upscale(
         logging.warning("DalleGANUpscale: out of memory with %s; retrying with %s", tiles, smaller)
         host.free_cache()
 
-    tiling.shrink_on_oom(attempt, plan(descriptor, x, settings, eager, host), host.is_out_of_memory, retry)
+    tiling.shrink_on_oom(attempt, plan(descriptor, x, settings, eager, dtype, host), host.is_out_of_memory, retry)
     return result
 
 
