@@ -4,25 +4,41 @@
 from __future__ import annotations
 
 import argparse
+import io
+import re
 import sys
 from pathlib import Path
+from typing import NoReturn
 
+from .engine import files
+from .engine.hub import source_from_input
 from .pipelines import sampling
 from .pipelines.dalle_mini import REPO as MINI_REPO
 from .pipelines.kandinsky22 import DECODER_REPO, PRIOR_REPO
 from .pipelines.upscale import PRESETS
 
 MODELS = ("kandinsky22", "mega", "mini")
+ANSI_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage mistakes end as one line and exit code 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m dalle_nodes", description=__doc__)
+    parser = Parser(prog="python -m dalle_nodes", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser(
         "generate", help="text → image with Kandinsky 2.2 (the open DALL·E 2) or DALL·E Mega/Mini (the open DALL·E 1)"
     )
     gen.add_argument("prompt")
-    gen.add_argument("-o", "--output", type=Path, default=Path("out.png"), help="PNG path (batches add _1, _2 …)")
+    gen.add_argument(
+        "-o", "--output", type=Path, default=Path("out.png"), help="image path, e.g. .png (batches add _1, _2 …)"
+    )
+    gen.add_argument("--overwrite", action="store_true", help="replace existing files (else they are never touched)")
     gen.add_argument("--model", choices=MODELS, default="kandinsky22", help="DALL·E 2 or 1 (256 px)")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--batch-size", type=int, default=1)
@@ -60,8 +76,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def generate(args: argparse.Namespace) -> list[Path]:
+    """Every setting and the output paths are checked, and the upscaler is ready, before the first model loads:
+    a mistake costs no sampling and no download."""
     from .pipelines import DalleMini, Kandinsky22, Upscaler, dalle_mini, kandinsky22
 
+    paths = files.numbered(args.output, args.batch_size)
+    files.check_image_outputs(paths, args.overwrite)
+    repos = (args.prior, args.decoder) if args.model == "kandinsky22" else (args.repo,)
+    for repo in repos:  # a repo id that cannot be found fails now, not after another model's download
+        source_from_input(repo, None, None).local_folder  # noqa: B018  (checks the path or repo id)
     if args.model == "kandinsky22":
         request = kandinsky22.Request(
             args.prompt,
@@ -76,8 +99,6 @@ def generate(args: argparse.Namespace) -> list[Path]:
             batch_size=args.batch_size,
             sampler=args.sampler,
         )
-        print(f"Loading {args.prior} and {args.decoder} …", file=sys.stderr)
-        images = Kandinsky22.load(prior=args.prior, decoder=args.decoder, dtype=args.dtype).run(request)
     else:
         request = dalle_mini.Request(
             args.prompt,
@@ -87,35 +108,57 @@ def generate(args: argparse.Namespace) -> list[Path]:
             temperature=args.temperature,
             supercondition=args.supercondition,
         )
+    upscaler = Upscaler.load(args.upscale) if args.upscale else None
+    if args.model == "kandinsky22":
+        print(f"Loading {args.prior} and {args.decoder} …", file=sys.stderr)
+        images = Kandinsky22.load(prior=args.prior, decoder=args.decoder, dtype=args.dtype).run(request)
+    else:
         print(f"Loading DALL·E {args.model} from {args.repo} …", file=sys.stderr)
         images = DalleMini.load(repo=args.repo, variant=args.model, dtype=args.dtype).run(request)
-    if args.upscale:
+    if upscaler is not None:
         print(f"Upscaling with {args.upscale} …", file=sys.stderr)
-        images = Upscaler.load(args.upscale).upscale(images)
-    paths = (
-        [args.output]
-        if len(images) == 1
-        else [args.output.with_name(f"{args.output.stem}_{i + 1}{args.output.suffix}") for i in range(len(images))]
-    )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
+        images = upscaler.upscale(images)
+    written = []
     for path, image in zip(paths, images, strict=True):
-        image.save(path)
-        print(path)
-    return paths
+        encoded = io.BytesIO()
+        image.save(encoded, files.IMAGE_FORMATS[path.suffix.lower()])
+        written.append(files.write_file(path, encoded.getvalue(), args.overwrite))
+        print(written[-1])
+    return written
+
+
+def one_line(error: BaseException) -> str:
+    """An error's message as one plain line: no terminal colour codes, no line breaks."""
+    return " ".join(ANSI_CODES.sub("", str(error) or type(error).__name__).split())
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes of generate: 0 done; 2 bad input (a setting, the output path, a checkpoint); 3 a file or network
+    error (reading, writing, downloading); 1 out of memory; 130 stopped with Ctrl-C (no file is left half-written).
+    The queue command documents its own."""
     args = parse_args(argv)
     if args.command == "queue":
         from .client.queue_workflow import queue_workflow
         from .nodes import NODE_CLASS_MAPPINGS
 
         return queue_workflow(args, NODE_CLASS_MAPPINGS)
-    from .engine.hub import CheckpointError
+    from .engine.device import is_out_of_memory
 
     try:
         generate(args)
-    except (CheckpointError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted: stopped with Ctrl-C; no file was left half-written.", file=sys.stderr)
+        return 130
+    except ValueError as error:  # our checks, CheckpointError and OutputError
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
+    except OSError as error:
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: {one_line(error) if not error.strerror else error.strerror}{where}", file=sys.stderr)
+        return 3
+    except (RuntimeError, MemoryError) as error:
+        if not (isinstance(error, MemoryError) or is_out_of_memory(error)):
+            raise  # a bug: its traceback is what a report needs
+        print("error: out of memory: try a smaller --batch-size, --width/--height, or --dtype fp16.", file=sys.stderr)
+        return 1
     return 0

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..engine.files import write_file
 from .comfy_client import ComfyClient, ExecutionFailed, Interrupted, OutputFile, PromptRefused, ServerError
 from .workflow_graph import (
     NodeSpec,
@@ -78,33 +79,17 @@ def run(graph: dict, client: ComfyClient, timeout: float) -> str:
     return prompt_id
 
 
-def unused_path(folder: Path, name: str) -> Path:
-    """`folder/name`, or with _1, _2 … before the suffix: never overwrite a file that is already there."""
-    path, stem, n = folder / name, Path(name).stem, 0
-    while path.exists():
-        n += 1
-        path = folder / f"{stem}_{n}{Path(name).suffix}"
-    return path
-
-
 def save(files: list[OutputFile], client: ComfyClient, folder: Path) -> list[Path]:
-    """Download every image first, then write them: a failed download leaves nothing half-written."""
+    """Download every image first, then write them, each under a free name (never over a file already there) and
+    whole or not at all."""
     contents = [client.view(file) for file in files]
-    paths = []
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for file, content in zip(files, contents, strict=True):
-            path = unused_path(folder, Path(file.filename).name)  # a name from the server never leaves the folder
-            partial = path.with_name(f".{path.name}.partial")
-            try:
-                partial.write_bytes(content)
-                partial.replace(path)
-            finally:
-                partial.unlink(missing_ok=True)
-            paths.append(path)
+        return [
+            write_file(folder / Path(file.filename).name, content, overwrite=False)
+            for file, content in zip(files, contents, strict=True)  # a name from the server never leaves the folder
+        ]
     except OSError as error:  # --out is a file, not writable, or the disk is full
         raise WorkflowError(f"cannot write the images to '{folder}' ({error.strerror or error}).") from error
-    return paths
 
 
 def queue_workflow(args: argparse.Namespace, node_classes: dict[str, type]) -> int:

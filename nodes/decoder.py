@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..pipelines import kandinsky22, kandinsky22_memory, sampling
+from ..pipelines import checks, kandinsky22, kandinsky22_memory, sampling
 from . import runtime
 from .sockets import GUIDANCE_INPUT, KANDINSKY_CATEGORY, DecoderModel, ImageEmbeds, seed_input, step_callback
 
@@ -98,8 +98,9 @@ class DalleDecoderSample:
         size = kandinsky22.latent_size(width, height) if latent is None else None
         generator = torch.Generator().manual_seed(seed)
         config, dtype = decoder.unet.module.config, decoder.unet.dtype
-        start = None if latent is None else latent["samples"]
-        x = kandinsky22.decoder_start(image_embeds, schedule, size, start, generator, runtime.compute_device(), dtype)
+        checks.check_embeds(image_embeds.positive, config.image_embed_dim)
+        checks.check_embeds(image_embeds.negative, config.image_embed_dim, "negative image embeddings")
+        x = kandinsky22.decoder_start(image_embeds, schedule, size, latent, generator, runtime.compute_device(), dtype)
         rows = x.shape[0] * (2 if guidance > 1 else 1)
 
         def load() -> Callable:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..pipelines import kandinsky22
+from ..pipelines import checks, kandinsky22
 from . import runtime
 from .sockets import KANDINSKY_CATEGORY, ImageEmbeds, ImageEncoder
 
@@ -73,8 +73,8 @@ class DalleMixEmbeds:
         }
 
     def mix(self, embeds_a: ImageEmbeds, embeds_b: ImageEmbeds, weight: float, method: str) -> tuple[ImageEmbeds]:
-        if method not in ("slerp", "lerp"):
-            raise ValueError(f"method must be slerp or lerp, not '{method}'.")
+        checks.check_choice("method", method, ("slerp", "lerp"))
+        checks.check_range("weight", weight, 0.0, 1.0)
         size_a, size_b = embeds_a.positive.shape[0], embeds_b.positive.shape[0]
         if size_a != size_b and 1 not in (size_a, size_b):
             raise ValueError(f"Cannot mix batches of {size_a} and {size_b} embeddings: make one of them 1, or equal.")

@@ -101,8 +101,8 @@ class DalleTokenSample:
                     "FLOAT",
                     {
                         "default": 1.0,
-                        "min": 0.01,
-                        "max": 10.0,
+                        "min": dalle_mini.MIN_TEMPERATURE,
+                        "max": dalle_mini.MAX_TEMPERATURE,
                         "step": 0.05,
                         "tooltip": "Above 1: more varied tokens; below 1: more predictable ones.",
                     },

@@ -23,14 +23,15 @@ class DalleVQDecode:
         return {"required": {"vq_vae": ("DALLE_VQ_VAE",), "latent": ("LATENT",)}}
 
     def decode(self, vq_vae: MoVQModel, latent: dict) -> tuple[torch.Tensor]:
-        samples, module = latent["samples"], vq_vae.movq.module
+        samples, module = kandinsky22.movq_latents(latent), vq_vae.movq.module
         movq = vq_vae.movq.load_for(lambda fused: vq_decode.decode_bytes(module, samples, fused))
         return (vq_decode.movq_decode(movq, samples, runtime.HOST, runtime.output_device(), vq_vae.decode_call(movq)),)
 
 
 class DalleVQEncode:
     DESCRIPTION = (
-        "Encodes images to Kandinsky 2.2 latents with MoVQ (for image-to-image). Sides must be multiples of 8."
+        "Encodes images to Kandinsky 2.2 latents with MoVQ (for image-to-image). Sides must be multiples of 64, "
+        "as the decoder samples them."
     )
     CATEGORY = KANDINSKY_CATEGORY
     RETURN_TYPES = ("LATENT",)

@@ -10,6 +10,8 @@ import math
 import numbers
 from collections.abc import Iterable
 
+import torch
+
 MAX_SEED = 2**64 - 1  # torch's CPU generator takes seeds up to this
 
 
@@ -17,12 +19,6 @@ def check_range(name: str, value: float, low: float, high: float) -> None:
     """`value` lies in [low, high] and is a finite number."""
     if not (_is_number(value) and math.isfinite(value) and low <= value <= high):
         raise ValueError(f"{name} must be between {low} and {high} (got {value}).")
-
-
-def check_above(name: str, value: float, low: float) -> None:
-    """`value` is a finite number above `low`."""
-    if not (_is_number(value) and math.isfinite(value) and value > low):
-        raise ValueError(f"{name} must be above {low} (got {value}).")
 
 
 def check_choice(name: str, value: str, choices: Iterable[str]) -> None:
@@ -41,3 +37,80 @@ def check_prompt(text: str, wanted: str = "what the image should show", name: st
 def _is_number(value: object) -> bool:
     """A real number (Python's, numpy's …), not a bool, which would pass for 0 or 1."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+# Tensors that arrive from other nodes (or a user's script) are checked here, where they enter a pipeline function:
+# a wrong one fails with what the input needs and where such an input usually comes from, not deep in a model.
+IMAGE_SOURCES = "Load Image, VAE Decode and the DALL·E decode nodes give one"
+IMAGE_OVERSHOOT = 0.05  # rounding and sharpening overshoot 0..1 a little: clipped; further out is a wrong input
+
+
+def check_image(image: object, name: str = "image") -> torch.Tensor:
+    """An IMAGE [B, H, W, 3|4] of finite floats in 0..1, clipped to 0..1."""
+    if not (isinstance(image, torch.Tensor) and image.ndim == 4 and image.shape[-1] in (3, 4) and image.numel()):
+        raise ValueError(
+            f"The {name} must be an IMAGE [batch, height, width, 3 or 4] ({IMAGE_SOURCES}); got {_shape(image)}."
+        )
+    if not image.is_floating_point():
+        raise ValueError(f"The {name} holds {image.dtype} values; an IMAGE holds floats in 0..1 ({IMAGE_SOURCES}).")
+    _check_finite(image, name)
+    low, high = (float(v) for v in image.aminmax()) if not image.is_meta else (0.0, 1.0)
+    if low < -IMAGE_OVERSHOOT or high > 1 + IMAGE_OVERSHOOT:
+        raise ValueError(
+            f"The {name} has values from {low:.4g} to {high:.4g}, but an IMAGE holds 0..1: rescale it first "
+            "(it may be in 0..255 or -1..1)."
+        )
+    return image.clamp(0, 1)
+
+
+def check_latent(latent: object, channels: int, model: str, encoder: str) -> torch.Tensor:
+    """A LATENT's samples [B, channels, h, w] of finite floats; `model` and `encoder` name where a right one comes
+    from."""
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    if not (
+        isinstance(samples, torch.Tensor) and samples.ndim == 4 and samples.numel() and samples.is_floating_point()
+    ):
+        raise ValueError(f"The latent must be a LATENT with samples [batch, {channels}, h, w]; got {_shape(samples)}.")
+    if samples.shape[1] != channels:
+        raise ValueError(
+            f"The latent has {samples.shape[1]} channels, but {model} latents have {channels}: it comes from another "
+            f"model's VAE. Encode the picture with {encoder} instead."
+        )
+    _check_finite(samples, "latent")
+    return samples
+
+
+def check_tokens(tokens: object, codes: int) -> torch.Tensor:
+    """Image tokens [B, h, w] of int64 ids below `codes`."""
+    if not (isinstance(tokens, torch.Tensor) and tokens.ndim == 3 and tokens.numel() and tokens.dtype == torch.long):
+        raise ValueError(
+            f"The tokens must be image tokens [batch, 16, 16] of int64 (from DALL·E Mini Token Sample); got "
+            f"{_shape(tokens)}."
+        )
+    low, high = (int(v) for v in tokens.aminmax())
+    if low < 0 or high >= codes:
+        raise ValueError(f"The image tokens range from {low} to {high}; the VQGAN has codes 0 to {codes - 1}.")
+    return tokens
+
+
+def check_embeds(embeds: torch.Tensor, width: int, name: str = "image embeddings") -> None:
+    """CLIP embeddings [B, width] of finite values: `width` is what the model that reads them was trained on."""
+    if embeds.ndim != 2 or embeds.shape[1] != width:
+        raise ValueError(
+            f"The {name} are {_shape(embeds)}, but this model reads [batch, {width}]: they come from another "
+            "model's CLIP (use the prior or image encoder of the same Kandinsky release)."
+        )
+    _check_finite(embeds, name)
+
+
+def _check_finite(tensor: torch.Tensor, name: str) -> None:
+    if tensor.is_meta:  # shapes only (memory traces, tests that prove no value is read): nothing to check
+        return
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"The {name} contains NaN or infinite values: the node that made it failed; check its inputs.")
+
+
+def _shape(value: object) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {list(value.shape)}"
+    return f"a {type(value).__name__}"

@@ -51,13 +51,14 @@ from ..models.dalle_bart import (
     Hyperparameters,
 )
 from ..models.vqgan import DETOKER_FILE, VQGAN
-from .checks import MAX_SEED, check_above, check_prompt, check_range
+from .checks import MAX_SEED, check_prompt, check_range, check_tokens
 
 REPO = "kuprel/min-dalle"
 HYPERPARAMETERS_FILE = "hyperparameters.json"  # optional, for other sizes: see folder_hyperparameters
 STEPS_AHEAD = 8  # on a GPU, sampling steps the host may queue before the device has run them
 GRAPH_WARMUP_STEPS = 2  # eager runs of a sampling step before it is captured as a CUDA graph
 MAX_SUPERCONDITION = 100.0
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 10.0  # below: argmax in all but name; above: noise
 FETCHES = 5  # files a load asks for (vocabulary, merges, encoder, decoder, VQGAN): "file k of n" in download bars
 
 
@@ -330,7 +331,7 @@ def prompt_tokens(tokenizer: BartTokenizer, text: str) -> torch.Tensor:
 def check_sampling(batch_size: int, top_k: int, temperature: float, supercondition: float) -> None:
     check_range("batch_size", batch_size, 1, MAX_BATCH)
     check_range("top_k", top_k, 1, IMAGE_CODES)
-    check_above("temperature", temperature, 0)
+    check_range("temperature", temperature, MIN_TEMPERATURE, MAX_TEMPERATURE)
     check_range("supercondition", supercondition, 0.0, MAX_SUPERCONDITION)
 
 
@@ -343,8 +344,7 @@ def vqgan_decode(
 ) -> torch.Tensor:
     """[B, h, w] codes → IMAGE [B, 16h, 16w, 3] on `out_device`, DECODE_BATCH images a pass, by the VQGAN `load()`
     readies once the codes are checked. `seamless` decodes a square batch as one picture (seamless_grid)."""
-    if codes.ndim != 3 or codes.dtype != torch.long:
-        raise ValueError(f"Expected image tokens [B, 16, 16] of int64, got {tuple(codes.shape)} {codes.dtype}.")
+    check_tokens(codes, IMAGE_CODES)
     if seamless:
         codes = seamless_grid(codes)
     vqgan = load()

@@ -9,6 +9,7 @@ this module runs them in a row, the Python API.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -44,7 +45,7 @@ from ..models.movq import MoVQ, MoVQConfig
 from ..models.prior import PriorConfig, PriorTransformer
 from ..models.unet import KandinskyUNet, UNetConfig
 from . import sampling
-from .checks import MAX_SEED, check_prompt, check_range
+from .checks import MAX_SEED, check_image, check_latent, check_prompt, check_range
 from .vq_decode import movq_decode
 
 if TYPE_CHECKING:  # transformers takes seconds to import: ComfyUI's start-up should not pay for it
@@ -56,6 +57,7 @@ if TYPE_CHECKING:  # transformers takes seconds to import: ComfyUI's start-up sh
     )
 
 LATENT_CHANNELS = 4
+LATENT_SCALE = 8  # MoVQ's downsampling
 MIN_SIZE, MAX_SIZE, SIZE_STEP = 64, 4096, 64  # pixels; MoVQ downsamples by 8 and the UNet by 8 more
 MAX_BATCH = 64
 MAX_GUIDANCE = 100.0
@@ -303,6 +305,7 @@ def encode_images(
     processor: CLIPImageProcessor, encoder: CLIPVisionModelWithProjection, images: torch.Tensor, store: torch.device
 ) -> ImageEmbeds:
     """IMAGE [B, H, W, 3|4] in 0..1 → their CLIP image embeddings, guided away from the all-zero image's."""
+    images = check_image(images)
     with torch.inference_mode():
         embeds = clip.encode_images(processor, encoder, images)
         zero = clip.zero_image_embed(encoder).expand_as(embeds)
@@ -389,26 +392,31 @@ def prior_rows(batch_size: int, guidance: float, negative: bool) -> int:
 def latent_size(width: int, height: int) -> tuple[int, int]:
     """Latent (height, width) for an image size: MoVQ downsamples by 8, and sizes must be multiples of 64."""
     for name, value in (("width", width), ("height", height)):
-        if not isinstance(value, int) or value % SIZE_STEP or not MIN_SIZE <= value <= MAX_SIZE:
-            nearest = max(MIN_SIZE, min(MAX_SIZE, round(value / SIZE_STEP) * SIZE_STEP)) if value == value else 768
+        if not (_is_int(value) and value % SIZE_STEP == 0 and MIN_SIZE <= value <= MAX_SIZE):
+            finite = isinstance(value, (int, float)) and math.isfinite(value)
+            nearest = max(MIN_SIZE, min(MAX_SIZE, round(value / SIZE_STEP) * SIZE_STEP)) if finite else 768
             raise ValueError(
                 f"{name} {value} is not supported: use a multiple of {SIZE_STEP} between {MIN_SIZE} and "
                 f"{MAX_SIZE} (e.g. {nearest})."
             )
-    return height // 8, width // 8
+    return height // LATENT_SCALE, width // LATENT_SCALE
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def decoder_start(
     embeds: ImageEmbeds,
     schedule: sampling.DecoderSchedule,
     size: tuple[int, int] | None,
-    latent: torch.Tensor | None,
+    latent: dict | None,
     generator: torch.Generator,
     device: torch.device,
     dtype: torch.dtype,
 ) -> torch.Tensor:
     """The latent sampling starts from, on the UNet's `device` in its `dtype`: noise of latent `size` (h, w) for
-    text-to-image, or `latent` (an encoded image, batch 1 or the embeddings') noised to the schedule's start for
+    text-to-image, or a LATENT (an encoded image, batch 1 or the embeddings') noised to the schedule's start for
     image-to-image. The noise is drawn on the CPU in float32 and rounded as diffusers' pipelines round it (cast, then
     scaled), so a seed gives the same image on any device."""
     rows = embeds.positive.shape[0]
@@ -416,14 +424,23 @@ def decoder_start(
         if schedule.start:
             raise ValueError("denoise below 1 needs a starting latent: connect one (e.g. from DALL·E VQ Encode).")
         return sampling.initial_noise((rows, LATENT_CHANNELS, *size), schedule, generator, device, dtype)
-    if latent.ndim != 4 or latent.shape[1] != LATENT_CHANNELS:
+    samples = movq_latents(latent)
+    height, width = samples.shape[2:]
+    try:
+        latent_size(width * LATENT_SCALE, height * LATENT_SCALE)
+    except ValueError as error:
         raise ValueError(
-            f"The latent has shape {tuple(latent.shape)}: connect a MoVQ latent [B, {LATENT_CHANNELS}, h, w] "
-            "(DALL·E VQ Encode)."
-        )
-    if latent.shape[0] not in (1, rows):
-        raise ValueError(f"The latent batch ({latent.shape[0]}) must be 1 or match the embeddings ({rows}).")
-    return sampling.noise_latent(latent.to(device, dtype).expand(rows, -1, -1, -1), schedule, generator)
+            f"The latent is {width}x{height}, an image of {width * LATENT_SCALE}x"
+            f"{height * LATENT_SCALE} px: the decoder cannot sample that size. {error}"
+        ) from None
+    if samples.shape[0] not in (1, rows):
+        raise ValueError(f"The latent batch ({samples.shape[0]}) must be 1 or match the embeddings ({rows}).")
+    return sampling.noise_latent(samples.to(device, dtype).expand(rows, -1, -1, -1), schedule, generator)
+
+
+def movq_latents(latent: object) -> torch.Tensor:
+    """The samples of a MoVQ LATENT, checked."""
+    return check_latent(latent, LATENT_CHANNELS, "Kandinsky 2.2 (MoVQ)", "DALL·E VQ Encode")
 
 
 def decoder_sample(
@@ -457,13 +474,18 @@ def decoder_sample(
 
 
 def movq_encode(load: Callable[[], MoVQ], images: torch.Tensor) -> torch.Tensor:
-    """IMAGE [B, H, W, 3|4] in 0..1 (sides multiples of 8) → MoVQ latents [B, 4, H/8, W/8], float32, one at a time;
-    `load()` readies MoVQ once the images are checked."""
+    """IMAGE [B, H, W, 3|4] in 0..1 → MoVQ latents [B, 4, H/8, W/8], float32, one at a time; `load()` readies MoVQ
+    once the images are checked. Sides must be sizes the decoder samples (multiples of 64), so the latent can go
+    on to DALL·E Decoder Sample."""
+    images = check_image(images)
     height, width = images.shape[1:3]
-    if height % 8 or width % 8:
+    try:
+        latent_size(width, height)
+    except ValueError as error:
         raise ValueError(
-            f"Image size {width}x{height} is not a multiple of 8: resize or crop it first (e.g. Upscale Image)."
-        )
+            f"The image is {width}x{height}: the decoder cannot sample a latent of that size. {error} Resize or "
+            "crop it first (e.g. Upscale Image)."
+        ) from None
     movq = load()
     param = next(movq.parameters())
     pixels = images[..., :3].permute(0, 3, 1, 2) * 2 - 1  # drop alpha; MoVQ works in [-1, 1]

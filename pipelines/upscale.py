@@ -31,7 +31,7 @@ from ..engine.hub import (
     source_from_input,
 )
 from ..engine.images import from_pil, to_pil
-from .checks import check_choice, check_range
+from .checks import check_choice, check_image, check_range
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 CUSTOM = "custom"
@@ -314,9 +314,8 @@ def upscale(
     the device `load()` readies it on once the images are checked. Alpha goes through the model as a grey image and
     comes back as its own channel. On out of memory it retries with one tile at a time, then halved tiles.
     `progress(total)` gives the bar of each try."""
+    images = check_image(images)
     count, height, width, channels = images.shape
-    if channels not in (3, 4):
-        raise ValueError(f"The image has {channels} channels; GAN upscaling takes RGB or RGBA images.")
     scale, scale_to = descriptor.scale, settings.scale_to
     size = (round(height * scale_to), round(width * scale_to)) if scale_to else (height * scale, width * scale)
     if min(size) < 1:

@@ -1,7 +1,8 @@
 """The folder tree is the architecture: these checks read every module's imports and signatures, so it stays so.
 
 Layers, top to bottom: nodes → pipelines → models → engine. A module imports only its own layer and the layers
-below it; client/ (talking to a running ComfyUI) imports none of them; nodes/runtime.py is the only module that
+below it; client/ (talking to a running ComfyUI, without torch) imports none of them but engine/files.py (plain
+Python: the no-clobber writes of output files); nodes/runtime.py is the only module that
 imports ComfyUI. The root modules (the package's __init__, cli, __main__) sit on top.
 """
 
@@ -61,11 +62,21 @@ def absolute_imports(path: Path) -> list[tuple[int, str]]:
 def test_imports_go_one_way(path: Path) -> None:
     folder = path.parent.name
     if folder == "client":
-        allowed = {"client"}
+        allowed = {"client", "engine"}
     else:
         allowed = set(LAYERS[: LAYERS.index(folder) + 1])
     wrong = [f"line {line}: {target}" for line, target in our_imports(path) if target not in allowed]
     assert not wrong, f"{folder}/{path.name} may import only {sorted(allowed)}, but imports " + ", ".join(wrong)
+
+
+def test_client_stays_free_of_torch() -> None:
+    """The client may use engine/files.py only, and that module imports nothing heavy."""
+    for path in (ROOT / "client").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        engine = [line for line in text.splitlines() if "engine" in line and "import" in line]
+        assert all("engine.files import" in line for line in engine), f"client/{path.name}: {engine}"
+    heavy = {name for _, name in absolute_imports(ROOT / "engine" / "files.py")} & {"torch", "numpy", "PIL"}
+    assert not heavy, f"engine/files.py imports {heavy}"
 
 
 @pytest.mark.parametrize("path", [*modules(), *ROOT.glob("*.py")], ids=lambda p: f"{p.parent.name}/{p.name}")

@@ -127,7 +127,7 @@ def tiny_bart(tiny_min_dalle_repo):
         ({"batch_size": 65}, "batch_size must be between 1 and 64"),
         ({"top_k": 0}, "top_k must be between 1 and 16384"),
         ({"top_k": 16385}, "top_k must be between 1 and 16384"),
-        ({"temperature": 0.0}, "temperature must be above 0"),
+        ({"temperature": 0.0}, "temperature must be between 0.01 and 10.0"),
     ],
 )
 def test_bad_sampling_inputs(tiny_bart, inputs: dict, message: str) -> None:
@@ -151,7 +151,7 @@ def test_bad_loader_and_decoder_inputs(tiny_min_dalle_repo, tmp_path) -> None:
     _, vqgan = call(DalleLoadMini, repo_id=str(tiny_min_dalle_repo), dtype="fp32")
     with pytest.raises(ValueError, match="square number of images"):
         call(DalleVQGANDecode, vqgan=vqgan, tokens=torch.zeros(2, 16, 16, dtype=torch.long), seamless=True)
-    with pytest.raises(ValueError, match=r"Expected image tokens \[B, 16, 16\]"):
+    with pytest.raises(ValueError, match=r"must be image tokens \[batch, 16, 16\] of int64"):
         call(DalleVQGANDecode, vqgan=vqgan, tokens=torch.zeros(2, 256, dtype=torch.long))
 
 

@@ -106,7 +106,7 @@ def test_kandinsky22_requests_are_checked_before_loading(settings, message) -> N
     [
         ({"prompt": ""}, "The prompt is empty"),
         ({"top_k": 0}, "top_k must be between 1 and 16384"),
-        ({"temperature": 0.0}, "temperature must be above 0"),
+        ({"temperature": 0.0}, "temperature must be between 0.01 and 10.0"),
         ({"batch_size": 0}, "batch_size must be between 1 and 64"),
     ],
 )

@@ -51,7 +51,7 @@ def test_decoder_sampling_reads_nothing_back(sampler: str, image_to_image: bool)
     with META:
         unet = KandinskyUNet(UNetConfig.from_diffusers(tiny_unet_config()))
     embeds = kandinsky22.ImageEmbeds(torch.randn(2, WIDTH, device=META), torch.randn(2, WIDTH, device=META))
-    latent = torch.randn(2, 4, 16, 16, device=META) if image_to_image else None
+    latent = {"samples": torch.randn(2, 4, 16, 16, device=META)} if image_to_image else None
     schedule = sampling.decoder_schedule(sampler, 6, denoise_strength=0.5 if image_to_image else 1.0)
     generator = torch.Generator().manual_seed(0)
     x = kandinsky22.decoder_start(embeds, schedule, (16, 16), latent, generator, META, torch.float32)
@@ -85,6 +85,8 @@ def test_half_precision_start_is_rounded_as_diffusers_rounds_it(dtype) -> None:
 
     latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6))
     schedule = sampling.decoder_schedule("ddpm", 10, denoise_strength=0.5)
-    x = kandinsky22.decoder_start(embeds, schedule, None, latent, torch.Generator().manual_seed(5), cpu, dtype)
+    x = kandinsky22.decoder_start(
+        embeds, schedule, None, {"samples": latent}, torch.Generator().manual_seed(5), cpu, dtype
+    )
     expected = sampling.noise_latent(latent.to(dtype).expand(2, -1, -1, -1), schedule, torch.Generator().manual_seed(5))
     assert x.dtype == dtype and torch.equal(x, expected)

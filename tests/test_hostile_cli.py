@@ -1,0 +1,264 @@
+"""`generate` used as a careless or hostile user would: every mistake ends as one line and a documented exit code,
+before any model loads where it can be known then, and no file that was there before is ever changed."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dalle_nodes import cli
+from dalle_nodes.nodes import NODE_CLASS_MAPPINGS
+from dalle_nodes.pipelines import DalleMini, Kandinsky22, Upscaler, dalle_mini, kandinsky22
+
+OLD = b"the user's earlier picture"
+
+
+@pytest.fixture
+def no_loading(monkeypatch) -> None:
+    """Proves a mistake was caught before any model loaded: a loader that runs fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model loaded before the input was checked")
+
+    for pipeline in (Kandinsky22, DalleMini, Upscaler):
+        monkeypatch.setattr(pipeline, "load", classmethod(refuse))
+
+
+def generate(*args: str, output: Path) -> list[str]:
+    return ["generate", "a red fox", "-o", str(output), *args]
+
+
+def tiny_kandinsky(prior: Path, decoder: Path) -> list[str]:
+    size = ["--width", "64", "--height", "64", "--steps", "2", "--prior-steps", "2"]
+    return ["--prior", str(prior), "--decoder", str(decoder), *size]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and "\x1b[" not in err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ")
+    return err
+
+
+NOT_FINITE = ["nan", "inf", "-inf"]
+FLOATS = [("--guidance", "guidance"), ("--prior-guidance", "prior_guidance")]
+MINI_FLOATS = [("--temperature", "temperature"), ("--supercondition", "supercondition")]
+
+
+@pytest.mark.parametrize("value", NOT_FINITE)
+@pytest.mark.parametrize(("flag", "name"), FLOATS + MINI_FLOATS)
+def test_non_finite_numbers_are_refused(flag, name, value, no_loading, tmp_path, capsys) -> None:
+    model = ["--model", "mini"] if (flag, name) in MINI_FLOATS else []
+    assert run(generate(*model, f"{flag}={value}", output=tmp_path / "o.png")) == 2
+    assert f"{name} must be between" in one_line_error(capsys)
+
+
+OUT_OF_RANGE = [
+    ("--seed", "-1", "seed must be between 0 and 18446744073709551615"),
+    ("--seed", str(2**64), "seed must be between 0 and 18446744073709551615"),
+    ("--steps", "0", "steps must be between 1 and 999"),
+    ("--steps", "1000", "steps must be between 1 and 999"),
+    ("--prior-steps", "1", "prior steps must be between 2 and 1000"),
+    ("--prior-steps", "1001", "prior steps must be between 2 and 1000"),
+    ("--width", "100", "width 100 is not supported"),
+    ("--width", "0", "width 0 is not supported"),
+    ("--height", "8192", "height 8192 is not supported"),
+    ("--batch-size", "0", "batch_size must be between 1 and 64"),
+    ("--batch-size", "65", "batch_size must be between 1 and 64"),
+    ("--guidance", "101", "guidance must be between 0.0 and 100.0"),
+    ("--guidance", "-1", "guidance must be between 0.0 and 100.0"),
+]
+MINI_OUT_OF_RANGE = [
+    ("--top-k", "0", "top_k must be between 1 and 16384"),
+    ("--top-k", "16385", "top_k must be between 1 and 16384"),
+    ("--temperature", "0", "temperature must be between 0.01 and 10.0"),
+    ("--temperature", "11", "temperature must be between 0.01 and 10.0"),
+    ("--supercondition", "-1", "supercondition must be between 0.0 and 100.0"),
+]
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), OUT_OF_RANGE)
+def test_kandinsky_settings_out_of_range(flag, value, message, no_loading, tmp_path, capsys) -> None:
+    assert run(generate(flag, value, output=tmp_path / "o.png")) == 2
+    assert message in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), MINI_OUT_OF_RANGE)
+def test_mini_settings_out_of_range(flag, value, message, no_loading, tmp_path, capsys) -> None:
+    assert run(generate("--model", "mega", flag, value, output=tmp_path / "o.png")) == 2
+    assert message in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--upscale", "RealESRGAN_x5"], "argument --upscale: invalid choice: 'RealESRGAN_x5'"),
+        (["--seed", "forty-two"], "argument --seed: invalid int value: 'forty-two'"),
+        (["--sampler", "plms"], "argument --sampler: invalid choice: 'plms'"),
+        (["--dtype", "fp8"], "argument --dtype: invalid choice: 'fp8'"),
+        (["--prior", "not a repo id"], "is neither a local folder nor a Hub repo id"),
+        (["--decoder", " "], "repo_id is empty"),
+        (["--model", "mini", "--repo", "../missing/folder"], "Local folder '../missing/folder' does not exist"),
+    ],
+)
+def test_unknown_choices_and_repo_ids(args, message, no_loading, tmp_path, capsys) -> None:
+    assert run(generate(*args, output=tmp_path / "o.png")) == 2
+    assert message in one_line_error(capsys)
+
+
+def run(argv: list[str]) -> int:
+    """main's exit code, whether it returns it or argparse exits with it."""
+    try:
+        return cli.main(argv)
+    except SystemExit as exit:
+        return exit.code
+
+
+def existing(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(OLD)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("output", "extra", "message"),
+    [
+        ("fox.txt", [], "has no image suffix"),
+        ("fox", [], "has no image suffix"),
+        ("folder.png/", [], "is a folder"),
+        ("afile/fox.png", [], "is a file, not a folder"),
+        ("taken.png", [], "already exists: choose another name, or pass --overwrite"),
+        ("batch.png", ["--batch-size", "3"], "batch_2.png' already exists"),
+    ],
+)
+def test_bad_output_paths_fail_before_loading(output, extra, message, no_loading, tmp_path, capsys) -> None:
+    (tmp_path / "folder.png").mkdir()
+    existing(tmp_path / "afile")
+    taken = [existing(tmp_path / "taken.png"), existing(tmp_path / "batch_2.png")]
+    assert run(generate(*extra, output=tmp_path / output)) == 2
+    assert message in one_line_error(capsys)
+    assert all(path.read_bytes() == OLD for path in taken)
+
+
+def test_an_unwritable_folder_fails_before_loading(no_loading, tmp_path, capsys, monkeypatch) -> None:
+    """The tests run as root, where permissions do not stop writes: the folder's access answer is set instead."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != folder and real_access(path, mode))
+    assert run(generate(output=folder / "new" / "fox.png")) == 2
+    assert f"the folder '{folder}' is not writable" in one_line_error(capsys)
+
+
+def test_existing_files_are_kept_or_replaced_only_when_asked(tiny_prior_repo, tiny_decoder_repo, tmp_path, capsys):
+    model = tiny_kandinsky(tiny_prior_repo, tiny_decoder_repo)
+    out = existing(tmp_path / "out" / "fox.png")
+    assert run(generate(*model, output=out)) == 2
+    assert out.read_bytes() == OLD
+    capsys.readouterr()
+    assert run(generate(*model, "--overwrite", output=out)) == 0
+    assert capsys.readouterr().out.split() == [str(out)]
+    with Image.open(out) as image:
+        assert image.size == (64, 64)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["fox.png"]  # no temporary file left behind
+
+
+def test_missing_folders_are_made(tiny_prior_repo, tiny_decoder_repo, tmp_path, capsys) -> None:
+    out = tmp_path / "new" / "deeper" / "fox.jpg"
+    assert run(generate(*tiny_kandinsky(tiny_prior_repo, tiny_decoder_repo), output=out)) == 0
+    with Image.open(out) as image:
+        assert image.format == "JPEG"
+
+
+def cli_process(args: list[str], cwd: Path, **popen) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "dalle_nodes", *args]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+def test_a_write_failing_mid_file_leaves_the_old_file_whole(tiny_prior_repo, tiny_decoder_repo, tmp_path) -> None:
+    """The file-size limit stops the PNG part way (as a full disk would): exit 3, the old file as it was."""
+    out = existing(tmp_path / "out" / "fox.bmp")
+    limit = 4096  # the zero-image-embedding cache fits; a 64 x 64 BMP (12 kB, uncompressed) does not
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    args = generate(*tiny_kandinsky(tiny_prior_repo, tiny_decoder_repo), "--overwrite", output=out)
+    process = cli_process(args, tmp_path, preexec_fn=limit_file_size)
+    stdout, stderr = process.communicate(timeout=300)
+    lines = stderr.decode().strip().splitlines()
+    assert process.returncode == 3, stderr.decode()
+    assert lines[-1] == f"error: File too large ({out})" and "Traceback" not in stderr.decode()
+    assert out.read_bytes() == OLD and stdout == b""
+    assert sorted(p.name for p in out.parent.iterdir()) == ["fox.bmp"]
+
+
+def test_ctrl_c_while_sampling_exits_130_and_writes_nothing(tiny_prior_repo, tiny_decoder_repo, tmp_path) -> None:
+    out = existing(tmp_path / "out" / "fox.png")
+    model = tiny_kandinsky(tiny_prior_repo, tiny_decoder_repo)
+    model[model.index("--steps") + 1] = "999"  # long enough to be stopped in the middle
+    process = cli_process(generate(*model, "--overwrite", output=out), tmp_path)
+    stderr = b""
+    deadline = time.monotonic() + 240
+    while b"Kandinsky 2.2:" not in stderr:  # the sampling bar: models are loaded, sampling runs
+        assert time.monotonic() < deadline and process.poll() is None, stderr.decode()
+        stderr += process.stderr.read1(4096)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    stdout, rest = process.communicate(timeout=60)
+    stderr = (stderr + rest).decode()
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1].endswith("interrupted: stopped with Ctrl-C; no file was left half-written.")
+    assert "Traceback" not in stderr and stdout == b""
+    assert out.read_bytes() == OLD
+    assert sorted(p.name for p in out.parent.iterdir()) == ["fox.png"]
+
+
+def test_seeds_above_32_bits_are_taken_and_read_as_torch_reads_them(tiny_prior_repo, tiny_decoder_repo, tmp_path):
+    """README: torch's CPU generator reads the low 32 bits of a seed, so seeds 2**32 apart give the same picture."""
+    model = tiny_kandinsky(tiny_prior_repo, tiny_decoder_repo)
+    for seed in (7, 7 + 2**32, 2**64 - 1):
+        assert run(generate(*model, "--seed", str(seed), output=tmp_path / f"{seed}.png")) == 0
+    pictures = [Image.open(tmp_path / f"{seed}.png").tobytes() for seed in (7, 7 + 2**32, 2**64 - 1)]
+    assert pictures[0] == pictures[1] != pictures[2]
+
+
+LIMITS = [  # (Request class, its field, the node input it mirrors)
+    (kandinsky22.Request, "steps", "DalleDecoderSample", "steps"),
+    (kandinsky22.Request, "prior_steps", "DallePriorSample", "steps"),
+    (kandinsky22.Request, "guidance", "DalleDecoderSample", "guidance"),
+    (kandinsky22.Request, "prior_guidance", "DallePriorSample", "guidance"),
+    (kandinsky22.Request, "width", "DalleDecoderSample", "width"),
+    (kandinsky22.Request, "height", "DalleDecoderSample", "height"),
+    (kandinsky22.Request, "batch_size", "DallePriorSample", "batch_size"),
+    (kandinsky22.Request, "seed", "DalleDecoderSample", "seed"),
+    (dalle_mini.Request, "batch_size", "DalleTokenSample", "batch_size"),
+    (dalle_mini.Request, "top_k", "DalleTokenSample", "top_k"),
+    (dalle_mini.Request, "temperature", "DalleTokenSample", "temperature"),
+    (dalle_mini.Request, "supercondition", "DalleTokenSample", "supercondition"),
+    (dalle_mini.Request, "seed", "DalleTokenSample", "seed"),
+]
+
+
+@pytest.mark.parametrize(("request_class", "field", "node", "name"), LIMITS, ids=lambda v: getattr(v, "__module__", v))
+def test_the_cli_and_api_take_exactly_the_nodes_ranges(request_class, field, node, name) -> None:
+    """generate builds these Requests, so a value a node refuses is refused on the command line too, and the other
+    way round."""
+    kind, spec = NODE_CLASS_MAPPINGS[node].INPUT_TYPES()["required"][name]
+    low, high = spec["min"], spec["max"]
+    step = spec.get("step", 1) if kind == "INT" else 1e-3
+    for value in (low, high):
+        request_class("a fox", **{field: value})
+    for value in (low - step, high + step):
+        with pytest.raises(ValueError, match=f"{field.replace('_', ' ')}|{field}"):
+            request_class("a fox", **{field: value})
