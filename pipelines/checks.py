@@ -42,7 +42,7 @@ def _is_number(value: object) -> bool:
 # Tensors that arrive from other nodes (or a user's script) are checked here, where they enter a pipeline function:
 # a wrong one fails with what the input needs and where such an input usually comes from, not deep in a model.
 IMAGE_SOURCES = "Load Image, VAE Decode and the DALL·E decode nodes give one"
-IMAGE_OVERSHOOT = 0.05  # rounding and sharpening overshoot 0..1 a little: clipped; further out is a wrong input
+IMAGE_OVERSHOOT = 0.1  # bicubic resizing and sharpening overshoot 0..1 a little: clipped; further out is wrong
 
 
 def check_image(image: object, name: str = "image") -> torch.Tensor:

@@ -360,6 +360,21 @@ def test_bad_width_is_reported_and_server_recovers(comfyui) -> None:
     assert Image.open(io.BytesIO(comfyui.view(image))).size == (WIDTH, HEIGHT)
 
 
+def test_a_nan_input_is_refused_by_the_node_and_the_server_serves_on(comfyui) -> None:
+    """JSON from an API client may carry NaN, which ComfyUI's min/max validation lets through (every comparison
+    with NaN is false): the node refuses it by name, ComfyUI shows that error, and the next prompt runs."""
+    graph = text2image(guidance=float("nan"))
+    status, answer = comfyui.queue(graph)
+    assert status == 200, answer  # past ComfyUI's own validation
+    entry = comfyui.finished(answer["prompt_id"])
+    (error,) = errors(entry)
+    assert error["node_type"] == "DalleDecoderSample", why(entry)
+    assert error["exception_message"].strip() == "guidance must be between 0.0 and 100.0 (got nan)."
+
+    entry = comfyui.run(text2image(seed=11))
+    assert entry["status"]["status_str"] == "success", why(entry)
+
+
 def test_compiled_decoder_gives_the_eager_picture(comfyui) -> None:
     """The decoder loader's compile input inside ComfyUI (its torch, its memory manager): inductor compiles the UNet
     and MoVQ on this CPU (minutes, the first time), keeps its kernels beside the models, and the picture is the
