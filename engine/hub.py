@@ -345,8 +345,9 @@ def read_json(path: Path) -> dict:
     except OSError as error:
         raise CheckpointError(f"'{path}' cannot be read ({error.strerror or error}): check its permissions.") from error
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise CheckpointError(f"'{path}' is not valid JSON ({reason}); delete it and download it again.") from error
+        raise CheckpointError(
+            f"'{path}' is not valid JSON ({error_summary(error)}); delete it and download it again."
+        ) from error
     if not isinstance(data, dict):
         raise CheckpointError(
             f"'{path}' holds a JSON {type(data).__name__}, not an object of settings; delete it and download it again."
@@ -399,9 +400,17 @@ def config_settings(config: dict, defaults: Mapping, what: str, known: Iterable[
                 f"unknown {what} setting {key!r}: it may change the architecture, which we could not then build"
             )
         if not _same_kind(value, defaults[key]):
-            raise ValueError(f"{what} setting {key}={value!r} has the wrong type (like {defaults[key]!r} expected)")
+            raise ValueError(f"{what} setting {key}={value!r} has the wrong type ({_kind(defaults[key])} expected)")
         settings[key] = value
     return {**defaults, **settings}
+
+
+def _kind(default: object) -> str:
+    """What a setting's value must be, in JSON's words."""
+    for kind, name in ((bool, "true or false"), (int, "a whole number"), (float, "a number"), (str, "text")):
+        if isinstance(default, kind):
+            return name
+    return "a list" if isinstance(default, (list, tuple)) else "an object"
 
 
 def _same_kind(value: object, default: object) -> bool:
@@ -438,8 +447,20 @@ def fetch_weights(source: Source, subfolder: str, names: tuple[str, ...] = DIFFU
     raise CheckpointError(f"{source.describe()} has no weights in '{subfolder}/' (looked for {', '.join(names)}).")
 
 
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def error_summary(error: BaseException) -> str:
+    """Another library's error as one plain line for our messages: its first line, terminal colour codes removed
+    (torch's unpickling errors carry some), or its class name."""
+    line = _TERMINAL_CODES.sub("", str(error)).strip().split("\n")[0].strip()
+    return line or type(error).__name__
+
+
 def _corrupt(path: Path, error: Exception) -> CheckpointError:
-    return CheckpointError(f"'{path}' is corrupt or only partly downloaded ({error}). Delete it and download it again.")
+    return CheckpointError(
+        f"'{path}' is corrupt or only partly downloaded ({error_summary(error)}). Delete it and download it again."
+    )
 
 
 def verify_safetensors(path: Path) -> None:
@@ -526,10 +547,9 @@ def read_pickle(path: Path, mmap: bool = False) -> object:
     except OSError as error:
         raise CheckpointError(f"'{path}' cannot be read ({error.strerror or error}): check its permissions.") from error
     except Exception as error:  # UnpicklingError, RuntimeError or EOFError, depending on the damage
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(
-            f"'{path}' could not be read safely ({first_line}). It is damaged, or it is a pickle that would run "
-            "code, which is refused: use a .safetensors file."
+            f"'{path}' could not be read safely ({error_summary(error)}). It is damaged, or it is a pickle that would "
+            "run code, which is refused: use a .safetensors file."
         ) from error
 
 
@@ -544,8 +564,8 @@ def load_strict(build: Callable[[], torch.nn.Module], state: dict[str, torch.Ten
             module = build()
     except Exception as error:  # a config that passed its checks can still describe no network (0 groups …)
         raise CheckpointError(
-            f"The {what} cannot be built from its config ({type(error).__name__}: {error}): the config is damaged "
-            "or not one we support. Delete it and download it again."
+            f"The {what} cannot be built from its config ({type(error).__name__}: {error_summary(error)}): the "
+            "config is damaged or not one we support. Delete it and download it again."
         ) from error
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
@@ -593,11 +613,13 @@ def write_cache_file(path: Path, write: Callable[[Path], None]) -> bool:
 
 
 def usable_cache_folder(folder: Path) -> bool:
-    """Whether a cache folder exists or can be made (a warning, not a failure, where it cannot)."""
+    """Whether files can be written in a cache folder (made if need be); where not, a warning, not a failure."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
     except OSError as error:
-        log.warning("Could not create the cache folder '%s' (%s); going on without it.", folder, error)
+        log.warning("Cannot write in the cache folder '%s' (%s); going on without it.", folder, error)
         return False
     return True
 

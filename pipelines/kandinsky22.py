@@ -34,6 +34,7 @@ from ..engine.hub import (
     check_tensor_types,
     config_settings,
     default_store,
+    error_summary,
     fetch_config,
     fetch_file,
     fetch_weights,
@@ -215,10 +216,9 @@ def _from_transformers(what: str, folder: Path, load: Callable[[], T]) -> T:
     except CheckpointError:
         raise
     except Exception as error:
-        reason = (str(error).splitlines() or [""])[0] or type(error).__name__
         raise CheckpointError(
-            f"The {what} in '{folder}' could not be loaded ({type(error).__name__}: {reason}). Its files are damaged "
-            "or of another kind: delete them and download them again, or check the folder."
+            f"The {what} in '{folder}' could not be loaded ({type(error).__name__}: {error_summary(error)}). Its files "
+            "are damaged or of another kind: delete them and download them again, or check the folder."
         ) from error
 
 
