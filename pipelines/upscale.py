@@ -113,8 +113,10 @@ def load_upscaler(path: Path) -> ImageModelDescriptor:
             f"'{path.name}' looks like an upscaler but its tensors do not fit the architecture spandrel detected "
             f"({error_summary(error)}); the file is damaged or a variant spandrel does not know."
         ) from error
-    # spandrel casts what it loads into the network's floats: integer tensors must be its integer buffers
-    stored = {key: value.dtype for key, value in state.items() if isinstance(value, torch.Tensor)}
+    # spandrel casts what it loads into the network's floats: integer tensors must be its integer buffers (under the
+    # names spandrel gives them: prefixes such as "module." dropped)
+    canonical = canonicalize_state_dict(state)
+    stored = {key: value.dtype for key, value in canonical.items() if isinstance(value, torch.Tensor)}
     check_tensor_types(stored, _expected_tensors(descriptor.model, stored), f"upscaler '{path}'")
     if not isinstance(descriptor, ImageModelDescriptor):
         raise CheckpointError(
