@@ -88,11 +88,10 @@ PRESETS = {
 
 def load_upscaler(path: Path) -> ImageModelDescriptor:
     """A weight file → a spandrel descriptor in fp32 on the CPU, or a CheckpointError naming the file."""
-    readable_file(path)
     if path.suffix == ".safetensors":
-        state = read_state_dict(path)
+        state = read_state_dict(readable_file(path))
     elif path.suffix in PICKLE_SUFFIXES:
-        state = read_pickle(path)  # Real-ESRGAN nests the weights under params_ema / params
+        state = read_pickle(readable_file(path))  # Real-ESRGAN nests the weights under params_ema / params
         if not isinstance(state, dict):
             raise CheckpointError(f"'{path.name}' holds no state dict, so it is not a supported upscaler.")
         state = canonicalize_state_dict(state)
