@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .hub import usable_cache_folder
+
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 # torch.compile's options for our models (the default mode until a GPU measurement favours another; the benchmark
 # tries others with --compile-mode).
@@ -31,8 +33,8 @@ def use_cache_dir(folder: Path) -> None:
 
     chosen = os.environ.get(INDUCTOR_CACHE_ENV)
     if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
-        folder.mkdir(parents=True, exist_ok=True)
-        os.environ[INDUCTOR_CACHE_ENV] = str(folder)
+        if usable_cache_folder(folder):  # a read-only model store leaves inductor's own default
+            os.environ[INDUCTOR_CACHE_ENV] = str(folder)
 
 
 class Compiled:

@@ -19,7 +19,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..engine import tiling
-from ..engine.hub import diffusers_settings
+from ..engine.hub import config_settings
 
 # diffusers' VQModel defaults, used for keys a config.json leaves out.
 _DIFFUSERS_DEFAULTS = dict(
@@ -61,7 +61,7 @@ class MoVQConfig:
     @classmethod
     def from_diffusers(cls, config: dict) -> "MoVQConfig":
         """Build from a diffusers `movq/config.json` dict; settings Kandinsky 2.2 does not use are rejected."""
-        settings = diffusers_settings(config, _DIFFUSERS_DEFAULTS, "MoVQ")
+        settings = config_settings(config, _DIFFUSERS_DEFAULTS, "MoVQ")
         levels = len(settings["block_out_channels"])
         for key, known in (("down_block_types", _DOWN_BLOCKS), ("up_block_types", _UP_BLOCKS)):
             types = tuple(settings[key])

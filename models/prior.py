@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..engine.hub import diffusers_settings
+from ..engine.hub import config_settings
 from .timestep import TimestepMLP, timestep_embedding
 
 # diffusers' PriorTransformer defaults, used for keys a config.json leaves out.
@@ -51,7 +51,7 @@ class PriorConfig:
     @classmethod
     def from_diffusers(cls, config: dict) -> "PriorConfig":
         """Build from a diffusers `prior/config.json` dict; settings Kandinsky 2.2 and Karlo don't use are rejected."""
-        settings = diffusers_settings(config, _DIFFUSERS_DEFAULTS, "prior")
+        settings = config_settings(config, _DIFFUSERS_DEFAULTS, "prior")
         cfg = cls(
             heads=settings["num_attention_heads"],
             head_dim=settings["attention_head_dim"],

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..engine.hub import config_settings
 from .timestep import TimestepMLP, timestep_embedding
 
 
@@ -49,8 +50,10 @@ class UNetConfig:
         """Map a diffusers UNet2DConditionModel config.json dict; raise ValueError on settings we do not build.
 
         Keys that the blocks used here never read (use_linear_projection, upcast_attention, downsample_padding,
-        transformer_layers_per_block, addition_embed_type_num_heads, ...) are ignored.
+        transformer_layers_per_block, addition_embed_type_num_heads, ...) are ignored; keys diffusers does not
+        know are refused (engine.hub.config_settings).
         """
+        config = config_settings(config, _DIFFUSERS_DEFAULTS, "UNet")
 
         def unsupported(key: str) -> ValueError:
             return ValueError(f"unsupported UNet setting {key}={config.get(key, '<missing>')!r}")
@@ -93,10 +96,62 @@ class UNetConfig:
             cross_attention_dim=config["cross_attention_dim"],
             image_embed_dim=config["encoder_hid_dim"],
             groups=config["norm_num_groups"],
-            eps=config.get("norm_eps", 1e-5),
+            eps=config["norm_eps"],
         )
 
 
+# Every UNet2DConditionModel setting with diffusers' default (0.42.1), for keys a config.json leaves out; None where
+# diffusers takes several types (an int or a per-level list), which the checks above look at themselves.
+_DIFFUSERS_DEFAULTS = dict(
+    sample_size=None,
+    in_channels=4,
+    out_channels=4,
+    center_input_sample=False,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    mid_block_type="UNetMidBlock2DCrossAttn",
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    only_cross_attention=None,
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    downsample_padding=1,
+    mid_block_scale_factor=1,
+    dropout=0.0,
+    act_fn="silu",
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    cross_attention_dim=None,
+    transformer_layers_per_block=None,
+    reverse_transformer_layers_per_block=None,
+    encoder_hid_dim=None,
+    encoder_hid_dim_type=None,
+    attention_head_dim=None,
+    num_attention_heads=None,
+    dual_cross_attention=False,
+    use_linear_projection=False,
+    class_embed_type=None,
+    addition_embed_type=None,
+    addition_time_embed_dim=None,
+    num_class_embeds=None,
+    upcast_attention=False,
+    resnet_time_scale_shift="default",
+    resnet_skip_time_act=False,
+    resnet_out_scale_factor=1.0,
+    time_embedding_type="positional",
+    time_embedding_dim=None,
+    time_embedding_act_fn=None,
+    timestep_post_act=None,
+    time_cond_proj_dim=None,
+    conv_in_kernel=3,
+    conv_out_kernel=3,
+    projection_class_embeddings_input_dim=None,
+    attention_type="default",
+    class_embeddings_concat=False,
+    mid_block_only_cross_attention=None,
+    cross_attention_norm=None,
+    addition_embed_type_num_heads=64,
+)
 _DOWN_BLOCKS = {"ResnetDownsampleBlock2D": False, "SimpleCrossAttnDownBlock2D": True}  # name → has attention
 _UP_BLOCKS = {"ResnetUpsampleBlock2D": False, "SimpleCrossAttnUpBlock2D": True}
 # Kandinsky 2.2's choices where diffusers' default differs, so the key must be present.

@@ -8,7 +8,6 @@ instead of at every step, the noise is drawn on the device, and each step is rep
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Callable
@@ -27,10 +26,13 @@ from ..engine.hub import (
     CheckpointError,
     ConsoleDownload,
     Source,
+    config_settings,
     default_store,
+    error_summary,
     fetch_file,
     file_on_disk,
     load_strict,
+    read_json,
     read_state_dict,
     source_from_input,
 )
@@ -263,12 +265,19 @@ def folder_hyperparameters(source: Source, variant: str) -> Hyperparameters | No
     path = file_on_disk(source, HYPERPARAMETERS_FILE)
     if path is None:
         return None
+    names = ", ".join(field.name for field in fields(Hyperparameters))
+    entry = read_json(path).get(variant)
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"'{path}' needs a \"{variant}\" entry with {names}.")
+    defaults = {field.name: 0 for field in fields(Hyperparameters)}  # all sizes: integers
     try:
-        entry = json.loads(path.read_text())[variant]
-        return Hyperparameters(**{field.name: int(entry[field.name]) for field in fields(Hyperparameters)})
-    except (ValueError, KeyError, TypeError) as error:
-        names = ", ".join(field.name for field in fields(Hyperparameters))
-        raise CheckpointError(f"'{path}' needs a \"{variant}\" entry with {names} ({error!r}).") from error
+        settings = config_settings(entry, defaults, f"DALL·E {variant}")
+    except ValueError as error:
+        raise CheckpointError(f"'{path}': {error}. It needs a \"{variant}\" entry with {names}.") from error
+    missing = sorted(defaults.keys() - entry.keys())
+    if missing:
+        raise CheckpointError(f"'{path}' needs a \"{variant}\" entry with {names} (missing: {', '.join(missing)}).")
+    return Hyperparameters(**settings)
 
 
 def load_bart(source: Source, variant: str, dtype: torch.dtype, hparams: Hyperparameters | None = None) -> DalleBart:
@@ -285,10 +294,16 @@ def load_bart(source: Source, variant: str, dtype: torch.dtype, hparams: Hyperpa
 def load_tokenizer(source: Source, variant: str) -> BartTokenizer:
     check_variant(variant)
     vocab, merges = (fetch_file(source, "", name) for name in (FILES[variant].vocab, FILES[variant].merges))
+    words = read_json(vocab)
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in words.values()):
+        raise CheckpointError(f"'{vocab}' is not a vocabulary (token → id); delete it and download it again.")
     try:
         return BartTokenizer.from_files(vocab, merges)
-    except Exception as error:  # json, a missing special token, or tokenizers' own (plain Exception) complaints
-        raise CheckpointError(f"'{vocab}' and '{merges}' are not a BART tokenizer ({error}).") from error
+    except Exception as error:  # a missing special token, undecodable merges, tokenizers' own (plain Exception) ones
+        raise CheckpointError(
+            f"'{vocab}' and '{merges}' are not a BART tokenizer ({type(error).__name__}: {error_summary(error)}); "
+            "delete them and download them again."
+        ) from error
 
 
 def load_vqgan(source: Source, dtype: torch.dtype) -> VQGAN:

@@ -9,13 +9,16 @@ this module runs them in a row, the Python API.
 from __future__ import annotations
 
 import hashlib
+import inspect
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
+import numpy
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
@@ -29,14 +32,20 @@ from ..engine.hub import (
     MissingFile,
     Source,
     cache_folder,
+    check_tensor_types,
+    config_settings,
     default_store,
+    error_summary,
     fetch_config,
     fetch_file,
     fetch_weights,
     load_strict,
+    read_json,
     read_state_dict,
     source_from_input,
+    stored_dtypes,
     verify_safetensors,
+    write_cache_file,
 )
 from ..engine.images import to_pil
 from ..models import clip
@@ -56,6 +65,8 @@ if TYPE_CHECKING:  # transformers takes seconds to import: ComfyUI's start-up sh
         CLIPVisionModelWithProjection,
     )
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 LATENT_CHANNELS = 4
 LATENT_SCALE = 8  # MoVQ's downsampling
 MIN_SIZE, MAX_SIZE, SIZE_STEP = 64, 4096, 64  # pixels; MoVQ downsamples by 8 and the UNet by 8 more
@@ -139,9 +150,14 @@ def _load(
     try:
         parsed = config_cls.from_diffusers(config)
     except ValueError as error:
-        raise CheckpointError(f"{source.describe()}/{subfolder}: {error}") from error
-    state = modern_attention_keys(read_state_dict(fetch_weights(source, subfolder), dtype))
-    return load_strict(lambda: module_cls(parsed), state, f"{what} of {source.describe()}")
+        raise CheckpointError(
+            f"{source.describe()}/{subfolder}/config.json: {error}. Delete it and download it again, or check that "
+            f"this is a Kandinsky 2.2 {what}."
+        ) from error
+    weights = fetch_weights(source, subfolder)
+    state = modern_attention_keys(read_state_dict(weights, dtype))
+    what = f"{what} of {source.describe()} ('{subfolder}/{weights.name}')"
+    return load_strict(lambda: module_cls(parsed), state, what)
 
 
 def load_prior(source: Source, dtype: torch.dtype) -> PriorTransformer:
@@ -167,46 +183,106 @@ def load_movq(source: Source, dtype: torch.dtype) -> MoVQ:
 TEXT_TOWER, IMAGE_TOWER = "CLIP text encoder", "CLIP image encoder"
 
 
+# Settings transformers 4.x wrote into configs (generation and training options, CLIP's dropout) that build no part
+# of a CLIP tower at inference; transformers 5 keeps them as plain attributes.
+_TRANSFORMERS_GENERIC = frozenset(
+    "add_cross_attention bad_words_ids begin_suppress_tokens bos_token_id chunk_size_feed_forward "
+    "cross_attention_hidden_size decoder_start_token_id diversity_penalty do_sample dropout early_stopping "
+    "encoder_no_repeat_ngram_size eos_token_id exponential_decay_length_penalty finetuning_task forced_bos_token_id "
+    "forced_eos_token_id id2label is_decoder is_encoder_decoder label2id length_penalty max_length min_length "
+    "no_repeat_ngram_size num_beam_groups num_beams num_return_sequences output_attentions output_hidden_states "
+    "output_scores pad_token_id prefix problem_type pruned_heads remove_invalid_values repetition_penalty return_dict "
+    "return_dict_in_generate sep_token_id suppress_tokens task_specific_params temperature tf_legacy_loss "
+    "tie_encoder_decoder tie_word_embeddings tokenizer_class top_k top_p torchscript typical_p use_bfloat16".split()
+)
+
+
+def _transformers_settings(config_cls: type, path: Path, what: str) -> dict:
+    """A transformers config or preprocessor file under engine.hub.config_settings's rule, with the class's own
+    defaults (its constructor's settings, type-checked against a default instance)."""
+    defaults = config_cls().to_dict()
+    known = set(inspect.signature(config_cls.__init__).parameters) | _TRANSFORMERS_GENERIC
+    try:  # settings with a default are type-checked against it; the other known ones are transformers' business
+        return config_settings(read_json(path), defaults, what, known - defaults.keys() - {"self", "kwargs"})
+    except ValueError as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"'{path}': {error}. Delete it and download it again.") from error
+
+
+def _from_transformers(what: str, folder: Path, load: Callable[[], T]) -> T:
+    """`load()` a part through transformers; whatever it raises (damaged or mistyped files surface as KeyError,
+    TypeError, AttributeError … from deep inside) becomes one CheckpointError naming the folder."""
+    try:
+        return load()
+    except CheckpointError:
+        raise
+    except Exception as error:
+        raise CheckpointError(
+            f"The {what} in '{folder}' could not be loaded ({type(error).__name__}: {error_summary(error)}). Its files "
+            "are damaged or of another kind: delete them and download them again, or check the folder."
+        ) from error
+
+
 def _clip_model(class_name: str, folder: Path, dtype: torch.dtype, what: str):
-    """A transformers CLIP tower from its folder, every key checked; problems become CheckpointErrors."""
+    """A transformers CLIP tower from its folder, every key and tensor type checked; problems become
+    CheckpointErrors."""
     import transformers
     from transformers.utils import logging as transformers_logging
 
     cls = getattr(transformers, class_name)
+    _transformers_settings(cls.config_class, folder / "config.json", what)
     for weights in folder.glob("*.safetensors"):
         verify_safetensors(weights)
+    # What transformers will read (safetensors first), looked at before it does: int-typed weights would be cast
+    # silently, and a pickle that runs code is refused here with our message.
+    weights = next(folder / name for name in TRANSFORMERS_WEIGHTS if (folder / name).is_file())
+    stored = stored_dtypes(weights)
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()  # we report key problems ourselves, as errors
     try:
-        model, info = cls.from_pretrained(folder, torch_dtype=dtype, output_loading_info=True, use_safetensors=None)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"The {what} in '{folder}' could not be loaded: {error}") from error
+        model, info = _from_transformers(
+            what,
+            folder,
+            lambda: cls.from_pretrained(folder, torch_dtype=dtype, output_loading_info=True, use_safetensors=None),
+        )
     finally:
         transformers_logging.set_verbosity(verbosity)
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if problems:
         listed = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, list(v)[:3]))}" for k, v in problems.items())
         raise CheckpointError(f"The {what} in '{folder}' does not match its config ({listed}).")
+    check_tensor_types(stored, {**dict(model.named_parameters()), **dict(model.named_buffers())}, f"{what} '{weights}'")
     return model.eval().requires_grad_(False)
 
 
 def _clip_tokenizer(folder: Path) -> CLIPTokenizer:
     from transformers import CLIPTokenizer
 
-    try:
-        return CLIPTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"The CLIP tokenizer in '{folder}' could not be loaded: {error}") from error
+    for name in ("vocab.json", *OPTIONAL_TOKENIZER_FILES, "tokenizer.json"):
+        if (folder / name).is_file():
+            read_json(folder / name)  # a damaged file is named, not met as a KeyError inside transformers
+
+    def load() -> CLIPTokenizer:
+        tokenizer = CLIPTokenizer.from_pretrained(folder)
+        tokenizer(["a cat", ""], padding="max_length", max_length=77, truncation=True)  # as encode_text calls it
+        return tokenizer
+
+    return _from_transformers("CLIP tokenizer", folder, load)
 
 
 def _clip_processor(folder: Path) -> CLIPImageProcessor:
     """CLIP's own preprocessing (resize the short side to 224, center crop, normalize) from image_processor/."""
     from transformers import CLIPImageProcessor
 
-    try:
-        return CLIPImageProcessor.from_pretrained(folder)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"The CLIP image processor in '{folder}' could not be loaded: {error}") from error
+    _transformers_settings(CLIPImageProcessor, folder / "preprocessor_config.json", "CLIP image processor")
+
+    def load() -> CLIPImageProcessor:
+        processor = CLIPImageProcessor.from_pretrained(folder)
+        processor(images=[numpy.zeros((8, 8, 3), numpy.uint8)], return_tensors="pt")  # unworkable settings fail now
+        return processor
+
+    return _from_transformers("CLIP image processor", folder, load)
 
 
 def load_text_encoder(source: Source, dtype: torch.dtype) -> tuple[CLIPTokenizer, CLIPTextModelWithProjection]:
@@ -220,7 +296,14 @@ def load_text_encoder(source: Source, dtype: torch.dtype) -> tuple[CLIPTokenizer
             fetch_file(source, "tokenizer", name)
         except MissingFile:
             pass
-    return _clip_tokenizer(tokenizer_folder), _clip_model("CLIPTextModelWithProjection", folder, dtype, TEXT_TOWER)
+    tokenizer = _clip_tokenizer(tokenizer_folder)
+    encoder = _clip_model("CLIPTextModelWithProjection", folder, dtype, TEXT_TOWER)
+    if len(tokenizer) > encoder.config.vocab_size:  # ids past the embedding table would fail at the first prompt
+        raise CheckpointError(
+            f"The CLIP tokenizer in '{tokenizer_folder}' has {len(tokenizer)} tokens, more than the text encoder's "
+            f"{encoder.config.vocab_size}: the tokenizer/ and text_encoder/ folders do not belong together."
+        )
+    return tokenizer, encoder
 
 
 def load_image_encoder(source: Source, dtype: torch.dtype) -> tuple[CLIPImageProcessor, CLIPVisionModelWithProjection]:
@@ -228,7 +311,14 @@ def load_image_encoder(source: Source, dtype: torch.dtype) -> tuple[CLIPImagePro
     fetch_config(source, "image_encoder", expect="CLIPVisionModelWithProjection")
     folder = fetch_weights(source, "image_encoder", TRANSFORMERS_WEIGHTS).parent
     processor = _clip_processor(fetch_file(source, "image_processor", "preprocessor_config.json").parent)
-    return processor, _clip_model("CLIPVisionModelWithProjection", folder, dtype, IMAGE_TOWER)
+    encoder = _clip_model("CLIPVisionModelWithProjection", folder, dtype, IMAGE_TOWER)
+    side = processor(images=[numpy.zeros((8, 8, 3), numpy.uint8)], return_tensors="pt").pixel_values.shape[-2:]
+    if tuple(side) != (encoder.config.image_size,) * 2:  # the tower has position embeddings for one size only
+        raise CheckpointError(
+            f"The CLIP image processor of {source.describe()} makes {side[1]}x{side[0]} px images, but the image "
+            f"encoder takes {encoder.config.image_size} px: image_processor/ and image_encoder/ do not belong together."
+        )
+    return processor, encoder
 
 
 def _zero_embed_key(weights: Path, dtype: torch.dtype) -> str:
@@ -247,18 +337,32 @@ def zero_image_embed(
     It stands in for "no negative prompt" in the decoder; caching it means text-to-image never needs the 3.7 GB
     image encoder in memory again after the first run. `place` readies the encoder on the compute device.
     """
-    fetch_config(source, "image_encoder", expect="CLIPVisionModelWithProjection")
+    config = fetch_config(source, "image_encoder", expect="CLIPVisionModelWithProjection")
     weights = fetch_weights(source, "image_encoder", TRANSFORMERS_WEIGHTS)  # on disk after the first time
     path = cache / "zero_image_embeds" / f"{_zero_embed_key(weights, dtype)}.safetensors"
-    if path.is_file():
-        return load_file(path)["embed"]
+    embed = _cached_embed(path, config.get("projection_dim"))
+    if embed is not None:
+        return embed
     with torch.inference_mode():
         encoder = _clip_model("CLIPVisionModelWithProjection", weights.parent, dtype, IMAGE_TOWER)
         embed = clip.zero_image_embed(place(encoder)).float().cpu()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"embed": embed.contiguous()}, tmp)
-    tmp.replace(path)  # atomic: a crash never leaves a half-written cache entry
+    write_cache_file(path, lambda tmp: save_file({"embed": embed.contiguous()}, tmp))
+    return embed
+
+
+def _cached_embed(path: Path, width: int | None) -> torch.Tensor | None:
+    """The cached [1, width] float32 embedding, or None if there is none, or it is damaged (then it is made again)."""
+    if not path.is_file():
+        return None
+    try:
+        embed = load_file(path)["embed"]
+    except Exception as error:  # SafetensorError, OSError, KeyError: a damaged cache is only a cache
+        log.warning("The cached zero-image embedding '%s' is unreadable (%s); computing it again.", path, error)
+        return None
+    shape_ok = embed.ndim == 2 and embed.shape[0] == 1 and (not isinstance(width, int) or embed.shape[1] == width)
+    if embed.dtype != torch.float32 or not shape_ok or not torch.isfinite(embed).all():
+        log.warning("The cached zero-image embedding '%s' is damaged; computing it again.", path)
+        return None
     return embed
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +24,13 @@ from ..engine.hub import (
     ConsoleDownload,
     DownloadProgress,
     Source,
+    check_tensor_types,
     default_store,
+    error_summary,
     fetch_file,
     read_pickle,
     read_state_dict,
+    readable_file,
     source_from_input,
 )
 from ..engine.images import from_pil, to_pil
@@ -86,9 +89,9 @@ PRESETS = {
 def load_upscaler(path: Path) -> ImageModelDescriptor:
     """A weight file → a spandrel descriptor in fp32 on the CPU, or a CheckpointError naming the file."""
     if path.suffix == ".safetensors":
-        state = read_state_dict(path)
+        state = read_state_dict(readable_file(path))
     elif path.suffix in PICKLE_SUFFIXES:
-        state = read_pickle(path)  # Real-ESRGAN nests the weights under params_ema / params
+        state = read_pickle(readable_file(path))  # Real-ESRGAN nests the weights under params_ema / params
         if not isinstance(state, dict):
             raise CheckpointError(f"'{path.name}' holds no state dict, so it is not a supported upscaler.")
         state = canonicalize_state_dict(state)
@@ -105,11 +108,15 @@ def load_upscaler(path: Path) -> ImageModelDescriptor:
             "tensors (is it a diffusion or text model?). Pick a Real-ESRGAN, ESRGAN, SwinIR … file."
         ) from error
     except (KeyError, IndexError, TypeError, RuntimeError, ValueError, AssertionError) as error:
-        first_line = (str(error).splitlines() or [type(error).__name__])[0]
         raise CheckpointError(
             f"'{path.name}' looks like an upscaler but its tensors do not fit the architecture spandrel detected "
-            f"({first_line}); the file is damaged or a variant spandrel does not know."
+            f"({error_summary(error)}); the file is damaged or a variant spandrel does not know."
         ) from error
+    # spandrel casts what it loads into the network's floats: integer tensors must be its integer buffers (under the
+    # names spandrel gives them: prefixes such as "module." dropped)
+    canonical = canonicalize_state_dict(state)
+    stored = {key: value.dtype for key, value in canonical.items() if isinstance(value, torch.Tensor)}
+    check_tensor_types(stored, _expected_tensors(descriptor.model, stored), f"upscaler '{path}'")
     if not isinstance(descriptor, ImageModelDescriptor):
         raise CheckpointError(
             f"'{path.name}' is a {descriptor.architecture.name} model for {descriptor.purpose}, not a single-image "
@@ -122,6 +129,17 @@ def load_upscaler(path: Path) -> ImageModelDescriptor:
         )
     descriptor.model.requires_grad_(False)
     return descriptor.eval()
+
+
+def _expected_tensors(model: torch.nn.Module, names: Iterable[str]) -> dict[str, torch.Tensor]:
+    """The network's tensor for each name of the file, a float stand-in where the network has no such name: spandrel
+    renames the keys of some formats (old ESRGAN files), and an integer tensor the network does not hold under its
+    own name cannot be one of its integer buffers."""
+    tensors = model.state_dict()
+    return {name: tensors.get(name, _FLOAT) for name in names}
+
+
+_FLOAT = torch.empty(0)
 
 
 def choose_plan(

@@ -75,7 +75,7 @@ def min_dalle_pair(tiny_min_dalle_repo):
     tiny = Hyperparameters(**tiny_repos.TINY_MIN_DALLE)
     ours = dalle_mini.load_bart(Source(str(tiny_min_dalle_repo)), "mega", torch.float32, tiny)
     encoder, decoder = tiny_repos.min_dalle_modules(tiny)
-    encoder.load_state_dict(torch.load(tiny_min_dalle_repo / "encoder.pt"))
-    decoder.load_state_dict(torch.load(tiny_min_dalle_repo / "decoder.pt"))
+    encoder.load_state_dict(torch.load(tiny_min_dalle_repo / "encoder.pt", weights_only=True))
+    decoder.load_state_dict(torch.load(tiny_min_dalle_repo / "decoder.pt", weights_only=True))
     tokenizer = dalle_mini.load_tokenizer(Source(str(tiny_min_dalle_repo)), "mega")
     return ours, encoder.eval(), decoder.eval(), tokenizer

@@ -27,7 +27,7 @@ def pair(tiny_min_dalle_repo) -> tuple[VQGAN, nn.Module]:
     """Ours, loaded from the repo's random detoker.pt, and min-dalle's with the same weights."""
     ours = load_vqgan(Source(str(tiny_min_dalle_repo)), torch.float32)
     reference = import_min_dalle().models.VQGanDetokenizer().eval()
-    reference.load_state_dict(torch.load(tiny_min_dalle_repo / "detoker.pt"))
+    reference.load_state_dict(torch.load(tiny_min_dalle_repo / "detoker.pt", weights_only=True))
     return ours, reference
 
 

@@ -240,6 +240,6 @@ def test_bad_tokens_are_refused_before_the_vqgan_loads(tiny_min_dalle_repo, monk
     _, vqgan = call(DalleLoadMini, repo_id=str(tiny_min_dalle_repo), variant="mini", dtype="fp32")
     loaded = []
     monkeypatch.setattr(runtime.ManagedModule, "load", lambda self, memory_required=0: loaded.append(self))
-    with pytest.raises(ValueError, match=r"Expected image tokens \[B, 16, 16\] of int64"):
+    with pytest.raises(ValueError, match=r"must be image tokens \[batch, 16, 16\] of int64"):
         call(DalleVQGANDecode, vqgan=vqgan, tokens=torch.zeros(4, 16, 16), seamless=True)
     assert loaded == []

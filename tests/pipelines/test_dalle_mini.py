@@ -89,7 +89,7 @@ def test_choose_tokens_draws_as_min_dalle_sample_tokens(seed, top_k, temperature
 def test_unused_tensors_warn_and_missing_or_misshaped_ones_fail(tiny_min_dalle_repo, tmp_path) -> None:
     for name in ("vocab.json", "merges.txt", "decoder.pt"):
         (tmp_path / name).symlink_to(tiny_min_dalle_repo / name)
-    state = torch.load(tiny_min_dalle_repo / "encoder.pt")
+    state = torch.load(tiny_min_dalle_repo / "encoder.pt", weights_only=True)
     torch.save({**state, "pose_tokens": torch.zeros(2, 64)}, tmp_path / "encoder.pt")
     with pytest.warns(UserWarning, match=r"encoder.pt' holds 1 tensors .* \(pose_tokens\)"):
         dalle_mini.load_bart(Source(str(tmp_path)), "mega", torch.float32, TINY)
