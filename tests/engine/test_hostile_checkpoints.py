@@ -121,14 +121,20 @@ CONFIG_DAMAGE = {
 }
 
 
-@pytest.mark.parametrize("damage", CONFIG_DAMAGE)
-@pytest.mark.parametrize("part", CONFIGS)
+# crop_size null is transformers' way to say "no crop size": not damage, so not a case.
+DAMAGED_CONFIGS = [
+    (part, damage)
+    for part in CONFIGS
+    for damage in CONFIG_DAMAGE
+    if (part, damage) != ("image_encoder:processor", "null_for_number")
+]
+
+
+@pytest.mark.parametrize(("part", "damage"), DAMAGED_CONFIGS)
 def test_damaged_config(damaged, part, damage) -> None:
     relpath, key = CONFIGS[part]
     repo, load = damaged(part.split(":")[0])
     change, message = CONFIG_DAMAGE[damage]
-    if part == "image_encoder:processor" and damage == "null_for_number":
-        pytest.skip("crop_size null is transformers' way to say 'no crop size'; it is not damage")
     change(repo / relpath, key)
     with pytest.raises(CheckpointError) as error:
         load()
