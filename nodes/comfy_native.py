@@ -165,7 +165,7 @@ def model_patcher(unet: KandinskyUNet, rgb: RGBFactors) -> comfy.model_patcher.M
     """MODEL over `unet` itself (no copy). A plain ModelPatcher: our layers are torch's own, not the comfy.ops
     layers ComfyUI's dynamic-VRAM patcher streams weights through."""
     with comfyui_internals("MODEL output"):
-        config = Kandinsky22Config({"in_channels": unet.config.in_channels})
+        config = Kandinsky22Config({**Kandinsky22Config.unet_config, "in_channels": unet.config.in_channels})
         config.latent_format = MoVQLatent(rgb)
         model = Kandinsky22(config, unet)
         return comfy.model_patcher.ModelPatcher(
