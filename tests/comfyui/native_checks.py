@@ -179,6 +179,29 @@ for sampler_name, scheduler in [("ddim", "ddim_uniform")]:
         "seconds": seconds,
     }
 
+# Inpaint-ready: a 9-channel UNet reads latents, masked-image latents, mask (Kandinsky's order) from the
+# concat_latent_image / concat_mask entries core InpaintModelConditioning adds.
+from dalle_nodes.models.unet import KandinskyUNet, UNetConfig  # noqa: E402
+from dalle_nodes.nodes import comfy_native  # noqa: E402
+from dalle_nodes.pipelines.previews import RGBFactors  # noqa: E402
+
+small = UNetConfig(9, 8, (16, 32), (False, True), 1, 8, 16, width, 32, 8)
+inpaint_unet = KandinskyUNet(small).eval()
+seen_inputs = []
+inpaint_unet.register_forward_pre_hook(lambda module, inputs: seen_inputs.append(inputs[0].clone()))
+inpaint_model = comfy_native.model_patcher(inpaint_unet, RGBFactors([[0.0] * 3] * 4, [0.0] * 3))
+masked_latent, mask = torch.randn(1, 4, 8, 8), (torch.rand(1, 8, 8) > 0.5).float()
+inpaint_cond = [[pos_cond[0][0], {**pos_cond[0][1], "concat_latent_image": masked_latent, "concat_mask": mask}]]
+model, saved_model = inpaint_model, model
+probe(inpaint_cond, inpaint_cond, 1.0, torch.randn(1, 4, 8, 8))
+model = saved_model
+extra = seen_inputs[0][:, 4:]
+results["inpaint_concat"] = {
+    "channels": int(seen_inputs[0].shape[1]),
+    "masked_latent_error": float((extra[:, :4] - masked_latent).abs().max()),
+    "mask_error": float((extra[:, 4:] - mask[:, None]).abs().max()),
+}
+
 # CLIP vision: core's loader on the real file's layout (meta tensors), and ours on the tiny file.
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: E402
 

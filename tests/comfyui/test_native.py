@@ -80,6 +80,11 @@ def test_ksampler_ddim_uniform_is_our_ddim_up_to_the_last_step(checks) -> None:
     assert measured["latent_max_abs"] <= 0.02 * measured["latent_std"], measured
 
 
+def test_inpaint_unet_reads_kandinsky_channel_order(checks) -> None:
+    """latents (4), masked-image latents (4), mask (1): what core InpaintModelConditioning's entries become."""
+    assert checks["inpaint_concat"] == {"channels": 9, "masked_latent_error": 0.0, "mask_error": 0.0}
+
+
 def test_bad_inputs_give_clear_errors(checks) -> None:
     assert "carries no CLIP image embeddings" in checks["text_conditioning_error"]
     assert "The latent has 16 channels" in checks["channels_error"]
