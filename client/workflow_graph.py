@@ -54,6 +54,49 @@ CORE_NODES = {
         },
         ("IMAGE",),
     ),
+    "EmptyLatentImage": NodeSpec(
+        {
+            "required": {
+                "width": ("INT", {"default": 512, "min": 16, "max": 16384, "step": 8}),
+                "height": ("INT", {"default": 512, "min": 16, "max": 16384, "step": 8}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096}),
+            }
+        },
+        ("LATENT",),
+    ),
+    "KSampler": NodeSpec(
+        {
+            "required": {
+                "model": ("MODEL",),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+                "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+                "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+                "sampler_name": ("COMBO",),
+                "scheduler": ("COMBO",),
+                "positive": ("CONDITIONING",),
+                "negative": ("CONDITIONING",),
+                "latent_image": ("LATENT",),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+            }
+        },
+        ("LATENT",),
+    ),
+    "VAEDecode": NodeSpec({"required": {"samples": ("LATENT",), "vae": ("VAE",)}}, ("IMAGE",)),
+    "CLIPVisionEncode": NodeSpec(
+        {"required": {"clip_vision": ("CLIP_VISION",), "image": ("IMAGE",), "crop": (["center", "none"],)}},
+        ("CLIP_VISION_OUTPUT",),
+    ),
+    "unCLIPConditioning": NodeSpec(
+        {
+            "required": {
+                "conditioning": ("CONDITIONING",),
+                "clip_vision_output": ("CLIP_VISION_OUTPUT",),
+                "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}),
+                "noise_augmentation": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+            }
+        },
+        ("CONDITIONING",),
+    ),
     "UpscaleModelLoader": NodeSpec({"required": {"model_name": ("COMBO",)}}, ("UPSCALE_MODEL",)),
     "ImageUpscaleWithModel": NodeSpec(
         {"required": {"upscale_model": ("UPSCALE_MODEL",), "image": ("IMAGE",)}}, ("IMAGE",)

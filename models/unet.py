@@ -29,7 +29,7 @@ from .timestep import TimestepMLP, timestep_embedding
 
 @dataclass
 class UNetConfig:
-    in_channels: int = 4  # 9 for inpainting: latent, mask, masked-image latent
+    in_channels: int = 4  # 9 for inpainting: latent, masked-image latent, mask
     out_channels: int = 8  # epsilon and the learned-variance interpolation
     block_out_channels: tuple[int, ...] = (384, 768, 1152, 1536)
     attention_levels: tuple[bool, ...] = (False, True, True, True)  # which levels have attention after each resnet

@@ -1,8 +1,9 @@
 """ComfyUI-facing node classes, one module per stage; thin: convert ComfyUI types, call pipelines/, convert back."""
 
+from .conditioning import DalleImageEmbedsToConditioning
 from .decoder import DalleDecoderSample
 from .embeds import DalleImageEncode, DalleMixEmbeds
-from .loaders import DalleLoadDecoder, DalleLoadImageEncoder, DalleLoadPrior
+from .loaders import DalleLoadCLIPVision, DalleLoadDecoder, DalleLoadImageEncoder, DalleLoadPrior
 from .mini import DalleLoadMini, DalleTokenSample, DalleVQGANDecode
 from .prior import DallePriorSample
 from .text import DalleTextEncode
@@ -20,6 +21,8 @@ NODE_CLASS_MAPPINGS = {
     "DalleDecoderSample": DalleDecoderSample,
     "DalleVQDecode": DalleVQDecode,
     "DalleVQEncode": DalleVQEncode,
+    "DalleImageEmbedsToConditioning": DalleImageEmbedsToConditioning,
+    "DalleLoadCLIPVision": DalleLoadCLIPVision,
     "DalleLoadMini": DalleLoadMini,
     "DalleTokenSample": DalleTokenSample,
     "DalleVQGANDecode": DalleVQGANDecode,
@@ -38,6 +41,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DalleDecoderSample": "DALL·E Decoder Sample",
     "DalleVQDecode": "DALL·E VQ Decode (MoVQ)",
     "DalleVQEncode": "DALL·E VQ Encode (MoVQ)",
+    "DalleImageEmbedsToConditioning": "DALL·E Image Embeds To Conditioning",
+    "DalleLoadCLIPVision": "Load DALL·E 2 CLIP Vision (Kandinsky 2.2 prior)",
     "DalleLoadMini": "Load DALL·E Mini/Mega (DALL·E 1)",
     "DalleTokenSample": "DALL·E Mini Token Sample",
     "DalleVQGANDecode": "DALL·E Mini VQGAN Decode",

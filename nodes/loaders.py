@@ -8,8 +8,9 @@ import torch
 
 from ..engine import compiled
 from ..engine.hub import Source, source_from_input
-from ..pipelines import kandinsky22
+from ..pipelines import kandinsky22, previews
 from . import runtime
+from .conditioning import image_embeds_conditioning
 from .sockets import (
     COMPILE_TOOLTIP,
     DTYPE_TOOLTIP,
@@ -118,10 +119,18 @@ class DalleLoadImageEncoder(HubLoader):
 
 class DalleLoadDecoder(HubLoader):
     DESCRIPTION = (
-        "Loads the Kandinsky 2.2 latent decoder UNet and its MoVQ image autoencoder (DALL·E 2's second stage)."
+        "Loads the Kandinsky 2.2 latent decoder UNet and its MoVQ image autoencoder (DALL·E 2's second stage). MODEL "
+        "and VAE are the same weights as ComfyUI types, for KSampler, VAE Decode and the other core nodes."
     )
-    RETURN_TYPES = ("DALLE_DECODER", "DALLE_VQ_VAE")
-    RETURN_NAMES = ("decoder", "vq_vae")
+    RETURN_TYPES = ("DALLE_DECODER", "DALLE_VQ_VAE", "MODEL", "VAE")  # appended outputs keep old links' slots
+    RETURN_NAMES = ("decoder", "vq_vae", "model", "vae")
+    OUTPUT_TOOLTIPS = (
+        "For DALL·E Decoder Sample.",
+        "For DALL·E VQ Decode / Encode.",
+        "The same UNet for KSampler and the other core sampling nodes (condition it with DALL·E Image Embeds To "
+        "Conditioning or unCLIPConditioning). Only inside ComfyUI.",
+        "The same MoVQ for VAE Decode / Encode and the core inpainting nodes. Only inside ComfyUI.",
+    )
     DEFAULT_REPO = kandinsky22.DECODER_REPO
     CONTENTS = "decoder (with unet/, movq/, scheduler/)"
     FILES = kandinsky22.FETCHES["unet"] + kandinsky22.FETCHES["movq"]
@@ -135,12 +144,51 @@ class DalleLoadDecoder(HubLoader):
     def load(self, repo_id: str, revision: str, dtype: str, compile: bool = False) -> tuple:
         return super().load(repo_id, revision, dtype, compile=compile)
 
-    def build(self, source: Source, dtype: torch.dtype, compile: bool = False) -> tuple[DecoderModel, MoVQModel]:
+    def build(self, source: Source, dtype: torch.dtype, compile: bool = False) -> tuple:
+        """Outside ComfyUI (the CLI, the Python API, tests) MODEL and VAE are None: no ComfyUI node could take them."""
         unet = kandinsky22.load_unet(source, dtype)
         movq = kandinsky22.load_movq(source, dtype)
         speed_layout(unet, compile)
         speed_layout(movq, compile)
+        model = vae = None
+        if runtime.IN_COMFYUI:
+            from . import comfy_native
+
+            model = comfy_native.model_patcher(unet, previews.cached_rgb_factors(movq, runtime.cache_dir()))
+            vae = comfy_native.vae(movq)
         return (
-            DecoderModel(runtime.ManagedModule(unet), compile),
-            MoVQModel(runtime.ManagedModule(movq), compile),
+            DecoderModel(runtime.ManagedModule(unet, model), compile),
+            MoVQModel(runtime.ManagedModule(movq, vae and vae.patcher), compile),
+            model,
+            vae,
         )
+
+
+class DalleLoadCLIPVision(HubLoader):
+    DESCRIPTION = (
+        "Loads the CLIP ViT-bigG image tower of the Kandinsky 2.2 prior repo as ComfyUI's CLIP_VISION, for core "
+        "CLIP Vision Encode → unCLIPConditioning → KSampler with the decoder's MODEL. zero_image is the reference's "
+        "negative (the embedding of an all-zero image), and a base for unCLIPConditioning."
+    )
+    RETURN_TYPES = ("CLIP_VISION", "CONDITIONING")
+    RETURN_NAMES = ("clip_vision", "zero_image")
+    DEFAULT_REPO = kandinsky22.PRIOR_REPO
+    CONTENTS = "prior (its image_encoder/)"
+    FILES = kandinsky22.FETCHES["zero_image_embed"]
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        inputs = super().INPUT_TYPES()
+        del inputs["required"]["dtype"]  # ComfyUI picks the dtype of its CLIP vision models itself
+        return inputs
+
+    def load(self, repo_id: str, revision: str) -> tuple:
+        return super().load(repo_id, revision, "auto")
+
+    def build(self, source: Source, dtype: torch.dtype) -> tuple:
+        if not runtime.IN_COMFYUI:
+            raise RuntimeError("CLIP_VISION is a ComfyUI type: this node runs only inside ComfyUI.")
+        from . import comfy_native
+
+        model = comfy_native.clip_vision(kandinsky22.image_encoder_weights(source))
+        return model, image_embeds_conditioning(comfy_native.zero_image_embed(model))

@@ -321,6 +321,15 @@ def load_image_encoder(source: Source, dtype: torch.dtype) -> tuple[CLIPImagePro
     return processor, encoder
 
 
+def image_encoder_weights(source: Source) -> Path:
+    """The prior repo's image tower weights (config.json beside them), checked complete: for ComfyUI's CLIP_VISION."""
+    fetch_config(source, "image_encoder", expect="CLIPVisionModelWithProjection")
+    weights = fetch_weights(source, "image_encoder", TRANSFORMERS_WEIGHTS)
+    if weights.suffix == ".safetensors":
+        verify_safetensors(weights)
+    return weights
+
+
 def _zero_embed_key(weights: Path, dtype: torch.dtype) -> str:
     """Names the weight file's content: the HF cache stores blobs under their hash, and a file replaced in a
     folder changes size or mtime, so new weights never meet an old embedding."""

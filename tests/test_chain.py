@@ -44,7 +44,7 @@ def reference(prior_repo, decoder_repo, negative: str | None, batch: int, seed: 
 
 def ours(prior_repo, decoder_repo, negative: str | None, batch: int, seed: int):
     prior, text_encoder = NODES["DalleLoadPrior"]().load(str(prior_repo), "main", "fp32")
-    decoder, vq_vae = NODES["DalleLoadDecoder"]().load(str(decoder_repo), "main", "fp32")
+    decoder, vq_vae, _, _ = NODES["DalleLoadDecoder"]().load(str(decoder_repo), "main", "fp32")
     encode = NODES["DalleTextEncode"]().encode
     (positive,) = encode(text_encoder, PROMPT)
     extra = {"negative": encode(text_encoder, negative)[0]} if negative else {}

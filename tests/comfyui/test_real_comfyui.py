@@ -38,17 +38,19 @@ def node_id(graph: dict, class_type: str) -> str:
 
 
 def shrunk(name: str, **decoder_inputs) -> dict:
-    """A shipped API workflow, shrunk for the tiny checkpoints: 3 prior steps, 4 decoder steps, and WIDTH x HEIGHT
-    images, set on the decoder or, where a latent from a picture fixes the size, on Upscale Image; one DALL·E Mega
-    image.
+    """A shipped API workflow, shrunk for the tiny checkpoints: 3 prior steps, 4 decoder (or KSampler) steps, and
+    WIDTH x HEIGHT images, set on the decoder, on Empty Latent Image or, where a latent from a picture fixes the size,
+    on Upscale Image; one DALL·E Mega image.
     `decoder_inputs` override more of the decoder's inputs."""
     graph = json.loads((api_file(name)).read_text(encoding="utf-8"))
     for node in graph.values():
         inputs = node["inputs"]
         if node["class_type"] == "DallePriorSample":
             inputs["steps"] = 3
-        elif node["class_type"] == "ImageScale":
+        elif node["class_type"] in ("ImageScale", "EmptyLatentImage"):
             inputs.update(width=WIDTH, height=HEIGHT)
+        elif node["class_type"] == "KSampler":
+            inputs["steps"] = 4
         elif node["class_type"] == "DalleTokenSample":
             inputs["batch_size"] = 1
         elif node["class_type"] == "DalleDecoderSample":
@@ -393,3 +395,58 @@ def test_compiled_decoder_gives_the_eager_picture(comfyui) -> None:
     assert "torch.compile failed" not in comfyui.log.read_text(errors="replace")
     kernels = comfyui.base / "models" / "dalle" / ".cache" / "torch_compile"
     assert kernels.is_dir() and any(kernels.iterdir())
+
+
+def saved_pixels(comfyui, entry: dict, node: str) -> np.ndarray:
+    (image,) = entry["outputs"][node]["images"]
+    return np.asarray(Image.open(io.BytesIO(comfyui.view(image))), dtype=np.int16)
+
+
+@pytest.mark.parametrize("sampler, scheduler", [("euler", "normal"), ("dpmpp_2m", "karras"), ("ddim", "ddim_uniform")])
+def test_ksampler_runs_our_model(comfyui, sampler: str, scheduler: str) -> None:
+    graph = shrunk("kandinsky22_ksampler")
+    graph[node_id(graph, "KSampler")]["inputs"].update(sampler_name=sampler, scheduler=scheduler, seed=11)
+    assert saved_size(comfyui, graph) == (WIDTH, HEIGHT)
+
+
+def test_ksampler_ddim_uniform_gives_our_ddim_picture(comfyui) -> None:
+    """The same prior output sampled by KSampler (ddim / ddim_uniform) and by our decoder (ddim), same seed and steps:
+    same timesteps and noise; only the last step differs (ComfyUI ends at σ = 0, diffusers' DDIM at t = 0's noise)."""
+    graph = shrunk("kandinsky22_ksampler")
+    saved = node_id(graph, "SaveImage")
+    sampler = graph[node_id(graph, "KSampler")]["inputs"]
+    sampler.update(sampler_name="ddim", scheduler="ddim_uniform", seed=12)
+    graph["20"] = {
+        "class_type": "DalleDecoderSample",
+        "inputs": {
+            "decoder": ["5", 0],
+            "image_embeds": ["3", 0],
+            "width": WIDTH,
+            "height": HEIGHT,
+            "steps": sampler["steps"],
+            "guidance": sampler["cfg"],
+            "sampler": "ddim",
+            "karras": False,
+            "seed": 12,
+        },
+    }
+    graph["21"] = {"class_type": "DalleVQDecode", "inputs": {"vq_vae": ["5", 1], "latent": ["20", 0]}}
+    graph["22"] = {"class_type": "SaveImage", "inputs": {"images": ["21", 0], "filename_prefix": "ours"}}
+    entry = comfyui.run(graph)
+    assert entry["status"]["status_str"] == "success", why(entry)
+    difference = np.abs(saved_pixels(comfyui, entry, saved) - saved_pixels(comfyui, entry, "22"))
+    print(f"ddim/ddim_uniform vs our ddim: max {difference.max()}, mean {difference.mean():.4f} of 255")
+    assert difference.max() <= 4, difference.max()  # of 255; measured 2 (mean 0.04) at 128 x 192, 4 steps
+
+
+def test_vae_decode_of_another_models_latent_is_a_clear_error(comfyui) -> None:
+    graph = {
+        "1": {"class_type": "DalleLoadDecoder", "inputs": shrunk("kandinsky22_ksampler")["5"]["inputs"]},
+        "2": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 3]}},
+        "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}},
+    }
+    entry = comfyui.run(graph)
+    (error,) = errors(entry)
+    assert error["node_type"] == "VAEDecode" and error["exception_type"].endswith("ValueError"), why(entry)
+    assert "the Kandinsky 2.2 MoVQ decodes [B, 4, h, w] latents" in error["exception_message"]

@@ -34,7 +34,7 @@ SIZE, PRIOR_STEPS, DECODER_STEPS, GUIDANCE = 64, 5, 6, 4.0
 
 def chain(prior_repo, decoder_repo, dtype: str, negative: str | None, batch: int, seed: int):
     prior, text_encoder = NODES["DalleLoadPrior"]().load(str(prior_repo), "main", dtype)
-    decoder, vq_vae = NODES["DalleLoadDecoder"]().load(str(decoder_repo), "main", dtype)
+    decoder, vq_vae, _, _ = NODES["DalleLoadDecoder"]().load(str(decoder_repo), "main", dtype)
     assert decoder.unet.dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     encode = NODES["DalleTextEncode"]().encode
     (positive,) = encode(text_encoder, PROMPT)

@@ -37,7 +37,7 @@ def test_image_mix_matches_reference_interpolate(tiny_prior_repo) -> None:
 
 def test_image_variation_runs_through_the_decoder(tiny_prior_repo, tiny_decoder_repo) -> None:
     (encoder,) = NODES["DalleLoadImageEncoder"]().load(str(tiny_prior_repo), "main", "fp32")
-    decoder, vq_vae = NODES["DalleLoadDecoder"]().load(str(tiny_decoder_repo), "main", "fp32")
+    decoder, vq_vae, _, _ = NODES["DalleLoadDecoder"]().load(str(tiny_decoder_repo), "main", "fp32")
     batch = torch.cat([picture(2)[1], picture(3)[1]])
     (embeds,) = NODES["DalleImageEncode"]().encode(encoder, batch)
     assert embeds.positive.shape == embeds.negative.shape == (2, 16)

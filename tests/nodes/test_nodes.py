@@ -12,7 +12,7 @@ from dalle_nodes.pipelines import kandinsky22, kandinsky22_memory
 
 CONTRACT = {  # the node contract shared workflows rely on: id → (required inputs, output types)
     "DalleLoadPrior": ({"repo_id", "revision", "dtype"}, ("DALLE_PRIOR", "DALLE_TEXT_ENCODER")),
-    "DalleLoadDecoder": ({"repo_id", "revision", "dtype"}, ("DALLE_DECODER", "DALLE_VQ_VAE")),
+    "DalleLoadDecoder": ({"repo_id", "revision", "dtype"}, ("DALLE_DECODER", "DALLE_VQ_VAE", "MODEL", "VAE")),
     "DalleTextEncode": ({"text_encoder", "text"}, ("DALLE_TEXT_EMBEDS",)),
     "DallePriorSample": ({"prior", "positive", "seed", "steps", "guidance", "batch_size"}, ("DALLE_IMAGE_EMBEDS",)),
     "DalleDecoderSample": (
@@ -29,6 +29,8 @@ CONTRACT = {  # the node contract shared workflows rely on: id → (required inp
     "DalleVQGANDecode": ({"vqgan", "tokens"}, ("IMAGE",)),
     "DalleLoadUpscaler": ({"repo_id", "filename", "revision"}, ("UPSCALE_MODEL",)),
     "DalleGANUpscale": ({"upscale_model", "image", "tile", "overlap"}, ("IMAGE",)),
+    "DalleImageEmbedsToConditioning": ({"image_embeds"}, ("CONDITIONING", "CONDITIONING")),
+    "DalleLoadCLIPVision": ({"repo_id", "revision"}, ("CLIP_VISION", "CONDITIONING")),
 }
 
 
@@ -73,7 +75,7 @@ def test_decoder_defaults_follow_the_contract() -> None:
 @pytest.fixture()
 def models(tiny_prior_repo, tiny_decoder_repo):
     prior, text_encoder = call("DalleLoadPrior", repo_id=str(tiny_prior_repo), dtype="fp32")
-    decoder, vq_vae = call("DalleLoadDecoder", repo_id=str(tiny_decoder_repo), dtype="fp32")
+    decoder, vq_vae, _, _ = call("DalleLoadDecoder", repo_id=str(tiny_decoder_repo), dtype="fp32")
     return prior, text_encoder, decoder, vq_vae
 
 

@@ -39,7 +39,7 @@ def test_kandinsky22_generate_is_the_node_chain(tiny_prior_repo, tiny_decoder_re
     images = model.generate("a red fox", negative=negative, sampler=sampler, **settings)
 
     prior, text_encoder = NODES["DalleLoadPrior"]().load(str(tiny_prior_repo), "main", "fp32")
-    decoder, vq_vae = NODES["DalleLoadDecoder"]().load(str(tiny_decoder_repo), "main", "fp32")
+    decoder, vq_vae, _, _ = NODES["DalleLoadDecoder"]().load(str(tiny_decoder_repo), "main", "fp32")
     encode = NODES["DalleTextEncode"]().encode
     extra = {"negative": encode(text_encoder, negative)[0]} if negative else {}
     (embeds,) = NODES["DallePriorSample"]().sample(

@@ -1,0 +1,251 @@
+"""Kandinsky 2.2 as ComfyUI's own types: the UNet as a MODEL, MoVQ as a VAE, the prior repo's image tower as a
+CLIP_VISION. The one module beside runtime.py that touches ComfyUI's model classes (model_base, supported_models_base,
+latent_formats, sd.VAE, clip_vision, model_patcher); imported only inside ComfyUI.
+
+The MODEL and VAE wrap the very modules DALLE_DECODER and DALLE_VQ_VAE hold, under one ModelPatcher each, so the
+weights exist once and ComfyUI's memory manager moves them once. ComfyUI's internals are no stable API: what we use
+of them is checked on first use, and a mismatch names the ComfyUI version instead of failing deep in a sampler.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from ..engine.memory import fused_attention_on
+from ..models.movq import MoVQ
+from ..models.unet import KandinskyUNet
+from ..pipelines import kandinsky22_memory
+from ..pipelines.kandinsky22 import DECODER_SCHEDULER, LATENT_CHANNELS
+from ..pipelines.previews import RGBFactors
+from .conditioning import EMBEDS_KEY
+
+TESTED_WITH = "0.33"
+NO_EMBEDS = (
+    "This CONDITIONING carries no CLIP image embeddings for the Kandinsky 2.2 decoder (is it from a CLIP Text "
+    "Encode?). Make it with 'DALL·E Image Embeds To Conditioning', or add an image with unCLIPConditioning."
+)
+
+
+def comfyui_version() -> str:
+    try:
+        from comfyui_version import __version__
+    except ImportError:
+        return "of unknown version"
+    return __version__
+
+
+@contextmanager
+def comfyui_internals(what: str):
+    """Turn a missing or changed ComfyUI internal into one clear error naming the version."""
+    try:
+        yield
+    except (ImportError, AttributeError, TypeError) as error:
+        raise RuntimeError(
+            f"ComfyUI {comfyui_version()} differs from the ComfyUI {TESTED_WITH} dalle-nodes builds its {what} on "
+            f"({type(error).__name__}: {error}). Use our own DALL·E nodes, or update dalle-nodes."
+        ) from error
+
+
+with comfyui_internals("MODEL, VAE and CLIP_VISION"):
+    import comfy.clip_model
+    import comfy.clip_vision
+    import comfy.conds
+    import comfy.latent_formats
+    import comfy.model_base
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.ops
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.utils
+
+
+class MoVQLatent(comfy.latent_formats.LatentFormat):
+    """MoVQ latents: 4 channels, used unscaled (Kandinsky never applies MoVQ's scaling_factor)."""
+
+    scale_factor = 1.0
+    latent_channels = LATENT_CHANNELS
+
+    def __init__(self, rgb: RGBFactors | None = None):
+        if rgb is not None:
+            self.latent_rgb_factors, self.latent_rgb_factors_bias = rgb.factors, rgb.bias
+
+
+class Kandinsky22Config(comfy.supported_models_base.BASE):
+    """Kandinsky 2.2's decoder as a ComfyUI model config: epsilon prediction on the training betas, which are plain
+    linear (diffusers' "linear" is ComfyUI's "sqrt_linear"; ComfyUI's "linear" spaces the square roots)."""
+
+    unet_config = {"disable_unet_model_creation": True}  # the UNet is ours, built by our loader
+    unet_extra_config = {}
+    sampling_settings = {
+        "beta_schedule": "sqrt_linear",
+        "linear_start": DECODER_SCHEDULER["beta_start"],
+        "linear_end": DECODER_SCHEDULER["beta_end"],
+        "timesteps": DECODER_SCHEDULER["num_train_timesteps"],
+    }
+    latent_format = MoVQLatent
+    supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]
+
+    def inpaint_model(self) -> bool:
+        return self.unet_config["in_channels"] > LATENT_CHANNELS
+
+
+class Kandinsky22(comfy.model_base.BaseModel):
+    """ComfyUI's view of our KandinskyUNet: reads the image embeddings from the conditioning (ours, or core unCLIP
+    entries) and returns the noise prediction without the learned-variance channels."""
+
+    def __init__(self, config: Kandinsky22Config, unet: KandinskyUNet):
+        super().__init__(config, comfy.model_base.ModelType.EPS)
+        self.diffusion_model = unet
+        if config.inpaint_model():
+            # Kandinsky's inpaint UNet reads latents, masked-image latents, mask: ComfyUI puts c_concat after x.
+            self.concat_keys = ("masked_image", "mask")
+            self.blank_inpaint_image_like = torch.zeros_like
+
+    def get_dtype(self) -> torch.dtype:
+        return self.diffusion_model.conv_in.weight.dtype
+
+    def extra_conds(self, **kwargs) -> dict:
+        channels = kwargs["noise"].shape[1]
+        if channels != LATENT_CHANNELS:
+            raise ValueError(
+                f"The latent has {channels} channels; Kandinsky 2.2 samples MoVQ latents of {LATENT_CHANNELS} "
+                "(Empty Latent Image, VAE Encode with its VAE, or DALL·E VQ Encode)."
+            )
+        out = super().extra_conds(**kwargs)
+        out["image_embeds"] = comfy.conds.CONDRegular(self.image_embeds(kwargs))
+        return out
+
+    def image_embeds(self, conditioning: dict) -> torch.Tensor:
+        """[B, D] embeddings of one conditioning entry. unCLIP entries (core unCLIPConditioning) replace the entry's own
+        embedding: every image of every entry times its strength, summed, as core does for SD unCLIP. Their
+        noise_augmentation is ignored: Kandinsky's decoder has no noise augmentor and was trained on clean ones."""
+        unclip = conditioning.get("unclip_conditioning")
+        if unclip:
+            images = [(e["strength"], e["clip_vision_output"].image_embeds.float()) for e in unclip]
+            embeds = sum(strength * rows.sum(0, keepdim=True) for strength, rows in images)
+        elif conditioning.get(EMBEDS_KEY) is not None:
+            embeds = conditioning[EMBEDS_KEY]
+        else:
+            raise ValueError(NO_EMBEDS)
+        width = self.diffusion_model.config.image_embed_dim
+        if embeds.ndim != 2 or embeds.shape[1] != width:
+            raise ValueError(
+                f"The image embeddings are {tuple(embeds.shape)}; this decoder takes [B, {width}] (the CLIP ViT-bigG "
+                "image tower of the Kandinsky 2.2 prior repo). Other CLIP vision models do not fit it."
+            )
+        return embeds
+
+    def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kwargs):
+        sampling = self.model_sampling
+        model_in = sampling.calculate_input(t, x)
+        if c_concat is not None:
+            model_in = torch.cat([model_in, c_concat.to(model_in)], dim=1)
+        dtype = self.get_dtype()
+        timestep = sampling.timestep(t).float()
+        out = self.diffusion_model(model_in.to(dtype), timestep, kwargs["image_embeds"].to(x.device, dtype))
+        return sampling.calculate_denoised(t, out[:, :LATENT_CHANNELS].float(), x)  # ε; drop the variance half
+
+    def memory_required(self, input_shape, cond_shapes=None) -> float:
+        device = comfy.model_management.get_torch_device()
+        config = self.diffusion_model.config
+        rows, _, height, width = input_shape
+        return kandinsky22_memory.unet_step_bytes(
+            config, rows, height, width, self.get_dtype(), fused_attention=fused_attention_on(device)
+        )
+
+
+def model_patcher(unet: KandinskyUNet, rgb: RGBFactors) -> comfy.model_patcher.ModelPatcher:
+    """MODEL over `unet` itself (no copy). A plain ModelPatcher: our layers are torch's own, not the comfy.ops
+    layers ComfyUI's dynamic-VRAM patcher streams weights through."""
+    with comfyui_internals("MODEL output"):
+        config = Kandinsky22Config({**Kandinsky22Config.unet_config, "in_channels": unet.config.in_channels})
+        config.latent_format = MoVQLatent(rgb)
+        model = Kandinsky22(config, unet)
+        return comfy.model_patcher.ModelPatcher(
+            model,
+            load_device=comfy.model_management.get_torch_device(),
+            offload_device=comfy.model_management.unet_offload_device(),
+        )
+
+
+class MoVQVAE(comfy.sd.VAE):
+    """VAE over our MoVQ (no copy): ComfyUI's VAE with MoVQ as its first stage model. MoVQ.decode and .encode speak
+    the [-1, 1] pixels and unscaled latents ComfyUI's VAE expects."""
+
+    def __init__(self, movq: MoVQ):
+        # ComfyUI's constructor sets every default of this ComfyUI version, then finds no weights it knows in the
+        # empty dict and warns about it: silence that one warning, then hand it our MoVQ.
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            super().__init__(sd={})
+        finally:
+            logging.disable(previous)
+        param = next(movq.parameters())
+        self.first_stage_model = movq.eval()
+        self.latent_channels = movq.config.latent_channels
+        self.downscale_ratio = self.upscale_ratio = movq.scale
+        self.device = comfy.model_management.vae_device()
+        self.vae_dtype = param.dtype
+        self.output_device = comfy.model_management.intermediate_device()
+        self.memory_used_decode = self._activation_bytes(kandinsky22_memory.movq_decode_bytes, movq.scale)
+        self.memory_used_encode = self._activation_bytes(kandinsky22_memory.movq_encode_bytes, 1)
+        self.patcher = comfy.model_patcher.ModelPatcher(
+            movq, load_device=self.device, offload_device=comfy.model_management.vae_offload_device()
+        )
+        self.size = None
+        self.model_size()
+
+    def _activation_bytes(self, estimate: Callable, pixels_per_unit: int) -> Callable:
+        """ComfyUI's per-image memory estimate from our own: shape is [B, C, h, w] latents or pixels."""
+        config, fused = self.first_stage_model.config, fused_attention_on(self.device)
+        return lambda shape, dtype: estimate(
+            config, shape[2] * pixels_per_unit, shape[3] * pixels_per_unit, dtype, fused_attention=fused
+        )
+
+    def _check_latent(self, samples: torch.Tensor) -> None:
+        if samples.ndim != 4 or samples.shape[1] != self.latent_channels:
+            raise ValueError(
+                f"The latent has shape {tuple(samples.shape)}; the Kandinsky 2.2 MoVQ decodes [B, "
+                f"{self.latent_channels}, h, w] latents. Decode other models' latents with their own VAE."
+            )
+
+    def decode(self, samples_in, vae_options=None):
+        self._check_latent(samples_in)
+        return super().decode(samples_in, vae_options or {})
+
+    def decode_tiled(self, samples, *args, **kwargs):
+        self._check_latent(samples)
+        return super().decode_tiled(samples, *args, **kwargs)
+
+
+def vae(movq: MoVQ) -> MoVQVAE:
+    with comfyui_internals("VAE output"):
+        return MoVQVAE(movq)
+
+
+def clip_vision(weights: Path) -> comfy.clip_vision.ClipVisionModel:
+    """CLIP_VISION from the prior repo's image tower (`weights`, its config.json beside it), at any size. Core's Load
+    CLIP Vision takes the real file too, but picks its config by layer count: the full-size tower only."""
+    with comfyui_internals("CLIP_VISION output"):
+        config = json.loads((weights.parent / "config.json").read_text(encoding="utf-8"))
+        model = comfy.clip_vision.ClipVisionModel(config)
+        missing, _ = model.load_sd(comfy.utils.load_torch_file(str(weights), safe_load=True))
+    if missing:
+        raise RuntimeError(f"The CLIP image encoder '{weights}' lacks {len(missing)} tensors, e.g. {missing[:3]}.")
+    return model
+
+
+def zero_image_embed(model: comfy.clip_vision.ClipVisionModel) -> torch.Tensor:
+    """[1, D] embedding of the all-zero (normalized) image: the decoder's negative in the reference pipeline."""
+    comfy.model_management.load_model_gpu(model.patcher)
+    pixels = torch.zeros(1, 3, model.image_size, model.image_size, device=model.load_device)
+    with torch.inference_mode():
+        return model.model(pixel_values=pixels)[2].float().to(comfy.model_management.intermediate_device())
