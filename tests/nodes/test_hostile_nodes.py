@@ -29,7 +29,7 @@ def call(node_id: str, **inputs):
 @pytest.fixture(scope="module")
 def kandinsky(tiny_prior_repo, tiny_decoder_repo) -> dict:
     prior, text_encoder = call("DalleLoadPrior", repo_id=str(tiny_prior_repo), dtype="fp32")
-    decoder, vq_vae = call("DalleLoadDecoder", repo_id=str(tiny_decoder_repo), dtype="fp32")
+    decoder, vq_vae, *_ = call("DalleLoadDecoder", repo_id=str(tiny_decoder_repo), dtype="fp32")
     (image_encoder,) = call("DalleLoadImageEncoder", repo_id=str(tiny_prior_repo), dtype="fp32")
     (positive,) = call("DalleTextEncode", text_encoder=text_encoder, text="a red fox")
     width = decoder.unet.module.config.image_embed_dim
