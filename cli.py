@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import argparse
 import io
-import re
 import sys
 from pathlib import Path
 from typing import NoReturn
 
 from .engine import files
-from .engine.hub import source_from_input
+from .engine.hub import error_summary, source_from_input
 from .pipelines import sampling
 from .pipelines.dalle_mini import REPO as MINI_REPO
 from .pipelines.kandinsky22 import DECODER_REPO, PRIOR_REPO
 from .pipelines.upscale import PRESETS
 
 MODELS = ("kandinsky22", "mega", "mini")
-ANSI_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 class Parser(argparse.ArgumentParser):
@@ -127,15 +125,11 @@ def generate(args: argparse.Namespace) -> list[Path]:
     return written
 
 
-def one_line(error: BaseException) -> str:
-    """An error's message as one plain line: no terminal colour codes, no line breaks."""
-    return " ".join(ANSI_CODES.sub("", str(error) or type(error).__name__).split())
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes of generate: 0 done; 2 bad input (a setting, the output path, a checkpoint); 3 a file or network
-    error (reading, writing, downloading); 1 out of memory; 130 stopped with Ctrl-C (no file is left half-written).
-    The queue command documents its own."""
+    """Exit codes of generate: 0 done; 2 bad input (a setting, the output path, a repo or checkpoint: not found, not
+    downloaded, damaged or unreadable); 3 a file error while running (disk full, a file that cannot be written);
+    1 out of memory, or an internal error (with its traceback); 130 stopped with Ctrl-C (no file is left
+    half-written). The queue command documents its own."""
     args = parse_args(argv)
     if args.command == "queue":
         from .client.queue_workflow import queue_workflow
@@ -150,11 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: stopped with Ctrl-C; no file was left half-written.", file=sys.stderr)
         return 130
     except ValueError as error:  # our checks, CheckpointError and OutputError
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        print(f"error: {error_summary(error)}", file=sys.stderr)
         return 2
     except OSError as error:
         where = f" ({error.filename})" if error.filename else ""
-        print(f"error: {one_line(error) if not error.strerror else error.strerror}{where}", file=sys.stderr)
+        print(f"error: {error_summary(error) if not error.strerror else error.strerror}{where}", file=sys.stderr)
         return 3
     except (RuntimeError, MemoryError) as error:
         if not (isinstance(error, MemoryError) or is_out_of_memory(error)):

@@ -59,6 +59,7 @@ def write_file(path: Path, content: bytes, overwrite: bool) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; an output file gets the usual mode
         # Whole bytes through Python's file object: a short write (full disk, file-size limit) raises there, where
         # an encoder writing to the descriptor itself (PIL's) may stop short without a word.
         with os.fdopen(handle, "wb") as file:
@@ -100,6 +101,12 @@ def _move_to_free_name(temporary: Path, path: Path) -> Path:
             raise
         return target
     raise OutputError(f"No free name left beside '{path}'.")
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
 
 
 def _nearest_existing(folder: Path) -> Path:

@@ -20,12 +20,13 @@ import torch
 from ..engine.memory import fused_attention_on
 from ..models.movq import MoVQ
 from ..models.unet import KandinskyUNet
-from ..pipelines import kandinsky22_memory
-from ..pipelines.kandinsky22 import DECODER_SCHEDULER, LATENT_CHANNELS
+from ..pipelines import checks, kandinsky22, kandinsky22_memory
+from ..pipelines.kandinsky22 import DECODER_SCHEDULER, LATENT_CHANNELS, LATENT_SCALE
 from ..pipelines.previews import RGBFactors
 from .conditioning import EMBEDS_KEY
 
 TESTED_WITH = "0.33"
+ENCODERS = "Empty Latent Image, VAE Encode with this VAE, or DALL·E VQ Encode"
 NO_EMBEDS = (
     "This CONDITIONING carries no CLIP image embeddings for the Kandinsky 2.2 decoder (is it from a CLIP Text "
     "Encode?). Make it with 'DALL·E Image Embeds To Conditioning', or add an image with unCLIPConditioning."
@@ -53,14 +54,12 @@ def comfyui_internals(what: str):
 
 
 with comfyui_internals("MODEL, VAE and CLIP_VISION"):
-    import comfy.clip_model
     import comfy.clip_vision
     import comfy.conds
     import comfy.latent_formats
     import comfy.model_base
     import comfy.model_management
     import comfy.model_patcher
-    import comfy.ops
     import comfy.sd
     import comfy.supported_models_base
     import comfy.utils
@@ -104,20 +103,33 @@ class Kandinsky22(comfy.model_base.BaseModel):
         super().__init__(config, comfy.model_base.ModelType.EPS)
         self.diffusion_model = unet
         if config.inpaint_model():
-            # Kandinsky's inpaint UNet reads latents, masked-image latents, mask: ComfyUI puts c_concat after x.
-            self.concat_keys = ("masked_image", "mask")
+            # Kandinsky's inpaint UNet reads latents, masked-image latents, mask (ComfyUI puts c_concat after x), and
+            # its mask is 1 where the picture is kept: the inverse of ComfyUI's denoise mask.
+            self.concat_keys = ("masked_image", "mask_inverted")
             self.blank_inpaint_image_like = torch.zeros_like
+
+    def concat_cond(self, **kwargs) -> torch.Tensor | None:
+        cond = super().concat_cond(**kwargs)
+        if cond is None:
+            return None
+        # Kandinsky zeroes the repainted region of the image latent (diffusers: masked_image = image * mask); core's
+        # conditioning fills that region with grey before encoding it.
+        image, keep = cond[:, :LATENT_CHANNELS], cond[:, LATENT_CHANNELS:]
+        return torch.cat([image * keep, keep], dim=1)
 
     def get_dtype(self) -> torch.dtype:
         return self.diffusion_model.conv_in.weight.dtype
 
     def extra_conds(self, **kwargs) -> dict:
-        channels = kwargs["noise"].shape[1]
-        if channels != LATENT_CHANNELS:
+        noise = checks.check_latent({"samples": kwargs["noise"]}, LATENT_CHANNELS, "Kandinsky 2.2 (MoVQ)", ENCODERS)
+        height, width = noise.shape[2:]
+        try:
+            kandinsky22.latent_size(width * LATENT_SCALE, height * LATENT_SCALE)
+        except ValueError as error:
             raise ValueError(
-                f"The latent has {channels} channels; Kandinsky 2.2 samples MoVQ latents of {LATENT_CHANNELS} "
-                "(Empty Latent Image, VAE Encode with its VAE, or DALL·E VQ Encode)."
-            )
+                f"The latent is {width}x{height}, an image of {width * LATENT_SCALE}x{height * LATENT_SCALE} px: "
+                f"the decoder cannot sample that size. {error}"
+            ) from None
         out = super().extra_conds(**kwargs)
         out["image_embeds"] = comfy.conds.CONDRegular(self.image_embeds(kwargs))
         return out
@@ -134,12 +146,7 @@ class Kandinsky22(comfy.model_base.BaseModel):
             embeds = conditioning[EMBEDS_KEY]
         else:
             raise ValueError(NO_EMBEDS)
-        width = self.diffusion_model.config.image_embed_dim
-        if embeds.ndim != 2 or embeds.shape[1] != width:
-            raise ValueError(
-                f"The image embeddings are {tuple(embeds.shape)}; this decoder takes [B, {width}] (the CLIP ViT-bigG "
-                "image tower of the Kandinsky 2.2 prior repo). Other CLIP vision models do not fit it."
-            )
+        checks.check_embeds(embeds, self.diffusion_model.config.image_embed_dim)
         return embeds
 
     def _apply_model(self, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options=None, **kwargs):
@@ -182,12 +189,12 @@ class MoVQVAE(comfy.sd.VAE):
     def __init__(self, movq: MoVQ):
         # ComfyUI's constructor sets every default of this ComfyUI version, then finds no weights it knows in the
         # empty dict and warns about it: silence that one warning, then hand it our MoVQ.
-        previous = logging.root.manager.disable
-        logging.disable(logging.WARNING)
+        quiet = _Without("No VAE weights detected")
+        logging.root.addFilter(quiet)
         try:
             super().__init__(sd={})
         finally:
-            logging.disable(previous)
+            logging.root.removeFilter(quiet)
         param = next(movq.parameters())
         self.first_stage_model = movq.eval()
         self.latent_channels = movq.config.latent_channels
@@ -211,11 +218,7 @@ class MoVQVAE(comfy.sd.VAE):
         )
 
     def _check_latent(self, samples: torch.Tensor) -> None:
-        if samples.ndim != 4 or samples.shape[1] != self.latent_channels:
-            raise ValueError(
-                f"The latent has shape {tuple(samples.shape)}; the Kandinsky 2.2 MoVQ decodes [B, "
-                f"{self.latent_channels}, h, w] latents. Decode other models' latents with their own VAE."
-            )
+        checks.check_latent({"samples": samples}, self.latent_channels, "Kandinsky 2.2 (MoVQ)", "this VAE's encode")
 
     def decode(self, samples_in, vae_options=None):
         self._check_latent(samples_in)
@@ -224,6 +227,17 @@ class MoVQVAE(comfy.sd.VAE):
     def decode_tiled(self, samples, *args, **kwargs):
         self._check_latent(samples)
         return super().decode_tiled(samples, *args, **kwargs)
+
+
+class _Without(logging.Filter):
+    """Drops the log records that carry one message, and only those."""
+
+    def __init__(self, message: str):
+        super().__init__()
+        self.message = message
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.message not in str(record.msg)
 
 
 def vae(movq: MoVQ) -> MoVQVAE:

@@ -537,6 +537,11 @@ def decoder_start(
         if schedule.start:
             raise ValueError("denoise below 1 needs a starting latent: connect one (e.g. from DALL·E VQ Encode).")
         return sampling.initial_noise((rows, LATENT_CHANNELS, *size), schedule, generator, device, dtype)
+    if isinstance(latent, dict) and latent.get("noise_mask") is not None:  # not sampled whole without a word
+        raise ValueError(
+            "This LATENT carries a noise mask, which DALL·E Decoder Sample does not use: sample it with KSampler "
+            "and the loader's MODEL, or remove Set Latent Noise Mask."
+        )
     samples = movq_latents(latent)
     height, width = samples.shape[2:]
     try:

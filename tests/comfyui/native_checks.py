@@ -148,7 +148,7 @@ results["vae_decode_error"] = float((comfy_pixels - our_pixels).abs().max())
 tiled = vae.decode_tiled(latent, tile_x=8, tile_y=8, overlap=2)
 results["tiled_shape"] = list(tiled.shape)
 results["tiled_vs_whole"] = float((tiled - comfy_pixels).abs().max())
-image = torch.rand(1, 64, 96, 3)
+image = torch.rand(1, 64, 128, 3)
 results["vae_encode_error"] = float(
     (vae.encode(image) - DalleVQEncode().encode(vq_vae, image)[0]["samples"]).abs().max()
 )
@@ -179,8 +179,9 @@ for sampler_name, scheduler in [("ddim", "ddim_uniform")]:
         "seconds": seconds,
     }
 
-# Inpaint-ready: a 9-channel UNet reads latents, masked-image latents, mask (Kandinsky's order) from the
-# concat_latent_image / concat_mask entries core InpaintModelConditioning adds.
+# Inpaint-ready: a 9-channel UNet reads latents, masked-image latents, mask (Kandinsky's order and polarity: 1 = keep,
+# the masked latent zero where it is repainted) from the concat_latent_image / concat_mask entries core
+# InpaintModelConditioning adds (its mask: 1 = repaint).
 from dalle_nodes.models.unet import KandinskyUNet, UNetConfig  # noqa: E402
 from dalle_nodes.nodes import comfy_native  # noqa: E402
 from dalle_nodes.pipelines.previews import RGBFactors  # noqa: E402
@@ -198,8 +199,8 @@ model = saved_model
 extra = seen_inputs[0][:, 4:]
 results["inpaint_concat"] = {
     "channels": int(seen_inputs[0].shape[1]),
-    "masked_latent_error": float((extra[:, :4] - masked_latent).abs().max()),
-    "mask_error": float((extra[:, 4:] - mask[:, None]).abs().max()),
+    "masked_latent_error": float((extra[:, :4] - masked_latent * (1 - mask[:, None])).abs().max()),
+    "mask_error": float((extra[:, 4:] - (1 - mask[:, None])).abs().max()),
 }
 
 # CLIP vision: core's loader on the real file's layout (meta tensors), and ours on the tiny file.

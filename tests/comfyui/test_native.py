@@ -88,7 +88,7 @@ def test_inpaint_unet_reads_kandinsky_channel_order(checks) -> None:
 def test_bad_inputs_give_clear_errors(checks) -> None:
     assert "carries no CLIP image embeddings" in checks["text_conditioning_error"]
     assert "The latent has 16 channels" in checks["channels_error"]
-    assert "MoVQ decodes [B, 4, h, w] latents" in checks["vae_channels_error"]
+    assert "The latent has 16 channels, but Kandinsky 2.2 (MoVQ) latents have 4" in checks["vae_channels_error"]
 
 
 def test_clip_vision(checks) -> None:

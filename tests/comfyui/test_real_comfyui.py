@@ -449,4 +449,4 @@ def test_vae_decode_of_another_models_latent_is_a_clear_error(comfyui) -> None:
     entry = comfyui.run(graph)
     (error,) = errors(entry)
     assert error["node_type"] == "VAEDecode" and error["exception_type"].endswith("ValueError"), why(entry)
-    assert "the Kandinsky 2.2 MoVQ decodes [B, 4, h, w] latents" in error["exception_message"]
+    assert "The latent has 16 channels, but Kandinsky 2.2 (MoVQ) latents have 4" in error["exception_message"]

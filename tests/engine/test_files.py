@@ -74,3 +74,12 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_temporary(tmp_path, mon
 def test_numbered_names() -> None:
     assert files.numbered(Path("a/fox.png"), 1) == [Path("a/fox.png")]
     assert files.numbered(Path("a/fox.png"), 2) == [Path("a/fox_1.png"), Path("a/fox_2.png")]
+
+
+def test_files_get_the_usual_mode_not_a_private_one(tmp_path) -> None:
+    old = os.umask(0o022)
+    try:
+        path = files.write_file(tmp_path / "fox.png", b"new", overwrite=False)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
