@@ -10,6 +10,7 @@ from pathlib import Path
 from .pipelines import sampling
 from .pipelines.dalle_mini import REPO as MINI_REPO
 from .pipelines.kandinsky22 import DECODER_REPO, PRIOR_REPO
+from .pipelines.rerank import CLIP_REPO
 from .pipelines.upscale import PRESETS
 
 MODELS = ("kandinsky22", "mega", "mini")
@@ -28,6 +29,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     gen.add_argument("--batch-size", type=int, default=1)
     gen.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
     gen.add_argument("--upscale", choices=list(PRESETS), default=None, help="GAN-upscale the result with this preset")
+    gen.add_argument(
+        "--best-of",
+        type=int,
+        default=None,
+        metavar="N",
+        help="sample N images, keep the --batch-size best by CLIP score",
+    )
+    gen.add_argument(
+        "--clip",
+        default=None,
+        help=f"CLIP repo id or local folder for --best-of (default: {CLIP_REPO}; Kandinsky: the prior's own towers)",
+    )
     k22 = gen.add_argument_group("kandinsky22")
     k22.add_argument("--negative", default=None, help="negative prompt")
     k22.add_argument("--steps", type=int, default=50, help="decoder steps")
@@ -61,6 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def generate(args: argparse.Namespace) -> list[Path]:
     from .pipelines import DalleMini, Kandinsky22, Upscaler, dalle_mini, kandinsky22
+    from .pipelines.rerank import SCORE_KEY, Ranker
 
     if args.model == "kandinsky22":
         request = kandinsky22.Request(
@@ -75,9 +89,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
             height=args.height,
             batch_size=args.batch_size,
             sampler=args.sampler,
+            best_of=args.best_of,
         )
-        print(f"Loading {args.prior} and {args.decoder} …", file=sys.stderr)
-        images = Kandinsky22.load(prior=args.prior, decoder=args.decoder, dtype=args.dtype).run(request)
     else:
         request = dalle_mini.Request(
             args.prompt,
@@ -86,9 +99,20 @@ def generate(args: argparse.Namespace) -> list[Path]:
             top_k=args.top_k,
             temperature=args.temperature,
             supercondition=args.supercondition,
+            best_of=args.best_of,
         )
+    ranker = None  # Kandinsky ranks with its prior's own CLIP towers unless --clip says otherwise
+    if args.best_of is not None and (args.clip or args.model != "kandinsky22"):
+        print(f"Loading CLIP from {args.clip or CLIP_REPO} …", file=sys.stderr)  # first: smaller, fails sooner
+        ranker = Ranker.load(args.clip or CLIP_REPO, dtype=args.dtype)
+    if args.model == "kandinsky22":
+        print(f"Loading {args.prior} and {args.decoder} …", file=sys.stderr)
+        model = Kandinsky22.load(prior=args.prior, decoder=args.decoder, dtype=args.dtype)
+    else:
         print(f"Loading DALL·E {args.model} from {args.repo} …", file=sys.stderr)
-        images = DalleMini.load(repo=args.repo, variant=args.model, dtype=args.dtype).run(request)
+        model = DalleMini.load(repo=args.repo, variant=args.model, dtype=args.dtype)
+    images = model.run(request, ranker)
+    scores = [image.info.get(SCORE_KEY) for image in images]  # read before upscaling makes new images
     if args.upscale:
         print(f"Upscaling with {args.upscale} …", file=sys.stderr)
         images = Upscaler.load(args.upscale).upscale(images)
@@ -98,9 +122,9 @@ def generate(args: argparse.Namespace) -> list[Path]:
         else [args.output.with_name(f"{args.output.stem}_{i + 1}{args.output.suffix}") for i in range(len(images))]
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    for path, image in zip(paths, images, strict=True):
+    for path, image, score in zip(paths, images, scores, strict=True):
         image.save(path)
-        print(path)
+        print(path if score is None else f"{path}\t{score:.4f}")
     return paths
 
 

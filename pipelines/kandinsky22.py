@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +25,6 @@ from ..engine.hub import (
     TRANSFORMERS_WEIGHTS,
     CheckpointError,
     ConsoleDownload,
-    MissingFile,
     Source,
     cache_folder,
     default_store,
@@ -35,7 +34,6 @@ from ..engine.hub import (
     load_strict,
     read_state_dict,
     source_from_input,
-    verify_safetensors,
 )
 from ..engine.images import to_pil
 from ..models import clip
@@ -43,8 +41,10 @@ from ..models.clip import TextEmbeds
 from ..models.movq import MoVQ, MoVQConfig
 from ..models.prior import PriorConfig, PriorTransformer
 from ..models.unet import KandinskyUNet, UNetConfig
-from . import sampling
+from . import rerank, sampling
 from .checks import MAX_SEED, check_prompt, check_range
+from .clip_loading import clip_model, clip_processor, clip_tokenizer, fetch_tokenizer
+from .rerank import Ranker
 from .vq_decode import movq_decode
 
 if TYPE_CHECKING:  # transformers takes seconds to import: ComfyUI's start-up should not pay for it
@@ -59,10 +59,6 @@ LATENT_CHANNELS = 4
 MIN_SIZE, MAX_SIZE, SIZE_STEP = 64, 4096, 64  # pixels; MoVQ downsamples by 8 and the UNet by 8 more
 MAX_BATCH = 64
 MAX_GUIDANCE = 100.0
-# The CLIP tokenizer reads vocab.json and merges.txt; the other two hold settings it otherwise takes as defaults
-# (transformers 5's save_pretrained no longer writes special_tokens_map.json).
-TOKENIZER_FILES = ("vocab.json", "merges.txt")
-OPTIONAL_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 # Files each loader asks the Hub for (configs counted each time they are read), for "file k of n" in download bars;
 # tests/pipelines/test_api.py holds them to the loaders.
 NO_NEGATIVE_HINT = " (For no negative prompt, leave the prior's negative input unconnected.)"
@@ -165,68 +161,20 @@ def load_movq(source: Source, dtype: torch.dtype) -> MoVQ:
 TEXT_TOWER, IMAGE_TOWER = "CLIP text encoder", "CLIP image encoder"
 
 
-def _clip_model(class_name: str, folder: Path, dtype: torch.dtype, what: str):
-    """A transformers CLIP tower from its folder, every key checked; problems become CheckpointErrors."""
-    import transformers
-    from transformers.utils import logging as transformers_logging
-
-    cls = getattr(transformers, class_name)
-    for weights in folder.glob("*.safetensors"):
-        verify_safetensors(weights)
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()  # we report key problems ourselves, as errors
-    try:
-        model, info = cls.from_pretrained(folder, torch_dtype=dtype, output_loading_info=True, use_safetensors=None)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"The {what} in '{folder}' could not be loaded: {error}") from error
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    if problems:
-        listed = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, list(v)[:3]))}" for k, v in problems.items())
-        raise CheckpointError(f"The {what} in '{folder}' does not match its config ({listed}).")
-    return model.eval().requires_grad_(False)
-
-
-def _clip_tokenizer(folder: Path) -> CLIPTokenizer:
-    from transformers import CLIPTokenizer
-
-    try:
-        return CLIPTokenizer.from_pretrained(folder)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"The CLIP tokenizer in '{folder}' could not be loaded: {error}") from error
-
-
-def _clip_processor(folder: Path) -> CLIPImageProcessor:
-    """CLIP's own preprocessing (resize the short side to 224, center crop, normalize) from image_processor/."""
-    from transformers import CLIPImageProcessor
-
-    try:
-        return CLIPImageProcessor.from_pretrained(folder)
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"The CLIP image processor in '{folder}' could not be loaded: {error}") from error
-
-
 def load_text_encoder(source: Source, dtype: torch.dtype) -> tuple[CLIPTokenizer, CLIPTextModelWithProjection]:
     """The prior repo's CLIP tokenizer and text tower."""
     fetch_config(source, "text_encoder", expect="CLIPTextModelWithProjection")
     folder = fetch_weights(source, "text_encoder", TRANSFORMERS_WEIGHTS).parent
-    for name in TOKENIZER_FILES:  # the tokenizer reads its whole folder: fetch what it needs first
-        tokenizer_folder = fetch_file(source, "tokenizer", name).parent
-    for name in OPTIONAL_TOKENIZER_FILES:
-        try:
-            fetch_file(source, "tokenizer", name)
-        except MissingFile:
-            pass
-    return _clip_tokenizer(tokenizer_folder), _clip_model("CLIPTextModelWithProjection", folder, dtype, TEXT_TOWER)
+    tokenizer = clip_tokenizer(fetch_tokenizer(source, "tokenizer"))
+    return tokenizer, clip_model("CLIPTextModelWithProjection", folder, dtype, TEXT_TOWER)
 
 
 def load_image_encoder(source: Source, dtype: torch.dtype) -> tuple[CLIPImageProcessor, CLIPVisionModelWithProjection]:
     """The prior repo's CLIP image preprocessing and ViT-bigG image tower."""
     fetch_config(source, "image_encoder", expect="CLIPVisionModelWithProjection")
     folder = fetch_weights(source, "image_encoder", TRANSFORMERS_WEIGHTS).parent
-    processor = _clip_processor(fetch_file(source, "image_processor", "preprocessor_config.json").parent)
-    return processor, _clip_model("CLIPVisionModelWithProjection", folder, dtype, IMAGE_TOWER)
+    processor = clip_processor(fetch_file(source, "image_processor", "preprocessor_config.json").parent)
+    return processor, clip_model("CLIPVisionModelWithProjection", folder, dtype, IMAGE_TOWER)
 
 
 def _zero_embed_key(weights: Path, dtype: torch.dtype) -> str:
@@ -251,7 +199,7 @@ def zero_image_embed(
     if path.is_file():
         return load_file(path)["embed"]
     with torch.inference_mode():
-        encoder = _clip_model("CLIPVisionModelWithProjection", weights.parent, dtype, IMAGE_TOWER)
+        encoder = clip_model("CLIPVisionModelWithProjection", weights.parent, dtype, IMAGE_TOWER)
         embed = clip.zero_image_embed(place(encoder)).float().cpu()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -493,6 +441,8 @@ class Kandinsky22:
     unet: KandinskyUNet
     movq: MoVQ
     zero_embed: torch.Tensor
+    prior_source: Source | None = None  # for the image tower, which best_of ranks with (loaded on its first use)
+    default_ranker: Ranker | None = field(default=None, repr=False)
 
     @classmethod
     def load(
@@ -520,51 +470,80 @@ class Kandinsky22:
             placed(load_unet(decoder_source, torch_dtype)),
             placed(load_movq(decoder_source, torch_dtype)),
             zero,
+            prior_source,
         )
 
-    def generate(self, prompt: str, **settings) -> list[Image.Image]:
+    def generate(self, prompt: str, ranker: Ranker | None = None, **settings) -> list[Image.Image]:
         """Text → images; `settings` are those of `Request` (negative, seed, steps, prior_steps, guidance,
-        prior_guidance, width, height, batch_size, sampler, karras), all checked before any work."""
-        return self.run(Request(prompt, **settings))
+        prior_guidance, width, height, batch_size, sampler, karras, best_of), all checked before any work.
 
-    def run(self, request: Request) -> list[Image.Image]:
-        """The node chain Text Encode → Prior Sample → Decoder Sample → VQ Decode, as it runs for the same seed."""
+        With best_of, the batch_size images CLIP ranks highest of best_of samples, best first, each with its score in
+        `image.info["clip_score"]`; `ranker` (rerank.Ranker) defaults to the prior repo's own CLIP towers (no other
+        download; the image tower, 3.4 GiB in bf16, stays loaded beside the others)."""
+        return self.run(Request(prompt, **settings), ranker)
+
+    def run(self, request: Request, ranker: Ranker | None = None) -> list[Image.Image]:
+        """The node chain Text Encode → Prior Sample → Decoder Sample → VQ Decode (→ CLIP Rerank with best_of), as it
+        runs for the same seed."""
+        images = self.sample(request)
+        if request.best_of is None:
+            return to_pil(images)
+        ranker = ranker or self.prior_ranker()
+        return rerank.scored_pil(rerank.rerank(ranker, images, request.prompt, request.batch_size))
+
+    def prior_ranker(self) -> Ranker:
+        """The prior repo's CLIP text and image towers as a ranker; the image tower loads on the first call."""
+        if self.default_ranker is None:
+            if self.prior_source is None:
+                raise ValueError(
+                    "best_of needs a ranker: pass one (rerank.Ranker), or make this with Kandinsky22.load."
+                )
+            processor, image_encoder = load_image_encoder(self.prior_source, self.text_encoder.dtype)
+            image_encoder.to(self.text_encoder.device)
+            self.default_ranker = Ranker(self.tokenizer, processor, lambda: self.text_encoder, lambda: image_encoder)
+        return self.default_ranker
+
+    def sample(self, request: Request) -> torch.Tensor:
+        """Every image the request draws, as IMAGE [N, H, W, 3] on the CPU: best_of of them in batches of batch_size
+        (the prior's and the decoder's generators run on through the batches: the first batch is the one without
+        best_of), else batch_size."""
         store = torch.device("cpu")
         text_encoder = lambda: self.text_encoder  # noqa: E731
         positive = encode_prompt(self.tokenizer, text_encoder, request.prompt, store)
         negative = encode_prompt(self.tokenizer, text_encoder, request.negative, store) if request.negative else None
-        bar = console_progress(request.prior_steps + request.steps, "Kandinsky 2.2")
+        sizes = rerank.batches(request.best_of or request.batch_size, request.batch_size)
+        bar = console_progress((request.prior_steps + request.steps) * len(sizes), "Kandinsky 2.2")
         step = lambda i, total, x: bar.update()  # noqa: E731
+        prior_generator = torch.Generator().manual_seed(request.seed)
+        decoder_generator = torch.Generator().manual_seed(request.seed)
+        images = []
         try:
-            embeds, negative_image = prior_sample(
-                lambda: self.prior,
-                positive,
-                negative,
-                request.batch_size,
-                request.prior_guidance,
-                request.prior_schedule,
-                torch.Generator().manual_seed(request.seed),
-                step,
-            )
-            if negative_image is None:
-                negative_image = self.zero_embed.expand(request.batch_size, -1)
-            image_embeds = ImageEmbeds(embeds.float(), negative_image.float().to(embeds.device))
-            generator = torch.Generator().manual_seed(request.seed)
-            param = next(self.unet.parameters())
-            size, schedule = request.latent_size, request.decoder_schedule
-            x = decoder_start(image_embeds, schedule, size, None, generator, param.device, param.dtype)
-            latents = decoder_sample(
-                lambda: self.unet,
-                image_embeds,
-                x,
-                schedule,
-                request.guidance,
-                generator,
-                step,
-            )
+            for size in sizes:
+                embeds, negative_image = prior_sample(
+                    lambda: self.prior,
+                    positive,
+                    negative,
+                    size,
+                    request.prior_guidance,
+                    request.prior_schedule,
+                    prior_generator,
+                    step,
+                )
+                if negative_image is None:
+                    negative_image = self.zero_embed.expand(size, -1)
+                image_embeds = ImageEmbeds(embeds.float(), negative_image.float().to(embeds.device))
+                param = next(self.unet.parameters())
+                schedule = request.decoder_schedule
+                x = decoder_start(
+                    image_embeds, schedule, request.latent_size, None, decoder_generator, param.device, param.dtype
+                )
+                latents = decoder_sample(
+                    lambda: self.unet, image_embeds, x, schedule, request.guidance, decoder_generator, step
+                )
+                images.append(movq_decode(self.movq, latents, PLAIN, store))
         finally:
             bar.close()
-        return to_pil(movq_decode(self.movq, latents, PLAIN, store))
+        return torch.cat(images)
 
 
 @dataclass(frozen=True)
@@ -583,6 +562,7 @@ class Request:
     batch_size: int = 1
     sampler: str = "ddpm"
     karras: bool = False
+    best_of: int | None = None  # sample this many, keep the batch_size best by CLIP score
 
     def __post_init__(self) -> None:
         check_prompt(self.prompt)
@@ -592,6 +572,7 @@ class Request:
         for name in ("guidance", "prior_guidance"):
             check_range(name, getattr(self, name), 0.0, MAX_GUIDANCE)
         check_range("batch_size", self.batch_size, 1, MAX_BATCH)
+        rerank.check_best_of(self.best_of, self.batch_size)
         self.prior_schedule, self.decoder_schedule, self.latent_size  # noqa: B018  (built now: they check the rest)
 
     @cached_property
