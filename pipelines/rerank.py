@@ -10,6 +10,7 @@ would not change the order anyway.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -163,26 +164,37 @@ def score(ranker: Ranker, images: torch.Tensor, text: str, host: Host = PLAIN) -
         image_embeds = _image_features(ranker, images, host)
     text_embed = text_embed / text_embed.norm(dim=-1, keepdim=True)
     image_embeds = image_embeds / image_embeds.norm(dim=-1, keepdim=True)
-    return (image_embeds @ text_embed.T)[:, 0] * scale  # the order of transformers' logits_per_image
+    # row by row rather than one matmul, whose blocking may round equal rows differently
+    return (image_embeds * text_embed).sum(dim=-1) * scale
 
 
 def _image_features(ranker: Ranker, images: torch.Tensor, host: Host) -> torch.Tensor:
     """[B, D] float32 image embeddings on the CPU, IMAGE_CHUNK images a pass; after an out-of-memory error the rest
-    goes in halved chunks."""
+    goes in halved chunks. Identical images are embedded once: batched kernels may round two copies differently, and
+    equal images must score equally for ties to keep their order."""
+    slots: dict[bytes, int] = {}
+    firsts, owners = [], []  # the first of each set of identical images; each image's set
+    for index, image in enumerate(images):
+        key = hashlib.sha1(image.contiguous().cpu().numpy().tobytes()).digest()
+        if key not in slots:
+            slots[key] = len(firsts)
+            firsts.append(index)
+        owners.append(slots[key])
     tower = ranker.image_tower()
-    chunk, parts = IMAGE_CHUNK, []
-    while sum(map(len, parts)) < images.shape[0]:
+    chunk, parts, done = IMAGE_CHUNK, [], 0
+    while done < len(firsts):
         host.check_interrupt()
-        start = sum(map(len, parts))
-        pixels = clip.pixel_values(ranker.processor, images[start : start + chunk])
+        pixels = clip.pixel_values(ranker.processor, images[firsts[done : done + chunk]])
         try:
             parts.append(clip.image_features(tower, pixels).float().cpu())
         except RuntimeError as error:  # torch.OutOfMemoryError is one
-            if chunk == 1 or not host.is_out_of_memory(error):
+            if pixels.shape[0] == 1 or not host.is_out_of_memory(error):
                 raise
             host.free_cache()
-            chunk //= 2
-    return torch.cat(parts)
+            chunk = pixels.shape[0] // 2
+            continue
+        done += pixels.shape[0]
+    return torch.cat(parts)[owners]
 
 
 def best_first(scores: torch.Tensor, keep: int) -> torch.Tensor:
