@@ -28,6 +28,8 @@ CONTRACT = {  # the node contract shared workflows rely on: id → (required inp
     ),
     "DalleVQGANDecode": ({"vqgan", "tokens"}, ("IMAGE",)),
     "DalleLoadUpscaler": ({"repo_id", "filename", "revision"}, ("UPSCALE_MODEL",)),
+    "DalleLoadCLIP": ({"repo_id", "revision", "dtype"}, ("DALLE_CLIP",)),
+    "DalleCLIPRerank": ({"images", "text", "keep"}, ("IMAGE", "FLOAT", "STRING", "INT")),
     "DalleGANUpscale": ({"upscale_model", "image", "tile", "overlap"}, ("IMAGE",)),
 }
 
