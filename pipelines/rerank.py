@@ -83,11 +83,9 @@ class Ranked:
 
     def table(self) -> str:
         """The ranking as text, for display: rank, image (its place in the batch, from 0) and score."""
-        rows = [f"{rank:>4}  {index:>5}  {score:9.4f}" for rank, (index, score) in enumerate(self.pairs(), 1)]
+        pairs = zip(self.indices, self.scores, strict=True)
+        rows = [f"{rank:>4}  {index:>5}  {score:9.4f}" for rank, (index, score) in enumerate(pairs, 1)]
         return "\n".join(["rank  image      score", *rows])
-
-    def pairs(self) -> list[tuple[int, float]]:
-        return list(zip(self.indices, self.scores, strict=True))
 
 
 @dataclass
