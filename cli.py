@@ -14,6 +14,7 @@ from .engine.hub import error_summary, source_from_input
 from .pipelines import sampling
 from .pipelines.dalle_mini import REPO as MINI_REPO
 from .pipelines.kandinsky22 import DECODER_REPO, PRIOR_REPO
+from .pipelines.rerank import CLIP_REPO
 from .pipelines.upscale import PRESETS
 
 MODELS = ("kandinsky22", "mega", "mini")
@@ -42,6 +43,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     gen.add_argument("--batch-size", type=int, default=1)
     gen.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
     gen.add_argument("--upscale", choices=list(PRESETS), default=None, help="GAN-upscale the result with this preset")
+    gen.add_argument(
+        "--best-of",
+        type=int,
+        default=None,
+        metavar="N",
+        help="sample N images, keep the --batch-size best by CLIP score",
+    )
+    gen.add_argument(
+        "--clip",
+        default=None,
+        help=f"CLIP repo id or local folder for --best-of (default: {CLIP_REPO}; Kandinsky: the prior's own towers)",
+    )
     k22 = gen.add_argument_group("kandinsky22")
     k22.add_argument("--negative", default=None, help="negative prompt")
     k22.add_argument("--steps", type=int, default=50, help="decoder steps")
@@ -77,11 +90,12 @@ def generate(args: argparse.Namespace) -> list[Path]:
     """Every setting and the output paths are checked, and the upscaler is ready, before the first model loads:
     a mistake costs no sampling and no download."""
     from .pipelines import DalleMini, Kandinsky22, Upscaler, dalle_mini, kandinsky22
+    from .pipelines.rerank import SCORE_KEY, Ranker
 
     paths = files.numbered(args.output, args.batch_size)
     files.check_image_outputs(paths, args.overwrite)
-    repos = (args.prior, args.decoder) if args.model == "kandinsky22" else (args.repo,)
-    for repo in repos:  # a repo id that cannot be found fails now, not after another model's download
+    repos = [args.prior, args.decoder] if args.model == "kandinsky22" else [args.repo]
+    for repo in repos + ([args.clip] if args.clip else []):  # a malformed id or a missing folder fails now
         source_from_input(repo, None, None).local_folder  # noqa: B018  (checks the path or repo id)
     if args.model == "kandinsky22":
         request = kandinsky22.Request(
@@ -96,6 +110,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
             height=args.height,
             batch_size=args.batch_size,
             sampler=args.sampler,
+            best_of=args.best_of,
         )
     else:
         request = dalle_mini.Request(
@@ -105,23 +120,30 @@ def generate(args: argparse.Namespace) -> list[Path]:
             top_k=args.top_k,
             temperature=args.temperature,
             supercondition=args.supercondition,
+            best_of=args.best_of,
         )
+    ranker = None  # Kandinsky ranks with its prior's own CLIP towers unless --clip says otherwise
+    if args.best_of is not None and (args.clip or args.model != "kandinsky22"):
+        print(f"Loading CLIP from {args.clip or CLIP_REPO} …", file=sys.stderr)  # first: smaller, fails sooner
+        ranker = Ranker.load(args.clip or CLIP_REPO, dtype=args.dtype)
     upscaler = Upscaler.load(args.upscale) if args.upscale else None
     if args.model == "kandinsky22":
         print(f"Loading {args.prior} and {args.decoder} …", file=sys.stderr)
-        images = Kandinsky22.load(prior=args.prior, decoder=args.decoder, dtype=args.dtype).run(request)
+        model = Kandinsky22.load(prior=args.prior, decoder=args.decoder, dtype=args.dtype)
     else:
         print(f"Loading DALL·E {args.model} from {args.repo} …", file=sys.stderr)
-        images = DalleMini.load(repo=args.repo, variant=args.model, dtype=args.dtype).run(request)
+        model = DalleMini.load(repo=args.repo, variant=args.model, dtype=args.dtype)
+    images = model.run(request, ranker)
+    scores = [image.info.get(SCORE_KEY) for image in images]  # read before upscaling makes new images
     if upscaler is not None:
         print(f"Upscaling with {args.upscale} …", file=sys.stderr)
         images = upscaler.upscale(images)
     written = []
-    for path, image in zip(paths, images, strict=True):
+    for path, image, score in zip(paths, images, scores, strict=True):
         encoded = io.BytesIO()
         image.save(encoded, files.IMAGE_FORMATS[path.suffix.lower()])
         written.append(files.write_file(path, encoded.getvalue(), args.overwrite))
-        print(written[-1])
+        print(written[-1] if score is None else f"{written[-1]}\t{score:.4f}")
     return written
 
 

@@ -302,7 +302,8 @@ def set_prompt(graph: dict, text: str) -> list[str]:
     changed = [
         node_id
         for node_id, node in graph.items()
-        if node["class_type"] == "DalleTokenSample" or (node["class_type"] == "DalleTextEncode" and node_id in positive)
+        if node["class_type"] in ("DalleTokenSample", "DalleCLIPRerank")  # the reranker's text is the prompt too
+        or (node["class_type"] == "DalleTextEncode" and node_id in positive)
     ]
     if not changed:
         raise WorkflowError("--prompt: the workflow has no DALL·E prompt (DALL·E Text Encode or Token Sample).")

@@ -1,9 +1,9 @@
-"""CLIP text and image towers of the Kandinsky 2.2 prior repo, through transformers (a well-kept implementation);
-loading them from the repo is pipelines/kandinsky22.py's.
+"""CLIP text and image towers, through transformers (a well-kept implementation): the Kandinsky 2.2 prior repo's,
+and whole CLIP models for reranking; loading them is pipelines/clip_loading.py's.
 
 The prior is conditioned on the projected pooled text embedding, the per-token hidden states and their padding
 mask; when no negative prompt is given the decoder's unconditional input is the image tower's embedding of an
-all-zero image, which `zero_image_embed` computes.
+all-zero image, which `zero_image_embed` computes. The reranker compares `text_features` with `image_features`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:  # transformers takes seconds to import: ComfyUI's start-up should not pay for it
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        CLIPVisionModelWithProjection,
+    )
 
 
 @dataclass
@@ -47,12 +53,30 @@ def zero_image_embed(encoder: CLIPVisionModelWithProjection) -> torch.Tensor:
     return encoder(zeros).image_embeds
 
 
-def encode_images(processor, encoder: CLIPVisionModelWithProjection, images: torch.Tensor) -> torch.Tensor:
-    """[B, H, W, 3] floats in 0..1 → [B, D] CLIP image embeddings.
+def pixel_values(processor: CLIPImageProcessor, images: torch.Tensor) -> torch.Tensor:
+    """[B, H, W, 3|4] floats in 0..1 → CLIP's [B, 3, 224, 224] input (alpha dropped).
 
     Images go in as 8-bit arrays, exactly what the reference gets from a PIL image, so a PNG loaded in ComfyUI
     embeds identically.
     """
     pixels = (images[..., :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-    batch = processor(images=list(pixels), return_tensors="pt").pixel_values
-    return encoder(batch.to(encoder.device, encoder.dtype)).image_embeds
+    return processor(images=list(pixels), return_tensors="pt").pixel_values
+
+
+def encode_images(processor, encoder: CLIPVisionModelWithProjection, images: torch.Tensor) -> torch.Tensor:
+    """[B, H, W, 3] floats in 0..1 → [B, D] CLIP image embeddings."""
+    return encoder(pixel_values(processor, images).to(encoder.device, encoder.dtype)).image_embeds
+
+
+# CLIPModel and the towers WithProjection name their parts alike: text_model + text_projection, vision_model +
+# visual_projection. Calling the parts (rather than get_text_features, whose return type transformers 5 changed)
+# serves both.
+def text_features(model: CLIPModel | CLIPTextModelWithProjection, input_ids: torch.Tensor) -> torch.Tensor:
+    """[N, D] projected text embeddings (transformers' text_embeds) of token ids [N, T]."""
+    return model.text_projection(model.text_model(input_ids=input_ids.to(model.device)).pooler_output)
+
+
+def image_features(model: CLIPModel | CLIPVisionModelWithProjection, pixels: torch.Tensor) -> torch.Tensor:
+    """[N, D] projected image embeddings (transformers' image_embeds) of CLIP's input [N, 3, 224, 224]."""
+    pixels = pixels.to(model.device, model.dtype)
+    return model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output)

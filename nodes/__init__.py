@@ -6,6 +6,7 @@ from .embeds import DalleImageEncode, DalleMixEmbeds
 from .loaders import DalleLoadCLIPVision, DalleLoadDecoder, DalleLoadImageEncoder, DalleLoadPrior
 from .mini import DalleLoadMini, DalleTokenSample, DalleVQGANDecode
 from .prior import DallePriorSample
+from .rerank import DalleCLIPRerank, DalleLoadCLIP
 from .text import DalleTextEncode
 from .upscale import DalleGANUpscale, DalleLoadUpscaler
 from .vae import DalleVQDecode, DalleVQEncode
@@ -28,6 +29,8 @@ NODE_CLASS_MAPPINGS = {
     "DalleVQGANDecode": DalleVQGANDecode,
     "DalleLoadUpscaler": DalleLoadUpscaler,
     "DalleGANUpscale": DalleGANUpscale,
+    "DalleLoadCLIP": DalleLoadCLIP,
+    "DalleCLIPRerank": DalleCLIPRerank,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -48,4 +51,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DalleVQGANDecode": "DALL·E Mini VQGAN Decode",
     "DalleLoadUpscaler": "Load GAN Upscaler (Hub)",
     "DalleGANUpscale": "DALL·E GAN Upscale (tiled)",
+    "DalleLoadCLIP": "Load CLIP (reranker)",
+    "DalleCLIPRerank": "DALL·E CLIP Rerank (best of N)",
 }

@@ -23,6 +23,7 @@ __all__ = ["ImageEmbeds", "PromptEmbeds"]  # DALLE_IMAGE_EMBEDS and DALLE_TEXT_E
 KANDINSKY_CATEGORY = "DALL·E/Kandinsky 2.2 (DALL·E 2)"
 MINI_CATEGORY = "DALL·E/DALL·E Mini (DALL·E 1)"
 UPSCALE_CATEGORY = "DALL·E/upscaling"
+RERANK_CATEGORY = "DALL·E/reranking"
 
 DTYPE_TOOLTIP = "Weights and compute precision. auto: bf16 on GPUs that support it, else fp16; fp32 on the CPU."
 REVISION_TOOLTIP = "Branch, tag or commit of the Hub repo (ignored for a local folder)."
@@ -73,6 +74,18 @@ class TextEncoder:
 
     tokenizer: object
     encoder: runtime.ManagedModule
+
+
+@dataclass
+class ClipModel:
+    """DALLE_CLIP: a whole CLIP model (both towers and the logit scale) with its tokenizer and preprocessing."""
+
+    tokenizer: object
+    processor: object
+    model: runtime.ManagedModule
+
+    def __repr__(self) -> str:  # ComfyUI puts node inputs into error reports: keep tensors out of them
+        return f"ClipModel({self.model.dtype})"
 
 
 @dataclass

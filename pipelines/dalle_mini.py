@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from functools import partial
 
 import torch
@@ -53,7 +53,9 @@ from ..models.dalle_bart import (
     Hyperparameters,
 )
 from ..models.vqgan import DETOKER_FILE, VQGAN
+from . import rerank
 from .checks import MAX_SEED, check_prompt, check_range, check_tokens
+from .rerank import Ranker
 
 REPO = "kuprel/min-dalle"
 HYPERPARAMETERS_FILE = "hyperparameters.json"  # optional, for other sizes: see folder_hyperparameters
@@ -386,6 +388,7 @@ class DalleMini:
     bart: DalleBart
     vqgan: VQGAN
     variant: str
+    default_ranker: Ranker | None = field(default=None, repr=False)  # CLIP_REPO's, loaded on the first best_of
 
     @classmethod
     def load(
@@ -401,30 +404,51 @@ class DalleMini:
         bart = load_bart(source, variant, bart_dtype).to(device)
         return cls(tokenizer, bart, load_vqgan(source, vqgan_dtype).to(device), variant)
 
-    def generate(self, prompt: str, **settings) -> list[Image.Image]:
+    def generate(self, prompt: str, ranker: Ranker | None = None, **settings) -> list[Image.Image]:
         """Text → 256 px images; `settings` are those of `Request` (seed, batch_size, top_k, temperature,
-        supercondition), checked before any work. On the CPU the tokens are min-dalle's for the seed."""
-        return self.run(Request(prompt, **settings))
+        supercondition, best_of), checked before any work. On the CPU the tokens are min-dalle's for the seed.
 
-    def run(self, request: Request) -> list[Image.Image]:
-        """The node chain Token Sample → VQGAN Decode, as it runs for the same seed."""
+        With best_of, the batch_size images CLIP ranks highest of best_of samples, best first, each with its score in
+        `image.info["clip_score"]`; `ranker` (rerank.Ranker) defaults to openai/clip-vit-base-patch32."""
+        return self.run(Request(prompt, **settings), ranker)
+
+    def run(self, request: Request, ranker: Ranker | None = None) -> list[Image.Image]:
+        """The node chain Token Sample → VQGAN Decode (→ CLIP Rerank with best_of), as it runs for the same seed."""
+        images = self.sample(request)
+        if request.best_of is None:
+            return to_pil(images)
+        if ranker is None:
+            if self.default_ranker is None:
+                self.default_ranker = Ranker.load(device=next(self.bart.parameters()).device)
+            ranker = self.default_ranker
+        return rerank.scored_pil(rerank.rerank(ranker, images, request.prompt, request.batch_size))
+
+    def sample(self, request: Request) -> torch.Tensor:
+        """Every image the request draws, as IMAGE [N, 256, 256, 3] on the CPU: best_of of them in batches of
+        batch_size (one generator running on through the batches: the first batch is the one without best_of),
+        else batch_size."""
         tokens = prompt_tokens(self.tokenizer, request.prompt)
         device = next(self.bart.parameters()).device
-        bar = console_progress(IMAGE_TOKENS, f"DALL·E {self.variant}")
+        generator = sampling_generator(request.seed, device)
+        sizes = rerank.batches(request.best_of or request.batch_size, request.batch_size)
+        bar = console_progress(IMAGE_TOKENS * len(sizes), f"DALL·E {self.variant}")
         try:
-            codes = sample_image_tokens(
-                self.bart,
-                tokens,
-                request.batch_size,
-                sampling_generator(request.seed, device),
-                request.top_k,
-                request.temperature,
-                request.supercondition,
-                lambda step: bar.update(),
-            )
+            codes = [
+                sample_image_tokens(
+                    self.bart,
+                    tokens,
+                    size,
+                    generator,
+                    request.top_k,
+                    request.temperature,
+                    request.supercondition,
+                    lambda step: bar.update(),
+                )
+                for size in sizes
+            ]
         finally:
             bar.close()
-        return to_pil(vqgan_decode(lambda: self.vqgan, codes, torch.device("cpu"), lambda: None))
+        return vqgan_decode(lambda: self.vqgan, torch.cat(codes), torch.device("cpu"), lambda: None)
 
 
 @dataclass(frozen=True)
@@ -437,11 +461,13 @@ class Request:
     top_k: int = 256
     temperature: float = 1.0
     supercondition: float = 16.0
+    best_of: int | None = None  # sample this many, keep the batch_size best by CLIP score
 
     def __post_init__(self) -> None:
         check_prompt(self.prompt, "what the images should show")
         check_range("seed", self.seed, 0, MAX_SEED)
         check_sampling(self.batch_size, self.top_k, self.temperature, self.supercondition)
+        rerank.check_best_of(self.best_of, self.batch_size)
 
 
 def seamless_grid(codes: torch.Tensor) -> torch.Tensor:

@@ -9,14 +9,13 @@ this module runs them in a row, the Python API.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import numpy
 import torch
@@ -29,21 +28,15 @@ from ..engine.hub import (
     TRANSFORMERS_WEIGHTS,
     CheckpointError,
     ConsoleDownload,
-    MissingFile,
     Source,
     cache_folder,
-    check_tensor_types,
-    config_settings,
     default_store,
-    error_summary,
     fetch_config,
     fetch_file,
     fetch_weights,
     load_strict,
-    read_json,
     read_state_dict,
     source_from_input,
-    stored_dtypes,
     verify_safetensors,
     write_cache_file,
 )
@@ -53,8 +46,10 @@ from ..models.clip import TextEmbeds
 from ..models.movq import MoVQ, MoVQConfig
 from ..models.prior import PriorConfig, PriorTransformer
 from ..models.unet import KandinskyUNet, UNetConfig
-from . import sampling
+from . import rerank, sampling
 from .checks import MAX_SEED, check_image, check_latent, check_prompt, check_range
+from .clip_loading import clip_model, clip_processor, clip_tokenizer, fetch_tokenizer
+from .rerank import Ranker
 from .vq_decode import movq_decode
 
 if TYPE_CHECKING:  # transformers takes seconds to import: ComfyUI's start-up should not pay for it
@@ -66,16 +61,11 @@ if TYPE_CHECKING:  # transformers takes seconds to import: ComfyUI's start-up sh
     )
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 LATENT_CHANNELS = 4
 LATENT_SCALE = 8  # MoVQ's downsampling
 MIN_SIZE, MAX_SIZE, SIZE_STEP = 64, 4096, 64  # pixels; MoVQ downsamples by 8 and the UNet by 8 more
 MAX_BATCH = 64
 MAX_GUIDANCE = 100.0
-# The CLIP tokenizer reads vocab.json and merges.txt; the other two hold settings it otherwise takes as defaults
-# (transformers 5's save_pretrained no longer writes special_tokens_map.json).
-TOKENIZER_FILES = ("vocab.json", "merges.txt")
-OPTIONAL_TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 # Files each loader asks the Hub for (configs counted each time they are read), for "file k of n" in download bars;
 # tests/pipelines/test_api.py holds them to the loaders.
 NO_NEGATIVE_HINT = " (For no negative prompt, leave the prior's negative input unconnected.)"
@@ -183,121 +173,13 @@ def load_movq(source: Source, dtype: torch.dtype) -> MoVQ:
 TEXT_TOWER, IMAGE_TOWER = "CLIP text encoder", "CLIP image encoder"
 
 
-# Settings transformers 4.x wrote into configs (generation and training options, CLIP's dropout) that build no part
-# of a CLIP tower at inference; transformers 5 keeps them as plain attributes.
-_TRANSFORMERS_GENERIC = frozenset(
-    "add_cross_attention bad_words_ids begin_suppress_tokens bos_token_id chunk_size_feed_forward "
-    "cross_attention_hidden_size decoder_start_token_id diversity_penalty do_sample dropout early_stopping "
-    "encoder_no_repeat_ngram_size eos_token_id exponential_decay_length_penalty finetuning_task forced_bos_token_id "
-    "forced_eos_token_id id2label is_decoder is_encoder_decoder label2id length_penalty max_length min_length "
-    "no_repeat_ngram_size num_beam_groups num_beams num_return_sequences output_attentions output_hidden_states "
-    "output_scores pad_token_id prefix problem_type pruned_heads remove_invalid_values repetition_penalty return_dict "
-    "return_dict_in_generate sep_token_id suppress_tokens task_specific_params temperature tf_legacy_loss "
-    "tie_encoder_decoder tie_word_embeddings tokenizer_class top_k top_p torchscript typical_p use_bfloat16".split()
-)
-
-
-def _transformers_settings(config_cls: type, path: Path, what: str) -> dict:
-    """A transformers config or preprocessor file under engine.hub.config_settings's rule, with the class's own
-    defaults (its constructor's settings, type-checked against a default instance)."""
-    defaults = config_cls().to_dict()
-    known = set(inspect.signature(config_cls.__init__).parameters) | _TRANSFORMERS_GENERIC
-    try:  # settings with a default are type-checked against it; the other known ones are transformers' business
-        return config_settings(read_json(path), defaults, what, known - defaults.keys() - {"self", "kwargs"})
-    except ValueError as error:
-        if isinstance(error, CheckpointError):
-            raise
-        raise CheckpointError(f"'{path}': {error}. Delete it and download it again.") from error
-
-
-def _from_transformers(what: str, folder: Path, load: Callable[[], T]) -> T:
-    """`load()` a part through transformers; whatever it raises (damaged or mistyped files surface as KeyError,
-    TypeError, AttributeError … from deep inside) becomes one CheckpointError naming the folder."""
-    try:
-        return load()
-    except CheckpointError:
-        raise
-    except Exception as error:
-        raise CheckpointError(
-            f"The {what} in '{folder}' could not be loaded ({type(error).__name__}: {error_summary(error)}). Its files "
-            "are damaged or of another kind: delete them and download them again, or check the folder."
-        ) from error
-
-
-def _clip_model(class_name: str, folder: Path, dtype: torch.dtype, what: str):
-    """A transformers CLIP tower from its folder, every key and tensor type checked; problems become
-    CheckpointErrors."""
-    import transformers
-    from transformers.utils import logging as transformers_logging
-
-    cls = getattr(transformers, class_name)
-    _transformers_settings(cls.config_class, folder / "config.json", what)
-    for weights in folder.glob("*.safetensors"):
-        verify_safetensors(weights)
-    # What transformers will read (safetensors first), looked at before it does: int-typed weights would be cast
-    # silently, and a pickle that runs code is refused here with our message.
-    weights = next(folder / name for name in TRANSFORMERS_WEIGHTS if (folder / name).is_file())
-    stored = stored_dtypes(weights)
-    verbosity = transformers_logging.get_verbosity()
-    transformers_logging.set_verbosity_error()  # we report key problems ourselves, as errors
-    try:
-        model, info = _from_transformers(
-            what,
-            folder,
-            lambda: cls.from_pretrained(folder, torch_dtype=dtype, output_loading_info=True, use_safetensors=None),
-        )
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    if problems:
-        listed = "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, list(v)[:3]))}" for k, v in problems.items())
-        raise CheckpointError(f"The {what} in '{folder}' does not match its config ({listed}).")
-    check_tensor_types(stored, {**dict(model.named_parameters()), **dict(model.named_buffers())}, f"{what} '{weights}'")
-    return model.eval().requires_grad_(False)
-
-
-def _clip_tokenizer(folder: Path) -> CLIPTokenizer:
-    from transformers import CLIPTokenizer
-
-    for name in ("vocab.json", *OPTIONAL_TOKENIZER_FILES, "tokenizer.json"):
-        if (folder / name).is_file():
-            read_json(folder / name)  # a damaged file is named, not met as a KeyError inside transformers
-
-    def load() -> CLIPTokenizer:
-        tokenizer = CLIPTokenizer.from_pretrained(folder)
-        tokenizer(["a cat", ""], padding="max_length", max_length=77, truncation=True)  # as encode_text calls it
-        return tokenizer
-
-    return _from_transformers("CLIP tokenizer", folder, load)
-
-
-def _clip_processor(folder: Path) -> CLIPImageProcessor:
-    """CLIP's own preprocessing (resize the short side to 224, center crop, normalize) from image_processor/."""
-    from transformers import CLIPImageProcessor
-
-    _transformers_settings(CLIPImageProcessor, folder / "preprocessor_config.json", "CLIP image processor")
-
-    def load() -> CLIPImageProcessor:
-        processor = CLIPImageProcessor.from_pretrained(folder)
-        processor(images=[numpy.zeros((8, 8, 3), numpy.uint8)], return_tensors="pt")  # unworkable settings fail now
-        return processor
-
-    return _from_transformers("CLIP image processor", folder, load)
-
-
 def load_text_encoder(source: Source, dtype: torch.dtype) -> tuple[CLIPTokenizer, CLIPTextModelWithProjection]:
     """The prior repo's CLIP tokenizer and text tower."""
     fetch_config(source, "text_encoder", expect="CLIPTextModelWithProjection")
     folder = fetch_weights(source, "text_encoder", TRANSFORMERS_WEIGHTS).parent
-    for name in TOKENIZER_FILES:  # the tokenizer reads its whole folder: fetch what it needs first
-        tokenizer_folder = fetch_file(source, "tokenizer", name).parent
-    for name in OPTIONAL_TOKENIZER_FILES:
-        try:
-            fetch_file(source, "tokenizer", name)
-        except MissingFile:
-            pass
-    tokenizer = _clip_tokenizer(tokenizer_folder)
-    encoder = _clip_model("CLIPTextModelWithProjection", folder, dtype, TEXT_TOWER)
+    tokenizer_folder = fetch_tokenizer(source, "tokenizer")
+    tokenizer = clip_tokenizer(tokenizer_folder)
+    encoder = clip_model("CLIPTextModelWithProjection", folder, dtype, TEXT_TOWER)
     if len(tokenizer) > encoder.config.vocab_size:  # ids past the embedding table would fail at the first prompt
         raise CheckpointError(
             f"The CLIP tokenizer in '{tokenizer_folder}' has {len(tokenizer)} tokens, more than the text encoder's "
@@ -310,8 +192,8 @@ def load_image_encoder(source: Source, dtype: torch.dtype) -> tuple[CLIPImagePro
     """The prior repo's CLIP image preprocessing and ViT-bigG image tower."""
     fetch_config(source, "image_encoder", expect="CLIPVisionModelWithProjection")
     folder = fetch_weights(source, "image_encoder", TRANSFORMERS_WEIGHTS).parent
-    processor = _clip_processor(fetch_file(source, "image_processor", "preprocessor_config.json").parent)
-    encoder = _clip_model("CLIPVisionModelWithProjection", folder, dtype, IMAGE_TOWER)
+    processor = clip_processor(fetch_file(source, "image_processor", "preprocessor_config.json").parent)
+    encoder = clip_model("CLIPVisionModelWithProjection", folder, dtype, IMAGE_TOWER)
     side = processor(images=[numpy.zeros((8, 8, 3), numpy.uint8)], return_tensors="pt").pixel_values.shape[-2:]
     if tuple(side) != (encoder.config.image_size,) * 2:  # the tower has position embeddings for one size only
         raise CheckpointError(
@@ -353,7 +235,7 @@ def zero_image_embed(
     if embed is not None:
         return embed
     with torch.inference_mode():
-        encoder = _clip_model("CLIPVisionModelWithProjection", weights.parent, dtype, IMAGE_TOWER)
+        encoder = clip_model("CLIPVisionModelWithProjection", weights.parent, dtype, IMAGE_TOWER)
         embed = clip.zero_image_embed(place(encoder)).float().cpu()
     write_cache_file(path, lambda tmp: save_file({"embed": embed.contiguous()}, tmp))
     return embed
@@ -633,6 +515,8 @@ class Kandinsky22:
     unet: KandinskyUNet
     movq: MoVQ
     zero_embed: torch.Tensor
+    prior_source: Source | None = None  # for the image tower, which best_of ranks with (loaded on its first use)
+    default_ranker: Ranker | None = field(default=None, repr=False)
 
     @classmethod
     def load(
@@ -660,51 +544,80 @@ class Kandinsky22:
             placed(load_unet(decoder_source, torch_dtype)),
             placed(load_movq(decoder_source, torch_dtype)),
             zero,
+            prior_source,
         )
 
-    def generate(self, prompt: str, **settings) -> list[Image.Image]:
+    def generate(self, prompt: str, ranker: Ranker | None = None, **settings) -> list[Image.Image]:
         """Text → images; `settings` are those of `Request` (negative, seed, steps, prior_steps, guidance,
-        prior_guidance, width, height, batch_size, sampler, karras), all checked before any work."""
-        return self.run(Request(prompt, **settings))
+        prior_guidance, width, height, batch_size, sampler, karras, best_of), all checked before any work.
 
-    def run(self, request: Request) -> list[Image.Image]:
-        """The node chain Text Encode → Prior Sample → Decoder Sample → VQ Decode, as it runs for the same seed."""
+        With best_of, the batch_size images CLIP ranks highest of best_of samples, best first, each with its score in
+        `image.info["clip_score"]`; `ranker` (rerank.Ranker) defaults to the prior repo's own CLIP towers (no other
+        download; the image tower, 3.4 GiB in bf16, stays loaded beside the others)."""
+        return self.run(Request(prompt, **settings), ranker)
+
+    def run(self, request: Request, ranker: Ranker | None = None) -> list[Image.Image]:
+        """The node chain Text Encode → Prior Sample → Decoder Sample → VQ Decode (→ CLIP Rerank with best_of), as it
+        runs for the same seed."""
+        images = self.sample(request)
+        if request.best_of is None:
+            return to_pil(images)
+        ranker = ranker or self.prior_ranker()
+        return rerank.scored_pil(rerank.rerank(ranker, images, request.prompt, request.batch_size))
+
+    def prior_ranker(self) -> Ranker:
+        """The prior repo's CLIP text and image towers as a ranker; the image tower loads on the first call."""
+        if self.default_ranker is None:
+            if self.prior_source is None:
+                raise ValueError(
+                    "best_of needs a ranker: pass one (rerank.Ranker), or make this with Kandinsky22.load."
+                )
+            processor, image_encoder = load_image_encoder(self.prior_source, self.text_encoder.dtype)
+            image_encoder.to(self.text_encoder.device)
+            self.default_ranker = Ranker(self.tokenizer, processor, lambda: self.text_encoder, lambda: image_encoder)
+        return self.default_ranker
+
+    def sample(self, request: Request) -> torch.Tensor:
+        """Every image the request draws, as IMAGE [N, H, W, 3] on the CPU: best_of of them in batches of batch_size
+        (the prior's and the decoder's generators run on through the batches: the first batch is the one without
+        best_of), else batch_size."""
         store = torch.device("cpu")
         text_encoder = lambda: self.text_encoder  # noqa: E731
         positive = encode_prompt(self.tokenizer, text_encoder, request.prompt, store)
         negative = encode_prompt(self.tokenizer, text_encoder, request.negative, store) if request.negative else None
-        bar = console_progress(request.prior_steps + request.steps, "Kandinsky 2.2")
+        sizes = rerank.batches(request.best_of or request.batch_size, request.batch_size)
+        bar = console_progress((request.prior_steps + request.steps) * len(sizes), "Kandinsky 2.2")
         step = lambda i, total, x: bar.update()  # noqa: E731
+        prior_generator = torch.Generator().manual_seed(request.seed)
+        decoder_generator = torch.Generator().manual_seed(request.seed)
+        images = []
         try:
-            embeds, negative_image = prior_sample(
-                lambda: self.prior,
-                positive,
-                negative,
-                request.batch_size,
-                request.prior_guidance,
-                request.prior_schedule,
-                torch.Generator().manual_seed(request.seed),
-                step,
-            )
-            if negative_image is None:
-                negative_image = self.zero_embed.expand(request.batch_size, -1)
-            image_embeds = ImageEmbeds(embeds.float(), negative_image.float().to(embeds.device))
-            generator = torch.Generator().manual_seed(request.seed)
-            param = next(self.unet.parameters())
-            size, schedule = request.latent_size, request.decoder_schedule
-            x = decoder_start(image_embeds, schedule, size, None, generator, param.device, param.dtype)
-            latents = decoder_sample(
-                lambda: self.unet,
-                image_embeds,
-                x,
-                schedule,
-                request.guidance,
-                generator,
-                step,
-            )
+            for size in sizes:
+                embeds, negative_image = prior_sample(
+                    lambda: self.prior,
+                    positive,
+                    negative,
+                    size,
+                    request.prior_guidance,
+                    request.prior_schedule,
+                    prior_generator,
+                    step,
+                )
+                if negative_image is None:
+                    negative_image = self.zero_embed.expand(size, -1)
+                image_embeds = ImageEmbeds(embeds.float(), negative_image.float().to(embeds.device))
+                param = next(self.unet.parameters())
+                schedule = request.decoder_schedule
+                x = decoder_start(
+                    image_embeds, schedule, request.latent_size, None, decoder_generator, param.device, param.dtype
+                )
+                latents = decoder_sample(
+                    lambda: self.unet, image_embeds, x, schedule, request.guidance, decoder_generator, step
+                )
+                images.append(movq_decode(self.movq, latents, PLAIN, store))
         finally:
             bar.close()
-        return to_pil(movq_decode(self.movq, latents, PLAIN, store))
+        return torch.cat(images)
 
 
 @dataclass(frozen=True)
@@ -723,6 +636,7 @@ class Request:
     batch_size: int = 1
     sampler: str = "ddpm"
     karras: bool = False
+    best_of: int | None = None  # sample this many, keep the batch_size best by CLIP score
 
     def __post_init__(self) -> None:
         check_prompt(self.prompt)
@@ -732,6 +646,7 @@ class Request:
         for name in ("guidance", "prior_guidance"):
             check_range(name, getattr(self, name), 0.0, MAX_GUIDANCE)
         check_range("batch_size", self.batch_size, 1, MAX_BATCH)
+        rerank.check_best_of(self.best_of, self.batch_size)
         self.prior_schedule, self.decoder_schedule, self.latent_size  # noqa: B018  (built now: they check the rest)
 
     @cached_property

@@ -37,6 +37,12 @@ def tiny_decoder_repo(tmp_path_factory) -> Path:
     return tiny_repos.write_decoder_repo(tmp_path_factory.mktemp("kandinsky-2-2-decoder"))
 
 
+@pytest.fixture(scope="session")
+def tiny_clip_repo(tmp_path_factory) -> Path:
+    """openai/clip-vit-base-patch32 in miniature (CLIPModel, tokenizer and preprocessing files at the root)."""
+    return tiny_repos.write_clip_repo(tmp_path_factory.mktemp("clip-vit-base-patch32"))
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch) -> None:
     """Downloads and caches go to a per-test folder, never the user's home."""

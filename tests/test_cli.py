@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from dalle_nodes.cli import main
+from dalle_nodes.engine.images import from_pil
+from dalle_nodes.pipelines import rerank
+from dalle_nodes.pipelines.rerank import Ranker
 from dalle_nodes.pipelines.upscale import PRESETS
 from tiny_repos import TINY_MIN_DALLE, write_min_dalle_repo
 from tiny_upscalers import compact_state, write_upscaler
@@ -105,3 +110,31 @@ def test_generate_mega_upscaled(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     with Image.open(out) as image:
         assert image.size == (1024, 1024)
+
+
+def test_generate_best_of_writes_the_best_and_their_scores(tiny_clip_repo, tmp_path) -> None:
+    repo = tmp_path / "min-dalle"
+    write_min_dalle_repo(repo, "mini", TINY_MIN_DALLE)
+    (repo / "hyperparameters.json").write_text(json.dumps({"mini": TINY_MIN_DALLE}))
+    shutil.copytree(tiny_clip_repo, Path(os.environ["DALLE_NODES_HOME"]) / "openai--clip-vit-base-patch32")
+    out = tmp_path / "best.png"
+    args = ["generate", "a lighthouse", "-o", str(out), "--model", "mini", "--repo", str(repo), "--dtype", "fp32"]
+    result = run_cli(*args, "--best-of", "8", "--batch-size", "2", "--top-k", "32", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [line.split("\t") for line in result.stdout.strip().splitlines()]
+    assert [path for path, _ in lines] == [str(tmp_path / "best_1.png"), str(tmp_path / "best_2.png")]
+    printed = [float(score) for _, score in lines]
+    assert printed[0] >= printed[1]
+    ranker = Ranker.load(str(tiny_clip_repo), dtype="fp32", device="cpu")  # the saved files score what was printed
+    with Image.open(tmp_path / "best_1.png") as first, Image.open(tmp_path / "best_2.png") as second:
+        scores = rerank.score(ranker, from_pil([first, second]), "a lighthouse")
+    assert scores.tolist() == pytest.approx(printed, abs=1e-3)
+
+
+def test_generate_best_of_is_checked_before_loading(tmp_path) -> None:
+    args = ["generate", "a cat", "--model", "mega", "--repo", str(tmp_path / "missing")]
+    result = run_cli(*args, "--best-of", "3", "--batch-size", "4", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: best_of (3) must be at least batch_size (4): best_of images are drawn and the batch_size best kept."
+    )

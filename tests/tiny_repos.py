@@ -348,3 +348,53 @@ def min_dalle_modules(hp) -> tuple[torch.nn.Module, torch.nn.Module]:
     )
     encoder = models.DalleBartEncoder(**shared, text_vocab_count=hp.text_vocab_count, text_token_count=64)
     return encoder, models.DalleBartDecoder(**shared, image_vocab_count=hp.image_vocab_count)
+
+
+# openai/clip-vit-base-patch32: CLIPModel's files at the repo's root. transformers' CLIPConfig defaults are that
+# model's sizes (text 512 wide, 12 layers, 8 heads; vision 768 wide, 12 layers, 12 heads, patch 32, 224 px;
+# projection 512); the tiny one keeps the patch and image size, so CLIP's real preprocessing feeds it.
+CLIP_PREPROCESSOR = {
+    "crop_size": 224,
+    "do_center_crop": True,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "CLIPFeatureExtractor",
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "resample": 3,
+    "size": 224,
+}
+
+
+def clip_config(tiny: bool = True):
+    """CLIPConfig of openai/clip-vit-base-patch32 (the class defaults, with its legacy token ids: the text is pooled
+    at the highest id, end-of-text), or a toy one of the same layout."""
+    from transformers import CLIPConfig
+
+    text = dict(bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    vision = {}
+    if tiny:
+        text.update(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)
+        text.update(vocab_size=len(_bytes_to_unicode()) * 2 + 10, max_position_embeddings=77)
+        vision = dict(hidden_size=12, intermediate_size=24, num_hidden_layers=2, num_attention_heads=2)
+    config = CLIPConfig(
+        text_config=text, vision_config=vision, projection_dim=8 if tiny else 512, logit_scale_init_value=4.6052
+    )
+    config.architectures = ["CLIPModel"]
+    return config
+
+
+def write_clip_repo(root: Path, seed: int = 40, tiny: bool = True) -> Path:
+    """openai/clip-vit-base-patch32's layout: config.json, model.safetensors, the tokenizer files and
+    preprocessor_config.json at the root; random weights (the logit scale is the trained model's, exp = 100)."""
+    from transformers import CLIPModel
+
+    vocab_size = write_tokenizer(root)
+    config = clip_config(tiny)
+    assert vocab_size <= config.text_config.vocab_size
+    model = _randomize(CLIPModel(config), seed)
+    with torch.no_grad():
+        model.logit_scale.fill_(4.6052)
+    model.save_pretrained(root)
+    (root / "preprocessor_config.json").write_text(json.dumps(CLIP_PREPROCESSOR))
+    return root

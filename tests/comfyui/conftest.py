@@ -29,6 +29,7 @@ from PIL import Image
 import tiny_repos
 import tiny_upscalers
 from dalle_nodes.client.comfy_client import ComfyClient, OutputFile, ServerError
+from dalle_nodes.pipelines.rerank import CLIP_REPO
 from dalle_nodes.pipelines.upscale import PRESETS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,6 +159,7 @@ def comfyui(tmp_path_factory) -> Iterator[ComfyUI]:
     tiny_repos.write_decoder_repo(store / "kandinsky-community--kandinsky-2-2-decoder")
     mega = tiny_repos.write_min_dalle_repo(store / "kuprel--min-dalle", "mega", tiny_repos.TINY_MIN_DALLE)
     (mega / "hyperparameters.json").write_text(json.dumps({"mega": tiny_repos.TINY_MIN_DALLE}))  # the toy size
+    tiny_repos.write_clip_repo(store / CLIP_REPO.replace("/", "--"))  # the best-of workflow's reranker
     preset = PRESETS["RealESRGAN_x4plus"]  # the shipped upscaled workflow's model, as a tiny file in its place
     tiny_upscalers.write_upscaler(
         store / preset.repo.replace("/", "--") / preset.filename, tiny_upscalers.rrdbnet_state()

@@ -40,9 +40,10 @@ def node_id(graph: dict, class_type: str) -> str:
 def shrunk(name: str, **decoder_inputs) -> dict:
     """A shipped API workflow, shrunk for the tiny checkpoints: 3 prior steps, 4 decoder (or KSampler) steps, and
     WIDTH x HEIGHT images, set on the decoder, on Empty Latent Image or, where a latent from a picture fixes the size,
-    on Upscale Image; one DALL·E Mega image.
+    on Upscale Image; one DALL·E Mega image (the best of two where the workflow reranks).
     `decoder_inputs` override more of the decoder's inputs."""
     graph = json.loads((api_file(name)).read_text(encoding="utf-8"))
+    reranked = any(node["class_type"] == "DalleCLIPRerank" for node in graph.values())
     for node in graph.values():
         inputs = node["inputs"]
         if node["class_type"] == "DallePriorSample":
@@ -52,7 +53,9 @@ def shrunk(name: str, **decoder_inputs) -> dict:
         elif node["class_type"] == "KSampler":
             inputs["steps"] = 4
         elif node["class_type"] == "DalleTokenSample":
-            inputs["batch_size"] = 1
+            inputs["batch_size"] = 2 if reranked else 1
+        elif node["class_type"] == "DalleCLIPRerank":
+            inputs["keep"] = 1
         elif node["class_type"] == "DalleDecoderSample":
             size = {} if "latent" in inputs else {"width": WIDTH, "height": HEIGHT}
             inputs.update({**size, "steps": 4, **decoder_inputs})

@@ -28,6 +28,8 @@ CONTRACT = {  # the node contract shared workflows rely on: id → (required inp
     ),
     "DalleVQGANDecode": ({"vqgan", "tokens"}, ("IMAGE",)),
     "DalleLoadUpscaler": ({"repo_id", "filename", "revision"}, ("UPSCALE_MODEL",)),
+    "DalleLoadCLIP": ({"repo_id", "revision", "dtype"}, ("DALLE_CLIP",)),
+    "DalleCLIPRerank": ({"images", "text", "keep"}, ("IMAGE", "FLOAT", "STRING", "INT")),
     "DalleGANUpscale": ({"upscale_model", "image", "tile", "overlap"}, ("IMAGE",)),
     "DalleImageEmbedsToConditioning": ({"image_embeds"}, ("CONDITIONING", "CONDITIONING")),
     "DalleLoadCLIPVision": ({"repo_id", "revision"}, ("CLIP_VISION", "CONDITIONING")),
@@ -134,14 +136,14 @@ def test_zero_image_embedding_is_computed_once_and_cached_on_disk(tiny_prior_rep
     assert torch.allclose(embed, reference, atol=1e-6)
     assert len(list((runtime.cache_dir() / "zero_image_embeds").glob("*.safetensors"))) == 1
 
-    load = kandinsky22._clip_model
+    load = kandinsky22.clip_model
 
     def image_encoder_must_not_load(class_name: str, *args):
         if class_name == "CLIPVisionModelWithProjection":
             raise AssertionError("the image encoder was loaded although its zero embedding is cached")
         return load(class_name, *args)
 
-    monkeypatch.setattr(kandinsky22, "_clip_model", image_encoder_must_not_load)
+    monkeypatch.setattr(kandinsky22, "clip_model", image_encoder_must_not_load)
     loaders._loaded.clear()
     prior, _ = call("DalleLoadPrior", repo_id=str(tiny_prior_repo), dtype="fp32")
     assert torch.equal(prior.zero_image_embed(), embed)
