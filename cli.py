@@ -94,9 +94,6 @@ def generate(args: argparse.Namespace) -> list[Path]:
 
     paths = files.numbered(args.output, args.batch_size)
     files.check_image_outputs(paths, args.overwrite)
-    repos = [args.prior, args.decoder] if args.model == "kandinsky22" else [args.repo]
-    for repo in repos + ([args.clip] if args.clip else []):  # a malformed id or a missing folder fails now
-        source_from_input(repo, None, None).local_folder  # noqa: B018  (checks the path or repo id)
     if args.model == "kandinsky22":
         request = kandinsky22.Request(
             args.prompt,
@@ -122,6 +119,9 @@ def generate(args: argparse.Namespace) -> list[Path]:
             supercondition=args.supercondition,
             best_of=args.best_of,
         )
+    repos = [args.prior, args.decoder] if args.model == "kandinsky22" else [args.repo]
+    for repo in repos + ([args.clip] if args.clip else []):  # a malformed id or a missing folder fails now
+        source_from_input(repo, None, None).local_folder  # noqa: B018  (checks the path or repo id)
     ranker = None  # Kandinsky ranks with its prior's own CLIP towers unless --clip says otherwise
     if args.best_of is not None and (args.clip or args.model != "kandinsky22"):
         print(f"Loading CLIP from {args.clip or CLIP_REPO} …", file=sys.stderr)  # first: smaller, fails sooner

@@ -53,8 +53,10 @@ _TRANSFORMERS_GENERIC = frozenset(
 def _transformers_settings(config_cls: type, path: Path, what: str) -> dict:
     """A transformers config or preprocessor file under engine.hub.config_settings's rule, with the class's own
     defaults (its constructor's settings, type-checked against a default instance)."""
-    defaults = config_cls().to_dict()
-    known = set(inspect.signature(config_cls.__init__).parameters) | _TRANSFORMERS_GENERIC
+    # OpenAI's own preprocessor configs give size and crop_size as one int, newer ones as a dict: transformers
+    # reads both, so neither form is held to the other's type.
+    defaults = {k: v for k, v in config_cls().to_dict().items() if k not in ("size", "crop_size")}
+    known = set(inspect.signature(config_cls.__init__).parameters) | _TRANSFORMERS_GENERIC | {"size", "crop_size"}
     try:  # settings with a default are type-checked against it; the other known ones are transformers' business
         return config_settings(read_json(path), defaults, what, known - defaults.keys() - {"self", "kwargs"})
     except ValueError as error:
