@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from node_calls import call
 
 from dalle_nodes.models import dalle_bart
 from dalle_nodes.models.dalle_bart import Hyperparameters
@@ -15,15 +16,6 @@ from tiny_repos import TINY_MIN_DALLE
 from tiny_upscalers import compact_state, write_upscaler
 
 NOT_FINITE = [float("nan"), float("inf"), float("-inf")]
-
-
-def call(node_id: str, **inputs):
-    """Widget defaults for what is not given, then FUNCTION by keyword, as ComfyUI calls a node."""
-    cls = NODE_CLASS_MAPPINGS[node_id]
-    for name, spec in cls.INPUT_TYPES()["required"].items():
-        if name not in inputs and len(spec) > 1 and "default" in spec[1]:
-            inputs[name] = spec[1]["default"]
-    return getattr(cls(), cls.FUNCTION)(**inputs)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from node_calls import call
 
 import dalle_nodes
 from dalle_nodes.engine import compiled, cuda_graph
@@ -34,15 +35,6 @@ CONTRACT = {  # the node contract shared workflows rely on: id → (required inp
     "DalleImageEmbedsToConditioning": ({"image_embeds"}, ("CONDITIONING", "CONDITIONING")),
     "DalleLoadCLIPVision": ({"repo_id", "revision"}, ("CLIP_VISION", "CONDITIONING")),
 }
-
-
-def call(node_id: str, **inputs):
-    """Fill unspecified widget inputs with their defaults, then call FUNCTION by keyword, as ComfyUI does."""
-    cls = NODE_CLASS_MAPPINGS[node_id]
-    for name, spec in cls.INPUT_TYPES()["required"].items():
-        if name not in inputs and len(spec) > 1 and "default" in spec[1]:
-            inputs[name] = spec[1]["default"]
-    return getattr(cls(), cls.FUNCTION)(**inputs)
 
 
 def test_package_exports_the_contract() -> None:
