@@ -33,7 +33,7 @@ from ..engine.hub import (
 )
 from ..engine.images import from_pil, to_pil
 from ..models import clip
-from .checks import check_prompt, check_range
+from .checks import check_image, check_prompt, check_range
 from .clip_loading import clip_model, clip_processor, clip_tokenizer, fetch_tokenizer
 
 if TYPE_CHECKING:  # transformers takes seconds to import: ComfyUI's start-up should not pay for it
@@ -143,16 +143,11 @@ def batches(total: int, batch_size: int) -> list[int]:
     return [min(batch_size, total - start) for start in range(0, total, batch_size)]
 
 
-def _check_images(images: torch.Tensor) -> None:
-    if images.ndim != 4 or images.shape[0] < 1 or images.shape[-1] not in (3, 4):
-        raise ValueError(f"Expected an IMAGE batch [B, H, W, 3|4], got {tuple(images.shape)}.")
-
-
 def score(ranker: Ranker, images: torch.Tensor, text: str, host: Host = PLAIN) -> torch.Tensor:
     """[B] float32 CLIP scores (on the CPU) of IMAGE [B, H, W, 3|4] for `text`: cosine similarity × exp(logit_scale)
     where the model has one (CLIPModel), else the cosine similarity. The inputs are checked before a tower loads."""
     check_prompt(text, "what the images should show")
-    _check_images(images)
+    images = check_image(images, "images")
     with torch.inference_mode():
         tower = ranker.text_tower()
         length = tower.text_model.embeddings.position_embedding.num_embeddings  # 77 for CLIP: longer prompts are cut
@@ -203,7 +198,7 @@ def best_first(scores: torch.Tensor, keep: int) -> torch.Tensor:
 
 def rerank(ranker: Ranker, images: torch.Tensor, text: str, keep: int, host: Host = PLAIN) -> Ranked:
     """The `keep` images of the batch CLIP ranks highest for `text`, best first (DalleCLIPRerank, best_of)."""
-    _check_images(images)
+    images = check_image(images, "images")
     check_keep(keep, images.shape[0])
     scores = score(ranker, images, text, host)
     indices = best_first(scores, keep)

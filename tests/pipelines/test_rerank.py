@@ -112,7 +112,7 @@ def never(*args) -> torch.nn.Module:
         (3, PROMPT, 4, r"keep \(4\) is more than the 3 images in the batch"),
         (3, PROMPT, 0, r"keep must be between 1 and 3 \(got 0\)"),
         (3, "  ", 1, "The prompt is empty"),
-        (0, PROMPT, 1, "Expected an IMAGE batch"),
+        (0, PROMPT, 1, "The images must be an IMAGE"),
     ],
 )
 def test_bad_inputs_are_refused_before_loading(tiny_clip_repo, count, text, keep, message) -> None:
