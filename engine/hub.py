@@ -31,6 +31,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 
 log = logging.getLogger(__name__)
 
@@ -588,6 +589,26 @@ def load_strict(build: Callable[[], torch.nn.Module], state: dict[str, torch.Ten
     check_tensor_types({k: v.dtype for k, v in state.items()}, expected, what)
     module.load_state_dict(state, strict=True, assign=True)
     return module.eval().requires_grad_(False)
+
+
+def read_cache_file(
+    path: Path, keys: tuple[str, ...], valid: Callable[..., bool], what: str, again: str
+) -> tuple[torch.Tensor, ...] | None:
+    """The tensors `keys` of a safetensors cache file of `what`, or None: when there is none, or it is unreadable,
+    lacks a key, holds NaN or fails `valid(*tensors)` (a damaged cache is only a cache: a warning says what is done
+    `again`)."""
+    if not path.is_file():
+        return None
+    try:
+        stored = load_file(path)
+        tensors = tuple(stored[key] for key in keys)
+    except Exception as error:  # SafetensorError, OSError, KeyError
+        log.warning("The cache of %s '%s' is unreadable (%s); %s.", what, path, error, again)
+        return None
+    if not valid(*tensors) or not all(torch.isfinite(t).all() for t in tensors):
+        log.warning("The cache of %s '%s' is damaged; %s.", what, path, again)
+        return None
+    return tensors
 
 
 def write_cache_file(path: Path, write: Callable[[Path], None]) -> bool:

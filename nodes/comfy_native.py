@@ -21,7 +21,7 @@ from ..engine.memory import fused_attention_on
 from ..models.movq import MoVQ
 from ..models.unet import KandinskyUNet
 from ..pipelines import checks, kandinsky22, kandinsky22_memory
-from ..pipelines.kandinsky22 import DECODER_SCHEDULER, LATENT_CHANNELS, LATENT_SCALE
+from ..pipelines.kandinsky22 import DECODER_SCHEDULER, LATENT_CHANNELS
 from ..pipelines.previews import RGBFactors
 from .conditioning import EMBEDS_KEY
 
@@ -122,14 +122,7 @@ class Kandinsky22(comfy.model_base.BaseModel):
 
     def extra_conds(self, **kwargs) -> dict:
         noise = checks.check_latent({"samples": kwargs["noise"]}, LATENT_CHANNELS, "Kandinsky 2.2 (MoVQ)", ENCODERS)
-        height, width = noise.shape[2:]
-        try:
-            kandinsky22.latent_size(width * LATENT_SCALE, height * LATENT_SCALE)
-        except ValueError as error:
-            raise ValueError(
-                f"The latent is {width}x{height}, an image of {width * LATENT_SCALE}x{height * LATENT_SCALE} px: "
-                f"the decoder cannot sample that size. {error}"
-            ) from None
+        kandinsky22.check_sampled_size(noise)
         out = super().extra_conds(**kwargs)
         out["image_embeds"] = comfy.conds.CONDRegular(self.image_embeds(kwargs))
         return out

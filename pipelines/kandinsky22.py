@@ -9,7 +9,6 @@ this module runs them in a row, the Python API.
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..engine import cuda_graph
 from ..engine.device import PLAIN, console_progress, default_device, resolve_dtype
@@ -35,6 +34,7 @@ from ..engine.hub import (
     fetch_file,
     fetch_weights,
     load_strict,
+    read_cache_file,
     read_state_dict,
     source_from_input,
     verify_safetensors,
@@ -60,7 +60,6 @@ if TYPE_CHECKING:  # transformers takes seconds to import: ComfyUI's start-up sh
         CLIPVisionModelWithProjection,
     )
 
-log = logging.getLogger(__name__)
 LATENT_CHANNELS = 4
 LATENT_SCALE = 8  # MoVQ's downsampling
 MIN_SIZE, MAX_SIZE, SIZE_STEP = 64, 4096, 64  # pixels; MoVQ downsamples by 8 and the UNet by 8 more
@@ -231,29 +230,23 @@ def zero_image_embed(
     config = fetch_config(source, "image_encoder", expect="CLIPVisionModelWithProjection")
     weights = fetch_weights(source, "image_encoder", TRANSFORMERS_WEIGHTS)  # on disk after the first time
     path = cache / "zero_image_embeds" / f"{_zero_embed_key(weights, dtype)}.safetensors"
-    embed = _cached_embed(path, config.get("projection_dim"))
-    if embed is not None:
-        return embed
+    width = config.get("projection_dim")
+
+    def valid(embed: torch.Tensor) -> bool:
+        return (
+            embed.dtype == torch.float32
+            and embed.ndim == 2
+            and embed.shape[0] == 1
+            and (not isinstance(width, int) or embed.shape[1] == width)
+        )
+
+    stored = read_cache_file(path, ("embed",), valid, "the zero-image embedding", "computing it again")
+    if stored is not None:
+        return stored[0]
     with torch.inference_mode():
         encoder = clip_model("CLIPVisionModelWithProjection", weights.parent, dtype, IMAGE_TOWER)
         embed = clip.zero_image_embed(place(encoder)).float().cpu()
     write_cache_file(path, lambda tmp: save_file({"embed": embed.contiguous()}, tmp))
-    return embed
-
-
-def _cached_embed(path: Path, width: int | None) -> torch.Tensor | None:
-    """The cached [1, width] float32 embedding, or None if there is none, or it is damaged (then it is made again)."""
-    if not path.is_file():
-        return None
-    try:
-        embed = load_file(path)["embed"]
-    except Exception as error:  # SafetensorError, OSError, KeyError: a damaged cache is only a cache
-        log.warning("The cached zero-image embedding '%s' is unreadable (%s); computing it again.", path, error)
-        return None
-    shape_ok = embed.ndim == 2 and embed.shape[0] == 1 and (not isinstance(width, int) or embed.shape[1] == width)
-    if embed.dtype != torch.float32 or not shape_ok or not torch.isfinite(embed).all():
-        log.warning("The cached zero-image embedding '%s' is damaged; computing it again.", path)
-        return None
     return embed
 
 
@@ -425,17 +418,22 @@ def decoder_start(
             "and the loader's MODEL, or remove Set Latent Noise Mask."
         )
     samples = movq_latents(latent)
+    check_sampled_size(samples)
+    if samples.shape[0] not in (1, rows):
+        raise ValueError(f"The latent batch ({samples.shape[0]}) must be 1 or match the embeddings ({rows}).")
+    return sampling.noise_latent(samples.to(device, dtype).expand(rows, -1, -1, -1), schedule, generator)
+
+
+def check_sampled_size(samples: torch.Tensor) -> None:
+    """Latents [B, C, h, w] of a size the decoder samples (that of an image latent_size takes)."""
     height, width = samples.shape[2:]
     try:
         latent_size(width * LATENT_SCALE, height * LATENT_SCALE)
     except ValueError as error:
         raise ValueError(
-            f"The latent is {width}x{height}, an image of {width * LATENT_SCALE}x"
-            f"{height * LATENT_SCALE} px: the decoder cannot sample that size. {error}"
+            f"The latent is {width}x{height}, an image of {width * LATENT_SCALE}x{height * LATENT_SCALE} px: the "
+            f"decoder cannot sample that size. {error}"
         ) from None
-    if samples.shape[0] not in (1, rows):
-        raise ValueError(f"The latent batch ({samples.shape[0]}) must be 1 or match the embeddings ({rows}).")
-    return sampling.noise_latent(samples.to(device, dtype).expand(rows, -1, -1, -1), schedule, generator)
 
 
 def movq_latents(latent: object) -> torch.Tensor:

@@ -8,17 +8,14 @@ runs once per checkpoint (a fraction of a second on a GPU) and is cached beside 
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ..engine.hub import write_cache_file
+from ..engine.hub import read_cache_file, write_cache_file
 from ..models.movq import MoVQ
-
-log = logging.getLogger(__name__)
 
 SAMPLES, SIDE = 8, 8  # random latents of SIDE × SIDE (64 px images): enough rows for 4 × 3 unknowns, cheap to decode
 
@@ -63,29 +60,12 @@ def cached_rgb_factors(movq: MoVQ, cache: Path) -> RGBFactors:
     """fit_rgb_factors(movq), computed once per MoVQ checkpoint and then read from `cache`. The cache follows the
     rule of every cache here: a damaged entry is fitted again, one that cannot be written is a warning."""
     path = cache / "latent_rgb_factors" / f"{_movq_key(movq)}.safetensors"
-    stored = _read(path, movq.config.latent_channels)
+    channels = movq.config.latent_channels
+    valid = lambda factors, bias: factors.shape == (channels, 3) and bias.shape == (3,)  # noqa: E731
+    stored = read_cache_file(path, ("factors", "bias"), valid, "preview factors", "fitting them again")
     if stored is not None:
-        return stored
+        return RGBFactors(stored[0].tolist(), stored[1].tolist())
     fitted = fit_rgb_factors(movq)
     tensors = {"factors": torch.tensor(fitted.factors), "bias": torch.tensor(fitted.bias)}
     write_cache_file(path, lambda tmp: save_file(tensors, tmp))
     return fitted
-
-
-def _read(path: Path, channels: int) -> RGBFactors | None:
-    if not path.is_file():
-        return None
-    try:
-        stored = load_file(path)
-        factors, bias = stored["factors"], stored["bias"]
-    except Exception as error:  # SafetensorError, OSError, KeyError: a damaged cache is only a cache
-        log.warning("The cached preview factors '%s' are unreadable (%s); fitting them again.", path, error)
-        return None
-    if (
-        factors.shape != (channels, 3)
-        or bias.shape != (3,)
-        or not torch.isfinite(torch.cat([factors.flatten(), bias])).all()
-    ):
-        log.warning("The cached preview factors '%s' are damaged; fitting them again.", path)
-        return None
-    return RGBFactors(factors.tolist(), bias.tolist())
