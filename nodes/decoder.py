@@ -66,7 +66,20 @@ class DalleDecoderSample:
                 "seed": seed_input("Same seed, same image, on any device."),
             },
             "optional": {
-                "latent": ("LATENT", {"tooltip": "Start from this latent (image-to-image) instead of pure noise."}),
+                "latent": (
+                    "LATENT",
+                    {
+                        "tooltip": "Start from this latent (image-to-image) instead of pure noise; with an inpainting "
+                        "decoder, the picture to edit."
+                    },
+                ),
+                "mask": (
+                    "MASK",
+                    {
+                        "tooltip": "Inpainting decoder only: 1 = repaint (ComfyUI's convention: Load Image's MASK is "
+                        "1 where the picture is transparent). Binarised at 0.5. Unconnected: the latent's noise mask."
+                    },
+                ),
                 "denoise": (
                     "FLOAT",
                     {
@@ -74,7 +87,8 @@ class DalleDecoderSample:
                         "min": sampling.MIN_DENOISE,
                         "max": 1.0,
                         "step": 0.01,
-                        "tooltip": "With a latent: how much of the schedule to run (1 = ignore the image).",
+                        "tooltip": "With a latent: how much of the schedule to run (1 = ignore the image, or "
+                        "repaint the masked region from scratch).",
                     },
                 ),
             },
@@ -93,6 +107,7 @@ class DalleDecoderSample:
         seed: int,
         latent: dict | None = None,
         denoise: float = 1.0,
+        mask: torch.Tensor | None = None,
     ) -> tuple[dict]:
         schedule = sampling.decoder_schedule(sampler, steps, karras, denoise)
         size = kandinsky22.latent_size(width, height) if latent is None else None
@@ -100,7 +115,16 @@ class DalleDecoderSample:
         config, dtype = decoder.unet.module.config, decoder.unet.dtype
         checks.check_embeds(image_embeds.positive, config.image_embed_dim)
         checks.check_embeds(image_embeds.negative, config.image_embed_dim, "negative image embeddings")
-        x = kandinsky22.decoder_start(image_embeds, schedule, size, latent, generator, runtime.compute_device(), dtype)
+        kind, rows, device = kandinsky22.decoder_kind(config), image_embeds.positive.shape[0], runtime.compute_device()
+        kandinsky22.check_edit_inputs(kind, latent, mask)
+        edit = None
+        if kind == "inpainting":
+            edit = kandinsky22.inpaint_edit(latent, mask, rows)
+            if (picture := kandinsky22.unchanged(edit, rows)) is not None:
+                return ({"samples": picture.to(runtime.output_device())},)
+            x, edit = kandinsky22.inpaint_start(edit, schedule, rows, generator, device, dtype)
+        else:
+            x = kandinsky22.decoder_start(image_embeds, schedule, size, latent, generator, device, dtype)
         rows = x.shape[0] * (2 if guidance > 1 else 1)
 
         def load() -> Callable:
@@ -121,6 +145,7 @@ class DalleDecoderSample:
                 guidance,
                 generator,
                 step_callback(progress),
+                edit,
             )
         finally:
             progress.close()

@@ -63,6 +63,30 @@ def check_image(image: object, name: str = "image") -> torch.Tensor:
     return image.clamp(0, 1)
 
 
+MASK_SOURCES = "Load Image's MASK output, or a mask editor's"
+
+
+def check_mask(mask: object, name: str = "mask") -> torch.Tensor:
+    """A MASK [B, H, W] (or [H, W], or a LATENT's noise_mask [B, 1, H, W]) of finite floats in 0..1, as [B, H, W];
+    1 marks what is repainted, ComfyUI's convention."""
+    if isinstance(mask, torch.Tensor) and mask.ndim == 4 and mask.shape[1] == 1:
+        mask = mask[:, 0]
+    if isinstance(mask, torch.Tensor) and mask.ndim == 2:
+        mask = mask[None]
+    if not (isinstance(mask, torch.Tensor) and mask.ndim == 3 and mask.numel()):
+        raise ValueError(f"The {name} must be a MASK [batch, height, width] ({MASK_SOURCES}); got {_shape(mask)}.")
+    if not mask.is_floating_point():
+        raise ValueError(f"The {name} holds {mask.dtype} values; a MASK holds floats in 0..1 (1 = repaint).")
+    _check_finite(mask, name)
+    low, high = (float(v) for v in mask.aminmax())
+    if low < -IMAGE_OVERSHOOT or high > 1 + IMAGE_OVERSHOOT:
+        raise ValueError(
+            f"The {name} has values from {low:.4g} to {high:.4g}, but a MASK holds 0..1 (1 = repaint): rescale it "
+            "first (it may be in 0..255)."
+        )
+    return mask.clamp(0, 1)
+
+
 def check_latent(latent: object, channels: int, model: str, encoder: str) -> torch.Tensor:
     """A LATENT's samples [B, channels, h, w] of finite floats; `model` and `encoder` name where a right one comes
     from."""

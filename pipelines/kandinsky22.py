@@ -9,9 +9,10 @@ this module runs them in a row, the Python API.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,7 +47,7 @@ from ..models.clip import TextEmbeds
 from ..models.movq import MoVQ, MoVQConfig
 from ..models.prior import PriorConfig, PriorTransformer
 from ..models.unet import KandinskyUNet, UNetConfig
-from . import rerank, sampling
+from . import masks, rerank, sampling
 from .checks import MAX_SEED, check_image, check_latent, check_prompt, check_range
 from .clip_loading import clip_model, clip_processor, clip_tokenizer, fetch_tokenizer
 from .rerank import Ranker
@@ -69,8 +70,12 @@ MAX_GUIDANCE = 100.0
 # tests/pipelines/test_api.py holds them to the loaders.
 NO_NEGATIVE_HINT = " (For no negative prompt, leave the prior's negative input unconnected.)"
 FETCHES = {"prior": 3, "text_encoder": 6, "image_encoder": 3, "zero_image_embed": 2, "unet": 4, "movq": 2}
+log = logging.getLogger(__name__)
 PRIOR_REPO = "kandinsky-community/kandinsky-2-2-prior"
 DECODER_REPO = "kandinsky-community/kandinsky-2-2-decoder"
+INPAINT_REPO = "kandinsky-community/kandinsky-2-2-decoder-inpaint"
+# What each decoder's UNet reads: the latent, plus the picture's latent and the keep-mask for inpainting.
+DECODER_INPUTS = {"text-to-image": LATENT_CHANNELS, "inpainting": 2 * LATENT_CHANNELS + 1}
 
 # The schedules our samplers implement; a repo whose scheduler config asks for anything else is refused.
 PRIOR_SCHEDULER = {
@@ -154,11 +159,13 @@ def load_prior(source: Source, dtype: torch.dtype) -> PriorTransformer:
 
 
 def load_unet(source: Source, dtype: torch.dtype) -> KandinskyUNet:
+    """The decoder UNet of any of the three Kandinsky 2.2 decoder repos: text-to-image, inpainting, depth ControlNet."""
     in_channels = fetch_config(source, "unet", expect="UNet2DConditionModel").get("in_channels")
-    if in_channels != LATENT_CHANNELS:
+    if in_channels not in DECODER_INPUTS.values():
         raise CheckpointError(
-            f"{source.describe()} is not a text-to-image decoder ({in_channels} input channels, e.g. an inpainting "
-            f"one): use {DECODER_REPO}."
+            f"{source.describe()} is not a Kandinsky 2.2 decoder we know: its UNet reads {in_channels} input "
+            f"channels, not {' or '.join(f'{n} ({kind})' for kind, n in DECODER_INPUTS.items())}. Use {DECODER_REPO} "
+            f"or {INPAINT_REPO}."
         )
     return _load(
         source, "unet", "UNet2DConditionModel", UNetConfig, KandinskyUNet, dtype, "decoder UNet", DECODER_SCHEDULER
@@ -414,8 +421,8 @@ def decoder_start(
         return sampling.initial_noise((rows, LATENT_CHANNELS, *size), schedule, generator, device, dtype)
     if isinstance(latent, dict) and latent.get("noise_mask") is not None:  # not sampled whole without a word
         raise ValueError(
-            "This LATENT carries a noise mask, which DALL·E Decoder Sample does not use: sample it with KSampler "
-            "and the loader's MODEL, or remove Set Latent Noise Mask."
+            "This LATENT carries a noise mask, which only an inpainting decoder reads: load "
+            f"{INPAINT_REPO}, or sample it with KSampler and the loader's MODEL, or remove Set Latent Noise Mask."
         )
     samples = movq_latents(latent)
     check_sampled_size(samples)
@@ -441,34 +448,130 @@ def movq_latents(latent: object) -> torch.Tensor:
     return check_latent(latent, LATENT_CHANNELS, "Kandinsky 2.2 (MoVQ)", "DALL·E VQ Encode")
 
 
+@dataclass(frozen=True)
+class Edit:
+    """What an edit decoder reads beside the noisy latent, for every row (batches of 1 serve them all): inpainting's
+    picture latents [B, 4, h, w] and keep-mask [B, 1, h, w] (1 = kept), and the unit noise the picture is noised
+    with between steps (inpaint_start draws it)."""
+
+    picture: torch.Tensor
+    keep: torch.Tensor
+    noise: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        return f"Edit({' x '.join(map(str, self.picture.shape))})"
+
+
+def decoder_kind(config: UNetConfig) -> str:
+    """Which of DECODER_INPUTS the UNet is."""
+    return next(kind for kind, channels in DECODER_INPUTS.items() if channels == config.in_channels)
+
+
+def check_edit_inputs(kind: str, latent: object, mask: object) -> None:
+    """The inputs a decoder of this kind needs are there, and none it would ignore."""
+    has_mask = mask is not None or (isinstance(latent, dict) and latent.get("noise_mask") is not None)
+    if kind == "inpainting" and latent is None:
+        raise ValueError(
+            "This is an inpainting decoder: connect the picture's latent (DALL·E VQ Encode of it) and a mask (1 = "
+            f"repaint). For text-to-image load {DECODER_REPO}."
+        )
+    if kind != "inpainting" and mask is not None:
+        raise ValueError(
+            f"A mask needs an inpainting decoder: load {INPAINT_REPO} (this one is {kind}), or sample with KSampler "
+            "and Set Latent Noise Mask."
+        )
+    if kind == "inpainting" and not has_mask:
+        raise ValueError(
+            "This is an inpainting decoder: connect a mask (1 = repaint; e.g. Load Image's MASK) beside the "
+            f"picture's latent. For text-to-image load {DECODER_REPO}."
+        )
+
+
+def inpaint_edit(latent: object, mask: object, rows: int) -> Edit:
+    """The picture's LATENT (from DALL·E VQ Encode) and a MASK (1 = repaint, at the picture's size) → an inpainting
+    Edit; the mask may also come as the LATENT's noise_mask (VAE Encode (for Inpainting), Set Latent Noise Mask)."""
+    picture = movq_latents(latent)
+    check_sampled_size(picture)
+    check_edit_inputs("inpainting", latent, mask)
+    if mask is None:
+        mask = latent["noise_mask"]
+    height, width = (side * LATENT_SCALE for side in picture.shape[2:])
+    keep = masks.keep_mask(mask, height, width, tuple(picture.shape[2:]))
+    for name, batch in (("picture latent", picture.shape[0]), ("mask", keep.shape[0])):
+        if batch not in (1, rows):
+            raise ValueError(f"The {name} batch ({batch}) must be 1 or match the embeddings ({rows}).")
+    return Edit(picture, keep)
+
+
+def inpaint_start(
+    edit: Edit, schedule: sampling.DecoderSchedule, rows: int, generator: torch.Generator, device, dtype
+) -> tuple[torch.Tensor, Edit]:
+    """The latent inpainting starts from: noise (denoise 1, the reference's only mode), or with denoise below 1
+    the picture noised to the schedule's start, so the repainted region keeps some of what was there. The Edit
+    returned holds the noise, which noises the kept picture between steps: unit noise (the reference reuses its
+    scaled starting latent, the same for every sampler but euler_ancestral, where it would over-noise)."""
+    picture = edit.picture.to(device, dtype).expand(rows, -1, -1, -1)
+    noise = sampling.randn(picture.shape, generator, device, dtype)
+    if schedule.start:
+        x = sampling.noise_to(picture, noise, schedule, schedule.start)
+    else:
+        x = noise * schedule.init_noise_sigma
+    return x, replace(edit, noise=noise)
+
+
 def decoder_sample(
-    load: Callable[[], Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]],
+    load: Callable[[], Callable[..., torch.Tensor]],
     embeds: ImageEmbeds,
     x: torch.Tensor,
     schedule: sampling.DecoderSchedule,
     guidance: float,
     generator: torch.Generator,
     callback: sampling.Callback | None = None,
+    edit: Edit | None = None,
 ) -> torch.Tensor:
-    """Sample MoVQ latents [B, 4, h, w] from `x` (decoder_start's, on the UNet's device and dtype), conditioned on
-    image embeddings, as KandinskyV22Pipeline (and its img2img twin) does. `load()` readies the UNet and returns
-    the call to make of it: the module, or its compiled call.
+    """Sample MoVQ latents [B, 4, h, w] from `x` (decoder_start's or inpaint_start's, on the UNet's device and
+    dtype), conditioned on image embeddings, as KandinskyV22Pipeline (and its img2img twin) does; with an inpainting
+    `edit`, as KandinskyV22InpaintPipeline does: the UNet also reads the picture's latents (zero where repainted) and
+    the keep-mask, and after every step the kept region is the picture noised to the next step's level (the clean
+    picture after the last). `load()` readies the UNet and returns the call to make of it: the module, or its
+    compiled call.
     """
     check_range("guidance", guidance, 0.0, MAX_GUIDANCE)
     unet = load()
     guided = guidance > 1
     cond = torch.cat([embeds.negative, embeds.positive]) if guided else embeds.positive
     cond = cond.to(x.device, x.dtype)
+    rows = x.shape[0]
+    after_step = extra = None
+    if edit is not None:
+        if edit.noise is None:
+            raise ValueError("Start inpainting with inpaint_start: it draws the noise the kept picture is noised with.")
+        edit_inputs = (edit.picture, edit.keep, edit.noise)
+        picture, keep, noise = (t.to(x.device, x.dtype).expand(rows, -1, -1, -1) for t in edit_inputs)
+        extra = torch.cat([picture * keep, keep], dim=1)
+
+        def after_step(i: int, x: torch.Tensor) -> torch.Tensor:
+            kept = sampling.noise_to(picture, noise, schedule, i + 1)
+            return (keep * kept + (1 - keep) * x).to(x.dtype)
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        eps = unet(torch.cat([x, x]) if guided else x, t, cond)[:, : x.shape[1]]  # drop the learned-variance half
+        model_in = x if extra is None else torch.cat([x, extra], dim=1)
+        eps = unet(torch.cat([model_in, model_in]) if guided else model_in, t, cond)[:, : x.shape[1]]  # ε only
         if not guided:
             return eps
         uncond, text = eps.chunk(2)
         return uncond + guidance * (text - uncond)
 
     with torch.inference_mode():
-        return sampling.sample_decoder(denoise, x, schedule, generator, callback)
+        return sampling.sample_decoder(denoise, x, schedule, generator, callback, after_step)
+
+
+def unchanged(edit: Edit, rows: int) -> torch.Tensor | None:
+    """The picture's latents for every row when the mask repaints nothing (there is nothing to sample), else None."""
+    if not masks.repaints_nothing(edit.keep):
+        return None
+    log.info("The mask repaints nothing (it is below 0.5 everywhere): the picture is returned unchanged.")
+    return edit.picture.float().expand(rows, -1, -1, -1).clone()
 
 
 def movq_encode(load: Callable[[], MoVQ], images: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ DECODER_SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "euler_ancestral")
 
 Denoise = Callable[[Tensor, Tensor], Tensor]
 Callback = Callable[[int, int, Tensor], None]
+AfterStep = Callable[[int, Tensor], Tensor]  # (index of the step just taken, x) -> the x the next step starts from
 
 TRAIN_TIMESTEPS = 1000
 PRIOR_CLIP_RANGE = 10.0  # prior scheduler config: clip_sample with clip_sample_range 10
@@ -173,18 +174,26 @@ def initial_noise(
 
 def noise_latent(latent: Tensor, schedule: DecoderSchedule, generator: torch.Generator | None) -> Tensor:
     """Noise a clean latent to the schedule's first step run (the img2img pipeline's add_noise)."""
-    sampler, start = schedule.sampler, schedule.start
     noise = randn(latent.shape, generator, latent.device, torch.float32)
+    return noise_to(latent, noise, schedule, schedule.start)
+
+
+def noise_to(latent: Tensor, noise: Tensor, schedule: DecoderSchedule, index: int) -> Tensor:
+    """`latent` noised with unit `noise` to the level step `index` starts from (the scheduler's add_noise at its
+    timestep); past the last step, the clean latent."""
+    sampler = schedule.sampler
+    if index >= len(schedule.timesteps):
+        return latent
     if sampler in ("ddpm", "ddim"):
-        alpha_cumprod = schedule.alphas_cumprod[schedule.timesteps[start]]
+        alpha_cumprod = schedule.alphas_cumprod[schedule.timesteps[index]]
         signal_scale, noise_scale = float(alpha_cumprod**0.5), float((1 - alpha_cumprod) ** 0.5)
     elif sampler == "dpmpp_2m":
-        sigma = schedule.sigmas[start]
+        sigma = schedule.sigmas[index]
         signal_scale = float(1 / (sigma**2 + 1) ** 0.5)
         noise_scale = float(sigma * signal_scale)
     else:
-        signal_scale, noise_scale = 1.0, float(schedule.sigmas[start])
-    return (signal_scale * latent.float() + noise_scale * noise).to(latent.dtype)
+        signal_scale, noise_scale = 1.0, float(schedule.sigmas[index])
+    return (signal_scale * latent.float() + noise_scale * noise.float()).to(latent.dtype)
 
 
 def _posterior(a_t: Tensor, a_prev: Tensor, alpha: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -201,6 +210,7 @@ def _posterior_loop(
     start: int,
     generator: torch.Generator | None,
     callback: Callback | None,
+    after_step: AfterStep | None = None,
 ) -> Tensor:
     """Ancestral DDPM: x <- coef_x0 * x0 + coef_x * x + noise_std * noise, noise drawn only while t > 0."""
     timesteps_on_device = steps.timesteps.to(x.device)
@@ -213,6 +223,8 @@ def _posterior_loop(
         if ts[i] > 0:
             x32 = x32 + std[i] * randn(x.shape, generator, x.device, torch.float32)
         x = x32.to(x.dtype)
+        if after_step is not None:
+            x = after_step(i, x)
         if callback is not None:
             callback(i - start, len(ts) - start, x)
     return x
@@ -255,7 +267,12 @@ def sample_prior(
 
 
 def _sample_ddpm(
-    denoise: Denoise, x: Tensor, schedule: DecoderSchedule, generator: torch.Generator | None, callback: Callback | None
+    denoise: Denoise,
+    x: Tensor,
+    schedule: DecoderSchedule,
+    generator: torch.Generator | None,
+    callback: Callback | None,
+    after_step: AfterStep | None,
 ) -> Tensor:
     """DDPMScheduler, variance "fixed_small": step noise drawn after every model call (all t >= 1)."""
     timesteps, alphas_cumprod = schedule.timesteps, schedule.alphas_cumprod
@@ -268,11 +285,16 @@ def _sample_ddpm(
     sqrt_a, sqrt_b = (a_t**0.5).tolist(), ((1 - a_t) ** 0.5).tolist()
     to_x0 = lambda x32, eps, i: (x32 - sqrt_b[i] * eps) / sqrt_a[i]  # noqa: E731
     steps = PriorSchedule(timesteps, coef_x0, coef_x, noise_std)
-    return _posterior_loop(denoise, to_x0, x, steps, schedule.start, generator, callback)
+    return _posterior_loop(denoise, to_x0, x, steps, schedule.start, generator, callback, after_step)
 
 
 def _sample_ddim(
-    denoise: Denoise, x: Tensor, schedule: DecoderSchedule, generator: torch.Generator | None, callback: Callback | None
+    denoise: Denoise,
+    x: Tensor,
+    schedule: DecoderSchedule,
+    generator: torch.Generator | None,
+    callback: Callback | None,
+    after_step: AfterStep | None,
 ) -> Tensor:
     """DDIMScheduler with eta 0 (as the pipeline calls it): deterministic, draws no noise."""
     start = schedule.start
@@ -288,13 +310,20 @@ def _sample_ddim(
         eps = denoise(x, timesteps_on_device[i]).float()
         x0 = (x.float() - sqrt_b[i] * eps) / sqrt_a[i]
         x = (sqrt_a_prev[i] * x0 + sqrt_b_prev[i] * eps).to(x.dtype)
+        if after_step is not None:
+            x = after_step(i, x)
         if callback is not None:
             callback(i - start, total, x)
     return x
 
 
 def _sample_dpmpp_2m(
-    denoise: Denoise, x: Tensor, schedule: DecoderSchedule, generator: torch.Generator | None, callback: Callback | None
+    denoise: Denoise,
+    x: Tensor,
+    schedule: DecoderSchedule,
+    generator: torch.Generator | None,
+    callback: Callback | None,
+    after_step: AfterStep | None,
 ) -> Tensor:
     """DPMSolverMultistepScheduler: dpmsolver++, order 2, midpoint; first order on the first step run and on the
     last (final sigma 0). Deterministic, draws no noise."""
@@ -321,13 +350,20 @@ def _sample_dpmpp_2m(
             x32 = x32 - half_phi[i] * (inv_r[i] * (x0 - previous_x0))
         previous_x0 = x0
         x = x32.to(x.dtype)
+        if after_step is not None:
+            x = after_step(i, x)
         if callback is not None:
             callback(i - start, last + 1 - start, x)
     return x
 
 
 def _sample_euler_ancestral(
-    denoise: Denoise, x: Tensor, schedule: DecoderSchedule, generator: torch.Generator | None, callback: Callback | None
+    denoise: Denoise,
+    x: Tensor,
+    schedule: DecoderSchedule,
+    generator: torch.Generator | None,
+    callback: Callback | None,
+    after_step: AfterStep | None,
 ) -> Tensor:
     """EulerAncestralDiscreteScheduler: the model sees x / sqrt(sigma^2 + 1) (scale_model_input); step noise is
     drawn after every model call, the last one included (where it is scaled by 0)."""
@@ -344,6 +380,8 @@ def _sample_euler_ancestral(
         x32 = x.float() + eps * dt[i]
         x32 = x32 + randn(x.shape, generator, x.device, torch.float32) * sigma_up[i]
         x = x32.to(x.dtype)
+        if after_step is not None:
+            x = after_step(i, x)
         if callback is not None:
             callback(i - start, total, x)
     return x
@@ -363,10 +401,11 @@ def sample_decoder(
     schedule: DecoderSchedule,
     generator: torch.Generator | None,
     callback: Callback | None = None,
+    after_step: AfterStep | None = None,
 ) -> Tensor:
     """Run the schedule's sampler from latent `x` (txt2img: `initial_noise`; img2img: `noise_latent`'s output).
 
-    denoise(x, t) returns the guided 4-channel epsilon. Steps run from schedule.start; callback(step_index, total, x)
-    follows every step.
+    denoise(x, t) returns the guided 4-channel epsilon. Steps run from schedule.start; after_step(i, x) may replace
+    the latent after step i (inpainting pastes the kept picture back), then callback(step_index, total, x) sees it.
     """
-    return _DECODER_LOOPS[schedule.sampler](denoise, x, schedule, generator, callback)
+    return _DECODER_LOOPS[schedule.sampler](denoise, x, schedule, generator, callback, after_step)
