@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import UNet2DConditionModel
+from safetensors.torch import load_file
 
 from dalle_nodes.models.unet import KandinskyUNet, UNetConfig
 from numerics import relative_error
@@ -94,6 +95,15 @@ def test_full_size_state_dict_layout(name: str) -> None:
     actual = {key: tuple(value.shape) for key, value in ours.state_dict().items()}
     assert actual.keys() == expected.keys()
     assert actual == expected
+
+
+@pytest.mark.parametrize("repo", ["tiny_decoder_repo", "tiny_inpaint_repo"])
+def test_tiny_repo_loads_strictly(repo: str, request: pytest.FixtureRequest) -> None:
+    """The tiny repos other tests sample from hold a UNet our model reads whole."""
+    folder = request.getfixturevalue(repo) / "unet"
+    config = json.loads((folder / "config.json").read_text())
+    model = KandinskyUNet(UNetConfig.from_diffusers(config))
+    model.load_state_dict(load_file(folder / "diffusion_pytorch_model.safetensors"), strict=True)
 
 
 def test_real_decoder_config_is_the_default() -> None:
