@@ -2,7 +2,8 @@
 
 The real configs (tests/hub_configs, copied from the Hub) are shrunk to toy widths; everything else — folder
 names, config keys, weight file names, tokenizer files — is what `kandinsky-community/kandinsky-2-2-prior`,
-`-decoder` and `-decoder-inpaint` hold, so the loaders under test take the same code path as with the real downloads.
+`-decoder`, `-decoder-inpaint` and `-controlnet-depth` hold (the last one's UNet config derived, see
+controlnet_unet_config), so the loaders under test take the same code path as with the real downloads.
 """
 
 from __future__ import annotations
@@ -142,6 +143,16 @@ def tiny_unet_config(in_channels: int = 4) -> dict:
     return config
 
 
+def controlnet_unet_config(base: dict) -> dict:
+    """kandinsky-2-2-controlnet-depth's UNet config, derived: its real config.json is not available here.
+
+    That repo holds the decoder's UNet with diffusers' depth-hint input: `addition_embed_type` "image_hint" (the
+    hint encoder inside add_embedding) and `in_channels` 8 (the latent's 4 channels plus the hint encoder's 4).
+    Everything else is taken from `base`, a decoder UNet config (the real one, or tiny_unet_config()).
+    """
+    return {**base, "addition_embed_type": "image_hint", "in_channels": 8}
+
+
 def tiny_movq_config(layers_per_block: int = 1) -> dict:
     config = {k: v for k, v in real_config(DECODER_CONFIGS / "movq" / "config.json").items() if not k.startswith("_")}
     config.update(
@@ -191,6 +202,12 @@ def write_inpaint_repo(root: Path, seed: int = 12) -> Path:
     masked-image latent, mask)."""
     in_channels = real_config(INPAINT_CONFIGS / "unet" / "config.json")["in_channels"]
     return _write_unet_repo(root, tiny_unet_config(in_channels), seed, "KandinskyV22InpaintPipeline")
+
+
+def write_controlnet_repo(root: Path, seed: int = 14) -> Path:
+    """kandinsky-2-2-controlnet-depth in miniature: the decoder's layout, its UNet reading a hint image
+    (controlnet_unet_config)."""
+    return _write_unet_repo(root, controlnet_unet_config(tiny_unet_config()), seed, "KandinskyV22ControlnetPipeline")
 
 
 # DALL·E Mini / Mega: kuprel/min-dalle keeps pickled state dicts and BPE files at its root, no configs.
