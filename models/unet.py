@@ -5,6 +5,7 @@ safetensors load with strict=True. The layout, from the top:
 
     image embedding ─┬─ Linear + LayerNorm ──────────────── added to the sinusoidal time embedding → emb
                      └─ Linear + LayerNorm → 32 tokens ──── context for every attention layer
+    [depth ControlNet: hint image (pixels) → conv stack, /8 → 4 feature maps, concatenated to the latent]
     conv_in → down levels (ResnetBlocks [+ attention], then a downsampling ResnetBlock)
             → mid (ResnetBlock, attention, ResnetBlock)
             → up levels (ResnetBlocks on [h, skip] [+ attention], then an upsampling ResnetBlock)
@@ -26,10 +27,16 @@ from torch import Tensor, nn
 from ..engine.hub import config_settings
 from .timestep import TimestepMLP, timestep_embedding
 
+HINT_FEATURES = 4  # channels the hint encoder adds to the latent (fixed in diffusers' ImageHintTimeEmbedding)
+# The Kandinsky 2.2 decoders we build, by (in_channels, image_hint): conv_in reads the noisy latent (4 channels)
+# plus, for inpainting, the masked image's latent (4) and the mask (1), or, for the depth ControlNet, the hint
+# encoder's 4 feature maps.
+_KINDS = {(4, False): "text2image", (9, False): "inpaint", (4 + HINT_FEATURES, True): "controlnet"}
+
 
 @dataclass
 class UNetConfig:
-    in_channels: int = 4  # 9 for inpainting: latent, masked-image latent, mask
+    in_channels: int = 4  # conv_in's input: 9 for inpainting, 8 for the ControlNet (see _KINDS)
     out_channels: int = 8  # epsilon and the learned-variance interpolation
     block_out_channels: tuple[int, ...] = (384, 768, 1152, 1536)
     attention_levels: tuple[bool, ...] = (False, True, True, True)  # which levels have attention after each resnet
@@ -40,10 +47,23 @@ class UNetConfig:
     image_tokens: int = 32  # fixed by diffusers' ImageProjection
     groups: int = 32
     eps: float = 1e-5
+    image_hint: bool = False  # reads a hint image, e.g. a depth map (diffusers' addition_embed_type "image_hint")
 
     @property
     def time_embed_dim(self) -> int:
         return 4 * self.block_out_channels[0]
+
+    @property
+    def kind(self) -> str:
+        """Which decoder this is: "text2image", "inpaint" (forward's x carries the latent, the masked image's latent
+        and the mask) or "controlnet" (forward needs a hint)."""
+        return _KINDS[self.in_channels, self.image_hint]
+
+    @property
+    def sample_channels(self) -> int:
+        """Channels of forward's `x`: in_channels less the hint features the UNet makes and concatenates itself
+        (4 for text2image and controlnet, 9 for inpaint)."""
+        return self.in_channels - HINT_FEATURES if self.image_hint else self.in_channels
 
     @classmethod
     def from_diffusers(cls, config: dict[str, Any]) -> "UNetConfig":
@@ -85,6 +105,12 @@ class UNetConfig:
             raise unsupported("up_block_types")  # the up path must mirror the down path
         if len(config["block_out_channels"]) != len(down_types):
             raise unsupported("block_out_channels")
+        # "image": the plain and inpainting decoders; "image_hint": the depth ControlNet.
+        if config.get("addition_embed_type") not in ("image", "image_hint"):
+            raise unsupported("addition_embed_type")
+        image_hint = config["addition_embed_type"] == "image_hint"
+        if (config["in_channels"], image_hint) not in _KINDS:
+            raise unsupported("in_channels")
 
         return cls(
             in_channels=config["in_channels"],
@@ -97,6 +123,7 @@ class UNetConfig:
             image_embed_dim=config["encoder_hid_dim"],
             groups=config["norm_num_groups"],
             eps=config["norm_eps"],
+            image_hint=image_hint,
         )
 
 
@@ -157,7 +184,6 @@ _UP_BLOCKS = {"ResnetUpsampleBlock2D": False, "SimpleCrossAttnUpBlock2D": True}
 # Kandinsky 2.2's choices where diffusers' default differs, so the key must be present.
 _REQUIRED_SETTINGS = {
     "encoder_hid_dim_type": "image_proj",
-    "addition_embed_type": "image",
     "mid_block_type": "UNetMidBlock2DSimpleCrossAttn",
     "resnet_time_scale_shift": "scale_shift",
 }
@@ -325,6 +351,28 @@ class ImageTimeEmbedding(nn.Module):
         return self.image_norm(self.image_proj(image_embeds))
 
 
+# The hint encoder's convolutions (in, out, stride), SiLU between them: three stride-2 steps bring pixels to
+# latent size (/8). The widths are fixed in diffusers, not read from the config.
+_HINT_CONVS = ((3, 16, 1), (16, 16, 1), (16, 32, 2), (32, 32, 1), (32, 96, 2), (96, 96, 1), (96, 256, 2), (256, 4, 1))
+
+
+class ImageHintTimeEmbedding(ImageTimeEmbedding):
+    """The depth ControlNet's add_embedding: the image-time embedding plus a hint encoder (diffusers'
+    ImageHintTimeEmbedding; the Sequential keeps its keys, input_hint_block.0, .2, … .14)."""
+
+    def __init__(self, embed_dim: int, time_embed_dim: int):
+        super().__init__(embed_dim, time_embed_dim)
+        layers: list[nn.Module] = []
+        for cin, cout, stride in _HINT_CONVS:
+            layers += [nn.SiLU()] if layers else []
+            layers.append(nn.Conv2d(cin, cout, 3, stride=stride, padding=1))
+        self.input_hint_block = nn.Sequential(*layers)
+
+    def encode_hint(self, hint: Tensor) -> Tensor:
+        """hint [B, 3, 8h, 8w] → [B, HINT_FEATURES, h, w]."""
+        return self.input_hint_block(hint)
+
+
 class KandinskyUNet(nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -333,7 +381,8 @@ class KandinskyUNet(nn.Module):
         self.conv_in = nn.Conv2d(cfg.in_channels, chs[0], 3, padding=1)
         self.time_embedding = TimestepMLP(chs[0], cfg.time_embed_dim)
         self.encoder_hid_proj = ImageContext(cfg.image_embed_dim, cfg.cross_attention_dim, cfg.image_tokens)
-        self.add_embedding = ImageTimeEmbedding(cfg.image_embed_dim, cfg.time_embed_dim)
+        embedding = ImageHintTimeEmbedding if cfg.image_hint else ImageTimeEmbedding
+        self.add_embedding = embedding(cfg.image_embed_dim, cfg.time_embed_dim)
 
         last = len(chs) - 1
         skip_chs = [chs[0]]  # channels of each skip tensor, in the order the down path stores them
@@ -360,15 +409,34 @@ class KandinskyUNet(nn.Module):
         image_embeds = image_embeds.to(dtype)
         return emb + self.add_embedding(image_embeds), self.encoder_hid_proj(image_embeds)
 
-    def forward(self, x: Tensor, timestep: Tensor, image_embeds: Tensor) -> Tensor:
-        """x [B, in_channels, H, W] with H, W multiples of 2^(levels-1); timestep [B] or 0-d; image_embeds [B, D]."""
+    def with_hint(self, x: Tensor, hint: Tensor | None) -> Tensor:
+        """conv_in's input: x, followed by the hint's features for the ControlNet."""
+        if not self.config.image_hint:
+            if hint is not None:
+                raise ValueError("this decoder takes no hint: load kandinsky-community/kandinsky-2-2-controlnet-depth")
+            return x
+        if hint is None:
+            raise ValueError("this decoder reads a hint image (depth ControlNet): connect one")
+        batch, _, height, width = x.shape
+        if tuple(hint.shape) != (batch, 3, 8 * height, 8 * width):
+            raise ValueError(
+                f"the hint is {' × '.join(map(str, hint.shape))}, but the latent "
+                f"{' × '.join(map(str, x.shape))} needs a hint of {batch} × 3 × {8 * height} × {8 * width}"
+            )
+        features = self.add_embedding.encode_hint(hint.to(self.conv_in.weight.dtype))
+        return torch.cat([x, features], dim=1)
+
+    def forward(self, x: Tensor, timestep: Tensor, image_embeds: Tensor, hint: Tensor | None = None) -> Tensor:
+        """x [B, sample_channels, H, W] with H, W multiples of 2^(levels-1); timestep [B] or 0-d; image_embeds
+        [B, D]; hint [B, 3, 8H, 8W] for the ControlNet only (pixels, as the pipeline passes them: a depth map in
+        0..1 on each channel), None otherwise."""
         factor = 2 ** (len(self.config.block_out_channels) - 1)
         if x.shape[2] % factor or x.shape[3] % factor:
             raise ValueError(f"latent size {tuple(x.shape[2:])} must be a multiple of {factor}")
         emb, context = self.conditioning(timestep, image_embeds, x.shape[0])
         emb = F.silu(emb)  # every consumer (each resnet's time_emb_proj) applies SiLU first: do it once
 
-        h = self.conv_in(x)
+        h = self.conv_in(self.with_hint(x, hint))
         skips = [h]
         for level in self.down_blocks:
             h = level(h, emb, context, skips)

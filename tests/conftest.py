@@ -38,6 +38,16 @@ def tiny_decoder_repo(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_inpaint_repo(tmp_path_factory) -> Path:
+    return tiny_repos.write_inpaint_repo(tmp_path_factory.mktemp("kandinsky-2-2-decoder-inpaint"))
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet_repo(tmp_path_factory) -> Path:
+    return tiny_repos.write_controlnet_repo(tmp_path_factory.mktemp("kandinsky-2-2-controlnet-depth"))
+
+
+@pytest.fixture(scope="session")
 def tiny_clip_repo(tmp_path_factory) -> Path:
     """openai/clip-vit-base-patch32 in miniature (CLIPModel, tokenizer and preprocessing files at the root)."""
     return tiny_repos.write_clip_repo(tmp_path_factory.mktemp("clip-vit-base-patch32"))

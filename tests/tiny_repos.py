@@ -1,8 +1,9 @@
 """Tiny random checkpoints written in exactly the real Hub repos' layout, through the reference libraries.
 
 The real configs (tests/hub_configs, copied from the Hub) are shrunk to toy widths; everything else — folder
-names, config keys, weight file names, tokenizer files — is what `kandinsky-community/kandinsky-2-2-prior` and
-`-decoder` hold, so the loaders under test take the same code path as with the real downloads.
+names, config keys, weight file names, tokenizer files — is what `kandinsky-community/kandinsky-2-2-prior`,
+`-decoder`, `-decoder-inpaint` and `-controlnet-depth` hold (the last one's UNet config derived, see
+controlnet_unet_config), so the loaders under test take the same code path as with the real downloads.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 HUB_CONFIGS = Path(__file__).parent / "hub_configs"
 PRIOR_CONFIGS = HUB_CONFIGS / "kandinsky-community--kandinsky-2-2-prior"
 DECODER_CONFIGS = HUB_CONFIGS / "kandinsky-community--kandinsky-2-2-decoder"
+INPAINT_CONFIGS = HUB_CONFIGS / "kandinsky-community--kandinsky-2-2-decoder-inpaint"
 WIDTH = 16  # text hidden size = projection = prior embedding = image projection, as 1280 is in the real repos
 
 
@@ -141,6 +143,16 @@ def tiny_unet_config(in_channels: int = 4) -> dict:
     return config
 
 
+def controlnet_unet_config(base: dict) -> dict:
+    """kandinsky-2-2-controlnet-depth's UNet config, derived: its real config.json is not available here.
+
+    That repo holds the decoder's UNet with diffusers' depth-hint input: `addition_embed_type` "image_hint" (the
+    hint encoder inside add_embedding) and `in_channels` 8 (the latent's 4 channels plus the hint encoder's 4).
+    Everything else is taken from `base`, a decoder UNet config (the real one, or tiny_unet_config()).
+    """
+    return {**base, "addition_embed_type": "image_hint", "in_channels": 8}
+
+
 def tiny_movq_config(layers_per_block: int = 1) -> dict:
     config = {k: v for k, v in real_config(DECODER_CONFIGS / "movq" / "config.json").items() if not k.startswith("_")}
     config.update(
@@ -149,11 +161,12 @@ def tiny_movq_config(layers_per_block: int = 1) -> dict:
     return config
 
 
-def write_decoder_repo(root: Path, seed: int = 10) -> Path:
-    """kandinsky-2-2-decoder in miniature: unet/, movq/, scheduler/."""
+def _write_unet_repo(root: Path, unet_config: dict, seed: int, pipeline: str) -> Path:
+    """The layout the three decoder repos share (unet/, movq/, scheduler/, model_index.json naming `pipeline`);
+    only the UNet's config differs between them."""
     from diffusers import UNet2DConditionModel, VQModel
 
-    _randomize(UNet2DConditionModel(**tiny_unet_config()), seed).save_pretrained(root / "unet")
+    _randomize(UNet2DConditionModel(**unet_config), seed).save_pretrained(root / "unet")
     movq = _randomize(VQModel(**tiny_movq_config()), seed + 1)
     # A random UNet does not predict noise, so its latents end ~70 in size instead of ~1. Scale the MoVQ layers
     # that read latents to match (as the real MoVQ is matched to real latents) and the output to [0, 1]: an
@@ -169,7 +182,7 @@ def write_decoder_repo(root: Path, seed: int = 10) -> Path:
     (root / "model_index.json").write_text(
         json.dumps(
             {
-                "_class_name": "KandinskyV22Pipeline",
+                "_class_name": pipeline,
                 "movq": ["diffusers", "VQModel"],
                 "scheduler": ["diffusers", "DDPMScheduler"],
                 "unet": ["diffusers", "UNet2DConditionModel"],
@@ -177,6 +190,24 @@ def write_decoder_repo(root: Path, seed: int = 10) -> Path:
         )
     )
     return root
+
+
+def write_decoder_repo(root: Path, seed: int = 10) -> Path:
+    """kandinsky-2-2-decoder in miniature: unet/, movq/, scheduler/."""
+    return _write_unet_repo(root, tiny_unet_config(), seed, "KandinskyV22Pipeline")
+
+
+def write_inpaint_repo(root: Path, seed: int = 12) -> Path:
+    """kandinsky-2-2-decoder-inpaint in miniature: the decoder's layout, its UNet reading 9 channels (latent,
+    masked-image latent, mask)."""
+    in_channels = real_config(INPAINT_CONFIGS / "unet" / "config.json")["in_channels"]
+    return _write_unet_repo(root, tiny_unet_config(in_channels), seed, "KandinskyV22InpaintPipeline")
+
+
+def write_controlnet_repo(root: Path, seed: int = 14) -> Path:
+    """kandinsky-2-2-controlnet-depth in miniature: the decoder's layout, its UNet reading a hint image
+    (controlnet_unet_config)."""
+    return _write_unet_repo(root, controlnet_unet_config(tiny_unet_config()), seed, "KandinskyV22ControlnetPipeline")
 
 
 # DALL·E Mini / Mega: kuprel/min-dalle keeps pickled state dicts and BPE files at its root, no configs.
