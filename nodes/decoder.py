@@ -115,10 +115,10 @@ class DalleDecoderSample:
         config, dtype = decoder.unet.module.config, decoder.unet.dtype
         checks.check_embeds(image_embeds.positive, config.image_embed_dim)
         checks.check_embeds(image_embeds.negative, config.image_embed_dim, "negative image embeddings")
-        kind, rows, device = kandinsky22.decoder_kind(config), image_embeds.positive.shape[0], runtime.compute_device()
+        kind, rows, device = config.kind, image_embeds.positive.shape[0], runtime.compute_device()
         kandinsky22.check_edit_inputs(kind, latent, mask)
         edit = None
-        if kind == "inpainting":
+        if kind == "inpaint":
             edit = kandinsky22.inpaint_edit(latent, mask, rows)
             if (picture := kandinsky22.unchanged(edit, rows)) is not None:
                 return ({"samples": picture.to(runtime.output_device())},)

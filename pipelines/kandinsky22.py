@@ -74,8 +74,7 @@ log = logging.getLogger(__name__)
 PRIOR_REPO = "kandinsky-community/kandinsky-2-2-prior"
 DECODER_REPO = "kandinsky-community/kandinsky-2-2-decoder"
 INPAINT_REPO = "kandinsky-community/kandinsky-2-2-decoder-inpaint"
-# What each decoder's UNet reads: the latent, plus the picture's latent and the keep-mask for inpainting.
-DECODER_INPUTS = {"text-to-image": LATENT_CHANNELS, "inpainting": 2 * LATENT_CHANNELS + 1}
+CONTROLNET_REPO = "kandinsky-community/kandinsky-2-2-controlnet-depth"
 
 # The schedules our samplers implement; a repo whose scheduler config asks for anything else is refused.
 PRIOR_SCHEDULER = {
@@ -159,14 +158,8 @@ def load_prior(source: Source, dtype: torch.dtype) -> PriorTransformer:
 
 
 def load_unet(source: Source, dtype: torch.dtype) -> KandinskyUNet:
-    """The decoder UNet of any of the three Kandinsky 2.2 decoder repos: text-to-image, inpainting, depth ControlNet."""
-    in_channels = fetch_config(source, "unet", expect="UNet2DConditionModel").get("in_channels")
-    if in_channels not in DECODER_INPUTS.values():
-        raise CheckpointError(
-            f"{source.describe()} is not a Kandinsky 2.2 decoder we know: its UNet reads {in_channels} input "
-            f"channels, not {' or '.join(f'{n} ({kind})' for kind, n in DECODER_INPUTS.items())}. Use {DECODER_REPO} "
-            f"or {INPAINT_REPO}."
-        )
+    """The UNet of any Kandinsky 2.2 decoder repo: text-to-image, inpainting (9 input channels) or depth ControlNet
+    (an image hint); its `config.kind` says which."""
     return _load(
         source, "unet", "UNet2DConditionModel", UNetConfig, KandinskyUNet, dtype, "decoder UNet", DECODER_SCHEDULER
     )
@@ -462,25 +455,23 @@ class Edit:
         return f"Edit({' x '.join(map(str, self.picture.shape))})"
 
 
-def decoder_kind(config: UNetConfig) -> str:
-    """Which of DECODER_INPUTS the UNet is."""
-    return next(kind for kind, channels in DECODER_INPUTS.items() if channels == config.in_channels)
+KIND_NAMES = {"text2image": "text-to-image", "inpaint": "an inpainting one", "controlnet": "a depth ControlNet"}
 
 
 def check_edit_inputs(kind: str, latent: object, mask: object) -> None:
-    """The inputs a decoder of this kind needs are there, and none it would ignore."""
+    """The inputs a decoder of this kind (UNetConfig.kind) needs are there, and none it would ignore."""
     has_mask = mask is not None or (isinstance(latent, dict) and latent.get("noise_mask") is not None)
-    if kind == "inpainting" and latent is None:
+    if kind == "inpaint" and latent is None:
         raise ValueError(
             "This is an inpainting decoder: connect the picture's latent (DALL·E VQ Encode of it) and a mask (1 = "
             f"repaint). For text-to-image load {DECODER_REPO}."
         )
-    if kind != "inpainting" and mask is not None:
+    if kind != "inpaint" and mask is not None:
         raise ValueError(
-            f"A mask needs an inpainting decoder: load {INPAINT_REPO} (this one is {kind}), or sample with KSampler "
-            "and Set Latent Noise Mask."
+            f"A mask needs an inpainting decoder: load {INPAINT_REPO} (this one is {KIND_NAMES[kind]}), or sample "
+            "with KSampler and Set Latent Noise Mask."
         )
-    if kind == "inpainting" and not has_mask:
+    if kind == "inpaint" and not has_mask:
         raise ValueError(
             "This is an inpainting decoder: connect a mask (1 = repaint; e.g. Load Image's MASK) beside the "
             f"picture's latent. For text-to-image load {DECODER_REPO}."
@@ -492,7 +483,7 @@ def inpaint_edit(latent: object, mask: object, rows: int) -> Edit:
     Edit; the mask may also come as the LATENT's noise_mask (VAE Encode (for Inpainting), Set Latent Noise Mask)."""
     picture = movq_latents(latent)
     check_sampled_size(picture)
-    check_edit_inputs("inpainting", latent, mask)
+    check_edit_inputs("inpaint", latent, mask)
     if mask is None:
         mask = latent["noise_mask"]
     height, width = (side * LATENT_SCALE for side in picture.shape[2:])
