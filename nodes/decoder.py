@@ -80,6 +80,13 @@ class DalleDecoderSample:
                         "1 where the picture is transparent). Binarised at 0.5. Unconnected: the latent's noise mask."
                     },
                 ),
+                "hint": (
+                    "IMAGE",
+                    {
+                        "tooltip": "Depth ControlNet decoder only: a depth map of the picture (DALL·E Depth Map, or "
+                        "any depth preprocessor), near white = near. Resized to the image if its shape matches."
+                    },
+                ),
                 "denoise": (
                     "FLOAT",
                     {
@@ -108,6 +115,7 @@ class DalleDecoderSample:
         latent: dict | None = None,
         denoise: float = 1.0,
         mask: torch.Tensor | None = None,
+        hint: torch.Tensor | None = None,
     ) -> tuple[dict]:
         schedule = sampling.decoder_schedule(sampler, steps, karras, denoise)
         size = kandinsky22.latent_size(width, height) if latent is None else None
@@ -116,7 +124,7 @@ class DalleDecoderSample:
         checks.check_embeds(image_embeds.positive, config.image_embed_dim)
         checks.check_embeds(image_embeds.negative, config.image_embed_dim, "negative image embeddings")
         kind, rows, device = config.kind, image_embeds.positive.shape[0], runtime.compute_device()
-        kandinsky22.check_edit_inputs(kind, latent, mask)
+        kandinsky22.check_edit_inputs(kind, latent, mask, hint)
         edit = None
         if kind == "inpaint":
             edit = kandinsky22.inpaint_edit(latent, mask, rows)
@@ -125,6 +133,8 @@ class DalleDecoderSample:
             x, edit = kandinsky22.inpaint_start(edit, schedule, rows, generator, device, dtype)
         else:
             x = kandinsky22.decoder_start(image_embeds, schedule, size, latent, generator, device, dtype)
+        if kind == "controlnet":
+            edit = kandinsky22.hint_edit(hint, tuple(x.shape[2:]), rows)
         rows = x.shape[0] * (2 if guidance > 1 else 1)
 
         def load() -> Callable:

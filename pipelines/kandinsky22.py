@@ -443,23 +443,33 @@ def movq_latents(latent: object) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Edit:
-    """What an edit decoder reads beside the noisy latent, for every row (batches of 1 serve them all): inpainting's
-    picture latents [B, 4, h, w] and keep-mask [B, 1, h, w] (1 = kept), and the unit noise the picture is noised
-    with between steps (inpaint_start draws it)."""
+    """What an edit decoder reads beside the noisy latent, for every row (batches of 1 serve them all). Inpainting:
+    the picture's latents [B, 4, h, w], the keep-mask [B, 1, h, w] (1 = kept) and the unit noise the picture is
+    noised with between steps (inpaint_start draws it). Depth ControlNet: the hint [B, 3, 8h, 8w] in 0..1."""
 
-    picture: torch.Tensor
-    keep: torch.Tensor
+    picture: torch.Tensor | None = None
+    keep: torch.Tensor | None = None
     noise: torch.Tensor | None = None
+    hint: torch.Tensor | None = None
 
     def __repr__(self) -> str:
-        return f"Edit({' x '.join(map(str, self.picture.shape))})"
+        return f"Edit({', '.join(name for name in ('picture', 'hint') if getattr(self, name) is not None)})"
 
 
 KIND_NAMES = {"text2image": "text-to-image", "inpaint": "an inpainting one", "controlnet": "a depth ControlNet"}
 
 
-def check_edit_inputs(kind: str, latent: object, mask: object) -> None:
+def check_edit_inputs(kind: str, latent: object, mask: object, hint: object = None) -> None:
     """The inputs a decoder of this kind (UNetConfig.kind) needs are there, and none it would ignore."""
+    if kind == "controlnet" and hint is None:
+        raise ValueError(
+            "This is a depth ControlNet decoder: connect a hint (a depth map of the picture's size, e.g. from "
+            f"DALL·E Depth Map). For text-to-image without one load {DECODER_REPO}."
+        )
+    if kind != "controlnet" and hint is not None:
+        raise ValueError(
+            f"A hint needs the depth ControlNet decoder: load {CONTROLNET_REPO} (this one is {KIND_NAMES[kind]})."
+        )
     has_mask = mask is not None or (isinstance(latent, dict) and latent.get("noise_mask") is not None)
     if kind == "inpaint" and latent is None:
         raise ValueError(
@@ -494,6 +504,15 @@ def inpaint_edit(latent: object, mask: object, rows: int) -> Edit:
     return Edit(picture, keep)
 
 
+def hint_edit(hint: object, latent_size: tuple[int, int], rows: int) -> Edit:
+    """A hint IMAGE (a depth map; 1 or `rows` of them) → the ControlNet's Edit for latents of `latent_size`."""
+    height, width = (side * LATENT_SCALE for side in latent_size)
+    pixels = masks.hint_pixels(hint, height, width)
+    if pixels.shape[0] not in (1, rows):
+        raise ValueError(f"The hint batch ({pixels.shape[0]}) must be 1 or match the embeddings ({rows}).")
+    return Edit(hint=pixels)
+
+
 def inpaint_start(
     edit: Edit, schedule: sampling.DecoderSchedule, rows: int, generator: torch.Generator, device, dtype
 ) -> tuple[torch.Tensor, Edit]:
@@ -524,8 +543,8 @@ def decoder_sample(
     dtype), conditioned on image embeddings, as KandinskyV22Pipeline (and its img2img twin) does; with an inpainting
     `edit`, as KandinskyV22InpaintPipeline does: the UNet also reads the picture's latents (zero where repainted) and
     the keep-mask, and after every step the kept region is the picture noised to the next step's level (the clean
-    picture after the last). `load()` readies the UNet and returns the call to make of it: the module, or its
-    compiled call.
+    picture after the last); with a hint, as KandinskyV22ControlnetPipeline (and its img2img twin) does. `load()`
+    readies the UNet and returns the call to make of it: the module, or its compiled call.
     """
     check_range("guidance", guidance, 0.0, MAX_GUIDANCE)
     unet = load()
@@ -533,8 +552,8 @@ def decoder_sample(
     cond = torch.cat([embeds.negative, embeds.positive]) if guided else embeds.positive
     cond = cond.to(x.device, x.dtype)
     rows = x.shape[0]
-    after_step = extra = None
-    if edit is not None:
+    after_step = extra = hint = None
+    if edit is not None and edit.keep is not None:
         if edit.noise is None:
             raise ValueError("Start inpainting with inpaint_start: it draws the noise the kept picture is noised with.")
         edit_inputs = (edit.picture, edit.keep, edit.noise)
@@ -545,9 +564,15 @@ def decoder_sample(
             kept = sampling.noise_to(picture, noise, schedule, i + 1)
             return (keep * kept + (1 - keep) * x).to(x.dtype)
 
+    if edit is not None and edit.hint is not None:
+        hint = edit.hint.to(x.device, x.dtype).expand(rows, -1, -1, -1)
+        hint = torch.cat([hint, hint]) if guided else hint
+    extras = {} if hint is None else {"hint": hint}
+
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         model_in = x if extra is None else torch.cat([x, extra], dim=1)
-        eps = unet(torch.cat([model_in, model_in]) if guided else model_in, t, cond)[:, : x.shape[1]]  # ε only
+        model_in = torch.cat([model_in, model_in]) if guided else model_in
+        eps = unet(model_in, t, cond, **extras)[:, : x.shape[1]]  # ε only: drop the learned-variance half
         if not guided:
             return eps
         uncond, text = eps.chunk(2)
