@@ -147,9 +147,9 @@ def test_a_batch_takes_one_mask_for_all_or_one_each(tiny_inpaint_repo) -> None:
         assert torch.equal(each[row], shared[row])
 
 
-def sample(decoder, latent: dict | None, mask: torch.Tensor | None, **inputs) -> dict:
+def sample(decoder, latent: dict | None, mask: torch.Tensor | None, steps: int = 2, **inputs) -> dict:
     return NODES["DalleDecoderSample"]().sample(
-        decoder, embeds(), 128, 128, 2, GUIDANCE, "ddpm", False, 0, latent=latent, mask=mask, **inputs
+        decoder, embeds(), 128, 128, steps, GUIDANCE, "ddpm", False, 0, latent=latent, mask=mask, **inputs
     )[0]
 
 
@@ -218,3 +218,19 @@ def test_a_text_to_image_decoder_refuses_a_mask(tiny_decoder_repo, inpainter) ->
         sample(decoder, inpainter[1], rectangle_mask(128, 128))
     with pytest.raises(ValueError, match="noise mask, which only an inpainting decoder reads"):
         sample(decoder, {**inpainter[1], "noise_mask": rectangle_mask(128, 128)}, None, denoise=0.5)
+
+
+def test_denoise_below_1_starts_the_repainted_region_from_the_picture(inpainter) -> None:
+    """The reference only repaints from noise; with denoise < 1 the masked region starts from the noised picture,
+    as image-to-image does, and the kept region is still the picture's exactly."""
+    decoder, latent = inpainter
+    mask = rectangle_mask(128, 128)
+    repaint = F.max_pool2d(mask[:, None], 8).expand(1, 4, -1, -1) > 0
+    kept = ~F.max_pool2d(repaint.float(), 3, stride=1, padding=1).bool()  # beyond the grown border
+    picture_latent = latent["samples"]
+    distances = {}
+    for denoise in (1.0, 0.3):
+        out = sample(decoder, latent, mask, steps=10, denoise=denoise)["samples"]
+        distances[denoise] = (out - picture_latent)[repaint].abs().mean().item()
+        assert torch.equal(out[kept], picture_latent[kept])
+    assert distances[0.3] < 0.5 * distances[1.0]
