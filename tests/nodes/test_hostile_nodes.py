@@ -52,6 +52,11 @@ def upscaler(tmp_path_factory):
     return call("DalleLoadUpscaler", model="custom", filename=str(path))[0]
 
 
+@pytest.fixture(scope="module")
+def depth_model(tiny_depth_repo):
+    return call("DalleLoadDepthModel", repo_id=str(tiny_depth_repo), dtype="fp32")[0]
+
+
 def latent(*shape: int, fill: float | None = None) -> dict:
     samples = torch.randn(*shape)
     if fill is not None:
@@ -157,12 +162,13 @@ BAD_IMAGES = [
 
 
 @pytest.mark.parametrize(("bad", "message"), BAD_IMAGES)
-@pytest.mark.parametrize("node", ["DalleVQEncode", "DalleImageEncode", "DalleGANUpscale"])
-def test_wrong_images_are_refused(node, bad, message, kandinsky, upscaler) -> None:
+@pytest.mark.parametrize("node", ["DalleVQEncode", "DalleImageEncode", "DalleGANUpscale", "DalleDepthMap"])
+def test_wrong_images_are_refused(node, bad, message, kandinsky, upscaler, depth_model) -> None:
     inputs = {
         "DalleVQEncode": {"vq_vae": kandinsky["vq_vae"]},
         "DalleImageEncode": {"image_encoder": kandinsky["image_encoder"]},
         "DalleGANUpscale": {"upscale_model": upscaler},
+        "DalleDepthMap": {"depth_model": depth_model},
     }[node]
     with pytest.raises(ValueError, match=message):
         call(node, **inputs, image=bad)
