@@ -6,11 +6,11 @@ import shutil
 
 import pytest
 import torch
-from node_calls import call
 
 from dalle_nodes.engine.hub import NotDownloaded, default_store
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS, loaders
 from dalle_nodes.pipelines import depth
+from node_calls import call
 
 
 @pytest.fixture(autouse=True)
