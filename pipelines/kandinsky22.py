@@ -69,7 +69,7 @@ MAX_GUIDANCE = 100.0
 # Files each loader asks the Hub for (configs counted each time they are read), for "file k of n" in download bars;
 # tests/pipelines/test_api.py holds them to the loaders.
 NO_NEGATIVE_HINT = " (For no negative prompt, leave the prior's negative input unconnected.)"
-FETCHES = {"prior": 3, "text_encoder": 6, "image_encoder": 3, "zero_image_embed": 2, "unet": 4, "movq": 2}
+FETCHES = {"prior": 3, "text_encoder": 6, "image_encoder": 3, "zero_image_embed": 2, "unet": 3, "movq": 2}
 log = logging.getLogger(__name__)
 PRIOR_REPO = "kandinsky-community/kandinsky-2-2-prior"
 DECODER_REPO = "kandinsky-community/kandinsky-2-2-decoder"
