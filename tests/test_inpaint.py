@@ -9,28 +9,10 @@ import torch.nn.functional as F
 
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS as NODES
 from dalle_nodes.pipelines.kandinsky22 import ImageEmbeds
+from pictures import kept_region, picture, rectangle_mask, soft_mask
 from tiny_repos import WIDTH
 
 STEPS, GUIDANCE = 5, 4.0
-
-
-def picture(height: int, width: int, seed: int = 3) -> torch.Tensor:
-    """A smooth IMAGE [1, H, W, 3] (an image the MoVQ round trip keeps close), values well inside 0..1."""
-    coarse = torch.rand(1, 3, height // 16, width // 16, generator=torch.Generator().manual_seed(seed))
-    return (0.1 + 0.8 * F.interpolate(coarse, (height, width), mode="bilinear")).permute(0, 2, 3, 1)
-
-
-def rectangle_mask(height: int, width: int) -> torch.Tensor:
-    mask = torch.zeros(1, height, width)
-    mask[:, height // 4 : height // 2 + 8, width // 3 : 3 * width // 4] = 1
-    return mask
-
-
-def soft_mask(height: int, width: int) -> torch.Tensor:
-    """A soft disc: 1 at its centre, falling off over 40 px, which the reference binarises at 0.5 (a circle)."""
-    y, x = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    distance = ((y - 0.4 * height) ** 2 + (x - 0.6 * width) ** 2).sqrt()
-    return (1.5 - distance / 40).clamp(0, 1)[None]
 
 
 def embeds(batch: int = 1, seed: int = 5) -> ImageEmbeds:
@@ -94,13 +76,6 @@ def test_inpaint_matches_diffusers(tiny_inpaint_repo, make_mask, sampler) -> Non
     error = (actual - expected).abs().max().item()
     print(f"{make_mask.__name__} {sampler}: max abs difference {error:.2e}")
     assert error < 1e-4
-
-
-def kept_region(mask: torch.Tensor, margin: int) -> torch.Tensor:
-    """Pixels at least `margin` px from anything the mask repaints (MoVQ's decoder mixes neighbouring latents)."""
-    repaint = (mask >= 0.5).float()[:, None]
-    grown = F.max_pool2d(repaint, 2 * margin + 1, stride=1, padding=margin)
-    return grown[:, 0] == 0
 
 
 @pytest.mark.parametrize("height, width", [(128, 128), (128, 192), (192, 128)])
