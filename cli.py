@@ -13,7 +13,7 @@ from .engine import files
 from .engine.hub import error_summary, source_from_input
 from .pipelines import sampling
 from .pipelines.dalle_mini import REPO as MINI_REPO
-from .pipelines.kandinsky22 import DECODER_REPO, PRIOR_REPO
+from .pipelines.kandinsky22 import DECODER_REPO, INPAINT_REPO, PRIOR_REPO
 from .pipelines.rerank import CLIP_REPO
 from .pipelines.upscale import PRESETS
 
@@ -27,11 +27,31 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
+def outpaint_arg(text: str) -> int | dict[str, int]:
+    """`--outpaint 128` (every side) or `--outpaint left=256,right=256` (pixels); the sides' names and the values are
+    checked with the other settings (kandinsky22.Request)."""
+    try:
+        if "=" not in text:
+            return int(text)
+        pairs = [item.split("=") for item in text.split(",")]
+        sides = {key.strip(): int(value) for key, value in pairs}
+    except ValueError:  # not a number, or an item that is not one SIDE=PIXELS
+        sides = None
+    if sides is None or len(sides) != len(pairs):
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not SIDE=PIXELS,… (e.g. left=256,right=256; sides left, top, right, bottom, each once) or "
+            "one number of pixels for every side"
+        )
+    return sides
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = Parser(prog="python -m dalle_nodes", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     gen = commands.add_parser(
-        "generate", help="text → image with Kandinsky 2.2 (the open DALL·E 2) or DALL·E Mega/Mini (the open DALL·E 1)"
+        "generate",
+        help="text → image with Kandinsky 2.2 (the open DALL·E 2) or DALL·E Mega/Mini (the open DALL·E 1); edits "
+        "(inpainting, outpainting) with Kandinsky 2.2",
     )
     gen.add_argument("prompt")
     gen.add_argument(
@@ -61,11 +81,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     k22.add_argument("--prior-steps", type=int, default=25)
     k22.add_argument("--guidance", type=float, default=4.0, help="decoder guidance")
     k22.add_argument("--prior-guidance", type=float, default=4.0)
-    k22.add_argument("--width", type=int, default=768)
-    k22.add_argument("--height", type=int, default=768)
+    k22.add_argument("--width", type=int, default=None, help="default 768; an edit has its picture's size")
+    k22.add_argument("--height", type=int, default=None, help="default 768; an edit has its picture's size")
     k22.add_argument("--sampler", choices=sampling.DECODER_SAMPLERS, default="ddpm")
     k22.add_argument("--prior", default=PRIOR_REPO, help="prior repo id or local folder")
-    k22.add_argument("--decoder", default=DECODER_REPO, help="decoder repo id or local folder")
+    k22.add_argument(
+        "--decoder",
+        default=None,
+        help=f"decoder repo id or local folder (default: {DECODER_REPO}; with --image {INPAINT_REPO})",
+    )
+    edits = gen.add_argument_group("edits (kandinsky22): repaint part of a picture, or paint beyond its borders")
+    edits.add_argument("--image", type=Path, default=None, help="the picture to edit")
+    edits.add_argument(
+        "--mask",
+        type=Path,
+        default=None,
+        help="white (or transparent) = repaint, black = keep; else: the picture's transparency",
+    )
+    edits.add_argument(
+        "--outpaint",
+        type=outpaint_arg,
+        default=None,
+        metavar="SIDE=PX,…",
+        help="borders to paint, e.g. left=256,right=256 (sides left, top, right, bottom) or 128 for every side",
+    )
     mini = gen.add_argument_group("mega / mini")
     mini.add_argument("--repo", default=MINI_REPO, help="min-dalle repo id or local folder")
     mini.add_argument("--top-k", type=int, default=256)
@@ -87,13 +126,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def generate(args: argparse.Namespace) -> list[Path]:
-    """Every setting and the output paths are checked, and the upscaler is ready, before the first model loads:
-    a mistake costs no sampling and no download."""
+    """Every setting, the output paths and an edit's picture and mask files are checked, and the upscaler is ready,
+    before the first model loads: a mistake costs no sampling and no download."""
     from .pipelines import DalleMini, Kandinsky22, Upscaler, dalle_mini, kandinsky22
     from .pipelines.rerank import SCORE_KEY, Ranker
 
     paths = files.numbered(args.output, args.batch_size)
     files.check_image_outputs(paths, args.overwrite)
+    editing = args.image is not None
+    if args.model != "kandinsky22" and (editing or args.mask is not None or args.outpaint is not None):
+        raise ValueError("--image, --mask and --outpaint need --model kandinsky22: DALL·E Mega and Mini cannot edit.")
+    decoder = args.decoder if args.decoder is not None else INPAINT_REPO if editing else DECODER_REPO
     if args.model == "kandinsky22":
         request = kandinsky22.Request(
             args.prompt,
@@ -108,6 +151,9 @@ def generate(args: argparse.Namespace) -> list[Path]:
             batch_size=args.batch_size,
             sampler=args.sampler,
             best_of=args.best_of,
+            image=args.image,
+            mask=args.mask,
+            outpaint=args.outpaint,
         )
     else:
         request = dalle_mini.Request(
@@ -119,7 +165,7 @@ def generate(args: argparse.Namespace) -> list[Path]:
             supercondition=args.supercondition,
             best_of=args.best_of,
         )
-    repos = [args.prior, args.decoder] if args.model == "kandinsky22" else [args.repo]
+    repos = [args.prior, decoder] if args.model == "kandinsky22" else [args.repo]
     for repo in repos + ([args.clip] if args.clip else []):  # a malformed id or a missing folder fails now
         source_from_input(repo, None, None).local_folder  # noqa: B018  (checks the path or repo id)
     ranker = None  # Kandinsky ranks with its prior's own CLIP towers unless --clip says otherwise
@@ -128,8 +174,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
         ranker = Ranker.load(args.clip or CLIP_REPO, dtype=args.dtype)
     upscaler = Upscaler.load(args.upscale) if args.upscale else None
     if args.model == "kandinsky22":
-        print(f"Loading {args.prior} and {args.decoder} …", file=sys.stderr)
-        model = Kandinsky22.load(prior=args.prior, decoder=args.decoder, dtype=args.dtype)
+        print(f"Loading {args.prior} and {decoder} …", file=sys.stderr)
+        model = Kandinsky22.load(prior=args.prior, decoder=decoder, dtype=args.dtype)
     else:
         print(f"Loading DALL·E {args.model} from {args.repo} …", file=sys.stderr)
         model = DalleMini.load(repo=args.repo, variant=args.model, dtype=args.dtype)

@@ -1,10 +1,16 @@
-"""ComfyUI's IMAGE tensors ([B, H, W, C] floats in 0..1) ↔ PIL images, for the command line and the Python API."""
+"""ComfyUI's IMAGE tensors ([B, H, W, C] floats in 0..1) ↔ PIL images, and image files read safely, for the command
+line and the Python API."""
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
+
+from .hub import error_summary
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -23,3 +29,43 @@ def from_pil(images: Image.Image | list[Image.Image]) -> torch.Tensor:
     if len({array.shape for array in arrays}) > 1:
         raise ValueError(f"The images differ in size ({sorted({a.shape[:2] for a in arrays})}): pass one size a call.")
     return torch.from_numpy(np.stack(arrays))
+
+
+def open_image(path: str | Path, name: str, max_side: int) -> Image.Image:
+    """A user's image file, decoded whole and turned upright as its EXIF orientation says (as viewers show it). A
+    missing file, a folder, a file that is not an image or is damaged, or one over `max_side` px a side → ValueError
+    in one line naming the file (`name` says which input it is). The size is read from the header before any pixel
+    is decoded, and PIL's decompression-bomb limits are errors too, so a hostile file costs no memory."""
+    path = Path(path)
+    where = f"The {name} '{path}'"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path)
+        except FileNotFoundError:
+            raise ValueError(f"{where} does not exist.") from None
+        except IsADirectoryError:
+            raise ValueError(f"{where} is a folder: give an image file (e.g. a .png).") from None
+        except PermissionError:
+            raise ValueError(f"{where} cannot be read (Permission denied).") from None
+        except Image.UnidentifiedImageError:
+            raise ValueError(f"{where} is not an image PIL can read: give a PNG, JPEG, WebP, BMP or TIFF.") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # past PIL's pixel limits
+            raise ValueError(f"{where} is too large: {side_limit(max_side)}") from None
+    with image:
+        check_sides(image, where, max_side)
+        try:
+            image.load()
+            return ImageOps.exif_transpose(image)
+        except Exception as error:  # PIL's decoders report damage in many types (OSError, SyntaxError, struct.error …)
+            raise ValueError(f"{where} is damaged or incomplete ({error_summary(error)}): save it again.") from None
+
+
+def check_sides(image: Image.Image, where: str, max_side: int) -> None:
+    """`where` ("The image 'in.png'") is at most `max_side` px a side."""
+    if max(image.size) > max_side:
+        raise ValueError(f"{where} is {image.width}x{image.height} px: {side_limit(max_side)}")
+
+
+def side_limit(max_side: int) -> str:
+    return f"up to {max_side} px a side is taken; downscale it first."

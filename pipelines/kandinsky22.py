@@ -47,7 +47,7 @@ from ..models.clip import TextEmbeds
 from ..models.movq import MoVQ, MoVQConfig
 from ..models.prior import PriorConfig, PriorTransformer
 from ..models.unet import KandinskyUNet, UNetConfig
-from . import masks, rerank, sampling
+from . import edit_pictures, masks, rerank, sampling
 from .checks import MAX_SEED, check_image, check_latent, check_prompt, check_range
 from .clip_loading import clip_model, clip_processor, clip_tokenizer, fetch_tokenizer
 from .rerank import Ranker
@@ -64,12 +64,13 @@ if TYPE_CHECKING:  # transformers takes seconds to import: ComfyUI's start-up sh
 LATENT_CHANNELS = 4
 LATENT_SCALE = 8  # MoVQ's downsampling
 MIN_SIZE, MAX_SIZE, SIZE_STEP = 64, 4096, 64  # pixels; MoVQ downsamples by 8 and the UNet by 8 more
+DEFAULT_SIZE = 768
 MAX_BATCH = 64
 MAX_GUIDANCE = 100.0
 # Files each loader asks the Hub for (configs counted each time they are read), for "file k of n" in download bars;
 # tests/pipelines/test_api.py holds them to the loaders.
 NO_NEGATIVE_HINT = " (For no negative prompt, leave the prior's negative input unconnected.)"
-FETCHES = {"prior": 3, "text_encoder": 6, "image_encoder": 3, "zero_image_embed": 2, "unet": 4, "movq": 2}
+FETCHES = {"prior": 3, "text_encoder": 6, "image_encoder": 3, "zero_image_embed": 2, "unet": 3, "movq": 2}
 log = logging.getLogger(__name__)
 PRIOR_REPO = "kandinsky-community/kandinsky-2-2-prior"
 DECODER_REPO = "kandinsky-community/kandinsky-2-2-decoder"
@@ -488,6 +489,24 @@ def check_edit_inputs(kind: str, latent: object, mask: object, hint: object = No
         )
 
 
+def check_decoder_for(kind: str, editing: bool) -> None:
+    """Kandinsky22 (the Python API and the command line) draws text-to-image with the text-to-image decoder and
+    edits pictures with the inpainting one; `kind` is the loaded UNet's (UNetConfig.kind)."""
+    if editing and kind != "inpaint":
+        raise ValueError(
+            f"Editing a picture needs the inpainting decoder: load {INPAINT_REPO} (this one is {KIND_NAMES[kind]})."
+        )
+    if not editing and kind == "inpaint":
+        raise ValueError(
+            f"This is the inpainting decoder: give a picture to edit, or load {DECODER_REPO} for text-to-image."
+        )
+    if kind == "controlnet":
+        raise ValueError(
+            "This is the depth ControlNet decoder, which needs a depth hint: use it through the nodes (DALL·E Decoder "
+            f"Sample's hint input), or load {DECODER_REPO} for text-to-image."
+        )
+
+
 def inpaint_edit(latent: object, mask: object, rows: int) -> Edit:
     """The picture's LATENT (from DALL·E VQ Encode) and a MASK (1 = repaint, at the picture's size) → an inpainting
     Edit; the mask may also come as the LATENT's noise_mask (VAE Encode (for Inpainting), Set Latent Noise Mask)."""
@@ -622,8 +641,10 @@ class Kandinsky22:
                          decoder="kandinsky-community/kandinsky-2-2-decoder", dtype="auto")
     images = k.generate("a red fox", seed=42)  # list of PIL images
     ```
-    Every model stays on `device` (about 5.7 GiB in bf16); the image encoder is loaded only on the first run of a
-    checkpoint, for the zero-image embedding, which is then cached on disk.
+    Edits (inpainting, outpainting) need the inpainting decoder: `Kandinsky22.load(decoder=INPAINT_REPO)`, then
+    `k.edit("a red fox", "photo.png", mask="mask.png")`. Every model stays on `device` (about 5.7 GiB in bf16); the
+    image encoder is loaded only on the first run of a checkpoint, for the zero-image embedding, which is then cached
+    on disk.
     """
 
     prior: PriorTransformer
@@ -673,9 +694,25 @@ class Kandinsky22:
         download; the image tower, 3.4 GiB in bf16, stays loaded beside the others)."""
         return self.run(Request(prompt, **settings), ranker)
 
+    def edit(
+        self,
+        prompt: str,
+        image: edit_pictures.Picture,
+        mask: edit_pictures.Picture | None = None,
+        outpaint: edit_pictures.Outpaint | None = None,
+        ranker: Ranker | None = None,
+        **settings,
+    ) -> list[Image.Image]:
+        """Repaint part of a picture (a PIL image or an image file) from the prompt: where `mask` is white (or
+        transparent), or, without a mask, where the picture is transparent; `outpaint` adds borders to paint, in
+        pixels: 256 (every side), {"left": 256, "right": 256}, or (left, top, right, bottom). The result has the
+        picture's size with the borders (sides not multiples of 64 are resized to the nearest ones first). Needs
+        the inpainting decoder (INPAINT_REPO). `settings` and `ranker` are generate's, but width and height."""
+        return self.run(Request(prompt, image=image, mask=mask, outpaint=outpaint, **settings), ranker)
+
     def run(self, request: Request, ranker: Ranker | None = None) -> list[Image.Image]:
         """The node chain Text Encode → Prior Sample → Decoder Sample → VQ Decode (→ CLIP Rerank with best_of), as it
-        runs for the same seed."""
+        runs for the same seed; for an edit, with VQ Encode of the picture and the mask into Decoder Sample."""
         images = self.sample(request)
         if request.best_of is None:
             return to_pil(images)
@@ -697,16 +734,23 @@ class Kandinsky22:
     def sample(self, request: Request) -> torch.Tensor:
         """Every image the request draws, as IMAGE [N, H, W, 3] on the CPU: best_of of them in batches of batch_size
         (the prior's and the decoder's generators run on through the batches: the first batch is the one without
-        best_of), else batch_size."""
+        best_of), else batch_size. A mask that repaints nothing gives the picture itself, with a log line."""
+        check_decoder_for(self.unet.config.kind, request.edit is not None)
+        count = request.best_of or request.batch_size
+        edit = self.inpainting(request)
+        if edit is not None and unchanged(edit, 1) is not None:
+            return request.edit[0].expand(count, -1, -1, -1).clone()
         store = torch.device("cpu")
         text_encoder = lambda: self.text_encoder  # noqa: E731
         positive = encode_prompt(self.tokenizer, text_encoder, request.prompt, store)
         negative = encode_prompt(self.tokenizer, text_encoder, request.negative, store) if request.negative else None
-        sizes = rerank.batches(request.best_of or request.batch_size, request.batch_size)
+        sizes = rerank.batches(count, request.batch_size)
         bar = console_progress((request.prior_steps + request.steps) * len(sizes), "Kandinsky 2.2")
         step = lambda i, total, x: bar.update()  # noqa: E731
         prior_generator = torch.Generator().manual_seed(request.seed)
         decoder_generator = torch.Generator().manual_seed(request.seed)
+        param = next(self.unet.parameters())
+        schedule = request.decoder_schedule
         images = []
         try:
             for size in sizes:
@@ -723,23 +767,36 @@ class Kandinsky22:
                 if negative_image is None:
                     negative_image = self.zero_embed.expand(size, -1)
                 image_embeds = ImageEmbeds(embeds.float(), negative_image.float().to(embeds.device))
-                param = next(self.unet.parameters())
-                schedule = request.decoder_schedule
-                x = decoder_start(
-                    image_embeds, schedule, request.latent_size, None, decoder_generator, param.device, param.dtype
-                )
+                if edit is None:
+                    x = decoder_start(
+                        image_embeds, schedule, request.latent_size, None, decoder_generator, param.device, param.dtype
+                    )
+                    batch_edit = None
+                else:
+                    x, batch_edit = inpaint_start(edit, schedule, size, decoder_generator, param.device, param.dtype)
                 latents = decoder_sample(
-                    lambda: self.unet, image_embeds, x, schedule, request.guidance, decoder_generator, step
+                    lambda: self.unet, image_embeds, x, schedule, request.guidance, decoder_generator, step, batch_edit
                 )
                 images.append(movq_decode(self.movq, latents, PLAIN, store))
         finally:
             bar.close()
         return torch.cat(images)
 
+    def inpainting(self, request: Request) -> Edit | None:
+        """An edit request's picture, VQ-encoded once for every batch, with its mask; None for text-to-image."""
+        if request.edit is None:
+            return None
+        image, mask = request.edit
+        return inpaint_edit({"samples": movq_encode(lambda: self.movq, image)}, mask, 1)
+
 
 @dataclass(frozen=True)
 class Request:
-    """The settings of one text-to-image run, checked when made: before any model loads, a mistake is reported."""
+    """The settings of one run, checked when made: before any model loads, a mistake is reported.
+
+    Text-to-image draws width x height (default 768 x 768). An edit repaints part of `image` (a PIL image or an
+    image file): where `mask` is white or transparent, or, without a mask, where the picture is transparent, and
+    `outpaint`'s borders (edit_pictures.prepare); its size is the picture's, so width and height are left out."""
 
     prompt: str
     negative: str | None = None
@@ -748,12 +805,15 @@ class Request:
     prior_steps: int = 25
     guidance: float = 4.0
     prior_guidance: float = 4.0
-    width: int = 768
-    height: int = 768
+    width: int | None = None
+    height: int | None = None
     batch_size: int = 1
     sampler: str = "ddpm"
     karras: bool = False
     best_of: int | None = None  # sample this many, keep the batch_size best by CLIP score
+    image: edit_pictures.Picture | None = None
+    mask: edit_pictures.Picture | None = None
+    outpaint: edit_pictures.Outpaint | None = None
 
     def __post_init__(self) -> None:
         check_prompt(self.prompt)
@@ -764,6 +824,13 @@ class Request:
             check_range(name, getattr(self, name), 0.0, MAX_GUIDANCE)
         check_range("batch_size", self.batch_size, 1, MAX_BATCH)
         rerank.check_best_of(self.best_of, self.batch_size)
+        if self.image is None and (self.mask is not None or self.outpaint is not None):
+            raise ValueError("A mask or outpaint edits a picture: give the picture to edit too (image, --image).")
+        if self.image is not None and (self.width is not None or self.height is not None):
+            raise ValueError(
+                "An edit keeps the picture's size (with its outpaint borders): leave width and height out, or resize "
+                "the picture first."
+            )
         self.prior_schedule, self.decoder_schedule, self.latent_size  # noqa: B018  (built now: they check the rest)
 
     @cached_property
@@ -775,5 +842,16 @@ class Request:
         return sampling.decoder_schedule(self.sampler, self.steps, self.karras)
 
     @cached_property
+    def edit(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """An edit's picture as IMAGE [1, H, W, 3] and MASK [1, H, W] (1 = repaint); None for text-to-image."""
+        if self.image is None:
+            return None
+        return edit_pictures.prepare(self.image, self.mask, self.outpaint, SIZE_STEP, MAX_SIZE)
+
+    @cached_property
     def latent_size(self) -> tuple[int, int]:
-        return latent_size(self.width, self.height)
+        if self.edit is not None:
+            height, width = self.edit[0].shape[1:3]
+            return latent_size(width, height)
+        width, height = (DEFAULT_SIZE if side is None else side for side in (self.width, self.height))
+        return latent_size(width, height)

@@ -1,4 +1,5 @@
-"""Inputs of the edit tests: pictures, masks, depth maps and image embeddings at the tiny checkpoints' width."""
+"""Inputs of the edit tests: smooth pictures the MoVQ round trip keeps close, masks (1 = repaint), depth maps, image
+embeddings at the tiny checkpoints' width, and where a decoded picture may be compared with the VQ round trip."""
 
 from __future__ import annotations
 
@@ -38,3 +39,10 @@ def depth_map(height: int, width: int, batch: int = 1) -> torch.Tensor:
 def embeds(batch: int = 1, seed: int = 5) -> ImageEmbeds:
     generator = torch.Generator().manual_seed(seed)
     return ImageEmbeds(torch.randn(batch, WIDTH, generator=generator), torch.randn(batch, WIDTH, generator=generator))
+
+
+def kept_region(mask: torch.Tensor, margin: int) -> torch.Tensor:
+    """Pixels at least `margin` px from anything the mask repaints (MoVQ's decoder mixes neighbouring latents)."""
+    repaint = (mask >= 0.5).float()[:, None]
+    grown = F.max_pool2d(repaint, 2 * margin + 1, stride=1, padding=margin)
+    return grown[:, 0] == 0

@@ -9,14 +9,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dalle_nodes.cli import main
-from dalle_nodes.engine.images import from_pil
-from dalle_nodes.pipelines import rerank
+from dalle_nodes.engine.images import from_pil, to_pil
+from dalle_nodes.nodes import NODE_CLASS_MAPPINGS as NODES
+from dalle_nodes.pipelines import masks, rerank
 from dalle_nodes.pipelines.rerank import Ranker
 from dalle_nodes.pipelines.upscale import PRESETS
+from edit_inputs import kept_region, picture, rectangle_mask
 from tiny_repos import TINY_MIN_DALLE, write_min_dalle_repo
 from tiny_upscalers import compact_state, write_upscaler
 
@@ -138,3 +142,54 @@ def test_generate_best_of_is_checked_before_loading(tmp_path) -> None:
     assert result.stderr.strip().splitlines()[-1] == (
         "error: best_of (3) must be at least batch_size (4): best_of images are drawn and the batch_size best kept."
     )
+
+
+def edit_files(folder: Path, height: int, width: int) -> tuple[Path, Path]:
+    """A smooth picture and a rectangle mask (white = repaint) as the PNG files a user gives."""
+    image, mask = folder / "in.png", folder / "mask.png"
+    to_pil(picture(height, width))[0].save(image)
+    Image.fromarray((rectangle_mask(height, width)[0].numpy() * 255).astype(np.uint8), "L").save(mask)
+    return image, mask
+
+
+def differences(saved: Path, repo: Path, image: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """The mean difference between the saved picture and `image`'s MoVQ round trip: 8 px and more from what `mask`
+    repaints (tests/test_inpaint.py measures this for the node chain; the PNG's 8 bits add 1/510 a pixel), and
+    where it repaints."""
+    _, vq_vae, _, _ = NODES["DalleLoadDecoder"]().load(str(repo), "main", "fp32")
+    (latent,) = NODES["DalleVQEncode"]().encode(vq_vae, image)
+    (round_trip,) = NODES["DalleVQDecode"]().decode(vq_vae, latent)
+    with Image.open(saved) as written:
+        difference = (from_pil(written) - round_trip).abs()
+    kept, repainted = (difference[where].mean().item() for where in (kept_region(mask, margin=8), mask.bool()))
+    print(f"vs the VQ round trip: kept pixels {kept:.1e}, repainted ones {repainted:.1e}")
+    return kept, repainted
+
+
+def test_generate_inpaints_a_picture(tiny_prior_repo, tiny_inpaint_repo, tmp_path) -> None:
+    image, mask = edit_files(tmp_path, 128, 192)
+    out = tmp_path / "edited.png"
+    model = ["--prior", str(tiny_prior_repo), "--decoder", str(tiny_inpaint_repo), "--steps", "3", "--prior-steps", "2"]
+    args = ["generate", "a red fox", "-o", str(out), "--image", str(image), "--mask", str(mask), *model]
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(out)
+    with Image.open(out) as saved, Image.open(image) as given:
+        assert saved.size == (192, 128) and saved.mode == "RGB"
+        given = from_pil(given)
+    kept, repainted = differences(out, tiny_inpaint_repo, given, rectangle_mask(128, 192))
+    assert kept < 4e-3 and repainted > 5 * kept
+
+
+def test_generate_outpaints_to_the_padded_size(tiny_prior_repo, tiny_inpaint_repo, tmp_path) -> None:
+    image, _ = edit_files(tmp_path, 64, 128)
+    out = tmp_path / "wide.png"
+    model = ["--prior", str(tiny_prior_repo), "--decoder", str(tiny_inpaint_repo), "--steps", "2", "--prior-steps", "2"]
+    assert (
+        main(["generate", "a fox", "-o", str(out), "--image", str(image), "--outpaint", "left=64,right=128", *model])
+        == 0
+    )
+    with Image.open(out) as saved, Image.open(image) as given:
+        assert saved.size == (320, 64)
+        canvas, border = masks.pad_for_outpaint(from_pil(given), 64, 0, 128, 0)
+    assert differences(out, tiny_inpaint_repo, canvas, border)[0] < 4e-3

@@ -6,9 +6,11 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -262,3 +264,99 @@ def test_the_cli_and_api_take_exactly_the_nodes_ranges(request_class, field, nod
     for value in (low - step, high + step):
         with pytest.raises(ValueError, match=f"{field.replace('_', ' ')}|{field}"):
             request_class("a fox", **{field: value})
+
+
+def claimed_png(width: int, height: int) -> bytes:
+    """A small PNG file that claims width x height pixels (its pixel data is a few bytes)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def edit_inputs(folder: Path) -> dict[str, Path]:
+    """Picture and mask files, good and bad, as careless or hostile users give them."""
+    (folder / "a folder.png").mkdir()
+    Image.new("RGB", (64, 64), "red").save(folder / "in.png")
+    Image.new("L", (64, 64), 255).save(folder / "mask.png")
+    Image.new("L", (64, 128), 255).save(folder / "tall mask.png")
+    Image.new("RGB", (5000, 8)).save(folder / "wide.png")
+    (folder / "notes.png").write_text("not a picture")
+    Image.effect_noise((64, 64), 60).save(folder / "noise.png")
+    (folder / "truncated.png").write_bytes((folder / "noise.png").read_bytes()[:2000])
+    (folder / "bomb.png").write_bytes(claimed_png(20000, 20000))  # 400 M pixels: past PIL's decompression-bomb limit
+    return {path.name: path for path in folder.iterdir()}
+
+
+EDIT_MISTAKES = [
+    (["--image", "missing.png"], "The image 'missing.png' does not exist."),
+    (["--image", "a folder.png"], "The image 'a folder.png' is a folder: give an image file"),
+    (["--image", "notes.png"], "The image 'notes.png' is not an image PIL can read"),
+    (["--image", "truncated.png"], "The image 'truncated.png' is damaged or incomplete"),
+    (["--image", "bomb.png"], "The image 'bomb.png' is too large: up to 4096 px a side is taken"),
+    (
+        ["--image", "wide.png"],
+        "The image 'wide.png' is 5000x8 px: up to 4096 px a side is taken; downscale it first.",
+    ),
+    (["--image", "in.png", "--mask", "notes.png"], "The mask 'notes.png' is not an image PIL can read"),
+    (["--image", "in.png", "--mask", "tall mask.png"], "The mask is 64x128, the picture 64x64: a mask must cover"),
+    (["--image", "in.png"], "The picture has no transparent pixels, and no mask or outpaint was given"),
+    (["--image", "in.png", "--outpaint", "left=100"], "The outpaint left + right adds 100 px: it must add a multiple"),
+    (
+        ["--image", "in.png", "--outpaint", "up=64"],
+        "outpaint has no side 'up': the sides are left, top, right, bottom.",
+    ),
+    (["--image", "in.png", "--outpaint", "left=-64"], "The outpaint left must be a whole number of pixels, 0 to 4096"),
+    (["--image", "in.png", "--outpaint", "4096"], "With its outpaint borders the picture would be 8256x8256 px"),
+    (["--image", "in.png", "--outpaint", "left=64,top"], "argument --outpaint: 'left=64,top' is not SIDE=PIXELS"),
+    (["--image", "in.png", "--outpaint", "left=64,left=64"], "argument --outpaint: 'left=64,left=64' is not"),
+    (["--image", "in.png", "--outpaint", "wide"], "argument --outpaint: 'wide' is not SIDE=PIXELS"),
+    (["--image", "in.png", "--mask", "mask.png", "--width", "512"], "An edit keeps the picture's size"),
+    (["--mask", "mask.png"], "A mask or outpaint edits a picture: give the picture to edit too"),
+    (["--outpaint", "64"], "A mask or outpaint edits a picture"),
+    (["--image", "in.png", "--mask", "mask.png", "--model", "mega"], "--image, --mask and --outpaint need --model"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), EDIT_MISTAKES, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_edit_mistakes_fail_before_loading(args, message, no_loading, tmp_path, capsys) -> None:
+    files = edit_inputs(tmp_path)
+    given = [str(tmp_path / arg) if arg.endswith(".png") else arg for arg in args]
+    expected = message
+    for name in [*files, "missing.png"]:
+        expected = expected.replace(f"'{name}'", f"'{tmp_path / name}'")
+    assert run(generate(*given, output=tmp_path / "out.png")) == 2
+    assert expected in one_line_error(capsys)
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_edits_default_to_the_inpainting_decoder(monkeypatch, tmp_path, capsys) -> None:
+    loaded = []
+
+    def record(cls, **repos):
+        loaded.append(repos["decoder"])
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(Kandinsky22, "load", classmethod(record))
+    files = edit_inputs(tmp_path)
+    assert (
+        run(generate("--image", str(files["in.png"]), "--mask", str(files["mask.png"]), output=tmp_path / "o.png")) == 2
+    )
+    assert run(generate(output=tmp_path / "o.png")) == 2
+    assert loaded == [kandinsky22.INPAINT_REPO, kandinsky22.DECODER_REPO]
+
+
+def test_a_text_to_image_decoder_refuses_an_edit(tiny_prior_repo, tiny_decoder_repo, tmp_path, capsys) -> None:
+    files = edit_inputs(tmp_path)
+    model = tiny_kandinsky(tiny_prior_repo, tiny_decoder_repo)[:4]  # the repos; an edit has its picture's size
+    args = generate(
+        *model, "--image", str(files["in.png"]), "--mask", str(files["mask.png"]), output=tmp_path / "o.png"
+    )
+    assert run(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the loading lines
+    assert error == (
+        f"error: Editing a picture needs the inpainting decoder: load {kandinsky22.INPAINT_REPO} (this one is "
+        "text-to-image)."
+    )

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS as NODES
-from edit_inputs import embeds, picture, rectangle_mask, soft_mask
+from edit_inputs import embeds, kept_region, picture, rectangle_mask, soft_mask
 
 STEPS, GUIDANCE = 5, 4.0
 
@@ -69,13 +69,6 @@ def test_inpaint_matches_diffusers(tiny_inpaint_repo, make_mask, sampler) -> Non
     error = (actual - expected).abs().max().item()
     print(f"{make_mask.__name__} {sampler}: max abs difference {error:.2e}")
     assert error < 1e-4
-
-
-def kept_region(mask: torch.Tensor, margin: int) -> torch.Tensor:
-    """Pixels at least `margin` px from anything the mask repaints (MoVQ's decoder mixes neighbouring latents)."""
-    repaint = (mask >= 0.5).float()[:, None]
-    grown = F.max_pool2d(repaint, 2 * margin + 1, stride=1, padding=margin)
-    return grown[:, 0] == 0
 
 
 @pytest.mark.parametrize("height, width", [(128, 128), (128, 192), (192, 128)])

@@ -122,7 +122,7 @@ def sampler_inputs(kandinsky: dict) -> dict:
     return {"decoder": kandinsky["decoder"], "image_embeds": kandinsky["embeds"], "steps": 2, "denoise": 0.5}
 
 
-def test_a_latent_with_a_noise_mask_is_refused_by_our_sampler_and_decoded_by_vq_decode(kandinsky) -> None:
+def test_a_latent_with_a_noise_mask_is_refused_by_a_text_to_image_decoder_and_decoded_by_vq_decode(kandinsky) -> None:
     masked = {**latent(1, 4, 8, 8), "noise_mask": torch.ones(1, 64, 64)}
     with pytest.raises(ValueError, match="carries a noise mask, which only an inpainting decoder reads"):
         call("DalleDecoderSample", **sampler_inputs(kandinsky), latent=masked)
