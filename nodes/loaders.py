@@ -119,8 +119,10 @@ class DalleLoadImageEncoder(HubLoader):
 
 class DalleLoadDecoder(HubLoader):
     DESCRIPTION = (
-        "Loads the Kandinsky 2.2 latent decoder UNet and its MoVQ image autoencoder (DALL·E 2's second stage). MODEL "
-        "and VAE are the same weights as ComfyUI types, for KSampler, VAE Decode and the other core nodes."
+        "Loads the Kandinsky 2.2 latent decoder UNet and its MoVQ image autoencoder (DALL·E 2's second stage): the "
+        "text-to-image decoder, the inpainting one (kandinsky-community/kandinsky-2-2-decoder-inpaint: give Decoder "
+        "Sample a mask) or the depth ControlNet (kandinsky-community/kandinsky-2-2-controlnet-depth: give it a hint). "
+        "MODEL and VAE are the same weights as ComfyUI types, for KSampler, VAE Decode and the other core nodes."
     )
     RETURN_TYPES = ("DALLE_DECODER", "DALLE_VQ_VAE", "MODEL", "VAE")  # appended outputs keep old links' slots
     RETURN_NAMES = ("decoder", "vq_vae", "model", "vae")

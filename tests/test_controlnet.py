@@ -6,30 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS as NODES
-from dalle_nodes.pipelines.kandinsky22 import ImageEmbeds
-from tiny_repos import WIDTH
+from edit_inputs import depth_map, embeds, picture
 
 STEPS, GUIDANCE = 5, 4.0
-
-
-def embeds(batch: int = 1, seed: int = 5) -> ImageEmbeds:
-    generator = torch.Generator().manual_seed(seed)
-    return ImageEmbeds(torch.randn(batch, WIDTH, generator=generator), torch.randn(batch, WIDTH, generator=generator))
-
-
-def depth_map(height: int, width: int, batch: int = 1) -> torch.Tensor:
-    """A depth-like IMAGE [B, H, W, 3]: a smooth ramp with a nearer blob, the same on its three channels."""
-    y, x = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
-    depth = 0.3 * y + 0.6 * torch.exp(-((x - 0.6) ** 2 + (y - 0.4) ** 2) / 0.05)
-    return depth[None, ..., None].expand(batch, -1, -1, 3).contiguous()
-
-
-def picture(height: int, width: int) -> torch.Tensor:
-    coarse = torch.rand(1, 3, height // 16, width // 16, generator=torch.Generator().manual_seed(3))
-    return (0.1 + 0.8 * F.interpolate(coarse, (height, width), mode="bilinear")).permute(0, 2, 3, 1)
 
 
 @pytest.fixture(scope="module")

@@ -8,34 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS as NODES
-from dalle_nodes.pipelines.kandinsky22 import ImageEmbeds
-from tiny_repos import WIDTH
+from edit_inputs import embeds, picture, rectangle_mask, soft_mask
 
 STEPS, GUIDANCE = 5, 4.0
-
-
-def picture(height: int, width: int, seed: int = 3) -> torch.Tensor:
-    """A smooth IMAGE [1, H, W, 3] (an image the MoVQ round trip keeps close), values well inside 0..1."""
-    coarse = torch.rand(1, 3, height // 16, width // 16, generator=torch.Generator().manual_seed(seed))
-    return (0.1 + 0.8 * F.interpolate(coarse, (height, width), mode="bilinear")).permute(0, 2, 3, 1)
-
-
-def rectangle_mask(height: int, width: int) -> torch.Tensor:
-    mask = torch.zeros(1, height, width)
-    mask[:, height // 4 : height // 2 + 8, width // 3 : 3 * width // 4] = 1
-    return mask
-
-
-def soft_mask(height: int, width: int) -> torch.Tensor:
-    """A soft disc: 1 at its centre, falling off over 40 px, which the reference binarises at 0.5 (a circle)."""
-    y, x = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    distance = ((y - 0.4 * height) ** 2 + (x - 0.6 * width) ** 2).sqrt()
-    return (1.5 - distance / 40).clamp(0, 1)[None]
-
-
-def embeds(batch: int = 1, seed: int = 5) -> ImageEmbeds:
-    generator = torch.Generator().manual_seed(seed)
-    return ImageEmbeds(torch.randn(batch, WIDTH, generator=generator), torch.randn(batch, WIDTH, generator=generator))
 
 
 def ours(repo, image: torch.Tensor, mask: torch.Tensor, seed: int, sampler: str = "ddpm", **inputs) -> tuple:
@@ -147,9 +122,9 @@ def test_a_batch_takes_one_mask_for_all_or_one_each(tiny_inpaint_repo) -> None:
         assert torch.equal(each[row], shared[row])
 
 
-def sample(decoder, latent: dict | None, mask: torch.Tensor | None, **inputs) -> dict:
+def sample(decoder, latent: dict | None, mask: torch.Tensor | None, steps: int = 2, **inputs) -> dict:
     return NODES["DalleDecoderSample"]().sample(
-        decoder, embeds(), 128, 128, 2, GUIDANCE, "ddpm", False, 0, latent=latent, mask=mask, **inputs
+        decoder, embeds(), 128, 128, steps, GUIDANCE, "ddpm", False, 0, latent=latent, mask=mask, **inputs
     )[0]
 
 
@@ -218,3 +193,19 @@ def test_a_text_to_image_decoder_refuses_a_mask(tiny_decoder_repo, inpainter) ->
         sample(decoder, inpainter[1], rectangle_mask(128, 128))
     with pytest.raises(ValueError, match="noise mask, which only an inpainting decoder reads"):
         sample(decoder, {**inpainter[1], "noise_mask": rectangle_mask(128, 128)}, None, denoise=0.5)
+
+
+def test_denoise_below_1_starts_the_repainted_region_from_the_picture(inpainter) -> None:
+    """The reference only repaints from noise; with denoise < 1 the masked region starts from the noised picture,
+    as image-to-image does, and the kept region is still the picture's exactly."""
+    decoder, latent = inpainter
+    mask = rectangle_mask(128, 128)
+    repaint = F.max_pool2d(mask[:, None], 8).expand(1, 4, -1, -1) > 0
+    kept = ~F.max_pool2d(repaint.float(), 3, stride=1, padding=1).bool()  # beyond the grown border
+    picture_latent = latent["samples"]
+    distances = {}
+    for denoise in (1.0, 0.3):
+        out = sample(decoder, latent, mask, steps=10, denoise=denoise)["samples"]
+        distances[denoise] = (out - picture_latent)[repaint].abs().mean().item()
+        assert torch.equal(out[kept], picture_latent[kept])
+    assert distances[0.3] < 0.5 * distances[1.0]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from node_calls import call
 
 import dalle_nodes
 from dalle_nodes.engine import compiled, cuda_graph
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, loaders, runtime, sockets
 from dalle_nodes.pipelines import kandinsky22, kandinsky22_memory
+from node_calls import call
 
 CONTRACT = {  # the node contract shared workflows rely on: id → (required inputs, output types)
     "DalleLoadPrior": ({"repo_id", "revision", "dtype"}, ("DALLE_PRIOR", "DALLE_TEXT_ENCODER")),
