@@ -29,7 +29,7 @@ from PIL import Image
 import tiny_repos
 import tiny_upscalers
 from dalle_nodes.client.comfy_client import ComfyClient, OutputFile, ServerError
-from dalle_nodes.pipelines import kandinsky22
+from dalle_nodes.pipelines import depth, kandinsky22
 from dalle_nodes.pipelines.rerank import CLIP_REPO
 from dalle_nodes.pipelines.upscale import PRESETS
 
@@ -167,6 +167,7 @@ def comfyui(tmp_path_factory) -> Iterator[ComfyUI]:
     tiny_repos.write_decoder_repo(store / kandinsky22.DECODER_REPO.replace("/", "--"))
     tiny_repos.write_inpaint_repo(store / kandinsky22.INPAINT_REPO.replace("/", "--"))
     tiny_repos.write_controlnet_repo(store / kandinsky22.CONTROLNET_REPO.replace("/", "--"))
+    tiny_repos.write_depth_repo(store / depth.DEPTH_REPO.replace("/", "--"))  # DALL·E Depth Map's default model
     mega = tiny_repos.write_min_dalle_repo(store / "kuprel--min-dalle", "mega", tiny_repos.TINY_MIN_DALLE)
     (mega / "hyperparameters.json").write_text(json.dumps({"mega": tiny_repos.TINY_MIN_DALLE}))  # the toy size
     tiny_repos.write_clip_repo(store / CLIP_REPO.replace("/", "--"))  # the best-of workflow's reranker
