@@ -425,7 +425,9 @@ def _same_kind(value: object, default: object) -> bool:
     if isinstance(default, float):
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if isinstance(default, (list, tuple)):
-        return isinstance(value, (list, tuple)) and (not default or all(_same_kind(v, default[0]) for v in value))
+        # Elements are held to the widest kind among the default's: [4, 2, 1, 0.5] (DPT's) takes any numbers.
+        element = next((d for d in default if isinstance(d, float)), default[0]) if default else None
+        return isinstance(value, (list, tuple)) and all(_same_kind(v, element) for v in value)
     if isinstance(default, dict):
         first = next(iter(default.values()), None)
         return isinstance(value, dict) and all(_same_kind(v, first) for v in value.values())

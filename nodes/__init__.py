@@ -2,6 +2,7 @@
 
 from .conditioning import DalleImageEmbedsToConditioning
 from .decoder import DalleDecoderSample
+from .depth import DalleDepthMap, DalleLoadDepthModel
 from .embeds import DalleImageEncode, DalleMixEmbeds
 from .loaders import DalleLoadCLIPVision, DalleLoadDecoder, DalleLoadImageEncoder, DalleLoadPrior
 from .mini import DalleLoadMini, DalleTokenSample, DalleVQGANDecode
@@ -31,6 +32,8 @@ NODE_CLASS_MAPPINGS = {
     "DalleGANUpscale": DalleGANUpscale,
     "DalleLoadCLIP": DalleLoadCLIP,
     "DalleCLIPRerank": DalleCLIPRerank,
+    "DalleLoadDepthModel": DalleLoadDepthModel,
+    "DalleDepthMap": DalleDepthMap,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -53,4 +56,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DalleGANUpscale": "DALL·E GAN Upscale (tiled)",
     "DalleLoadCLIP": "Load CLIP (reranker)",
     "DalleCLIPRerank": "DALL·E CLIP Rerank (best of N)",
+    "DalleLoadDepthModel": "Load Depth Model (Hub, for the depth ControlNet)",
+    "DalleDepthMap": "DALL·E Depth Map (ControlNet hint)",
 }

@@ -89,6 +89,17 @@ class ClipModel:
 
 
 @dataclass
+class DepthModel:
+    """DALLE_DEPTH_MODEL: a transformers depth-estimation model with its image processor (pre- and post-processing)."""
+
+    processor: object
+    model: runtime.ManagedModule
+
+    def __repr__(self) -> str:  # ComfyUI puts node inputs into error reports: keep tensors out of them
+        return f"DepthModel({self.model.dtype})"
+
+
+@dataclass
 class ImageEncoder:
     """DALLE_IMAGE_ENCODER: CLIP ViT-bigG image tower with its preprocessing."""
 

@@ -53,6 +53,12 @@ def tiny_clip_repo(tmp_path_factory) -> Path:
     return tiny_repos.write_clip_repo(tmp_path_factory.mktemp("clip-vit-base-patch32"))
 
 
+@pytest.fixture(scope="session")
+def tiny_depth_repo(tmp_path_factory) -> Path:
+    """Intel/dpt-hybrid-midas in miniature (DPT with a BiT backbone; config, weights and preprocessing at the root)."""
+    return tiny_repos.write_depth_repo(tmp_path_factory.mktemp("dpt-hybrid-midas"))
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path, monkeypatch) -> None:
     """Downloads and caches go to a per-test folder, never the user's home."""

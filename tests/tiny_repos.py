@@ -429,3 +429,61 @@ def write_clip_repo(root: Path, seed: int = 40, tiny: bool = True) -> Path:
     model.save_pretrained(root)
     (root / "preprocessor_config.json").write_text(json.dumps(CLIP_PREPROCESSOR))
     return root
+
+
+# Intel/dpt-hybrid-midas (the depth model diffusers' Kandinsky 2.2 ControlNet docs use): transformers'
+# DPTForDepthEstimation with config.json, model.safetensors and preprocessor_config.json at the root. The hybrid one
+# reads a BiT (ResNet) backbone's first two stages and the ViT's last two layers; the plain one four ViT layers.
+DEPTH_IMAGE_SIZE = 32  # the processor's resize target (384 in the real repos) and the model's image_size
+
+
+def depth_config(hybrid: bool):
+    """A tiny DPTConfig, the layout of Intel/dpt-hybrid-midas (hybrid) or of Intel/dpt-large (plain)."""
+    from transformers import BitConfig, DPTConfig
+
+    shared = dict(
+        hidden_size=16,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=32,
+        image_size=DEPTH_IMAGE_SIZE,
+        backbone_out_indices=[0, 1, 2, 3],
+        fusion_hidden_size=16,
+    )
+    if not hybrid:
+        return DPTConfig(**shared, patch_size=8, neck_hidden_sizes=[8, 16, 16, 16], reassemble_factors=[4, 2, 1, 0.5])
+    backbone = BitConfig(  # the real backbone's kind (bottleneck blocks, "same" padding), 3 stages of one block
+        layer_type="bottleneck",
+        global_padding="same",
+        embedding_dynamic_padding=True,
+        depths=[1, 1, 1],
+        hidden_sizes=[8, 16, 32, 64],
+        embedding_size=8,
+        num_groups=4,
+        out_features=["stage1", "stage2", "stage3"],
+    )
+    featmap = [1, 32, DEPTH_IMAGE_SIZE // 16, DEPTH_IMAGE_SIZE // 16]  # stage 3's output: channels, size / 16
+    return DPTConfig(
+        **shared,
+        is_hybrid=True,
+        backbone_config=backbone.to_dict(),
+        backbone_featmap_shape=featmap,
+        patch_size=16,
+        neck_hidden_sizes=[8, 16, 16, 16],  # the first two are the backbone stages' widths
+        neck_ignore_stages=[0, 1],
+        reassemble_factors=[1, 1, 1, 0.5],
+        readout_type="project",
+    )
+
+
+def write_depth_repo(root: Path, seed: int = 50, hybrid: bool = True) -> Path:
+    """A depth-estimation repo in miniature (see depth_config), random weights."""
+    from transformers import DPTForDepthEstimation, DPTImageProcessor
+
+    model = _randomize(DPTForDepthEstimation(depth_config(hybrid)), seed)
+    with torch.no_grad():  # the head ends in conv, ReLU, 1×1 conv, ReLU: positive last weights keep its output
+        model.head.head[-2].weight.abs_()  # above 0, a map with detail rather than one mostly clamped flat
+    model.save_pretrained(root)
+    size = {"height": DEPTH_IMAGE_SIZE, "width": DEPTH_IMAGE_SIZE}
+    DPTImageProcessor(size=size, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(root)
+    return root

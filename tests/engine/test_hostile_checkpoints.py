@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from dalle_nodes.engine import compiled, hub
 from dalle_nodes.engine.hub import CheckpointError, Source
-from dalle_nodes.pipelines import dalle_mini, kandinsky22, upscale
+from dalle_nodes.pipelines import dalle_mini, depth, kandinsky22, upscale
 from tiny_repos import TINY_MIN_DALLE
 from tiny_upscalers import compact_state, write_malicious_pickle, write_upscaler
 
@@ -49,18 +49,27 @@ LOADERS: dict[str, tuple[str, Callable[[Path], object]]] = {
     "mini_tokenizer": ("mini", lambda r: dalle_mini.load_tokenizer(_source(r), "mini")),
     "vqgan": ("mini", lambda r: dalle_mini.load_vqgan(_source(r), F32)),
     "upscaler": ("upscaler", lambda r: upscale.load_upscaler(r / "x4.safetensors")),
+    "depth": ("depth", lambda r: depth.load_depth_model(_source(r), F32)),
 }
 
 
 @pytest.fixture(scope="module")
-def tiny_repos(tiny_prior_repo, tiny_decoder_repo, tiny_min_dalle_repo, tmp_path_factory) -> dict[str, Path]:
+def tiny_repos(
+    tiny_prior_repo, tiny_decoder_repo, tiny_min_dalle_repo, tiny_depth_repo, tmp_path_factory
+) -> dict[str, Path]:
     mini = tmp_path_factory.mktemp("mini")
     for name in ("encoder_mini.pt", "decoder_mini.pt", "vocab_mini.json", "merges_mini.txt", "detoker.pt"):
         shutil.copy(tiny_min_dalle_repo / name, mini / name)
     (mini / "hyperparameters.json").write_text(json.dumps({"mini": TINY_MIN_DALLE}))  # the tiny size
     upscaler = tmp_path_factory.mktemp("upscaler")
     write_upscaler(upscaler / "x4.safetensors", compact_state(4))
-    return {"prior": tiny_prior_repo, "decoder": tiny_decoder_repo, "mini": mini, "upscaler": upscaler}
+    return {
+        "prior": tiny_prior_repo,
+        "decoder": tiny_decoder_repo,
+        "mini": mini,
+        "upscaler": upscaler,
+        "depth": tiny_depth_repo,
+    }
 
 
 @pytest.fixture
@@ -98,6 +107,8 @@ CONFIGS = {
     "image_encoder": ("image_encoder/config.json", "patch_size"),
     "image_encoder:processor": ("image_processor/preprocessor_config.json", "resample"),
     "mini_bart": ("hyperparameters.json", "layer_count"),
+    "depth": ("config.json", "hidden_size"),
+    "depth:processor": ("preprocessor_config.json", "ensure_multiple_of"),
 }
 
 
@@ -171,6 +182,7 @@ WEIGHTS = {
     "mini_bart": "encoder_mini.pt",
     "vqgan": "detoker.pt",
     "upscaler": "x4.safetensors",
+    "depth": "model.safetensors",
 }
 
 
@@ -243,6 +255,7 @@ PICKLE_ONLY = {
     "mini_bart": ("encoder_mini.pt", "encoder_mini.pt"),
     "mini_bart:decoder": ("decoder_mini.pt", "decoder_mini.pt"),
     "vqgan": ("detoker.pt", "detoker.pt"),
+    "depth": ("model.safetensors", "pytorch_model.bin"),
 }
 
 
@@ -329,6 +342,7 @@ UNREADABLE = {  # loader → the file made unreadable
     "mini_bart:hyperparameters": ("mini_bart", "hyperparameters.json"),
     "mini_tokenizer:merges": ("mini_tokenizer", "merges_mini.txt"),
     "upscaler:weights": ("upscaler", "x4.safetensors"),
+    "depth:processor": ("depth", "preprocessor_config.json"),
 }
 
 

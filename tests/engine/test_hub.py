@@ -220,3 +220,22 @@ def test_movq_with_legacy_attention_names_loads(tiny_decoder_repo, tmp_path) -> 
     save_file(legacy, weights)
     movq = kandinsky22.load_movq(Source(str(repo)), torch.float32)
     assert all(torch.equal(movq.state_dict()[k], v) for k, v in modern.items())
+
+
+@pytest.mark.parametrize(
+    "default, value, ok",
+    [
+        ([4, 2, 1, 0.5], [1, 1, 1, 0.5], True),  # DPT's reassemble_factors: numbers, whole or not
+        ([4, 2, 1, 0.5], [1, "2"], False),
+        ([4, 2, 1, 0.5], [True, 1], False),
+        ([1, 2], [1.5, 2], False),  # a list of whole numbers stays one
+        ([], ["anything"], True),
+    ],
+)
+def test_list_settings_take_the_kind_of_their_widest_default(default, value, ok: bool) -> None:
+    settings = {"factors": value}
+    if ok:
+        assert hub.config_settings(settings, {"factors": default}, "test")["factors"] == value
+    else:
+        with pytest.raises(ValueError, match="factors=.* has the wrong type"):
+            hub.config_settings(settings, {"factors": default}, "test")

@@ -52,6 +52,11 @@ def upscaler(tmp_path_factory):
     return call("DalleLoadUpscaler", model="custom", filename=str(path))[0]
 
 
+@pytest.fixture(scope="module")
+def depth_model(tiny_depth_repo):
+    return call("DalleLoadDepthModel", repo_id=str(tiny_depth_repo), dtype="fp32")[0]
+
+
 def latent(*shape: int, fill: float | None = None) -> dict:
     samples = torch.randn(*shape)
     if fill is not None:
@@ -119,7 +124,7 @@ def sampler_inputs(kandinsky: dict) -> dict:
 
 def test_a_latent_with_a_noise_mask_is_refused_by_our_sampler_and_decoded_by_vq_decode(kandinsky) -> None:
     masked = {**latent(1, 4, 8, 8), "noise_mask": torch.ones(1, 64, 64)}
-    with pytest.raises(ValueError, match="carries a noise mask, which DALL·E Decoder Sample does not use"):
+    with pytest.raises(ValueError, match="carries a noise mask, which only an inpainting decoder reads"):
         call("DalleDecoderSample", **sampler_inputs(kandinsky), latent=masked)
     (pixels,) = call("DalleVQDecode", vq_vae=kandinsky["vq_vae"], latent=masked)
     assert pixels.shape == (1, 64, 64, 3)
@@ -157,12 +162,13 @@ BAD_IMAGES = [
 
 
 @pytest.mark.parametrize(("bad", "message"), BAD_IMAGES)
-@pytest.mark.parametrize("node", ["DalleVQEncode", "DalleImageEncode", "DalleGANUpscale"])
-def test_wrong_images_are_refused(node, bad, message, kandinsky, upscaler) -> None:
+@pytest.mark.parametrize("node", ["DalleVQEncode", "DalleImageEncode", "DalleGANUpscale", "DalleDepthMap"])
+def test_wrong_images_are_refused(node, bad, message, kandinsky, upscaler, depth_model) -> None:
     inputs = {
         "DalleVQEncode": {"vq_vae": kandinsky["vq_vae"]},
         "DalleImageEncode": {"image_encoder": kandinsky["image_encoder"]},
         "DalleGANUpscale": {"upscale_model": upscaler},
+        "DalleDepthMap": {"depth_model": depth_model},
     }[node]
     with pytest.raises(ValueError, match=message):
         call(node, **inputs, image=bad)

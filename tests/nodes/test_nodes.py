@@ -34,6 +34,8 @@ CONTRACT = {  # the node contract shared workflows rely on: id → (required inp
     "DalleGANUpscale": ({"upscale_model", "image", "tile", "overlap"}, ("IMAGE",)),
     "DalleImageEmbedsToConditioning": ({"image_embeds"}, ("CONDITIONING", "CONDITIONING")),
     "DalleLoadCLIPVision": ({"repo_id", "revision"}, ("CLIP_VISION", "CONDITIONING")),
+    "DalleLoadDepthModel": ({"repo_id", "revision", "dtype"}, ("DALLE_DEPTH_MODEL",)),
+    "DalleDepthMap": ({"depth_model", "image"}, ("IMAGE",)),
 }
 
 
