@@ -33,7 +33,8 @@ class NodeSpec:
 
 
 # ComfyUI core nodes our workflows and tests use, as ComfyUI (v0.33) declares them. Outputs are those every
-# version has (SaveImage gained an IMAGE output only lately). "COMBO": choices only ComfyUI knows (input files).
+# version has (SaveImage gained an IMAGE output only lately). "COMBO": choices only ComfyUI knows (input files), or
+# those of a V3 node (ImageToMask), which /object_info gives as "COMBO" with options.
 CORE_NODES = {
     "SaveImage": NodeSpec(
         {"required": {"images": ("IMAGE",), "filename_prefix": ("STRING", {"default": "ComfyUI"})}},
@@ -97,6 +98,34 @@ CORE_NODES = {
         },
         ("CONDITIONING",),
     ),
+    "InpaintModelConditioning": NodeSpec(
+        {
+            "required": {
+                "positive": ("CONDITIONING",),
+                "negative": ("CONDITIONING",),
+                "vae": ("VAE",),
+                "pixels": ("IMAGE",),
+                "mask": ("MASK",),
+                "noise_mask": ("BOOLEAN", {"default": True}),
+            }
+        },
+        ("CONDITIONING", "CONDITIONING", "LATENT"),
+    ),
+    "ImagePadForOutpaint": NodeSpec(
+        {
+            "required": {  # "Pad Image for Outpainting"
+                "image": ("IMAGE",),
+                **{
+                    side: ("INT", {"default": 0, "min": 0, "max": 16384, "step": 8})
+                    for side in ("left", "top", "right", "bottom")
+                },
+                "feathering": ("INT", {"default": 40, "min": 0, "max": 16384, "step": 1}),
+            }
+        },
+        ("IMAGE", "MASK"),
+    ),
+    "MaskToImage": NodeSpec({"required": {"mask": ("MASK",)}}, ("IMAGE",)),  # "Convert Mask to Image"
+    "ImageToMask": NodeSpec({"required": {"image": ("IMAGE",), "channel": ("COMBO",)}}, ("MASK",)),
     "UpscaleModelLoader": NodeSpec({"required": {"model_name": ("COMBO",)}}, ("UPSCALE_MODEL",)),
     "ImageUpscaleWithModel": NodeSpec(
         {"required": {"upscale_model": ("UPSCALE_MODEL",), "image": ("IMAGE",)}}, ("IMAGE",)

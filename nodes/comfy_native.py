@@ -31,6 +31,10 @@ NO_EMBEDS = (
     "This CONDITIONING carries no CLIP image embeddings for the Kandinsky 2.2 decoder (is it from a CLIP Text "
     "Encode?). Make it with 'DALL·E Image Embeds To Conditioning', or add an image with unCLIPConditioning."
 )
+NO_HINT = (
+    "This MODEL is the depth ControlNet decoder, which reads a hint (a depth map) that KSampler cannot give it: use "
+    f"DALL·E Decoder Sample with a hint (e.g. from DALL·E Depth Map), or load {kandinsky22.DECODER_REPO} for KSampler."
+)
 
 
 def comfyui_version() -> str:
@@ -92,7 +96,9 @@ class Kandinsky22Config(comfy.supported_models_base.BASE):
     supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]
 
     def inpaint_model(self) -> bool:
-        return self.unet_config["in_channels"] > LATENT_CHANNELS
+        """ComfyUI's own test (in_channels > 4) would take the depth ControlNet (8 channels: 4 of them from its hint
+        encoder) for an inpainting model: the UNet's kind says it."""
+        return self.unet_config["kind"] == "inpaint"
 
 
 class Kandinsky22(comfy.model_base.BaseModel):
@@ -109,11 +115,20 @@ class Kandinsky22(comfy.model_base.BaseModel):
             self.blank_inpaint_image_like = torch.zeros_like
 
     def concat_cond(self, **kwargs) -> torch.Tensor | None:
+        """The inpaint UNet's extra channels: the picture's latents zeroed where repainted, then the keep-mask.
+
+        What ComfyUI hands us is core's, not the reference pipeline's (KandinskyV22InpaintPipeline, and our
+        kandinsky22.inpaint_edit / masks.keep_mask), in three ways. The mask: core downsamples it to latent size
+        bilinearly and rounds at 0.5; the reference binarises it at 0.5 at pixel size, samples it (nearest) at latent
+        size and then grows the repainted region by one latent pixel (6 of 8 directions), so core keeps a ring the
+        reference repaints. The picture: core's InpaintModelConditioning (and VAE Encode (for Inpainting)) encode it
+        with the repainted region filled grey, the reference encodes it whole; zeroed here where repainted, the two
+        agree exactly there, and in the kept region they differ by what MoVQ's encoder sees across the border.
+        Without a mask (plain KSampler) everything is repainted: zero latents and keep 0, as the reference reads a
+        mask that repaints all. tests/comfyui/native_checks.py measures both differences."""
         cond = super().concat_cond(**kwargs)
         if cond is None:
             return None
-        # Kandinsky zeroes the repainted region of the image latent (diffusers: masked_image = image * mask); core's
-        # conditioning fills that region with grey before encoding it.
         image, keep = cond[:, :LATENT_CHANNELS], cond[:, LATENT_CHANNELS:]
         return torch.cat([image * keep, keep], dim=1)
 
@@ -121,6 +136,8 @@ class Kandinsky22(comfy.model_base.BaseModel):
         return self.diffusion_model.conv_in.weight.dtype
 
     def extra_conds(self, **kwargs) -> dict:
+        if self.diffusion_model.config.kind == "controlnet":
+            raise ValueError(NO_HINT)
         noise = checks.check_latent({"samples": kwargs["noise"]}, LATENT_CHANNELS, "Kandinsky 2.2 (MoVQ)", ENCODERS)
         kandinsky22.check_sampled_size(noise)
         out = super().extra_conds(**kwargs)
@@ -165,7 +182,8 @@ def model_patcher(unet: KandinskyUNet, rgb: RGBFactors) -> comfy.model_patcher.M
     """MODEL over `unet` itself (no copy). A plain ModelPatcher: our layers are torch's own, not the comfy.ops
     layers ComfyUI's dynamic-VRAM patcher streams weights through."""
     with comfyui_internals("MODEL output"):
-        config = Kandinsky22Config({**Kandinsky22Config.unet_config, "in_channels": unet.config.in_channels})
+        unet_config = {"in_channels": unet.config.in_channels, "kind": unet.config.kind}
+        config = Kandinsky22Config({**Kandinsky22Config.unet_config, **unet_config})
         config.latent_format = MoVQLatent(rgb)
         model = Kandinsky22(config, unet)
         return comfy.model_patcher.ModelPatcher(

@@ -29,11 +29,13 @@ from PIL import Image
 import tiny_repos
 import tiny_upscalers
 from dalle_nodes.client.comfy_client import ComfyClient, OutputFile, ServerError
+from dalle_nodes.pipelines import depth, kandinsky22
 from dalle_nodes.pipelines.rerank import CLIP_REPO
 from dalle_nodes.pipelines.upscale import PRESETS
 
 ROOT = Path(__file__).resolve().parents[2]
 INPUT_SIZE = (160, 120)  # width, height of the input pictures: neither the workflows' size nor its aspect ratio
+HOLE = (50, 30, 110, 90)  # the input pictures' transparent rectangle (left, top, right, bottom), inside any crop
 # Generous for two busy cores: importing torch and ComfyUI cold, right after CI's installs, takes 30 s or more.
 STARTUP_TIMEOUT_S = 300
 PROMPT_TIMEOUT_S = 300  # the tiny prompts take about a second; the margin is for a loaded machine
@@ -114,10 +116,16 @@ def input_image_names() -> set[str]:
 
 
 def _write_input_images(folder: Path) -> None:
+    """Random pictures with a transparent rectangle: Load Image's MASK, which the inpainting workflows repaint (IMAGE
+    keeps the colours under it)."""
     folder.mkdir(parents=True, exist_ok=True)
     noise = random.Random(0).randbytes(INPUT_SIZE[0] * INPUT_SIZE[1] * 3)
+    picture = Image.frombytes("RGB", INPUT_SIZE, noise)
+    alpha = Image.new("L", INPUT_SIZE, 255)
+    alpha.paste(0, HOLE)
+    picture.putalpha(alpha)
     for name in input_image_names():
-        Image.frombytes("RGB", INPUT_SIZE, noise).save(folder / name)
+        picture.save(folder / name)
 
 
 def _wait_until_serving(server: ComfyUI) -> None:
@@ -156,7 +164,10 @@ def comfyui(tmp_path_factory) -> Iterator[ComfyUI]:
     (base / "custom_nodes" / "dalle-nodes").symlink_to(ROOT, target_is_directory=True)
     store = base / "models" / "dalle"  # nodes/runtime.py model_store(): <ComfyUI models dir>/dalle
     tiny_repos.write_prior_repo(store / "kandinsky-community--kandinsky-2-2-prior")
-    tiny_repos.write_decoder_repo(store / "kandinsky-community--kandinsky-2-2-decoder")
+    tiny_repos.write_decoder_repo(store / kandinsky22.DECODER_REPO.replace("/", "--"))
+    tiny_repos.write_inpaint_repo(store / kandinsky22.INPAINT_REPO.replace("/", "--"))
+    tiny_repos.write_controlnet_repo(store / kandinsky22.CONTROLNET_REPO.replace("/", "--"))
+    tiny_repos.write_depth_repo(store / depth.DEPTH_REPO.replace("/", "--"))  # DALL·E Depth Map's default model
     mega = tiny_repos.write_min_dalle_repo(store / "kuprel--min-dalle", "mega", tiny_repos.TINY_MIN_DALLE)
     (mega / "hyperparameters.json").write_text(json.dumps({"mega": tiny_repos.TINY_MIN_DALLE}))  # the toy size
     tiny_repos.write_clip_repo(store / CLIP_REPO.replace("/", "--"))  # the best-of workflow's reranker

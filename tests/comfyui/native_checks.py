@@ -1,6 +1,7 @@
 """Run by test_native.py in ComfyUI's Python: our MODEL, VAE and CLIP_VISION against ComfyUI's own machinery.
 
-argv: ComfyUI checkout, tiny decoder repo, tiny prior repo, output JSON path, the real image_encoder/config.json.
+argv: ComfyUI checkout, tiny decoder repo, tiny prior repo, output JSON path, the real image_encoder/config.json, tiny
+inpaint decoder repo, tiny depth ControlNet repo.
 Measures and writes numbers; the test asserts on them (this Python may lack pytest and diffusers).
 """
 
@@ -10,7 +11,7 @@ import json
 import sys
 import time
 
-checkout, decoder_repo, prior_repo, out_path = sys.argv[1:5]
+checkout, decoder_repo, prior_repo, out_path, _, inpaint_repo, controlnet_repo = sys.argv[1:8]
 sys.path.insert(0, checkout)
 
 from comfy.cli_args import args  # noqa: E402
@@ -179,29 +180,125 @@ for sampler_name, scheduler in [("ddim", "ddim_uniform")]:
         "seconds": seconds,
     }
 
-# Inpaint-ready: a 9-channel UNet reads latents, masked-image latents, mask (Kandinsky's order and polarity: 1 = keep,
-# the masked latent zero where it is repainted) from the concat_latent_image / concat_mask entries core
-# InpaintModelConditioning adds (its mask: 1 = repaint).
-from dalle_nodes.models.unet import KandinskyUNet, UNetConfig  # noqa: E402
-from dalle_nodes.nodes import comfy_native  # noqa: E402
-from dalle_nodes.pipelines.previews import RGBFactors  # noqa: E402
+# Inpainting through core nodes with the inpaint decoder's MODEL and VAE (kandinsky-2-2-decoder-inpaint in miniature).
+import nodes as core  # noqa: E402  ComfyUI's nodes.py: InpaintModelConditioning, VAEEncodeForInpaint
+from dalle_nodes.pipelines import kandinsky22, masks  # noqa: E402
+from dalle_nodes.pipelines.kandinsky22 import LATENT_CHANNELS  # noqa: E402
 
-small = UNetConfig(9, 8, (16, 32), (False, True), 1, 8, 16, width, 32, 8)
-inpaint_unet = KandinskyUNet(small).eval()
-seen_inputs = []
-inpaint_unet.register_forward_pre_hook(lambda module, inputs: seen_inputs.append(inputs[0].clone()))
-inpaint_model = comfy_native.model_patcher(inpaint_unet, RGBFactors([[0.0] * 3] * 4, [0.0] * 3))
-masked_latent, mask = torch.randn(1, 4, 8, 8), (torch.rand(1, 8, 8) > 0.5).float()
-inpaint_cond = [[pos_cond[0][0], {**pos_cond[0][1], "concat_latent_image": masked_latent, "concat_mask": mask}]]
-model, saved_model = inpaint_model, model
-probe(inpaint_cond, inpaint_cond, 1.0, torch.randn(1, 4, 8, 8))
-model = saved_model
-extra = seen_inputs[0][:, 4:]
-results["inpaint_concat"] = {
-    "channels": int(seen_inputs[0].shape[1]),
-    "masked_latent_error": float((extra[:, :4] - masked_latent * (1 - mask[:, None])).abs().max()),
-    "mask_error": float((extra[:, 4:] - (1 - mask[:, None])).abs().max()),
+inpaint_decoder, inpaint_vq, inpaint_model, inpaint_vae = DalleLoadDecoder().load(inpaint_repo, "main", "fp32")
+unet_inputs = []
+inpaint_decoder.unet.module.register_forward_pre_hook(lambda module, inputs: unet_inputs.append(inputs[0].clone()))
+picture = torch.rand(1, 64, 128, 3)
+block = torch.zeros(1, 64, 128)  # 1 = repaint, on the 8-pixel latent grid: latent rows 2..5, columns 5..10
+block[:, 16:48, 40:88] = 1
+picture_latent = DalleVQEncode().encode(inpaint_vq, picture)[0]
+
+
+def ours_fed(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What our pipeline (KandinskyV22InpaintPipeline's way) feeds the UNet beside x: masked latents, keep-mask."""
+    edit = kandinsky22.inpaint_edit(picture_latent, mask, 1)
+    return edit.picture * edit.keep, edit.keep
+
+
+def ksampler_fed(positive, negative, latent: dict, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """KSampler (euler / normal, 4 steps, cfg 4) on the inpaint MODEL: the sampled latents, and the masked latents
+    and keep-mask the UNet read at the first step."""
+    unet_inputs.clear()
+    samples = latent["samples"]
+    noise = comfy.sample.prepare_noise(samples, seed)
+    out = comfy.sample.sample(
+        inpaint_model,
+        noise,
+        4,
+        4.0,
+        "euler",
+        "normal",
+        positive,
+        negative,
+        samples,
+        noise_mask=latent.get("noise_mask"),
+        disable_pbar=True,
+        seed=seed,
+    )
+    extra = unet_inputs[0][:1, LATENT_CHANNELS:]
+    return out, extra[:, :LATENT_CHANNELS], extra[:, LATENT_CHANNELS:]
+
+
+results["inpaint_channels"] = int(inpaint_decoder.unet.module.config.in_channels)
+results["inpaint_concat_keys"] = list(inpaint_model.model.concat_keys)
+for noise_mask in (True, False):
+    positive, negative, latent = core.InpaintModelConditioning().encode(
+        pos_cond, neg_cond, picture, inpaint_vae, block, noise_mask
+    )
+    sampled, theirs_masked, theirs_keep = ksampler_fed(positive, negative, latent)
+    kept = 1 - comfy.utils.reshape_mask(block, sampled.shape)[:, :1]  # KSampler's own keep, at latent size
+    key = f"inpaint_model_conditioning/noise_mask={noise_mask}"
+    results[key] = {
+        "latent_is_picture": float((latent["samples"] - picture_latent["samples"]).abs().max()),
+        "kept_region_error": float(((sampled - picture_latent["samples"]) * kept).abs().max()),
+        "repainted_change": float(((sampled - picture_latent["samples"]) * (1 - kept)).abs().mean()),
+    }
+    if noise_mask:
+        ours_masked, ours_keep = ours_fed(block)
+        # Ours is core's keep-mask with the repainted region grown by one latent pixel, and nothing else:
+        pixel_repaint = (1 - theirs_keep).repeat_interleave(8, 2).repeat_interleave(8, 3)[:, 0]
+        both_keep = ours_keep * theirs_keep
+        scale = float(picture_latent["samples"].abs().max())
+        results["inpaint_concat_vs_ours"] = {
+            "ours_is_theirs_grown": torch.equal(ours_keep, masks.keep_mask(pixel_repaint, 64, 128, (8, 16))),
+            "ours_keeps_where_theirs_repaints": int((ours_keep * (1 - theirs_keep)).sum()),
+            "ring_theirs_keeps_ours_repaints": int((theirs_keep * (1 - ours_keep)).sum()),
+            "kept_latents": int(both_keep.sum()),
+            "repainted_latents_error": float(((theirs_masked - ours_masked) * (1 - theirs_keep)).abs().max()),
+            "kept_latents_error": float(((theirs_masked - ours_masked) * both_keep).abs().max()) / scale,
+            "kept_latents_mean_error": float(((theirs_masked - ours_masked) * both_keep).abs().sum())
+            / (4 * float(both_keep.sum()))
+            / scale,
+        }
+
+# A mask that repaints nothing: core's masked picture is the picture, so its concat is exactly ours.
+positive, negative, latent = core.InpaintModelConditioning().encode(
+    pos_cond, neg_cond, picture, inpaint_vae, torch.zeros(1, 64, 128), True
+)
+_, theirs_masked, theirs_keep = ksampler_fed(positive, negative, latent)
+ours_masked, ours_keep = ours_fed(torch.zeros(1, 64, 128))
+results["inpaint_empty_mask"] = {
+    "masked_latent_error": float((theirs_masked - ours_masked).abs().max()),
+    "keep_equal": torch.equal(theirs_keep, ours_keep),
 }
+
+# VAE Encode (for Inpainting) → KSampler: no concat entries, so the MODEL reads the LATENT itself (the picture encoded
+# with the repainted region grey) and its noise mask (grown by grow_mask_by pixels).
+latent = core.VAEEncodeForInpaint().encode(inpaint_vae, picture, block, 6)[0]
+sampled, theirs_masked, theirs_keep = ksampler_fed(pos_cond, neg_cond, latent)
+expected_keep = 1 - comfy.utils.reshape_mask(latent["noise_mask"], sampled.shape)[:, :1].round()
+kept = 1 - comfy.utils.reshape_mask(latent["noise_mask"], sampled.shape)[:, :1]
+results["vae_encode_for_inpaint"] = {
+    "shape": list(sampled.shape),
+    "keep_error": float((theirs_keep - expected_keep).abs().max()),
+    "masked_latent_error": float((theirs_masked - latent["samples"] * expected_keep).abs().max()),
+    "kept_region_error": float(((sampled - latent["samples"]) * kept).abs().max()),
+}
+
+# The depth ControlNet's MODEL: KSampler has no hint to give it.
+controlnet_model = DalleLoadDecoder().load(controlnet_repo, "main", "fp32")[2]
+results["controlnet_concat_keys"] = list(controlnet_model.model.concat_keys)
+empty = torch.zeros(1, 4, 8, 8)
+results["controlnet_ksampler_error"] = error_of(
+    lambda: comfy.sample.sample(
+        controlnet_model,
+        torch.randn(1, 4, 8, 8),
+        2,
+        4.0,
+        "euler",
+        "normal",
+        pos_cond,
+        neg_cond,
+        empty,
+        disable_pbar=True,
+        seed=0,
+    )
+)
 
 # CLIP vision: core's loader on the real file's layout (meta tensors), and ours on the tiny file.
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: E402

@@ -28,6 +28,8 @@ def checks(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("native")
     tiny_repos.write_prior_repo(base / "prior")
     tiny_repos.write_decoder_repo(base / "decoder")
+    tiny_repos.write_inpaint_repo(base / "inpaint")
+    tiny_repos.write_controlnet_repo(base / "controlnet")
     package = base / "path"
     package.mkdir()
     (package / "dalle_nodes").symlink_to(ROOT, target_is_directory=True)  # this checkout, whatever is installed
@@ -41,6 +43,7 @@ def checks(tmp_path_factory) -> dict:
     out = base / "checks.json"
     command = [os.environ.get("COMFYUI_PYTHON", sys.executable), str(Path(__file__).with_name("native_checks.py"))]
     args = [os.environ["COMFYUI_PATH"], base / "decoder", base / "prior", out, REAL_IMAGE_ENCODER]
+    args += [base / "inpaint", base / "controlnet"]
     done = subprocess.run([*command, *map(str, args)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-10000:]
     return json.loads(out.read_text())
@@ -80,9 +83,53 @@ def test_ksampler_ddim_uniform_is_our_ddim_up_to_the_last_step(checks) -> None:
     assert measured["latent_max_abs"] <= 0.02 * measured["latent_std"], measured
 
 
-def test_inpaint_unet_reads_kandinsky_channel_order(checks) -> None:
-    """latents (4), masked-image latents (4), mask (1): what core InpaintModelConditioning's entries become."""
-    assert checks["inpaint_concat"] == {"channels": 9, "masked_latent_error": 0.0, "mask_error": 0.0}
+def test_inpaint_model_reads_kandinsky_channel_order(checks) -> None:
+    """The inpaint repo's MODEL: latents (4), masked-image latents (4), keep-mask (1), from core's concat entries."""
+    assert checks["inpaint_channels"] == 9
+    assert checks["inpaint_concat_keys"] == ["masked_image", "mask_inverted"]
+
+
+def test_ksampler_keeps_the_unmasked_region_with_inpaint_model_conditioning(checks) -> None:
+    """InpaintModelConditioning's latent is the whole picture's; with noise_mask on, KSampler's kept latents are exactly
+    the picture's (it blends each denoised prediction with them) and the masked region is repainted. With noise_mask off
+    the whole latent is sampled (a random UNet drifts far from the picture everywhere)."""
+    on, off = (checks[f"inpaint_model_conditioning/noise_mask={flag}"] for flag in (True, False))
+    assert on["latent_is_picture"] == 0.0 and off["latent_is_picture"] == 0.0
+    assert on["kept_region_error"] == 0.0 and on["repainted_change"] > 0.1
+    assert off["kept_region_error"] > 0.1
+
+
+def test_inpaint_model_conditioning_feeds_what_our_pipeline_feeds(checks) -> None:
+    """Core's concat against ours (KandinskyV22InpaintPipeline's) for a mask on the latent grid. The keep-masks differ
+    by exactly the reference's growth of the repainted region (one latent pixel): core keeps that ring. Repainted
+    latents are zero in both. Kept latents differ because core encodes the picture with the hole filled grey, the
+    reference encodes it whole: measured on the tiny random MoVQ (whose mid-block attention spreads the grey
+    everywhere), at most 0.28 and on average 0.05 of the latents' largest value. A mask that repaints nothing gives
+    exactly our concat."""
+    compared = checks["inpaint_concat_vs_ours"]
+    assert compared["ours_is_theirs_grown"] and compared["ours_keeps_where_theirs_repaints"] == 0
+    assert compared["ring_theirs_keeps_ours_repaints"] > 0 and compared["kept_latents"] > 0
+    assert compared["repainted_latents_error"] == 0.0
+    assert compared["kept_latents_error"] <= 0.4 and compared["kept_latents_mean_error"] <= 0.1
+    assert checks["inpaint_empty_mask"] == {"masked_latent_error": 0.0, "keep_equal": True}
+
+
+def test_vae_encode_for_inpainting_then_ksampler(checks) -> None:
+    """Without concat entries the MODEL reads the LATENT (picture encoded with the hole grey) and its grown noise mask,
+    rounded at latent size; KSampler keeps that latent outside the mask."""
+    assert checks["vae_encode_for_inpaint"] == {
+        "shape": [1, 4, 8, 16],
+        "keep_error": 0.0,
+        "masked_latent_error": 0.0,
+        "kept_region_error": 0.0,
+    }
+
+
+def test_controlnet_model_in_ksampler_says_what_to_use(checks) -> None:
+    """The depth ControlNet (8 input channels) is no inpainting model, and without a hint KSampler cannot run it."""
+    assert checks["controlnet_concat_keys"] == []
+    assert checks["controlnet_ksampler_error"].startswith("ValueError: This MODEL is the depth ControlNet decoder")
+    assert "use DALL·E Decoder Sample with a hint" in checks["controlnet_ksampler_error"]
 
 
 def test_bad_inputs_give_clear_errors(checks) -> None:

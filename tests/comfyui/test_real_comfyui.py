@@ -20,6 +20,7 @@ from PIL import Image
 
 from dalle_nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from dalle_nodes.client.workflow_graph import CORE_NODES
+from dalle_nodes.pipelines import kandinsky22
 from shipped_workflows import NAMES, api_file, ui_file
 
 pytestmark = pytest.mark.skipif(
@@ -139,6 +140,10 @@ def shrinking_settings(name: str) -> list[str]:
 def expected_size(graph: dict) -> tuple[int, int]:
     classes = {node["class_type"] for node in graph.values()}
     width, height = (256, 256) if "DalleTokenSample" in classes else (WIDTH, HEIGHT)
+    for node in graph.values():  # outpainting: the picture at WIDTH x HEIGHT, plus the padding
+        if node["class_type"] == "ImagePadForOutpaint":
+            width += node["inputs"]["left"] + node["inputs"]["right"]
+            height += node["inputs"]["top"] + node["inputs"]["bottom"]
     scale = 4 if "DalleGANUpscale" in classes else 1  # the tiny x4 preset
     return width * scale, height * scale
 
@@ -453,3 +458,57 @@ def test_vae_decode_of_another_models_latent_is_a_clear_error(comfyui) -> None:
     (error,) = errors(entry)
     assert error["node_type"] == "VAEDecode" and error["exception_type"].endswith("ValueError"), why(entry)
     assert "The latent has 16 channels, but Kandinsky 2.2 (MoVQ) latents have 4" in error["exception_message"]
+
+
+def hole_in_output(picture: Path) -> tuple[slice, slice]:
+    """Where the transparent rectangle of an input picture lands in a WIDTH x HEIGHT output of Upscale Image (crop
+    center): rows, columns."""
+    with Image.open(picture) as image:
+        transparent = image.getchannel("A").point(lambda alpha: 255 - alpha)
+        (width, height), (left, top, right, bottom) = image.size, transparent.getbbox()
+    crop_width = height * WIDTH / HEIGHT  # the pictures are wider than WIDTH:HEIGHT: their sides are cropped
+    offset, scale = (width - crop_width) / 2, HEIGHT / height
+    return slice(round(top * scale), round(bottom * scale)), slice(
+        round((left - offset) * scale), round((right - offset) * scale)
+    )
+
+
+@pytest.mark.parametrize("name", ["kandinsky22_inpaint", "kandinsky22_inpaint_core"])
+def test_inpaint_workflows_repaint_where_the_picture_is_transparent(comfyui, name: str) -> None:
+    """Load Image's MASK follows the picture through the same Upscale Image: the repainted region is the transparent
+    one. Against the same picture without transparency (an empty MASK: our decoder returns the picture unchanged, and
+    says so in the log), the output changes inside the hole and far less outside (MoVQ decodes the whole latent
+    together, so kept pixels move a little)."""
+    graph = shrunk(name)
+    loader, saved = node_id(graph, "LoadImage"), node_id(graph, "SaveImage")
+    graph[node_id(graph, "DalleDecoderSample" if name == "kandinsky22_inpaint" else "KSampler")]["inputs"]["seed"] = 21
+    picture = comfyui.base / "input" / graph[loader]["inputs"]["image"]
+    with Image.open(picture) as image:
+        assert image.mode == "RGBA"
+        image.convert("RGB").save(comfyui.base / "input" / f"opaque_{name}.png")
+    opaque = json.loads(json.dumps(graph))
+    opaque[loader]["inputs"]["image"] = f"opaque_{name}.png"
+    results = []
+    for run in (graph, opaque):
+        entry = comfyui.run(run)
+        assert entry["status"]["status_str"] == "success", why(entry)
+        results.append(saved_pixels(comfyui, entry, saved))
+    edited, unedited = results
+    if name == "kandinsky22_inpaint":
+        assert "The mask repaints nothing" in comfyui.log.read_text(errors="replace")
+    change = np.abs(edited - unedited).mean(axis=2)
+    rows, columns = hole_in_output(picture)
+    inside = change[rows, columns].mean()
+    outside = (change.sum() - change[rows, columns].sum()) / (change.size - change[rows, columns].size)
+    print(f"{name}: mean change {inside:.1f} of 255 inside the hole, {outside:.1f} outside")
+    assert inside > 3 * outside, (inside, outside)
+
+
+def test_controlnet_model_in_ksampler_says_what_to_use(comfyui) -> None:
+    """The depth ControlNet's MODEL reads a hint KSampler cannot give: one clear error, no shape mismatch."""
+    graph = shrunk("kandinsky22_ksampler")
+    graph[node_id(graph, "DalleLoadDecoder")]["inputs"]["repo_id"] = kandinsky22.CONTROLNET_REPO
+    entry = comfyui.run(graph)
+    (error,) = errors(entry)
+    assert error["node_type"] == "KSampler" and error["exception_type"].endswith("ValueError"), why(entry)
+    assert "use DALL·E Decoder Sample with a hint" in error["exception_message"]
