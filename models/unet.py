@@ -413,7 +413,7 @@ class KandinskyUNet(nn.Module):
         """conv_in's input: x, followed by the hint's features for the ControlNet."""
         if not self.config.image_hint:
             if hint is not None:
-                raise ValueError("this decoder takes no hint: load kandinsky-community/kandinsky-2-2-controlnet-depth")
+                raise ValueError("this decoder takes no hint: only the depth ControlNet decoder reads one")
             return x
         if hint is None:
             raise ValueError("this decoder reads a hint image (depth ControlNet): connect one")

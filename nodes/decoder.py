@@ -128,7 +128,7 @@ class DalleDecoderSample:
         edit = None
         if kind == "inpaint":
             edit = kandinsky22.inpaint_edit(latent, mask, rows)
-            if (picture := kandinsky22.unchanged(edit, rows)) is not None:
+            if (picture := kandinsky22.unchanged_latents(edit, rows)) is not None:
                 return ({"samples": picture.to(runtime.output_device())},)
             x, edit = kandinsky22.inpaint_start(edit, schedule, rows, generator, device, dtype)
         else:

@@ -14,8 +14,9 @@ from .sockets import KANDINSKY_CATEGORY, DepthModel
 class DalleLoadDepthModel(HubLoader):
     DESCRIPTION = (
         "Loads a depth-estimation model through transformers, to make the hint of the Kandinsky 2.2 depth ControlNet "
-        f"(DALL·E Depth Map). Default {depth.DEPTH_REPO}, the one diffusers' Kandinsky docs use; any transformers "
-        "depth-estimation repo (DPT, Depth Anything, GLPN, ZoeDepth …) or a local folder in the same layout."
+        f"(DALL·E Depth Map). Default {depth.DEPTH_REPO} (MiDaS, ControlNet's depth annotator; diffusers' Kandinsky "
+        "docstring uses Intel/dpt-large); any transformers depth-estimation repo (DPT, Depth Anything, GLPN, "
+        "ZoeDepth …) or a local folder in the same layout."
     )
     RETURN_TYPES = ("DALLE_DEPTH_MODEL",)
     RETURN_NAMES = ("depth_model",)

@@ -40,7 +40,9 @@ from .transformers_loading import from_transformers, transformers_model, transfo
 if TYPE_CHECKING:  # transformers takes seconds to import: ComfyUI's start-up should not pay for it
     from transformers import BaseImageProcessor
 
-DEPTH_REPO = "Intel/dpt-hybrid-midas"  # the depth model diffusers' Kandinsky 2.2 ControlNet docs use
+# MiDaS DPT-Hybrid, the depth annotator of ControlNet's depth models. diffusers' Kandinsky 2.2 ControlNet docstring
+# calls pipeline("depth-estimation"), whose default is Intel/dpt-large: load that repo for its hint exactly.
+DEPTH_REPO = "Intel/dpt-hybrid-midas"
 FETCHES = 3  # config, weights, preprocessor config: "file k of n" in download bars
 DEPTH_CHUNK = 4  # images per pass through the model: bounds its activations on long batches
 
@@ -88,8 +90,9 @@ def depth_processor(folder: Path) -> BaseImageProcessor:
 def depth_map(
     processor: BaseImageProcessor, model: Callable[[], torch.nn.Module], images: torch.Tensor, host: Host = PLAIN
 ) -> torch.Tensor:
-    """IMAGE [B, H, W, 3|4] → depth IMAGE [B, H, W, 3] (float32 on the CPU, near = 1), the hint of the depth
-    ControlNet. `model()` readies the model on the compute device (called once the images are checked)."""
+    """IMAGE [B, H, W, 3|4] → depth IMAGE [B, H, W, 3] (float32 on the CPU, near = 1, also for models that predict
+    distance, e.g. GLPN and ZoeDepth), the hint of the depth ControlNet. `model()` readies the model on the compute
+    device (called once the images are checked)."""
     images = check_image(images)
     estimator = model()
     maps = []
@@ -101,7 +104,9 @@ def depth_map(
             pixels = processor(images=chunk, return_tensors="pt").pixel_values
             outputs = estimator(pixel_values=pixels.to(estimator.device, estimator.dtype))
             outputs["predicted_depth"] = outputs.predicted_depth.float()
-            maps += [_normalised(depth) for depth in _resized(processor, outputs, images.shape[1:3], len(chunk))]
+            distance = predicts_distance(estimator.config)
+            resized = _resized(processor, outputs, images.shape[1:3], len(chunk))
+            maps += [_normalised(-depth if distance else depth) for depth in resized]
     return torch.stack(maps)[..., None].expand(-1, -1, -1, 3).contiguous()
 
 
@@ -113,6 +118,17 @@ def _resized(processor: BaseImageProcessor, outputs, size: torch.Size, count: in
         return [result["predicted_depth"] for result in results]
     resized = F.interpolate(outputs.predicted_depth[:, None], size=tuple(size), mode="bicubic", align_corners=False)
     return list(resized[:, 0])
+
+
+# Models that predict distance (metres: far is large), where MiDaS-style ones (DPT, Depth Anything's relative
+# models) predict inverse depth (near is large), which is what the ControlNet was trained on: near = white.
+_DISTANCE_MODELS = frozenset({"glpn", "zoedepth", "depth_pro"})
+
+
+def predicts_distance(config: object) -> bool:
+    """Whether the model's prediction grows with distance (metric depth), so its map must be turned round."""
+    metric = getattr(config, "depth_estimation_type", None) == "metric"
+    return metric or getattr(config, "model_type", None) in _DISTANCE_MODELS
 
 
 def _normalised(depth: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ def prepare(
     Image for Outpainting fills them."""
     sides = outpaint_sides(outpaint, max_side) if outpaint is not None else None
     picture = open_picture(image, "image", max_side)
-    pixels, repaint = from_pil(picture.convert("RGB")), transparent(picture)
+    pixels, repaint = from_pil(eight_bit(picture).convert("RGB")), transparent(picture)
     height, width = pixels.shape[1:3]
     if mask is not None:  # it decides alone: the picture's transparency, if any, is ignored
         repaint = masks.fit(mask_pixels(open_picture(mask, "mask", max_side))[None], height, width, "mask")[0]
@@ -82,7 +82,21 @@ def mask_pixels(mask: Image.Image) -> torch.Tensor:
     repaint = transparent(mask)
     if repaint is not None:
         return repaint
-    return torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255)[None]
+    return torch.from_numpy(np.asarray(eight_bit(mask).convert("L"), dtype=np.float32) / 255)[None]
+
+
+# PIL's convert("RGB"/"L") clips 16- and 32-bit grey values at 255, which would turn almost any such picture white.
+_WIDE_GREY = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I": 65535, "F": 1.0}
+
+
+def eight_bit(picture: Image.Image) -> Image.Image:
+    """A 16-bit (I;16, or I as PNG readers give it) or float (F, 0..1) grey picture scaled to 8-bit grey; other
+    modes as they are."""
+    full_scale = _WIDE_GREY.get(picture.mode)
+    if full_scale is None:
+        return picture
+    grey = np.asarray(picture, dtype=np.float64) / full_scale
+    return Image.fromarray(np.round(np.clip(grey, 0, 1) * 255).astype(np.uint8), mode="L")
 
 
 def to_multiples(pixels: torch.Tensor, repaint: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -601,11 +601,14 @@ def decoder_sample(
         return sampling.sample_decoder(denoise, x, schedule, generator, callback, after_step)
 
 
-def unchanged(edit: Edit, rows: int) -> torch.Tensor | None:
+def unchanged_latents(edit: Edit, rows: int) -> torch.Tensor | None:
     """The picture's latents for every row when the mask repaints nothing (there is nothing to sample), else None."""
     if not masks.repaints_nothing(edit.keep):
         return None
-    log.info("The mask repaints nothing (it is below 0.5 everywhere): the picture is returned unchanged.")
+    log.info(
+        "The mask repaints nothing: it is below 0.5 wherever the decoder samples it (every 8 px; thinner strokes "
+        "between those points are missed). The picture is returned unchanged."
+    )
     return edit.picture.float().expand(rows, -1, -1, -1).clone()
 
 
@@ -738,7 +741,7 @@ class Kandinsky22:
         check_decoder_for(self.unet.config.kind, request.edit is not None)
         count = request.best_of or request.batch_size
         edit = self.inpainting(request)
-        if edit is not None and unchanged(edit, 1) is not None:
+        if edit is not None and unchanged_latents(edit, 1) is not None:
             return request.edit[0].expand(count, -1, -1, -1).clone()
         store = torch.device("cpu")
         text_encoder = lambda: self.text_encoder  # noqa: E731

@@ -40,8 +40,10 @@ def keep_mask(mask: torch.Tensor, height: int, width: int, latent_size: tuple[in
     """MASK (1 = repaint) for a height x width picture → the inpainting UNet's mask [B, 1, h, w]: 1 where the
     picture is kept. As the reference: binarised at 0.5, sampled (nearest) at latent size, the repainted region
     then grown by a latent pixel so that its border is repainted too."""
-    mask = fit(check_mask(mask)[:, None], height, width, "mask")
-    keep = (mask < REPAINT_THRESHOLD).float()
+    mask = check_mask(mask)[:, None]
+    if bool(mask.max() < REPAINT_THRESHOLD):  # e.g. Load Image's 64x64 placeholder for an opaque picture
+        return mask.new_ones((mask.shape[0], 1, *latent_size))
+    keep = (fit(mask, height, width, "mask") < REPAINT_THRESHOLD).float()
     repaint = 1 - F.interpolate(keep, latent_size, mode="nearest")
     grown = F.conv2d(repaint, _GROW.to(repaint)[None, None], padding=1) > 0
     return (~grown).float()

@@ -136,6 +136,16 @@ def test_a_mask_that_repaints_nothing_returns_the_picture(inpainter, caplog) -> 
     assert "repaints nothing" in caplog.text
 
 
+def test_load_images_placeholder_mask_repaints_nothing_at_any_size(tiny_inpaint_repo, caplog) -> None:
+    """Load Image gives an opaque picture a 64x64 MASK of zeros: an empty mask, whatever the picture's shape."""
+    decoder, vq_vae, _, _ = NODES["DalleLoadDecoder"]().load(str(tiny_inpaint_repo), "main", "fp32")
+    (latent,) = NODES["DalleVQEncode"]().encode(vq_vae, picture(128, 192))
+    with caplog.at_level("INFO"):
+        out = sample(decoder, latent, torch.zeros(1, 64, 64))
+    assert torch.equal(out["samples"], latent["samples"])
+    assert "repaints nothing" in caplog.text
+
+
 def test_the_latents_noise_mask_is_the_mask(inpainter) -> None:
     """VAE Encode (for Inpainting) and Set Latent Noise Mask hand the mask over inside the LATENT."""
     decoder, latent = inpainter

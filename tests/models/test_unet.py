@@ -119,7 +119,7 @@ def test_hint_is_cast_to_the_weights_dtype() -> None:
     "kind, hint, message",
     [
         ("controlnet", None, "reads a hint image .depth ControlNet.: connect one"),
-        ("text2image", torch.zeros(1, 3, 128, 128), "takes no hint: load kandinsky-community/kandinsky-2-2-controlnet"),
+        ("text2image", torch.zeros(1, 3, 128, 128), "takes no hint: only the depth ControlNet decoder reads one"),
         ("inpaint", torch.zeros(1, 3, 128, 128), "takes no hint"),
         ("controlnet", torch.zeros(1, 3, 128, 120), "the hint is 1 × 3 × 128 × 120, but .* needs .* 1 × 3 × 128 × 128"),
         ("controlnet", torch.zeros(1, 3, 16, 16), "the hint is 1 × 3 × 16 × 16"),  # latent-sized, not pixel-sized

@@ -147,3 +147,16 @@ def test_other_models_are_refused(tiny_clip_repo, tiny_depth_repo, tmp_path) -> 
     (repo / "preprocessor_config.json").unlink()
     with pytest.raises(CheckpointError, match="has no preprocessor_config.json"):
         load(repo)
+
+
+def test_models_that_predict_distance_are_turned_round(tiny_depth_repo) -> None:
+    """Metric models (GLPN, ZoeDepth, Depth Anything's metric ones) grow with distance: near must still be white."""
+    processor, model = load(tiny_depth_repo)
+    relative = depth.depth_map(processor, lambda: model, pictures(1, 40, 56))
+    model.config.depth_estimation_type = "metric"
+    assert depth.predicts_distance(model.config)
+    metric = depth.depth_map(processor, lambda: model, pictures(1, 40, 56))
+    assert relative.std() > 0.05
+    assert torch.allclose(metric, 1 - relative, atol=1e-6)
+    assert not depth.predicts_distance(transformers.DPTConfig())
+    assert depth.predicts_distance(transformers.GLPNConfig())

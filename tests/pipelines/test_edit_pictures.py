@@ -158,3 +158,23 @@ def test_files_are_turned_upright_as_their_exif_says(tmp_path) -> None:
     picture.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "phone.jpg", exif=exif, quality=100)
     pixels = edit(tmp_path / "phone.jpg", outpaint=64)[0]
     assert pixels.shape == (1, 64 + 128, 128 + 128, 3)
+
+
+def wide_grey(values: np.ndarray, mode: str) -> Image.Image:
+    """Grey values in 0..1 as a 16-bit (I;16), 32-bit integer (I, as PNG readers give 16-bit files) or float (F)
+    picture."""
+    if mode == "F":
+        return Image.fromarray(values.astype(np.float32))
+    stored = np.round(values * 65535)
+    return Image.fromarray(stored.astype(np.uint16 if mode == "I;16" else np.int32))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_16_bit_and_float_grey_files_keep_their_values(mode) -> None:
+    """PIL's own conversion would clip these at 255 (almost all white); they are scaled to 8 bits instead."""
+    ramp = np.linspace(0, 1, 64 * 128).reshape(64, 128)
+    picture, mask = wide_grey(ramp, mode), wide_grey(np.full((64, 128), 0.46), mode)
+    assert (picture.mode, mask.mode) == (mode, mode)
+    pixels, repaint = edit(picture, mask)
+    assert torch.allclose(pixels[0, ..., 0], torch.from_numpy(ramp).float(), atol=0.5 / 255 + 1e-6)
+    assert torch.allclose(repaint, torch.full_like(repaint, 0.46), atol=0.5 / 255 + 1e-6)  # below 0.5: keeps all
