@@ -81,7 +81,7 @@ def test_flat_prediction_gives_a_black_map(tiny_depth_repo) -> None:
     processor, _ = load(tiny_depth_repo)
 
     class Flat(torch.nn.Module):
-        device, dtype = torch.device("cpu"), torch.float32
+        device, dtype, config = torch.device("cpu"), torch.float32, transformers.DPTConfig()
 
         def forward(self, pixel_values: torch.Tensor) -> DepthEstimatorOutput:
             return DepthEstimatorOutput(predicted_depth=torch.full((pixel_values.shape[0], 16, 16), 2.5))
