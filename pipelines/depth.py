@@ -95,6 +95,7 @@ def depth_map(
     device (called once the images are checked)."""
     images = check_image(images)
     estimator = model()
+    distance = predicts_distance(estimator.config)
     maps = []
     with torch.inference_mode():
         for start in range(0, images.shape[0], DEPTH_CHUNK):
@@ -104,7 +105,6 @@ def depth_map(
             pixels = processor(images=chunk, return_tensors="pt").pixel_values
             outputs = estimator(pixel_values=pixels.to(estimator.device, estimator.dtype))
             outputs["predicted_depth"] = outputs.predicted_depth.float()
-            distance = predicts_distance(estimator.config)
             resized = _resized(processor, outputs, images.shape[1:3], len(chunk))
             maps += [_normalised(-depth if distance else depth) for depth in resized]
     return torch.stack(maps)[..., None].expand(-1, -1, -1, 3).contiguous()

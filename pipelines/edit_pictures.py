@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 SIDES = ("left", "top", "right", "bottom")
 Picture = Image.Image | str | Path  # a PIL image, or an image file's path
 Outpaint = int | tuple[int, int, int, int] | Mapping[str, int]  # every side; (left, top, right, bottom); some sides
+OUTPAINT_FILL = 0.5  # grey under the borders, as core Pad Image for Outpainting fills it (the UNet never sees it)
 
 
 def prepare(
@@ -54,7 +55,7 @@ def prepare(
         return pixels, repaint
     check_canvas(tuple(pixels.shape[1:3]), sides, step, max_side)
     left, top = sides[:2]
-    canvas, border = masks.pad_for_outpaint(pixels, *sides)
+    canvas, border = pad_for_outpaint(pixels, sides)
     border[:, top : top + pixels.shape[1], left : left + pixels.shape[2]] = repaint  # the picture's own mask inside
     return canvas, border
 
@@ -119,6 +120,18 @@ def to_multiples(pixels: torch.Tensor, repaint: torch.Tensor, step: int) -> tupl
     pixels = F.interpolate(pixels.permute(0, 3, 1, 2), size, mode="bicubic", antialias=True, align_corners=False)
     repaint = F.interpolate(repaint[:, None], size, mode="bilinear", antialias=True, align_corners=False)
     return pixels.permute(0, 2, 3, 1).clamp(0, 1), repaint[:, 0].clamp(0, 1)
+
+
+def pad_for_outpaint(image: torch.Tensor, sides: tuple[int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """IMAGE [B, H, W, C] on a larger canvas with borders of `sides` (left, top, right, bottom, as outpaint_sides
+    gives them), and the MASK [B, H', W'] that repaints the new border (1) and keeps the picture (0)."""
+    left, top, right, bottom = sides
+    batch, height, width, channels = image.shape
+    canvas = image.new_full((batch, top + height + bottom, left + width + right, channels), OUTPAINT_FILL)
+    canvas[:, top : top + height, left : left + width] = image
+    mask = image.new_ones(canvas.shape[:3])
+    mask[:, top : top + height, left : left + width] = 0
+    return canvas, mask
 
 
 def outpaint_sides(outpaint: object, max_side: int) -> tuple[int, int, int, int]:

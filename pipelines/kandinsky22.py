@@ -509,12 +509,12 @@ def check_decoder_for(kind: str, editing: bool) -> None:
 
 def inpaint_edit(latent: object, mask: object, rows: int) -> Edit:
     """The picture's LATENT (from DALL·E VQ Encode) and a MASK (1 = repaint, at the picture's size) → an inpainting
-    Edit; the mask may also come as the LATENT's noise_mask (VAE Encode (for Inpainting), Set Latent Noise Mask)."""
+    Edit; the mask may also come as the LATENT's noise_mask (VAE Encode (for Inpainting), Set Latent Noise Mask).
+    check_edit_inputs says first, in the user's terms, when neither is there."""
     picture = movq_latents(latent)
     check_sampled_size(picture)
-    check_edit_inputs("inpaint", latent, mask)
     if mask is None:
-        mask = latent["noise_mask"]
+        mask = latent.get("noise_mask")
     height, width = (side * LATENT_SCALE for side in picture.shape[2:])
     keep = masks.keep_mask(mask, height, width, tuple(picture.shape[2:]))
     for name, batch in (("picture latent", picture.shape[0]), ("mask", keep.shape[0])):

@@ -1,6 +1,5 @@
 """The inputs of DALL·E 2's edits, from ComfyUI's MASK and IMAGE to what the Kandinsky 2.2 decoders read: the
-inpainting keep-mask at latent size (as KandinskyV22InpaintPipeline makes it), depth hints at the image's size, and
-outpainting's padded canvas."""
+inpainting keep-mask at latent size (as KandinskyV22InpaintPipeline makes it) and depth hints at the image's size."""
 
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ log = logging.getLogger(__name__)
 
 REPAINT_THRESHOLD = 0.5  # the reference binarises masks here: a soft edge repaints where it is at least half on
 ASPECT_TOLERANCE = 0.02  # a mask or hint this close to the picture's aspect ratio is resized to it; else refused
-OUTPAINT_FILL = 0.5  # grey under the padding, as core Pad Image for Outpainting fills it (the UNet never sees it)
 # The reference grows the repainted region by one latent pixel in 6 of 8 directions (not along the anti-diagonal).
 _GROW = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 1.0]])
 
@@ -58,18 +56,3 @@ def hint_pixels(hint: torch.Tensor, height: int, width: int) -> torch.Tensor:
     layout the ControlNet UNet reads; alpha is dropped."""
     pixels = check_image(hint, "hint")[..., :3].permute(0, 3, 1, 2)
     return fit(pixels, height, width, "hint").clamp(0, 1)
-
-
-def pad_for_outpaint(image: torch.Tensor, left: int, top: int, right: int, bottom: int) -> tuple[torch.Tensor, ...]:
-    """IMAGE [B, H, W, C] on a larger canvas, and the MASK [B, H', W'] that repaints the new border (1) and keeps
-    the picture (0)."""
-    image = check_image(image)
-    for side, value in (("left", left), ("top", top), ("right", right), ("bottom", bottom)):
-        if not (isinstance(value, int) and value >= 0):
-            raise ValueError(f"The outpaint {side} must be a whole number of pixels, 0 or more (got {value}).")
-    batch, height, width, channels = image.shape
-    canvas = image.new_full((batch, top + height + bottom, left + width + right, channels), OUTPAINT_FILL)
-    canvas[:, top : top + height, left : left + width] = image
-    mask = image.new_ones(canvas.shape[:3])
-    mask[:, top : top + height, left : left + width] = 0
-    return canvas, mask

@@ -17,7 +17,7 @@ from PIL import Image
 from dalle_nodes.cli import main
 from dalle_nodes.engine.images import from_pil, to_pil
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS as NODES
-from dalle_nodes.pipelines import masks, rerank
+from dalle_nodes.pipelines import edit_pictures, rerank
 from dalle_nodes.pipelines.rerank import Ranker
 from dalle_nodes.pipelines.upscale import PRESETS
 from edit_inputs import kept_region, picture, rectangle_mask
@@ -191,5 +191,5 @@ def test_generate_outpaints_to_the_padded_size(tiny_prior_repo, tiny_inpaint_rep
     )
     with Image.open(out) as saved, Image.open(image) as given:
         assert saved.size == (320, 64)
-        canvas, border = masks.pad_for_outpaint(from_pil(given), 64, 0, 128, 0)
+        canvas, border = edit_pictures.pad_for_outpaint(from_pil(given), (64, 0, 128, 0))
     assert differences(out, tiny_inpaint_repo, canvas, border)[0] < 4e-3

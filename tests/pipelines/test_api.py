@@ -18,7 +18,7 @@ from dalle_nodes.models import dalle_bart
 from dalle_nodes.models.dalle_bart import Hyperparameters
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS as NODES
 from dalle_nodes.nodes import loaders
-from dalle_nodes.pipelines import DalleMini, Kandinsky22, Upscaler, dalle_mini, kandinsky22, masks
+from dalle_nodes.pipelines import DalleMini, Kandinsky22, Upscaler, dalle_mini, edit_pictures, kandinsky22
 from dalle_nodes.pipelines.kandinsky22 import ImageEmbeds
 from edit_inputs import picture, rectangle_mask
 from tiny_repos import TINY_MIN_DALLE, write_min_dalle_repo
@@ -90,7 +90,7 @@ def test_kandinsky22_edit_is_the_node_chain(
 
     image = from_pil(source)
     if outpaint is not None:
-        image, border = masks.pad_for_outpaint(image, 64, 64, 0, 0)
+        image, border = edit_pictures.pad_for_outpaint(image, (64, 64, 0, 0))
         border[:, 64:, 64:] = mask
         mask = border
     decoder, vq_vae, _, _ = NODES["DalleLoadDecoder"]().load(str(tiny_inpaint_repo), "main", "fp32")
