@@ -53,14 +53,7 @@ def check_image(image: object, name: str = "image") -> torch.Tensor:
         )
     if not image.is_floating_point():
         raise ValueError(f"The {name} holds {image.dtype} values; an IMAGE holds floats in 0..1 ({IMAGE_SOURCES}).")
-    _check_finite(image, name)
-    low, high = (float(v) for v in image.aminmax()) if not image.is_meta else (0.0, 1.0)
-    if low < -IMAGE_OVERSHOOT or high > 1 + IMAGE_OVERSHOOT:
-        raise ValueError(
-            f"The {name} has values from {low:.4g} to {high:.4g}, but an IMAGE holds 0..1: rescale it first "
-            "(it may be in 0..255 or -1..1)."
-        )
-    return image.clamp(0, 1)
+    return _unit_range(image, name, "an IMAGE holds 0..1", "0..255 or -1..1")
 
 
 MASK_SOURCES = "Load Image's MASK output, or a mask editor's"
@@ -77,14 +70,20 @@ def check_mask(mask: object, name: str = "mask") -> torch.Tensor:
         raise ValueError(f"The {name} must be a MASK [batch, height, width] ({MASK_SOURCES}); got {_shape(mask)}.")
     if not mask.is_floating_point():
         raise ValueError(f"The {name} holds {mask.dtype} values; a MASK holds floats in 0..1 (1 = repaint).")
-    _check_finite(mask, name)
-    low, high = (float(v) for v in mask.aminmax())
+    return _unit_range(mask, name, "a MASK holds 0..1 (1 = repaint)", "0..255")
+
+
+def _unit_range(tensor: torch.Tensor, name: str, holds: str, likely: str) -> torch.Tensor:
+    """Finite values in 0..1, up to IMAGE_OVERSHOOT outside (clipped); `holds` and `likely` (the range it may be in
+    instead) word the refusal."""
+    _check_finite(tensor, name)
+    low, high = (float(v) for v in tensor.aminmax()) if not tensor.is_meta else (0.0, 1.0)
     if low < -IMAGE_OVERSHOOT or high > 1 + IMAGE_OVERSHOOT:
         raise ValueError(
-            f"The {name} has values from {low:.4g} to {high:.4g}, but a MASK holds 0..1 (1 = repaint): rescale it "
-            "first (it may be in 0..255)."
+            f"The {name} has values from {low:.4g} to {high:.4g}, but {holds}: rescale it first (it may be in "
+            f"{likely})."
         )
-    return mask.clamp(0, 1)
+    return tensor.clamp(0, 1)
 
 
 def check_latent(latent: object, channels: int, model: str, encoder: str) -> torch.Tensor:
