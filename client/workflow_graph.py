@@ -55,6 +55,10 @@ CORE_NODES = {
         },
         ("IMAGE",),
     ),
+    "RepeatImageBatch": NodeSpec(  # "Repeat Image Batch": n copies of each picture, for n variations
+        {"required": {"image": ("IMAGE",), "amount": ("INT", {"default": 1, "min": 1, "max": 4096})}},
+        ("IMAGE",),
+    ),
     "EmptyLatentImage": NodeSpec(
         {
             "required": {

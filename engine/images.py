@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -31,13 +32,17 @@ def from_pil(images: Image.Image | list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays))
 
 
-def open_image(path: str | Path, name: str, max_side: int) -> Image.Image:
-    """A user's image file, decoded whole and turned upright as its EXIF orientation says (as viewers show it). A
-    missing file, a folder, a file that is not an image or is damaged, or one over `max_side` px a side → ValueError
-    in one line naming the file (`name` says which input it is). The size is read from the header before any pixel
-    is decoded, and PIL's decompression-bomb limits are errors too, so a hostile file costs no memory."""
-    path = Path(path)
-    where = f"The {name} '{path}'"
+def open_image(path: str | Path | BinaryIO, name: str, max_side: int) -> Image.Image:
+    """A user's image file (a path, or an open binary file such as an upload), decoded whole and turned upright as its
+    EXIF orientation says (as viewers show it). A missing file, a folder, a file that is not an image or is damaged,
+    or one over `max_side` px a side → ValueError in one line naming the file (`name` says which input it is). The
+    size is read from the header before any pixel is decoded, and PIL's decompression-bomb limits are errors too, so a
+    hostile file costs no memory."""
+    if isinstance(path, str | Path):
+        path = Path(path)
+        where = f"The {name} '{path}'"
+    else:
+        where = f"The {name}"
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -69,3 +74,17 @@ def check_sides(image: Image.Image, where: str, max_side: int) -> None:
 
 def side_limit(max_side: int) -> str:
     return f"up to {max_side} px a side is taken; downscale it first."
+
+
+# PIL's convert("RGB"/"L") clips 16- and 32-bit grey values at 255, which would turn almost any such picture white.
+WIDE_GREY = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I": 65535, "F": 1.0}
+
+
+def eight_bit(picture: Image.Image) -> Image.Image:
+    """A 16-bit (I;16, or I as PNG readers give it) or float (F, 0..1) grey picture scaled to 8-bit grey; other
+    modes as they are."""
+    full_scale = WIDE_GREY.get(picture.mode)
+    if full_scale is None:
+        return picture
+    grey = np.asarray(picture, dtype=np.float64) / full_scale
+    return Image.fromarray(np.round(np.clip(grey, 0, 1) * 255).astype(np.uint8), mode="L")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..engine.images import check_sides, from_pil, open_image
+from ..engine.images import check_sides, eight_bit, from_pil, open_image
 from . import masks
 
 log = logging.getLogger(__name__)
@@ -84,20 +84,6 @@ def mask_pixels(mask: Image.Image) -> torch.Tensor:
     if repaint is not None:
         return repaint
     return torch.from_numpy(np.asarray(eight_bit(mask).convert("L"), dtype=np.float32) / 255)[None]
-
-
-# PIL's convert("RGB"/"L") clips 16- and 32-bit grey values at 255, which would turn almost any such picture white.
-_WIDE_GREY = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I": 65535, "F": 1.0}
-
-
-def eight_bit(picture: Image.Image) -> Image.Image:
-    """A 16-bit (I;16, or I as PNG readers give it) or float (F, 0..1) grey picture scaled to 8-bit grey; other
-    modes as they are."""
-    full_scale = _WIDE_GREY.get(picture.mode)
-    if full_scale is None:
-        return picture
-    grey = np.asarray(picture, dtype=np.float64) / full_scale
-    return Image.fromarray(np.round(np.clip(grey, 0, 1) * 255).astype(np.uint8), mode="L")
 
 
 def to_multiples(pixels: torch.Tensor, repaint: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:

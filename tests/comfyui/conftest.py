@@ -10,6 +10,7 @@ fails instead. COMFYUI_PATH set to something that is not a checkout fails either
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -156,11 +157,12 @@ def _checkout() -> Path:
     return checkout
 
 
-@pytest.fixture(scope="module")
-def comfyui(tmp_path_factory) -> Iterator[ComfyUI]:
+@contextlib.contextmanager
+def start_comfyui(base: Path, extra_env: dict[str, str] | None = None) -> Iterator[ComfyUI]:
+    """A ComfyUI server on a free port with `base` as its base directory (tiny checkpoints and input pictures
+    written there first), stopped on exit. `extra_env` adds environment variables (e.g. the API key)."""
     checkout = _checkout()
-    base = tmp_path_factory.mktemp("comfyui-base")
-    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
     (base / "custom_nodes" / "dalle-nodes").symlink_to(ROOT, target_is_directory=True)
     store = base / "models" / "dalle"  # nodes/runtime.py model_store(): <ComfyUI models dir>/dalle
     tiny_repos.write_prior_repo(store / "kandinsky-community--kandinsky-2-2-prior")
@@ -186,6 +188,7 @@ def comfyui(tmp_path_factory) -> Iterator[ComfyUI]:
         "HF_HOME": str(base / "hf-home"),
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",  # every line in the log file as it is written: tests read it
+        **(extra_env or {}),
     }
     command = [
         os.environ.get("COMFYUI_PYTHON", sys.executable),
@@ -214,6 +217,18 @@ def comfyui(tmp_path_factory) -> Iterator[ComfyUI]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="module")
+def comfyui(request, tmp_path_factory) -> Iterator[ComfyUI]:
+    """One server per test module; a module may set COMFYUI_ENV (more environment variables) and define
+    prepare_comfyui(base) (called on the base directory before the server starts)."""
+    base = tmp_path_factory.mktemp("comfyui-base")
+    prepare = getattr(request.module, "prepare_comfyui", None)
+    if prepare is not None:
+        prepare(base)
+    with start_comfyui(base, getattr(request.module, "COMFYUI_ENV", None)) as server:
+        yield server
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,0 +1,273 @@
+"""Models are workflows: a model's description file names, for each endpoint, an API-format workflow and which of
+its node inputs each request field fills. Shipped descriptions live in openai_api/models/; users add their own (or
+replace a shipped one) in a folder under ComfyUI's user directory. Everything here is plain Python: loading,
+checking, choosing the workflow for a request, and filling it in.
+
+A description, `<model id>.model.json`:
+
+    {"description": "…",
+     "sizes": ["256x256", "512x512", "1024x1024"],            optional: these three by default
+     "generations": {"workflow": "kandinsky22_text2image.api.json",
+                     "inputs": {"prompt": [["2", "text"]], "seed": [["4", "seed"], ["6", "seed"]], …},
+                     "set": {"8": {"filename_prefix": "openai/dall-e-2"}}},      optional fixed values
+     "edits": …, "variations": …}
+
+An endpoint may instead hold a list of such entries, each with its own "sizes": the first that lists the request's
+size runs (e.g. 256 px as sampled, larger sizes through an upscaler). A workflow file is looked up beside the
+description, then among the shipped API workflows (workflows/api/).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ApiError, bad_request
+from .requests import ENDPOINTS, ImageRequest
+
+SHIPPED_MODELS = Path(__file__).resolve().parent / "models"
+SHIPPED_WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows" / "api"
+SUFFIX = ".model.json"
+DEFAULT_SIZES = ("256x256", "512x512", "1024x1024")
+# What a request can fill. "image" and "mask" receive the same uploaded file's name: an RGBA PNG whose alpha marks
+# what to repaint (Load Image's MASK output, or Load Image (as Mask) on its alpha channel).
+INPUT_NAMES = ("prompt", "negative", "seed", "width", "height", "n", "image", "mask")
+REQUIRED = {"generations": {"prompt"}, "edits": {"prompt", "image"}, "variations": {"image"}}
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.json")
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_SIZE = re.compile(r"[1-9][0-9]{0,4}x[1-9][0-9]{0,4}")
+
+
+class ModelError(ValueError):
+    """A description or workflow file that cannot serve: the message names the file and what to change."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One workflow of a model's endpoint: the graph (with the description's fixed values set), what the request
+    fills in it, the sizes it makes, and optionally the one node whose images are the answer."""
+
+    graph: dict
+    inputs: dict[str, tuple[tuple[str, str], ...]]
+    sizes: tuple[str, ...]
+    output: str | None = None
+
+
+@dataclass(frozen=True)
+class Model:
+    id: str
+    description: str
+    sizes: tuple[str, ...]
+    endpoints: dict[str, tuple[Variant, ...]]
+    source: Path
+    created: int = 0
+
+    def variant(self, request: ImageRequest) -> Variant:
+        """The workflow for this request, or ApiError 400 naming what the model does not do."""
+        variants = self.endpoints.get(request.endpoint)
+        if not variants:
+            served = ", ".join(sorted(self.endpoints)) or "nothing"
+            raise bad_request(
+                f"The model '{self.id}' does not serve images/{request.endpoint} (it serves {served}).", "model"
+            )
+        for variant in variants:
+            if request.size in variant.sizes:
+                return variant
+        sizes = ", ".join(dict.fromkeys(size for variant in variants for size in variant.sizes))
+        raise bad_request(f"size '{request.size}' is not one of {sizes} for the model '{self.id}'.", "size")
+
+
+@dataclass
+class Catalogue:
+    """Every model that loaded, by id, and each description that did not, by file name."""
+
+    models: dict[str, Model] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)
+
+    def get(self, model_id: str) -> Model:
+        if model_id in self.models:
+            return self.models[model_id]
+        broken = [name for name in self.problems if name == model_id + SUFFIX]
+        if broken:
+            raise ApiError(500, f"The model '{model_id}' cannot run: {self.problems[broken[0]]}", "model")
+        known = ", ".join(sorted(self.models)) or "none"
+        raise ApiError(
+            404, f"The model '{model_id}' does not exist (models here: {known}).", "model", "model_not_found"
+        )
+
+
+def load_catalogue(folders: Iterable[Path]) -> Catalogue:
+    """The descriptions in each folder (later folders replace earlier ones' models of the same id); a broken one is
+    listed among the problems instead of stopping the rest."""
+    catalogue = Catalogue()
+    for folder in folders:
+        for path in sorted(folder.glob("*" + SUFFIX)) if folder.is_dir() else ():
+            try:
+                model = load_model(path)
+            except ModelError as error:
+                catalogue.problems[path.name] = str(error)
+                catalogue.models.pop(path.name.removesuffix(SUFFIX), None)
+                continue
+            catalogue.problems.pop(path.name, None)
+            catalogue.models[model.id] = model
+    return catalogue
+
+
+def load_model(path: Path) -> Model:
+    model_id = path.name.removesuffix(SUFFIX)
+    if not _MODEL_ID.fullmatch(model_id):
+        raise ModelError(
+            f"{path.name}: a model id is letters, digits and _ . : - (up to 64), starting with one of the first two."
+        )
+    spec = _read_json(path)
+    if not isinstance(spec, dict):
+        raise ModelError(f"{path.name}: a description is a JSON object.")
+    unknown = set(spec) - {"description", "sizes", *ENDPOINTS}
+    if unknown:
+        raise ModelError(
+            f"{path.name}: unknown keys {sorted(unknown)}; a description has description, sizes, "
+            f"{', '.join(ENDPOINTS)}."
+        )
+    sizes = _sizes(spec.get("sizes", list(DEFAULT_SIZES)), path.name)
+    endpoints = {
+        endpoint: tuple(
+            _variant(entry, path, sizes, endpoint) for entry in _entries(spec[endpoint], path.name, endpoint)
+        )
+        for endpoint in ENDPOINTS
+        if endpoint in spec
+    }
+    if not endpoints:
+        raise ModelError(f"{path.name}: it serves no endpoint: add generations, edits or variations.")
+    description = spec.get("description", "")
+    if not isinstance(description, str):
+        raise ModelError(f"{path.name}: description is a string.")
+    return Model(model_id, description, sizes, endpoints, path, int(path.stat().st_mtime))
+
+
+def fill(variant: Variant, values: dict[str, object]) -> dict:
+    """A copy of the variant's graph with each value written into every node input the description binds it to."""
+    graph = copy.deepcopy(variant.graph)
+    for name, value in values.items():
+        for node, input_name in variant.inputs.get(name, ()):
+            graph[node]["inputs"][input_name] = value
+    return graph
+
+
+def request_values(request: ImageRequest, variant: Variant, seed: int, upload: str | None) -> dict[str, object]:
+    """What the request fills, by input name; a field the workflow cannot take → ApiError 400."""
+    if request.negative_prompt is not None and "negative" not in variant.inputs:
+        raise bad_request("negative_prompt is not taken by this model's workflow: leave it out.", "negative_prompt")
+    if request.seed is not None and "seed" not in variant.inputs:
+        raise bad_request("seed is not taken by this model's workflow (its seed is fixed): leave it out.", "seed")
+    if request.n > 1 and "n" not in variant.inputs:
+        raise bad_request("This model's workflow makes one image per request: n must be 1.", "n")
+    values = {"seed": seed, "width": request.width, "height": request.height, "n": request.n}
+    optional = {"prompt": request.prompt, "negative": request.negative_prompt, "image": upload, "mask": upload}
+    values.update({name: value for name, value in optional.items() if value is not None})
+    return values
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ModelError(f"{path.name}: cannot be read ({error.strerror or type(error).__name__}).") from None
+    except (ValueError, RecursionError) as error:  # bad UTF-8 or JSON, too deep, a number too long for Python
+        raise ModelError(f"{path.name}: not valid JSON ({str(error)[:200]}).") from None
+
+
+def _sizes(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(s, str) and _SIZE.fullmatch(s) for s in value):
+        raise ModelError(f'{where}: sizes is a list of sizes such as "512x512".')
+    return tuple(value)
+
+
+def _entries(value: object, where: str, endpoint: str) -> list[dict]:
+    entries = value if isinstance(value, list) else [value]
+    if not entries or not all(isinstance(entry, dict) for entry in entries):
+        raise ModelError(f"{where}: {endpoint} is an object (or a list of them) with workflow and inputs.")
+    return entries
+
+
+def _variant(entry: dict, path: Path, model_sizes: tuple[str, ...], endpoint: str) -> Variant:
+    where = f"{path.name} ({endpoint})"
+    unknown = set(entry) - {"workflow", "inputs", "set", "sizes", "output"}
+    if unknown:
+        raise ModelError(f"{where}: unknown keys {sorted(unknown)}; an entry has workflow, inputs, set, sizes, output.")
+    graph = _workflow(entry.get("workflow"), path.parent, where)
+    for node, values in _mapping(entry.get("set", {}), where, "set").items():
+        if node not in graph or not isinstance(values, dict):
+            raise ModelError(f"{where}: set names node {node!r}, which the workflow does not have (or no inputs).")
+        graph[node]["inputs"].update(copy.deepcopy(values))
+    inputs = {
+        name: _targets(targets, graph, where, name)
+        for name, targets in _mapping(entry.get("inputs"), where, "inputs").items()
+    }
+    unknown = set(inputs) - set(INPUT_NAMES)
+    if unknown:
+        raise ModelError(
+            f"{where}: inputs {sorted(unknown)} are not request fields; they are {', '.join(INPUT_NAMES)}."
+        )
+    missing = REQUIRED[endpoint] - set(inputs)
+    if missing:
+        raise ModelError(f"{where}: inputs must bind {sorted(missing)}.")
+    sizes = _sizes(entry["sizes"], where) if "sizes" in entry else model_sizes
+    output = entry.get("output")
+    if output is not None and output not in graph:
+        raise ModelError(f"{where}: output names node {output!r}, which the workflow does not have.")
+    return Variant(graph, inputs, sizes, output)
+
+
+def _mapping(value: object, where: str, key: str) -> dict:
+    if not isinstance(value, dict):
+        raise ModelError(f"{where}: {key} is a JSON object.")
+    return value
+
+
+def _workflow(name: object, folder: Path, where: str) -> dict:
+    """The API-format workflow a description names: a plain file name, beside it or among the shipped ones."""
+    if not isinstance(name, str) or not _FILE_NAME.fullmatch(name) or ".." in name:
+        raise ModelError(f'{where}: workflow is a file name such as "my_graph.api.json" (no folders).')
+    for candidate in (folder / name, SHIPPED_WORKFLOWS / name):
+        if candidate.is_file():
+            graph = _read_json(candidate)
+            break
+    else:
+        raise ModelError(f"{where}: the workflow {name} is neither beside the description nor shipped.")
+    if isinstance(graph, dict) and isinstance(graph.get("nodes"), list):
+        raise ModelError(f"{where}: {name} is a canvas (UI) file: save the graph with Export (API) instead.")
+    good = (
+        isinstance(graph, dict)
+        and graph
+        and all(
+            isinstance(node, dict) and isinstance(node.get("class_type"), str) and isinstance(node.get("inputs"), dict)
+            for node in graph.values()
+        )
+    )
+    if not good:
+        raise ModelError(f"{where}: {name} is not an API-format workflow (node id → class_type and inputs).")
+    return graph
+
+
+def _targets(value: object, graph: dict, where: str, name: str) -> tuple[tuple[str, str], ...]:
+    """[[node id, input name], …] of one request field, each an input the graph has and no link."""
+    if not isinstance(value, list) or not value:
+        raise ModelError(f"{where}: inputs.{name} is a list of [node id, input name] pairs.")
+    targets = []
+    for target in value:
+        if not (isinstance(target, list) and len(target) == 2 and all(isinstance(part, str) for part in target)):
+            raise ModelError(f"{where}: inputs.{name} has {target!r}, not a [node id, input name] pair.")
+        node, input_name = target
+        if node not in graph:
+            raise ModelError(f"{where}: inputs.{name} names node {node!r}, which the workflow does not have.")
+        current = graph[node]["inputs"].get(input_name)
+        if input_name not in graph[node]["inputs"] or isinstance(current, list):
+            kind = graph[node]["class_type"]
+            problem = "is a link" if isinstance(current, list) else "is not among its inputs"
+            raise ModelError(f"{where}: inputs.{name}: {input_name} of node {node} ({kind}) {problem}.")
+        targets.append((node, input_name))
+    return tuple(targets)

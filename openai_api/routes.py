@@ -1,0 +1,376 @@
+"""The /v1 routes on ComfyUI's own aiohttp server (also under /api/v1): images/generations, images/edits,
+images/variations, models and health.
+
+A request is checked, its model's workflow filled in, and the job queued through ComfyUI's prompt queue; the handler
+then waits for the job's history entry, woken by each queue change (with a short tick to notice a client that has
+gone), and answers with the images. A client that disconnects has its job taken out of the queue, or interrupted,
+and its history entry deleted. At most DALLE_NODES_API_MAX_JOBS API jobs wait at once; more get 429. The routes keep
+nothing between requests but that count, so one ComfyUI per GPU behind any load balancer serves them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+import urllib.parse
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from . import access, comfy_server, model_templates, uploads
+from .errors import ApiError, bad_request
+from .model_templates import Model, Variant
+from .requests import FILE_FIELDS, ImageRequest, parse
+
+MAX_JOBS_VARIABLE = "DALLE_NODES_API_MAX_JOBS"
+DEFAULT_MAX_JOBS = 32
+UPLOAD_SUBFOLDER = "dalle-nodes-api"  # in ComfyUI's input folder; each upload is deleted when its job ends
+USER_MODELS = Path("dalle-nodes") / "openai-models"  # under ComfyUI's user directory
+MAX_JSON_BYTES = 64 * 1024
+MAX_FIELD_BYTES = 16 * 1024
+MAX_PARTS = 32
+TICK_S = 0.5  # how soon a client that disconnected while its job waits is noticed
+log = logging.getLogger("dalle_nodes.openai_api")
+
+
+class _State:
+    """This process's settings and the jobs its API requests wait on."""
+
+    def __init__(self, keys: tuple[bytes, ...], max_jobs: int):
+        self.keys = keys
+        self.max_jobs = max_jobs
+        self.jobs: set[str] = set()
+        self.wakeups: set[asyncio.Event] = set()
+        self.cleanups: set[asyncio.Task] = set()
+
+    def wake(self) -> None:
+        for event in self.wakeups:
+            event.set()
+
+
+_state = _State((), DEFAULT_MAX_JOBS)
+
+
+def register() -> None:
+    """Add the routes to ComfyUI's route table (before it starts serving) and hook its queue's changes."""
+    global _state
+    _state = _State(access.keys_from(os.environ), _max_jobs())
+    comfy_server.on_queue_change(_state.wake)
+    table = comfy_server.route_table()
+    table.post("/v1/images/generations")(_endpoint("generations"))
+    table.post("/v1/images/edits")(_endpoint("edits"))
+    table.post("/v1/images/variations")(_endpoint("variations"))
+    table.get("/v1/models")(_guarded(list_models))
+    table.get("/v1/models/{model}")(_guarded(get_model))
+    table.get("/v1/health")(_guarded(health))
+    if access.set_but_empty(os.environ):
+        log.error(
+            "dalle-nodes: %s is set but holds no key: every /v1 request is refused until it does.", access.KEY_VARIABLE
+        )
+    elif _state.keys:
+        log.info("dalle-nodes: OpenAI images API at /v1 (and /api/v1); %d API key(s) required.", len(_state.keys))
+    else:
+        log.warning(
+            "dalle-nodes: OpenAI images API at /v1 (and /api/v1) is open to anyone who can reach this server, like "
+            "the rest of ComfyUI: set %s to require a key.",
+            access.KEY_VARIABLE,
+        )
+
+
+def _max_jobs() -> int:
+    raw = os.environ.get(MAX_JOBS_VARIABLE, "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    if raw:
+        log.warning(
+            "dalle-nodes: %s=%r is not a whole number above 0; using %d.", MAX_JOBS_VARIABLE, raw, DEFAULT_MAX_JOBS
+        )
+    return DEFAULT_MAX_JOBS
+
+
+def _guarded(handler: Callable[[web.Request], Awaitable[web.Response]]) -> Callable:
+    """The handler behind the key check, with every error answered in OpenAI's shape (the server keeps serving)."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            access.check(request.headers.get("Authorization"), _state.keys)
+            return await handler(request)
+        except ApiError as error:
+            return web.json_response(error.body(), status=error.status)
+        except Exception:
+            log.exception("dalle-nodes: the images API failed on %s %s", request.method, request.path)
+            error = ApiError(500, "The server failed on this request (an internal error; its log has the details).")
+            return web.json_response(error.body(), status=500)
+
+    return guarded
+
+
+def _endpoint(endpoint: str) -> Callable:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await images(request, endpoint)
+
+    return _guarded(handler)
+
+
+def catalogue() -> model_templates.Catalogue:
+    """The shipped models, then the user's (read anew for each request: a dropped-in file needs no restart)."""
+    user = comfy_server.user_folder() / USER_MODELS
+    return model_templates.load_catalogue([model_templates.SHIPPED_MODELS, user])
+
+
+async def list_models(request: web.Request) -> web.Response:
+    models = catalogue().models.values()
+    return web.json_response({"object": "list", "data": [_model_entry(model) for model in models]})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    return web.json_response(_model_entry(catalogue().get(request.match_info["model"])))
+
+
+def _model_entry(model: Model) -> dict:
+    endpoints = sorted(model.endpoints)
+    return {
+        "id": model.id,
+        "object": "model",
+        "created": model.created,
+        "owned_by": "dalle-nodes",
+        "description": model.description,
+        "endpoints": endpoints,
+        "sizes": list(model.sizes),
+    }
+
+
+async def health(request: web.Request) -> web.Response:
+    """Readiness for a load balancer: 200 when models load (and the queue's lengths), 503 when none does."""
+    models = catalogue()
+    running, pending = comfy_server.queue_lengths()
+    body = {
+        "status": "ok" if models.models else "no models",
+        "models": sorted(models.models),
+        "problems": models.problems,
+        "queue": {"running": running, "pending": pending},
+        "api_jobs": len(_state.jobs),
+        "max_api_jobs": _state.max_jobs,
+    }
+    return web.json_response(body, status=200 if models.models else 503)
+
+
+async def images(request: web.Request, endpoint: str) -> web.Response:
+    if endpoint == "generations":
+        fields, files = await _read_json(request), {}
+    else:
+        fields, files = await _read_form(request, endpoint)
+    image_request = parse(endpoint, fields, from_form=endpoint != "generations")
+    variant = catalogue().get(image_request.model).variant(image_request)
+    picture = _picture(endpoint, files)
+    if len(_state.jobs) >= _state.max_jobs:
+        raise ApiError(
+            429,
+            f"{len(_state.jobs)} API jobs are already waiting here, the most this server takes ({MAX_JOBS_VARIABLE}): "
+            "retry shortly.",
+            code="rate_limit_exceeded",
+        )
+    seed = image_request.seed if image_request.seed is not None else secrets.randbits(63)
+    upload = _save_upload(picture) if picture is not None else None
+    graph = model_templates.fill(variant, model_templates.request_values(image_request, variant, seed, upload))
+    slot = uuid.uuid4().hex  # held from here until the job has left the queue
+    _state.jobs.add(slot)
+    try:
+        prompt_id = await comfy_server.queue_prompt(graph, _tag(image_request, seed))
+    except BaseException as error:
+        _release(slot, upload)
+        if isinstance(error, comfy_server.Refused):
+            raise ApiError(500, f"ComfyUI refused the model's workflow: {error}", "model", "workflow_refused") from None
+        raise
+    entry = None
+    try:
+        entry = await _finished(request, prompt_id)
+    finally:
+        if entry is None:  # the client went away (or the handler was cancelled): leave no job behind
+            _abandon(prompt_id, slot, upload)
+        else:
+            _release(slot, upload)
+    if entry is None:
+        return web.Response(status=499)  # nobody reads it
+    return web.json_response({"created": int(time.time()), "data": _answer(request, image_request, variant, entry)})
+
+
+def _picture(endpoint: str, files: dict[str, bytes]) -> bytes | None:
+    if endpoint == "generations":
+        return None
+    if "image" not in files:
+        raise bad_request(
+            "Missing required parameter: 'image' (a square PNG file).", "image", "missing_required_parameter"
+        )
+    if endpoint == "edits":
+        return uploads.edit_picture(files["image"], files.get("mask"))
+    return uploads.variation_picture(files["image"])
+
+
+def _tag(request: ImageRequest, seed: int) -> dict:
+    """Marks the job in the queue and history as an API job (what the UI and GET /queue show beside the graph)."""
+    return {"dalle_nodes_api": {"endpoint": request.endpoint, "model": request.model, "seed": seed}}
+
+
+def _save_upload(picture: bytes) -> str:
+    """Write the checked picture under a fresh random name in the input folder's upload subfolder; the name Load
+    Image takes ("subfolder/file.png")."""
+    folder = comfy_server.input_folder() / UPLOAD_SUBFOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{uuid.uuid4().hex}.png"
+    (folder / name).write_bytes(picture)
+    return f"{UPLOAD_SUBFOLDER}/{name}"
+
+
+def _release(slot: str, upload: str | None) -> None:
+    """The job has left the queue: free its place and delete its upload."""
+    _state.jobs.discard(slot)
+    if upload is not None:
+        with contextlib.suppress(FileNotFoundError):
+            (comfy_server.input_folder() / upload).unlink()
+
+
+async def _finished(request: web.Request, prompt_id: str) -> dict | None:
+    """The job's history entry once it has ended; None as soon as the client is seen gone."""
+    event = asyncio.Event()
+    _state.wakeups.add(event)
+    try:
+        while True:
+            event.clear()
+            entry = comfy_server.history(prompt_id)
+            if entry is not None:
+                return entry
+            if request.transport is None or request.transport.is_closing():
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), TICK_S)
+    finally:
+        _state.wakeups.discard(event)
+
+
+def _abandon(prompt_id: str, slot: str, upload: str | None) -> None:
+    """Take a job whose client has gone out of the queue (or interrupt it), then, once it has ended, delete its
+    history entry and upload and free its place."""
+
+    async def clean_up() -> None:
+        try:
+            if comfy_server.cancel(prompt_id) != "removed":
+                event = asyncio.Event()
+                _state.wakeups.add(event)
+                try:
+                    while comfy_server.history(prompt_id) is None:
+                        event.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(event.wait(), TICK_S)
+                finally:
+                    _state.wakeups.discard(event)
+                comfy_server.forget(prompt_id)
+            log.info("dalle-nodes: an API client went away; its job %s was dropped.", prompt_id)
+        finally:
+            _release(slot, upload)
+
+    task = asyncio.get_running_loop().create_task(clean_up())
+    _state.cleanups.add(task)
+    task.add_done_callback(_state.cleanups.discard)
+
+
+def _answer(request: web.Request, image_request: ImageRequest, variant: Variant, entry: dict) -> list[dict]:
+    """The finished job's images as OpenAI's data list; a failed job → ApiError 500 with ComfyUI's error."""
+    status = entry.get("status") or {}
+    if status.get("status_str") != "success":
+        raise ApiError(500, f"The model's workflow failed: {_failure(status)}", code="workflow_failed")
+    found = [
+        image
+        for node_id, output in entry.get("outputs", {}).items()
+        if variant.output in (None, node_id)
+        for image in output.get("images", [])
+        if image.get("type") in ("output", "temp")
+    ]
+    if not found:
+        raise ApiError(500, "The model's workflow saved no images: end it with a Save Image node.", code="no_images")
+    if image_request.response_format == "url":
+        prefix = "/api" if request.path.startswith("/api/") else ""
+        base = f"{request.scheme}://{request.host}{prefix}/view?"
+        return [
+            {
+                "url": base
+                + urllib.parse.urlencode({key: image.get(key, "") for key in ("filename", "subfolder", "type")})
+            }
+            for image in found
+        ]
+    return [{"b64_json": base64.b64encode(_image_bytes(image)).decode("ascii")} for image in found]
+
+
+def _image_bytes(image: dict) -> bytes:
+    path = comfy_server.output_file(image)
+    if path is None:
+        raise ApiError(500, f"The image {image.get('filename')!r} the workflow saved is gone.", code="no_images")
+    return path.read_bytes()
+
+
+def _failure(status: dict) -> str:
+    """ComfyUI's execution error (node, exception, message) from a history status, in one line."""
+    for kind, details in status.get("messages", []):
+        if kind == "execution_error":
+            message = str(details.get("exception_message", "")).strip()
+            return f"{details.get('node_type')} (node {details.get('node_id')}): {message}"
+        if kind == "execution_interrupted":
+            return "it was interrupted (from the ComfyUI window or /interrupt)."
+    return status.get("status_str") or "unknown error"
+
+
+async def _read_json(request: web.Request) -> object:
+    if request.content_type != "application/json":
+        raise bad_request(f"Send the request as JSON (Content-Type: application/json), not {request.content_type}.")
+    data = await _bounded(request.content.read, MAX_JSON_BYTES, "body")
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, ValueError):
+        raise bad_request("The request body is not valid JSON.") from None
+
+
+async def _read_form(request: web.Request, endpoint: str) -> tuple[dict[str, str], dict[str, bytes]]:
+    """A multipart form's text fields and files, each read only up to its limit."""
+    if request.content_type != "multipart/form-data":
+        raise bad_request(
+            f"Send images/{endpoint} as multipart/form-data (as the openai client does), not {request.content_type}."
+        )
+    fields: dict[str, str] = {}
+    files: dict[str, bytes] = {}
+    reader = await request.multipart()
+    for _ in range(MAX_PARTS + 1):
+        part = await reader.next()
+        if part is None:
+            return fields, files
+        name = (part.name or "").removesuffix("[]")
+        if name in FILE_FIELDS[endpoint]:
+            if name in files:
+                raise bad_request(f"Send one {name}: these models edit one picture per request.", name)
+            files[name] = await _bounded(part.read_chunk, uploads.MAX_UPLOAD, name)
+        else:
+            raw = await _bounded(part.read_chunk, MAX_FIELD_BYTES, name)
+            try:
+                fields[name] = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise bad_request(f"{name} is not UTF-8 text.", name) from None
+    raise bad_request(f"The form has more than {MAX_PARTS} parts.")
+
+
+async def _bounded(read: Callable[[int], Awaitable[bytes]], limit: int, param: str) -> bytes:
+    """Read a stream to its end, refusing it (413) past `limit` bytes without reading further."""
+    data = bytearray()
+    while chunk := await read(64 * 1024):
+        data += chunk
+        if len(data) > limit:
+            if param in ("image", "mask"):
+                uploads.check_upload_size(len(data), param)
+            raise ApiError(413, f"{param} is over {limit // 1024} KB, the most this server reads.", param, "too_large")
+    return bytes(data)

@@ -1,0 +1,105 @@
+"""The pictures of edit and variation requests: checked as OpenAI documents them for dall-e-2 (a square PNG under
+4 MB; an edit's mask a PNG of the same size whose transparent pixels mark what to repaint, else the picture's own
+transparency), and written again as the PNG that ComfyUI's Load Image reads: RGB, plus the alpha that says what to
+repaint for an edit (Load Image's MASK is 1 − alpha)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from ..engine.images import WIDE_GREY, eight_bit, open_image
+from .errors import ApiError, bad_request
+from .requests import MAX_SIDE
+
+MAX_UPLOAD = 4 * 1024 * 1024  # bytes: "less than 4 MB"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+REPAINT_BELOW = 128  # alpha below this repaints: Load Image's MASK (1 − alpha) above 0.5, where inpainting binarises
+
+
+def check_upload_size(size: int, param: str) -> None:
+    if size >= MAX_UPLOAD:
+        raise ApiError(413, f"{param} is {size / 2**20:.1f} MB: it must be a PNG under 4 MB.", param, "file_too_large")
+
+
+def read_png(data: bytes, param: str) -> Image.Image:
+    """An uploaded file → the decoded picture, if it is a square PNG under 4 MB of at most MAX_SIDE px a side."""
+    check_upload_size(len(data), param)
+    if not data.startswith(PNG_SIGNATURE):
+        raise bad_request(f"{param} is not a PNG file: send the picture as PNG.", param, "invalid_image_format")
+    try:
+        image = open_image(io.BytesIO(data), param, MAX_SIDE)
+    except ValueError as error:
+        raise bad_request(str(error), param, "invalid_image") from None
+    if image.width != image.height:
+        raise bad_request(
+            f"{param} is {image.width}x{image.height} px: it must be square; crop or pad it first.",
+            param,
+            "invalid_image_size",
+        )
+    return image
+
+
+def edit_picture(image_data: bytes, mask_data: bytes | None) -> bytes:
+    """An edit's picture and optional mask → one RGBA PNG whose transparent pixels are the ones to repaint."""
+    image = read_png(image_data, "image")
+    if mask_data is None:
+        param, alpha = "image", _alpha(image)
+        if alpha is None:
+            raise bad_request(
+                "image has no transparent pixels to repaint and no mask was sent: erase the part to edit (make it "
+                "transparent), or send a mask PNG whose transparent pixels mark it.",
+                "image",
+                "invalid_image_format",
+            )
+    else:
+        mask = read_png(mask_data, "mask")
+        if mask.size != image.size:
+            raise bad_request(
+                f"mask is {mask.width}x{mask.height} px but image is {image.width}x{image.height}: they must be the "
+                "same size.",
+                "mask",
+                "invalid_image_size",
+            )
+        param, alpha = "mask", _alpha(mask)
+        if alpha is None:
+            raise bad_request(
+                "mask has no alpha channel: its transparent pixels mark what to repaint (OpenAI's convention), so "
+                "save it as an RGBA PNG, transparent where the image should change.",
+                "mask",
+                "invalid_image_format",
+            )
+    if alpha.getextrema()[0] >= REPAINT_BELOW:
+        raise bad_request(
+            f"{param} has no transparent pixels, so there is nothing to edit: make the part to change transparent.",
+            param,
+        )
+    picture = eight_bit(image).convert("RGB")
+    picture.putalpha(alpha)
+    return _png(picture)
+
+
+def variation_picture(image_data: bytes) -> bytes:
+    """A variation's picture → an RGB PNG (its transparency, if any, plays no part)."""
+    return _png(eight_bit(read_png(image_data, "image")).convert("RGB"))
+
+
+def _alpha(image: Image.Image) -> Image.Image | None:
+    """The picture's alpha channel, or None where it has no transparency at all."""
+    key = image.info.get("transparency")
+    if image.mode in WIDE_GREY and isinstance(key, int):  # a 16-bit grey PNG's colour key is 16-bit too
+        return Image.fromarray(np.where(np.asarray(image) == key, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "RGB" and isinstance(key, tuple) and max(key) > 255:
+        # PIL reads 16-bit RGB as 8-bit (the high bytes) but keeps the 16-bit key: compare the high bytes alike
+        image.info["transparency"] = tuple(value >> 8 for value in key)
+    if not image.has_transparency_data:
+        return None
+    return image.convert("RGBA").getchannel("A")
+
+
+def _png(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=1)  # a temporary file read once: speed over size
+    return out.getvalue()

@@ -1,0 +1,364 @@
+"""The OpenAI-compatible /v1 routes on a real ComfyUI, called through the official `openai` client.
+
+The server here requires an API key (two keys set) and takes at most MAX_JOBS API jobs at once. Its user folder
+replaces the shipped dall-e-2 description by the same description with fewer sampling steps (the tiny checkpoints
+need no more), which also exercises the user-folder override; dall-e-mega and dall-e-mini run as shipped. A `slow`
+model (the text-to-image workflow with 999 decoder steps) is there to be interrupted.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tiny_repos
+from dalle_nodes.openai_api import model_templates
+from shipped_workflows import api_file
+
+openai = pytest.importorskip("openai")
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("COMFYUI_PATH"),
+    reason="set COMFYUI_PATH to a ComfyUI checkout (and COMFYUI_PYTHON to its interpreter) to run",
+)
+
+KEYS = ("sk-test-one", "sk-test-two")
+MAX_JOBS = 8
+TIMEOUT_S = 300  # one tiny job takes a few seconds; the margin is for two busy cores
+SIDE = 256  # the edit and variation pictures
+HOLE = (96, 64, 176, 160)  # the edit's transparent rectangle (left, top, right, bottom)
+STEPS = {"DallePriorSample": 3, "DalleDecoderSample": 4}
+
+
+def shrunk_description(model_id: str, steps: dict[str, int]) -> dict:
+    """A shipped description with its sampling steps set to `steps` by class type, through its own "set"."""
+    spec = json.loads((model_templates.SHIPPED_MODELS / f"{model_id}{model_templates.SUFFIX}").read_text())
+    for endpoint in ("generations", "edits", "variations"):
+        for entry in spec[endpoint] if isinstance(spec.get(endpoint), list) else [spec.get(endpoint)]:
+            if entry is None:
+                continue
+            graph = json.loads(api_file(entry["workflow"].removesuffix(".api.json")).read_text())
+            for node_id, node in graph.items():
+                if node["class_type"] in steps:
+                    entry.setdefault("set", {}).setdefault(node_id, {})["steps"] = steps[node["class_type"]]
+    return spec
+
+
+COMFYUI_ENV = {"DALLE_NODES_API_KEY": " , ".join(KEYS), "DALLE_NODES_API_MAX_JOBS": str(MAX_JOBS)}
+
+
+def prepare_comfyui(base: Path) -> None:
+    """The user's models (dall-e-2 shrunk, slow) and dall-e-mini beside the tiny Mega conftest writes."""
+    models = base / "user" / "dalle-nodes" / "openai-models"
+    models.mkdir(parents=True)
+    (models / "dall-e-2.model.json").write_text(json.dumps(shrunk_description("dall-e-2", STEPS)))
+    slow = shrunk_description("dall-e-2", {"DallePriorSample": 3, "DalleDecoderSample": 999})
+    (models / "slow.model.json").write_text(json.dumps({"generations": slow["generations"]}))
+    tiny_repos.write_min_dalle_repo(base / "models" / "dalle" / "kuprel--min-dalle", "mini", tiny_repos.TINY_MIN_DALLE)
+
+
+@pytest.fixture(scope="module")
+def server(comfyui):
+    """The server; its hyperparameters file (written by conftest for Mega alone) also gives dall-e-mini's toy size."""
+    hyperparameters = comfyui.base / "models" / "dalle" / "kuprel--min-dalle" / "hyperparameters.json"
+    hyperparameters.write_text(json.dumps(dict.fromkeys(("mega", "mini"), tiny_repos.TINY_MIN_DALLE)))
+    return comfyui
+
+
+def client(server, key: str = KEYS[1], prefix: str = "/v1", timeout: float = TIMEOUT_S) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.url + prefix, api_key=key, max_retries=0, timeout=timeout)
+
+
+def png(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    assert image.format == "PNG"
+    image.load()
+    return image
+
+
+def fetched(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as answer:
+        return answer.read()
+
+
+def encoded(image: Image.Image, format: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=format)
+    return out.getvalue()
+
+
+def picture(side: int = SIDE) -> Image.Image:
+    """A smooth RGB picture (gradients and a disc): something the VQ autoencoder reproduces closely."""
+    y, x = np.mgrid[0:side, 0:side] / side
+    disc = ((x - 0.3) ** 2 + (y - 0.6) ** 2 < 0.05).astype(float)
+    rgb = np.stack([x, y, 0.5 * disc + 0.25 * (1 - x)], axis=-1)
+    return Image.fromarray((rgb * 255).round().astype(np.uint8))
+
+
+def with_hole(image: Image.Image) -> Image.Image:
+    rgba = image.convert("RGBA")
+    alpha = Image.new("L", image.size, 255)
+    alpha.paste(0, HOLE)
+    rgba.putalpha(alpha)
+    return rgba
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.float64)
+
+
+def queue_items(server) -> list:
+    state = server.get_json("/queue")
+    return state["queue_running"] + state["queue_pending"]
+
+
+def api_tag(item_or_entry) -> dict | None:
+    """The dalle_nodes_api tag of a queue item or history entry's prompt (number, id, graph, extra_data, …)."""
+    prompt = item_or_entry["prompt"] if isinstance(item_or_entry, dict) else item_or_entry
+    return prompt[3].get("dalle_nodes_api")
+
+
+def history_seeds(server) -> list[int]:
+    return [api_tag(entry)["seed"] for entry in server.get_json("/history").values() if api_tag(entry)]
+
+
+def queued_seeds(server) -> list[int]:
+    return [api_tag(item)["seed"] for item in queue_items(server) if api_tag(item)]
+
+
+def wait_for(condition, timeout_s: float = TIMEOUT_S, what: str = "the condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout_s} s"
+        time.sleep(0.2)  # polling the server's state: it has no way to wait for it
+
+
+def canvas_graph(steps: int, seed: int) -> dict:
+    """The shipped text-to-image workflow, small, as a canvas user queues it with POST /prompt."""
+    graph = json.loads(api_file("kandinsky22_text2image").read_text())
+    graph["4"]["inputs"]["steps"] = 3
+    graph["6"]["inputs"].update(width=128, height=128, steps=steps, seed=seed)
+    return graph
+
+
+def test_models_are_listed_and_retrieved(server) -> None:
+    api = client(server)
+    listed = {model.id: model for model in api.models.list().data}
+    assert {"dall-e-2", "dall-e-mega", "dall-e-mini", "slow"} <= set(listed)
+    assert listed["dall-e-2"].owned_by == "dalle-nodes"
+    assert api.models.retrieve("dall-e-mini").id == "dall-e-mini"
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        api.models.retrieve("dall-e-9")
+    health = json.loads(fetched_with_key(server, "/v1/health"))
+    assert health["status"] == "ok" and health["problems"] == {} and health["max_api_jobs"] == MAX_JOBS
+    assert set(health["queue"]) == {"running", "pending"}
+
+
+def fetched_with_key(server, path: str, key: str | None = KEYS[0]) -> bytes:
+    request = urllib.request.Request(server.url + path, headers={"Authorization": f"Bearer {key}"} if key else {})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return answer.read()
+
+
+def test_generate_n2_b64_and_url_at_two_sizes(server) -> None:
+    api = client(server)
+    answer = api.images.generate(model="dall-e-2", prompt="a red fox", n=2, size="256x256", response_format="b64_json")
+    assert abs(answer.created - time.time()) < TIMEOUT_S
+    first, second = (png(base64.b64decode(item.b64_json)) for item in answer.data)
+    assert first.size == second.size == (256, 256)
+    assert np.abs(pixels(first) - pixels(second)).mean() > 1  # two images, not one twice
+
+    answer = client(server, prefix="/api/v1").images.generate(prompt="a red fox", size="512x512")  # url by default
+    (item,) = answer.data
+    assert item.url.startswith(server.url + "/api/view?") and item.b64_json is None
+    assert png(fetched(item.url)).size == (512, 512)
+
+
+def test_generate_with_dall_e_mega_and_mini(server) -> None:
+    api = client(server)
+    answer = api.images.generate(model="dall-e-mega", prompt="a lighthouse", size="256x256", response_format="b64_json")
+    assert png(base64.b64decode(answer.data[0].b64_json)).size == (256, 256)
+    answer = api.images.generate(model="dall-e-mini", prompt="a lighthouse", n=2, size="512x512")  # upscaled ×2
+    assert [png(fetched(item.url)).size for item in answer.data] == [(512, 512)] * 2
+
+
+def roundtrip(server, name: str) -> Image.Image:
+    """The input picture VQ-encoded and decoded by the edit's own decoder, through the same resize as the edit."""
+    edit = json.loads(api_file("kandinsky22_inpaint").read_text())
+    graph = {key: edit[key] for key in ("4", "5", "6", "10")}
+    graph["5"]["inputs"]["image"] = name
+    graph["6"]["inputs"].update(width=SIDE, height=SIDE)
+    graph["20"] = {"class_type": "DalleVQDecode", "inputs": {"vq_vae": ["4", 1], "latent": ["10", 0]}}
+    graph["21"] = {"class_type": "SaveImage", "inputs": {"images": ["20", 0], "filename_prefix": "roundtrip"}}
+    entry = server.run(graph)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    return png(server.view(entry["outputs"]["21"]["images"][0]))
+
+
+def kept(values: np.ndarray, margin: int = 8) -> np.ndarray:
+    """The pixels at least `margin` px away from the hole."""
+    keep = np.ones(values.shape[:2], dtype=bool)
+    left, top, right, bottom = HOLE
+    keep[max(top - margin, 0) : bottom + margin, max(left - margin, 0) : right + margin] = False
+    return values[keep]
+
+
+@pytest.mark.parametrize("how", ["mask", "transparent image"])
+def test_edit_repaints_only_the_transparent_part(server, how: str) -> None:
+    source = picture()
+    (server.base / "input" / "edit-source.png").write_bytes(encoded(source))
+    if how == "mask":
+        mask = with_hole(Image.new("RGB", source.size, "white"))
+        request = {"image": ("in.png", encoded(source)), "mask": ("mask.png", encoded(mask))}
+    else:
+        request = {"image": ("in.png", encoded(with_hole(source)))}
+    answer = client(server).images.edit(
+        prompt="a red fox", size=f"{SIDE}x{SIDE}", response_format="b64_json", **request
+    )
+    result = png(base64.b64decode(answer.data[0].b64_json))
+    assert result.size == (SIDE, SIDE)
+    ours, original, reference = pixels(result), pixels(source), pixels(roundtrip(server, "edit-source.png"))
+    outside = np.abs(kept(ours) - kept(reference)).mean()
+    roundtrip_error = np.abs(kept(reference) - kept(original)).mean()
+    assert outside < 2.0, (outside, roundtrip_error)  # of 255: measured …
+    assert np.abs(kept(ours) - kept(original)).mean() <= roundtrip_error + 2.0
+    left, top, right, bottom = HOLE
+    inside = np.abs(ours[top:bottom, left:right] - reference[top:bottom, left:right]).mean()
+    assert inside > 5 * outside, (inside, outside)  # the hole was repainted
+    assert not list((server.base / "input" / "dalle-nodes-api").iterdir())  # the upload is gone
+
+
+def test_variation_makes_n_pictures_of_the_size(server) -> None:
+    answer = client(server).images.create_variation(image=("in.png", encoded(picture())), n=2, size="512x512")
+    images = [png(fetched(item.url)) for item in answer.data]
+    assert [image.size for image in images] == [(512, 512)] * 2
+    assert np.abs(pixels(images[0]) - pixels(images[1])).mean() > 1
+    assert not list((server.base / "input" / "dalle-nodes-api").iterdir())  # the upload is gone
+
+
+def test_errors_reach_the_client_in_openais_shape(server) -> None:
+    api = client(server)
+    square, opaque = encoded(picture()), encoded(picture())
+    cases = [
+        (lambda: api.images.generate(prompt="a fox", size="300x300"), openai.BadRequestError, "size '300x300'"),
+        (lambda: api.images.generate(prompt="a fox", n=11), openai.BadRequestError, "n is 11"),
+        (lambda: api.images.generate(prompt=""), openai.BadRequestError, "prompt is empty"),
+        (lambda: api.images.generate(prompt="x" * 1001), openai.BadRequestError, "1001 characters"),
+        (lambda: api.images.generate(prompt="a fox", model="dall-e-9"), openai.NotFoundError, "does not exist"),
+        (
+            lambda: api.images.edit(image=("a.jpg", encoded(picture(), "JPEG")), prompt="a fox"),
+            openai.BadRequestError,
+            "not a PNG",
+        ),
+        (
+            lambda: api.images.create_variation(image=("a.png", encoded(picture().crop((0, 0, 200, 256))))),
+            openai.BadRequestError,
+            "must be square",
+        ),
+        (
+            lambda: api.images.edit(
+                image=("a.png", square), mask=("m.png", encoded(with_hole(picture(128)))), prompt="a fox"
+            ),
+            openai.BadRequestError,
+            "mask is 128x128 px but image is 256x256",
+        ),
+        (lambda: api.images.edit(image=("a.png", opaque), prompt="a fox"), openai.BadRequestError, "no transparent"),
+        (lambda: client(server, key="sk-wrong").models.list(), openai.AuthenticationError, "Incorrect API key"),
+        (
+            lambda: client(server, key="sk-wrong").images.generate(prompt="a fox"),
+            openai.AuthenticationError,
+            "Incorrect API key",
+        ),
+    ]
+    for call, error, words in cases:
+        with pytest.raises(error) as raised:
+            call()
+        body = raised.value.body
+        assert words in body["message"], (words, body)
+        assert set(body) == {"message", "type", "param", "code"}
+        assert client(server).models.list().data  # the server serves on
+    request = urllib.request.Request(server.url + "/v1/models")  # no key at all
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 401
+    assert "didn't provide an API key" in json.loads(refused.value.read())["error"]["message"]
+    assert client(server, key=KEYS[0]).models.list().data  # either key opens
+
+
+def test_concurrent_requests_share_the_queue_with_a_canvas_run(server) -> None:
+    """8 API generations (the most this server lets wait) queue behind a canvas prompt; a 9th gets 429; all 9 jobs
+    that were taken finish, each with its own seed's pictures."""
+    status, queued = server.queue(canvas_graph(steps=200, seed=7))
+    assert status == 200, queued
+    answers: dict[int, object] = {}
+
+    def generate(index: int) -> None:
+        answers[index] = client(server).images.generate(
+            prompt=f"a fox, number {index}", size="256x256", response_format="b64_json"
+        )
+
+    threads = [threading.Thread(target=generate, args=(index,)) for index in range(MAX_JOBS)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: json.loads(fetched_with_key(server, "/v1/health"))["api_jobs"] == MAX_JOBS, 60, "8 API jobs")
+    running = [item[1] for item in server.get_json("/queue")["queue_running"]]
+    assert running == [queued["prompt_id"]], "the canvas prompt should still run while the API jobs wait"
+    with pytest.raises(openai.RateLimitError, match="retry shortly"):
+        client(server).images.generate(prompt="one too many", size="256x256")
+    for thread in threads:
+        thread.join(TIMEOUT_S)
+    assert sorted(answers) == list(range(MAX_JOBS))
+    images = [base64.b64decode(answer.data[0].b64_json) for answer in answers.values()]
+    assert len(set(images)) == MAX_JOBS
+    canvas = server.finished(queued["prompt_id"])
+    assert canvas["status"]["status_str"] == "success"
+    seeds = history_seeds(server)
+    assert len(set(seeds)) == len(seeds)
+
+
+def abandoned_request(server, body: dict, timeout_s: float) -> None:
+    """POST a generation and hang up after `timeout_s`, as a client that times out does."""
+    connection = http.client.HTTPConnection(urllib.parse.urlsplit(server.url).netloc, timeout=timeout_s)
+    headers = {"Authorization": f"Bearer {KEYS[0]}", "Content-Type": "application/json"}
+    connection.request("POST", "/v1/images/generations", json.dumps(body), headers)
+    with pytest.raises(TimeoutError):
+        connection.getresponse()
+    connection.close()
+
+
+def test_a_client_that_hangs_up_while_waiting_leaves_no_job(server) -> None:
+    status, queued = server.queue(canvas_graph(steps=100, seed=8))
+    assert status == 200, queued
+    seed = 424242
+    abandoned_request(server, {"prompt": "a fox", "size": "256x256", "seed": seed}, timeout_s=1.0)
+    wait_for(lambda: seed not in queued_seeds(server), 10, "the waiting job's removal")
+    assert server.finished(queued["prompt_id"])["status"]["status_str"] == "success"
+    assert seed not in history_seeds(server)
+    assert json.loads(fetched_with_key(server, "/v1/health"))["api_jobs"] == 0
+
+
+def test_a_client_that_hangs_up_while_its_job_runs_has_it_interrupted(server) -> None:
+    seed = 434343
+    abandoned_request(server, {"model": "slow", "prompt": "a fox", "size": "256x256", "seed": seed}, timeout_s=5.0)
+    wait_for(lambda: not queue_items(server), 60, "the interrupt")  # 999 steps would take far longer
+    wait_for(lambda: json.loads(fetched_with_key(server, "/v1/health"))["api_jobs"] == 0, 10, "the cleanup")
+    assert seed not in history_seeds(server)
+    assert "job" in server.log.read_text(errors="replace") and "was dropped" in server.log.read_text(errors="replace")
+
+
+def test_the_key_is_logged_once_without_the_key_itself(server) -> None:
+    log = server.log.read_text(errors="replace")
+    assert log.count("2 API key(s) required") == 1
+    assert not any(key in log for key in KEYS)
