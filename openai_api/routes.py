@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import secrets
 import time
 import urllib.parse
@@ -31,6 +32,7 @@ from .model_templates import Model, Variant
 from .requests import FILE_FIELDS, ImageRequest, parse
 
 MAX_JOBS_VARIABLE = "DALLE_NODES_API_MAX_JOBS"
+PUBLIC_URL_VARIABLE = "DALLE_NODES_API_PUBLIC_URL"  # this process's address as clients reach it (for url answers)
 DEFAULT_MAX_JOBS = 32
 UPLOAD_SUBFOLDER = "dalle-nodes-api"  # in ComfyUI's input folder; each upload is deleted when its job ends
 USER_MODELS = Path("dalle-nodes") / "openai-models"  # under ComfyUI's user directory
@@ -38,15 +40,17 @@ MAX_JSON_BYTES = 64 * 1024
 MAX_FIELD_BYTES = 16 * 1024
 MAX_PARTS = 32
 TICK_S = 0.5  # how soon a client that disconnected while its job waits is noticed
+_HOST = re.compile(r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
 log = logging.getLogger("dalle_nodes.openai_api")
 
 
 class _State:
     """This process's settings and the jobs its API requests wait on."""
 
-    def __init__(self, keys: tuple[bytes, ...], max_jobs: int):
+    def __init__(self, keys: tuple[bytes, ...], max_jobs: int, public_url: str = ""):
         self.keys = keys
         self.max_jobs = max_jobs
+        self.public_url = public_url
         self.jobs: set[str] = set()
         self.wakeups: set[asyncio.Event] = set()
         self.cleanups: set[asyncio.Task] = set()
@@ -62,7 +66,7 @@ _state = _State((), DEFAULT_MAX_JOBS)
 def register() -> None:
     """Add the routes to ComfyUI's route table (before it starts serving) and hook its queue's changes."""
     global _state
-    _state = _State(access.keys_from(os.environ), _max_jobs())
+    _state = _State(access.keys_from(os.environ), _max_jobs(), _public_url())
     comfy_server.on_queue_change(_state.wake)
     table = comfy_server.route_table()
     table.post("/v1/images/generations")(_endpoint("generations"))
@@ -94,6 +98,18 @@ def _max_jobs() -> int:
             "dalle-nodes: %s=%r is not a whole number above 0; using %d.", MAX_JOBS_VARIABLE, raw, DEFAULT_MAX_JOBS
         )
     return DEFAULT_MAX_JOBS
+
+
+def _public_url() -> str:
+    raw = os.environ.get(PUBLIC_URL_VARIABLE, "").strip().rstrip("/")
+    if raw and not re.fullmatch(r"https?://[^\s?#]+", raw):
+        log.warning(
+            "dalle-nodes: %s=%r is not an http(s) address; url answers use the request's host.",
+            PUBLIC_URL_VARIABLE,
+            raw,
+        )
+        return ""
+    return raw
 
 
 def _guarded(handler: Callable[[web.Request], Awaitable[web.Response]]) -> Callable:
@@ -298,7 +314,7 @@ def _answer(request: web.Request, image_request: ImageRequest, variant: Variant,
         raise ApiError(500, "The model's workflow saved no images: end it with a Save Image node.", code="no_images")
     if image_request.response_format == "url":
         prefix = "/api" if request.path.startswith("/api/") else ""
-        base = f"{request.scheme}://{request.host}{prefix}/view?"
+        base = f"{_state.public_url or _origin(request) + prefix}/view?"
         return [
             {
                 "url": base
@@ -307,6 +323,16 @@ def _answer(request: web.Request, image_request: ImageRequest, variant: Variant,
             for image in found
         ]
     return [{"b64_json": base64.b64encode(_image_bytes(image)).decode("ascii")} for image in found]
+
+
+def _origin(request: web.Request) -> str:
+    """scheme://host the client used: behind a reverse proxy, as its X-Forwarded-Proto and X-Forwarded-Host say (they
+    only shape the links this same client gets back)."""
+    scheme = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+    scheme = scheme if scheme in ("http", "https") else request.scheme
+    host = host if _HOST.fullmatch(host) else request.host
+    return f"{scheme}://{host}"
 
 
 def _image_bytes(image: dict) -> bytes:

@@ -12,12 +12,14 @@ import base64
 import http.client
 import io
 import json
+import math
 import os
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -185,6 +187,10 @@ def test_generate_n2_b64_and_url_at_two_sizes(server) -> None:
     assert item.url.startswith(server.url + "/api/view?") and item.b64_json is None
     assert png(fetched(item.url)).size == (512, 512)
 
+    proxied = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "images.example.com"}  # as a TLS proxy passes it
+    answer = api.images.generate(prompt="a red fox", size="256x256", extra_headers=proxied)
+    assert answer.data[0].url.startswith("https://images.example.com/view?filename=")
+
 
 def test_generate_with_dall_e_mega_and_mini(server) -> None:
     api = client(server)
@@ -232,10 +238,12 @@ def test_edit_repaints_only_the_transparent_part(server, how: str) -> None:
     ours, original, reference = pixels(result), pixels(source), pixels(roundtrip(server, "edit-source.png"))
     outside = np.abs(kept(ours) - kept(reference)).mean()
     roundtrip_error = np.abs(kept(reference) - kept(original)).mean()
-    assert outside < 2.0, (outside, roundtrip_error)  # of 255: measured …
-    assert np.abs(kept(ours) - kept(original)).mean() <= roundtrip_error + 2.0
     left, top, right, bottom = HOLE
     inside = np.abs(ours[top:bottom, left:right] - reference[top:bottom, left:right]).mean()
+    # of 255, measured: 0.14 from the round trip outside the hole, 8 to 10 inside it (the tiny random MoVQ's round
+    # trip itself is 77 from the input: the comparison that means something is with the round trip)
+    assert outside < 2.0, (outside, roundtrip_error)
+    assert np.abs(kept(ours) - kept(original)).mean() <= roundtrip_error + 2.0
     assert inside > 5 * outside, (inside, outside)  # the hole was repainted
     assert not list((server.base / "input" / "dalle-nodes-api").iterdir())  # the upload is gone
 
@@ -297,10 +305,23 @@ def test_errors_reach_the_client_in_openais_shape(server) -> None:
     assert client(server, key=KEYS[0]).models.list().data  # either key opens
 
 
-def test_concurrent_requests_share_the_queue_with_a_canvas_run(server) -> None:
-    """8 API generations (the most this server lets wait) queue behind a canvas prompt; a 9th gets 429; all 9 jobs
-    that were taken finish, each with its own seed's pictures."""
-    status, queued = server.queue(canvas_graph(steps=200, seed=7))
+@pytest.fixture(scope="module")
+def canvas_steps(server) -> Callable[[float], int]:
+    """Decoder steps that keep a canvas prompt running about so many seconds on this machine, timed from two short
+    runs (the models loaded by then)."""
+    times = []
+    for steps in (2, 12):
+        start = time.monotonic()
+        assert server.run(canvas_graph(steps, seed=steps))["status"]["status_str"] == "success"
+        times.append(time.monotonic() - start)
+    per_step = max((times[1] - times[0]) / 10, 1e-3)
+    return lambda seconds: min(999, max(10, math.ceil(seconds / per_step)))
+
+
+def test_concurrent_requests_share_the_queue_with_a_canvas_run(server, canvas_steps) -> None:
+    """8 API generations (the most this server lets wait) queue behind a canvas prompt; a 9th gets 429; the 8 and
+    the canvas prompt all finish, each API job with its own seed's picture."""
+    status, queued = server.queue(canvas_graph(steps=canvas_steps(10), seed=7))
     assert status == 200, queued
     answers: dict[int, object] = {}
 
@@ -338,8 +359,8 @@ def abandoned_request(server, body: dict, timeout_s: float) -> None:
     connection.close()
 
 
-def test_a_client_that_hangs_up_while_waiting_leaves_no_job(server) -> None:
-    status, queued = server.queue(canvas_graph(steps=100, seed=8))
+def test_a_client_that_hangs_up_while_waiting_leaves_no_job(server, canvas_steps) -> None:
+    status, queued = server.queue(canvas_graph(steps=canvas_steps(6), seed=8))
     assert status == 200, queued
     seed = 424242
     abandoned_request(server, {"prompt": "a fox", "size": "256x256", "seed": seed}, timeout_s=1.0)

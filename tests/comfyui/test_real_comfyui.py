@@ -29,6 +29,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 TEXT2IMAGE = "kandinsky22_text2image"
+PUBLIC_URL = "https://gpu0.example.com/comfy"
+COMFYUI_ENV = {"DALLE_NODES_API_PUBLIC_URL": PUBLIC_URL + "/"}  # url answers of the images API start there
 WIDTH, HEIGHT = 128, 192  # the tiny models run this size in well under a second per step
 TIMEOUT_S = 300  # for one tiny prompt (about a second): the margin is for two busy cores
 
@@ -512,3 +514,24 @@ def test_controlnet_model_in_ksampler_says_what_to_use(comfyui) -> None:
     (error,) = errors(entry)
     assert error["node_type"] == "KSampler" and error["exception_type"].endswith("ValueError"), why(entry)
     assert "use DALL·E Decoder Sample with a hint" in error["exception_message"]
+
+
+def test_images_api_is_open_without_a_key_and_says_so_once(comfyui) -> None:
+    """Without DALLE_NODES_API_KEY the /v1 routes answer without Authorization, like the rest of ComfyUI, and the
+    start-up log says so once; both prefixes exist."""
+    for prefix in ("/v1", "/api/v1"):
+        status, body = comfyui.request(f"{prefix}/models")
+        assert status == 200, body
+        assert {"dall-e-2", "dall-e-mega", "dall-e-mini"} <= {model["id"] for model in json.loads(body)["data"]}
+    status, body = comfyui.request("/v1/health")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    log = comfyui.log.read_text(errors="replace")
+    assert log.count("is open to anyone who can reach this server") == 1
+    status, body = comfyui.request("/v1/images/generations", {"prompt": "a fox", "size": "300x300"})
+    assert status == 400 and json.loads(body)["error"]["param"] == "size"
+    status, body = comfyui.request(
+        "/v1/images/generations", {"model": "dall-e-mega", "prompt": "a fox", "size": "256x256"}
+    )
+    assert status == 200, body
+    (url,) = [item["url"] for item in json.loads(body)["data"]]
+    assert url.startswith(PUBLIC_URL + "/view?filename=dall-e-mega_") and "&subfolder=openai&type=output" in url
