@@ -248,6 +248,7 @@ def test_edit_repaints_only_the_transparent_part(server, how: str) -> None:
     assert not list((server.base / "input" / "dalle-nodes-api").iterdir())  # the upload is gone
 
 
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the client marks variations deprecated
 def test_variation_makes_n_pictures_of_the_size(server) -> None:
     answer = client(server).images.create_variation(image=("in.png", encoded(picture())), n=2, size="512x512")
     images = [png(fetched(item.url)) for item in answer.data]
@@ -256,6 +257,7 @@ def test_variation_makes_n_pictures_of_the_size(server) -> None:
     assert not list((server.base / "input" / "dalle-nodes-api").iterdir())  # the upload is gone
 
 
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the client marks variations deprecated
 def test_errors_reach_the_client_in_openais_shape(server) -> None:
     api = client(server)
     square, opaque = encoded(picture()), encoded(picture())
