@@ -78,6 +78,13 @@ def history(prompt_id: str) -> dict | None:
     return _server().prompt_queue.get_history(prompt_id=prompt_id).get(prompt_id)
 
 
+def in_queue(prompt_id: str) -> bool:
+    """Whether the prompt waits or runs. A prompt leaves the queue and gets its history entry in one step (under the
+    queue's lock), so once this is False, history() has the entry unless someone deleted it."""
+    running_items, pending = _server().prompt_queue.get_current_queue_volatile()
+    return any(item[1] == prompt_id for item in (*running_items, *pending))
+
+
 def forget(prompt_id: str) -> None:
     """Delete the prompt's history entry."""
     _server().prompt_queue.delete_history_item(prompt_id)

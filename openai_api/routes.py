@@ -121,6 +121,8 @@ def _guarded(handler: Callable[[web.Request], Awaitable[web.Response]]) -> Calla
             return await handler(request)
         except ApiError as error:
             return web.json_response(error.body(), status=error.status)
+        except ConnectionResetError:  # the client left while its request was read: nobody to answer
+            return web.Response(status=499)
         except Exception:
             log.exception("dalle-nodes: the images API failed on %s %s", request.method, request.path)
             error = ApiError(500, "The server failed on this request (an internal error; its log has the details).")
@@ -186,7 +188,7 @@ async def images(request: web.Request, endpoint: str) -> web.Response:
         fields, files = await _read_form(request, endpoint)
     image_request = parse(endpoint, fields, from_form=endpoint != "generations")
     variant = catalogue().get(image_request.model).variant(image_request)
-    picture = _picture(endpoint, files)
+    picture = await asyncio.to_thread(_picture, endpoint, files)  # decoding a picture would hold up the server
     if len(_state.jobs) >= _state.max_jobs:
         raise ApiError(
             429,
@@ -256,17 +258,27 @@ def _release(slot: str, upload: str | None) -> None:
 
 async def _finished(request: web.Request, prompt_id: str) -> dict | None:
     """The job's history entry once it has ended; None as soon as the client is seen gone."""
+    entry = await _ended(prompt_id, lambda: request.transport is None or request.transport.is_closing())
+    if entry is None or entry:
+        return entry
+    raise ApiError(500, "The job's history entry was deleted before its images could be read.", code="no_images")
+
+
+async def _ended(prompt_id: str, give_up: Callable[[], bool]) -> dict | None:
+    """Wait, woken by each change of ComfyUI's queue (and at least every TICK_S), until the job has left the queue:
+    its history entry then, or {} if none was kept (history cleared); None once `give_up()` says so."""
     event = asyncio.Event()
     _state.wakeups.add(event)
     try:
         while True:
             event.clear()
+            waiting = comfy_server.in_queue(prompt_id)  # before the history: a job leaves the queue with its entry
             entry = comfy_server.history(prompt_id)
-            if entry is not None:
-                return entry
-            if request.transport is None or request.transport.is_closing():
+            if entry is not None or not waiting:
+                return entry or {}
+            if give_up():
                 return None
-            with contextlib.suppress(TimeoutError):
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(event.wait(), TICK_S)
     finally:
         _state.wakeups.discard(event)
@@ -279,15 +291,7 @@ def _abandon(prompt_id: str, slot: str, upload: str | None) -> None:
     async def clean_up() -> None:
         try:
             if comfy_server.cancel(prompt_id) != "removed":
-                event = asyncio.Event()
-                _state.wakeups.add(event)
-                try:
-                    while comfy_server.history(prompt_id) is None:
-                        event.clear()
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(event.wait(), TICK_S)
-                finally:
-                    _state.wakeups.discard(event)
+                await _ended(prompt_id, lambda: False)
                 comfy_server.forget(prompt_id)
             log.info("dalle-nodes: an API client went away; its job %s was dropped.", prompt_id)
         finally:
