@@ -41,7 +41,7 @@ def check(authorization: str | None, keys: tuple[bytes, ...]) -> None:
             f"this server's keys are set in {KEY_VARIABLE}.",
             code="missing_api_key",
         )
-    offered = hashlib.sha256(token.strip().encode()).digest()
+    offered = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()  # any bytes a header holds
     matched = False
     for key in keys:
         matched |= hmac.compare_digest(offered, key)

@@ -9,6 +9,7 @@ lists it.
 from __future__ import annotations
 
 import inspect
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -60,14 +61,14 @@ async def queue_prompt(graph: dict, extra_data: dict) -> str:
     replacements = getattr(server, "node_replace_manager", None)
     if replacements is not None:
         replacements.apply_replacements(graph)
+    number = server.number  # taken on arrival, as POST /prompt does, so jobs queue in the order they came
+    server.number += 1
     prompt_id = str(uuid.uuid4())
     valid = execution.validate_prompt(prompt_id, graph, None)
     if inspect.isawaitable(valid):
         valid = await valid
     if not valid[0]:
         raise Refused(valid[1], valid[3])
-    number = server.number
-    server.number += 1
     extra_data["create_time"] = int(time.time() * 1000)
     server.prompt_queue.put((number, prompt_id, graph, extra_data, valid[2], {}))
     return prompt_id
@@ -98,6 +99,7 @@ def cancel(prompt_id: str) -> str:
         return "removed"
     if hasattr(queue, "interrupt_if_running"):
         return "interrupted" if queue.interrupt_if_running(prompt_id) else "ended"
+    # an older ComfyUI without the atomic call: the prompt could end between this look and the interrupt
     running_ids = [item[1] for item in queue.get_current_queue_volatile()[0]]
     if prompt_id in running_ids:
         comfy.model_management.interrupt_current_processing()
@@ -139,6 +141,8 @@ def output_file(image: dict) -> Path | None:
     base = folder_paths.get_directory_by_type(image.get("type", ""))
     if base is None:
         return None
-    base = Path(base).resolve()
-    path = (base / image.get("subfolder", "") / image.get("filename", "")).resolve()
-    return path if path.is_relative_to(base) and path.is_file() else None
+    # the same containment check as ComfyUI's /view (abspath, not resolve: a symlinked subfolder is served there too)
+    base = os.path.abspath(base)
+    path = os.path.abspath(os.path.join(base, image.get("subfolder", ""), image.get("filename", "")))
+    inside = os.path.commonpath((base, path)) == base
+    return Path(path) if inside and os.path.isfile(path) else None

@@ -15,6 +15,9 @@ TYPES = {
 }
 
 
+RETRY_AFTER_S = 2
+
+
 class ApiError(Exception):
     """A request the API answers with an error: `message` says what is wrong and how to fix it; `param` names the
     request field at fault (None when no one field is)."""
@@ -29,6 +32,13 @@ class ApiError(Exception):
     def body(self) -> dict:
         kind = TYPES.get(self.status, "invalid_request_error")
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+    def headers(self) -> dict[str, str]:
+        """OpenAI's clients retry 429 and 5xx answers twice by default: a 429 after a short pause, but not our 500s
+        (the same workflow would fail the same way, costing the GPU twice more)."""
+        if self.status == 429:
+            return {"Retry-After": str(RETRY_AFTER_S)}
+        return {"x-should-retry": "false"} if self.status >= 500 else {}
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:

@@ -157,14 +157,19 @@ def fill(variant: Variant, values: dict[str, object]) -> dict:
     return graph
 
 
-def request_values(request: ImageRequest, variant: Variant, seed: int, upload: str | None) -> dict[str, object]:
-    """What the request fills, by input name; a field the workflow cannot take → ApiError 400."""
+def check_fits(request: ImageRequest, variant: Variant) -> None:
+    """A field the variant's workflow cannot take → ApiError 400."""
     if request.negative_prompt is not None and "negative" not in variant.inputs:
         raise bad_request("negative_prompt is not taken by this model's workflow: leave it out.", "negative_prompt")
     if request.seed is not None and "seed" not in variant.inputs:
         raise bad_request("seed is not taken by this model's workflow (its seed is fixed): leave it out.", "seed")
     if request.n > 1 and "n" not in variant.inputs:
         raise bad_request("This model's workflow makes one image per request: n must be 1.", "n")
+
+
+def request_values(request: ImageRequest, variant: Variant, seed: int, upload: str | None) -> dict[str, object]:
+    """What the request fills, by input name (check_fits first: a field the workflow cannot take → ApiError 400)."""
+    check_fits(request, variant)
     values = {"seed": seed, "width": request.width, "height": request.height, "n": request.n}
     optional = {"prompt": request.prompt, "negative": request.negative_prompt, "image": upload, "mask": upload}
     values.update({name: value for name, value in optional.items() if value is not None})

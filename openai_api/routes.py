@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from . import access, comfy_server, model_templates, uploads
 from .errors import ApiError, bad_request
@@ -54,6 +54,7 @@ class _State:
         self.jobs: set[str] = set()
         self.wakeups: set[asyncio.Event] = set()
         self.cleanups: set[asyncio.Task] = set()
+        self.decoding = asyncio.Semaphore(2)
 
     def wake(self) -> None:
         for event in self.wakeups:
@@ -120,13 +121,13 @@ def _guarded(handler: Callable[[web.Request], Awaitable[web.Response]]) -> Calla
             access.check(request.headers.get("Authorization"), _state.keys)
             return await handler(request)
         except ApiError as error:
-            return web.json_response(error.body(), status=error.status)
+            return web.json_response(error.body(), status=error.status, headers=error.headers())
         except ConnectionResetError:  # the client left while its request was read: nobody to answer
             return web.Response(status=499)
         except Exception:
             log.exception("dalle-nodes: the images API failed on %s %s", request.method, request.path)
             error = ApiError(500, "The server failed on this request (an internal error; its log has the details).")
-            return web.json_response(error.body(), status=500)
+            return web.json_response(error.body(), status=500, headers=error.headers())
 
     return guarded
 
@@ -182,32 +183,32 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def images(request: web.Request, endpoint: str) -> web.Response:
+    _check_room()  # before reading and decoding anything
     if endpoint == "generations":
         fields, files = await _read_json(request), {}
     else:
         fields, files = await _read_form(request, endpoint)
     image_request = parse(endpoint, fields, from_form=endpoint != "generations")
     variant = catalogue().get(image_request.model).variant(image_request)
-    picture = await asyncio.to_thread(_picture, endpoint, files)  # decoding a picture would hold up the server
-    if len(_state.jobs) >= _state.max_jobs:
-        raise ApiError(
-            429,
-            f"{len(_state.jobs)} API jobs are already waiting here, the most this server takes ({MAX_JOBS_VARIABLE}): "
-            "retry shortly.",
-            code="rate_limit_exceeded",
-        )
+    model_templates.check_fits(image_request, variant)
+    link = _view_link(request) if image_request.response_format == "url" else None  # a bad Host: refused now
+    async with _state.decoding:  # a few at a time: a 4096 px picture takes about 250 MB to decode
+        picture = await asyncio.to_thread(_picture, endpoint, files)  # off the event loop: it takes a second or two
+    _check_room()
     seed = image_request.seed if image_request.seed is not None else secrets.randbits(63)
-    upload = _save_upload(picture) if picture is not None else None
-    graph = model_templates.fill(variant, model_templates.request_values(image_request, variant, seed, upload))
     slot = uuid.uuid4().hex  # held from here until the job has left the queue
     _state.jobs.add(slot)
+    upload = None
     try:
-        prompt_id = await comfy_server.queue_prompt(graph, _tag(image_request, seed))
+        upload = _save_upload(picture) if picture is not None else None
+        graph = model_templates.fill(variant, model_templates.request_values(image_request, variant, seed, upload))
+        prompt_id = await comfy_server.queue_prompt(_unguessable(graph), _tag(image_request, seed))
     except BaseException as error:
         _release(slot, upload)
         if isinstance(error, comfy_server.Refused):
             raise ApiError(500, f"ComfyUI refused the model's workflow: {error}", "model", "workflow_refused") from None
         raise
+    log.info("dalle-nodes: API %s (%s) queued as %s", endpoint, image_request.model, prompt_id)
     entry = None
     try:
         entry = await _finished(request, prompt_id)
@@ -218,7 +219,30 @@ async def images(request: web.Request, endpoint: str) -> web.Response:
             _release(slot, upload)
     if entry is None:
         return web.Response(status=499)  # nobody reads it
-    return web.json_response({"created": int(time.time()), "data": _answer(request, image_request, variant, entry)})
+    if not entry:
+        raise ApiError(500, "The job was taken out of ComfyUI's queue (or its history cleared) before it finished.")
+    return web.json_response({"created": int(time.time()), "data": _answer(link, variant, entry)})
+
+
+def _check_room() -> None:
+    if len(_state.jobs) >= _state.max_jobs:
+        raise ApiError(
+            429,
+            f"{len(_state.jobs)} API jobs are already waiting here, the most this server takes ({MAX_JOBS_VARIABLE}): "
+            "retry shortly.",
+            code="rate_limit_exceeded",
+        )
+
+
+def _unguessable(graph: dict) -> dict:
+    """Each saved file's name gets a random part, so that its /view link cannot be guessed from another one (names
+    are otherwise numbered in sequence) and processes sharing an output folder never pick the same name."""
+    token = secrets.token_hex(8)
+    for node in graph.values():
+        prefix = node["inputs"].get("filename_prefix")
+        if isinstance(prefix, str):
+            node["inputs"]["filename_prefix"] = f"{prefix}_{token}"
+    return graph
 
 
 def _picture(endpoint: str, files: dict[str, bytes]) -> bytes | None:
@@ -257,11 +281,8 @@ def _release(slot: str, upload: str | None) -> None:
 
 
 async def _finished(request: web.Request, prompt_id: str) -> dict | None:
-    """The job's history entry once it has ended; None as soon as the client is seen gone."""
-    entry = await _ended(prompt_id, lambda: request.transport is None or request.transport.is_closing())
-    if entry is None or entry:
-        return entry
-    raise ApiError(500, "The job's history entry was deleted before its images could be read.", code="no_images")
+    """The job's history entry once it has ended ({} if none was kept); None as soon as the client is seen gone."""
+    return await _ended(prompt_id, lambda: request.transport is None or request.transport.is_closing())
 
 
 async def _ended(prompt_id: str, give_up: Callable[[], bool]) -> dict | None:
@@ -290,10 +311,11 @@ def _abandon(prompt_id: str, slot: str, upload: str | None) -> None:
 
     async def clean_up() -> None:
         try:
-            if comfy_server.cancel(prompt_id) != "removed":
+            outcome = comfy_server.cancel(prompt_id)
+            if outcome != "removed":
                 await _ended(prompt_id, lambda: False)
                 comfy_server.forget(prompt_id)
-            log.info("dalle-nodes: an API client went away; its job %s was dropped.", prompt_id)
+            log.info("dalle-nodes: an API client went away; its job %s was %s and forgotten.", prompt_id, outcome)
         finally:
             _release(slot, upload)
 
@@ -302,8 +324,9 @@ def _abandon(prompt_id: str, slot: str, upload: str | None) -> None:
     task.add_done_callback(_state.cleanups.discard)
 
 
-def _answer(request: web.Request, image_request: ImageRequest, variant: Variant, entry: dict) -> list[dict]:
-    """The finished job's images as OpenAI's data list; a failed job → ApiError 500 with ComfyUI's error."""
+def _answer(link: str | None, variant: Variant, entry: dict) -> list[dict]:
+    """The finished job's images as OpenAI's data list: /view links after `link`, or the PNGs themselves where
+    `link` is None; a failed job → ApiError 500 with ComfyUI's error."""
     status = entry.get("status") or {}
     if status.get("status_str") != "success":
         raise ApiError(500, f"The model's workflow failed: {_failure(status)}", code="workflow_failed")
@@ -316,17 +339,17 @@ def _answer(request: web.Request, image_request: ImageRequest, variant: Variant,
     ]
     if not found:
         raise ApiError(500, "The model's workflow saved no images: end it with a Save Image node.", code="no_images")
-    if image_request.response_format == "url":
-        prefix = "/api" if request.path.startswith("/api/") else ""
-        base = f"{_state.public_url or _origin(request) + prefix}/view?"
-        return [
-            {
-                "url": base
-                + urllib.parse.urlencode({key: image.get(key, "") for key in ("filename", "subfolder", "type")})
-            }
-            for image in found
-        ]
+    if link is not None:
+        keys = ("filename", "subfolder", "type")
+        return [{"url": link + urllib.parse.urlencode({key: image.get(key, "") for key in keys})} for image in found]
     return [{"b64_json": base64.b64encode(_image_bytes(image)).decode("ascii")} for image in found]
+
+
+def _view_link(request: web.Request) -> str:
+    """Where this client reaches ComfyUI's /view: DALLE_NODES_API_PUBLIC_URL's, else the address it called (with the
+    /api prefix if it used it)."""
+    prefix = "/api" if request.path.startswith("/api/") else ""
+    return f"{_state.public_url or _origin(request) + prefix}/view?"
 
 
 def _origin(request: web.Request) -> str:
@@ -336,6 +359,11 @@ def _origin(request: web.Request) -> str:
     host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
     scheme = scheme if scheme in ("http", "https") else request.scheme
     host = host if _HOST.fullmatch(host) else request.host
+    if not _HOST.fullmatch(host):
+        raise bad_request(
+            f"The Host header {host[:100]!r} is not a host name, so no link can be made: send a valid "
+            "one, or ask for response_format b64_json."
+        )
     return f"{scheme}://{host}"
 
 
@@ -363,7 +391,7 @@ async def _read_json(request: web.Request) -> object:
     data = await _bounded(request.content.read, MAX_JSON_BYTES, "body")
     try:
         return json.loads(data)
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, or nested too deep
         raise bad_request("The request body is not valid JSON.") from None
 
 
@@ -380,7 +408,11 @@ async def _read_form(request: web.Request, endpoint: str) -> tuple[dict[str, str
         part = await reader.next()
         if part is None:
             return fields, files
+        if not isinstance(part, BodyPartReader):
+            raise bad_request("The form holds a nested multipart part: send each field as its own part.")
         name = (part.name or "").removesuffix("[]")
+        if part.filename is not None and name not in FILE_FIELDS[endpoint]:
+            raise bad_request(f"Unrecognized request argument supplied: {name}", name)
         if name in FILE_FIELDS[endpoint]:
             if name in files:
                 raise bad_request(f"Send one {name}: these models edit one picture per request.", name)

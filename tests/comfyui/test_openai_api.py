@@ -12,14 +12,12 @@ import base64
 import http.client
 import io
 import json
-import math
 import os
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +66,7 @@ def prepare_comfyui(base: Path) -> None:
     (models / "dall-e-2.model.json").write_text(json.dumps(shrunk_description("dall-e-2", STEPS)))
     slow = shrunk_description("dall-e-2", {"DallePriorSample": 3, "DalleDecoderSample": 999})
     (models / "slow.model.json").write_text(json.dumps({"generations": slow["generations"]}))
+    (models / "broken.model.json").write_text('{"generations": {"workflow": "missing.api.json", "inputs": {}}}')
     tiny_repos.write_min_dalle_repo(base / "models" / "dalle" / "kuprel--min-dalle", "mini", tiny_repos.TINY_MIN_DALLE)
 
 
@@ -164,7 +163,11 @@ def test_models_are_listed_and_retrieved(server) -> None:
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         api.models.retrieve("dall-e-9")
     health = json.loads(fetched_with_key(server, "/v1/health"))
-    assert health["status"] == "ok" and health["problems"] == {} and health["max_api_jobs"] == MAX_JOBS
+    assert health["status"] == "ok" and health["max_api_jobs"] == MAX_JOBS
+    assert (
+        list(health["problems"]) == ["broken.model.json"]
+        and "missing.api.json" in health["problems"]["broken.model.json"]
+    )
     assert set(health["queue"]) == {"running", "pending"}
 
 
@@ -307,24 +310,13 @@ def test_errors_reach_the_client_in_openais_shape(server) -> None:
     assert client(server, key=KEYS[0]).models.list().data  # either key opens
 
 
-@pytest.fixture(scope="module")
-def canvas_steps(server) -> Callable[[float], int]:
-    """Decoder steps that keep a canvas prompt running about so many seconds on this machine, timed from two short
-    runs (the models loaded by then)."""
-    times = []
-    for steps in (2, 12):
-        start = time.monotonic()
-        assert server.run(canvas_graph(steps, seed=steps))["status"]["status_str"] == "success"
-        times.append(time.monotonic() - start)
-    per_step = max((times[1] - times[0]) / 10, 1e-3)
-    return lambda seconds: min(999, max(10, math.ceil(seconds / per_step)))
-
-
-def test_concurrent_requests_share_the_queue_with_a_canvas_run(server, canvas_steps) -> None:
-    """8 API generations (the most this server lets wait) queue behind a canvas prompt; a 9th gets 429; the 8 and
-    the canvas prompt all finish, each API job with its own seed's picture."""
-    status, queued = server.queue(canvas_graph(steps=canvas_steps(10), seed=7))
-    assert status == 200, queued
+def test_concurrent_requests_share_the_queue_with_a_canvas_run(server) -> None:
+    """8 API generations (the most this server lets wait) queue behind a long canvas prompt; a 9th gets 429; a second
+    canvas prompt queues after them. The long one is then interrupted, and the 8 and the second canvas prompt all
+    finish, each API job with its own seed's picture."""
+    status, long_run = server.queue(canvas_graph(steps=999, seed=7))
+    assert status == 200, long_run
+    wait_for(lambda: [item[1] for item in server.get_json("/queue")["queue_running"]] == [long_run["prompt_id"]])
     answers: dict[int, object] = {}
 
     def generate(index: int) -> None:
@@ -335,50 +327,121 @@ def test_concurrent_requests_share_the_queue_with_a_canvas_run(server, canvas_st
     threads = [threading.Thread(target=generate, args=(index,)) for index in range(MAX_JOBS)]
     for thread in threads:
         thread.start()
-    wait_for(lambda: json.loads(fetched_with_key(server, "/v1/health"))["api_jobs"] == MAX_JOBS, 60, "8 API jobs")
-    running = [item[1] for item in server.get_json("/queue")["queue_running"]]
-    assert running == [queued["prompt_id"]], "the canvas prompt should still run while the API jobs wait"
-    with pytest.raises(openai.RateLimitError, match="retry shortly"):
+    wait_for(lambda: len(queued_seeds(server)) == MAX_JOBS, 60, "8 API jobs in the queue")
+    with pytest.raises(openai.RateLimitError, match="retry shortly") as refused:
         client(server).images.generate(prompt="one too many", size="256x256")
+    assert refused.value.response.headers["retry-after"] == "2"
+    status, after = server.queue(canvas_graph(steps=4, seed=9))
+    assert status == 200, after
+    assert server.request("/interrupt", {"prompt_id": long_run["prompt_id"]})[0] == 200
     for thread in threads:
         thread.join(TIMEOUT_S)
     assert sorted(answers) == list(range(MAX_JOBS))
     images = [base64.b64decode(answer.data[0].b64_json) for answer in answers.values()]
     assert len(set(images)) == MAX_JOBS
-    canvas = server.finished(queued["prompt_id"])
-    assert canvas["status"]["status_str"] == "success"
+    assert server.finished(after["prompt_id"])["status"]["status_str"] == "success"
     seeds = history_seeds(server)
     assert len(set(seeds)) == len(seeds)
 
 
-def abandoned_request(server, body: dict, timeout_s: float) -> None:
-    """POST a generation and hang up after `timeout_s`, as a client that times out does."""
-    connection = http.client.HTTPConnection(urllib.parse.urlsplit(server.url).netloc, timeout=timeout_s)
+def hang_up_once_queued(server, body: dict, where: str) -> None:
+    """POST a generation, wait until its job (found by its seed) is in the queue's `where` list ("queue_pending" or
+    "queue_running"), then close the connection, as a client that gives up does."""
+    connection = http.client.HTTPConnection(urllib.parse.urlsplit(server.url).netloc, timeout=TIMEOUT_S)
     headers = {"Authorization": f"Bearer {KEYS[0]}", "Content-Type": "application/json"}
     connection.request("POST", "/v1/images/generations", json.dumps(body), headers)
-    with pytest.raises(TimeoutError):
-        connection.getresponse()
+    seeds = lambda: [api_tag(item)["seed"] for item in server.get_json("/queue")[where] if api_tag(item)]  # noqa: E731
+    wait_for(lambda: body["seed"] in seeds(), 60, f"the job in {where}")
     connection.close()
 
 
-def test_a_client_that_hangs_up_while_waiting_leaves_no_job(server, canvas_steps) -> None:
-    status, queued = server.queue(canvas_graph(steps=canvas_steps(6), seed=8))
+def test_a_client_that_hangs_up_while_waiting_leaves_no_job(server) -> None:
+    status, queued = server.queue(canvas_graph(steps=999, seed=8))
     assert status == 200, queued
     seed = 424242
-    abandoned_request(server, {"prompt": "a fox", "size": "256x256", "seed": seed}, timeout_s=1.0)
+    hang_up_once_queued(server, {"prompt": "a fox", "size": "256x256", "seed": seed}, "queue_pending")
     wait_for(lambda: seed not in queued_seeds(server), 10, "the waiting job's removal")
-    assert server.finished(queued["prompt_id"])["status"]["status_str"] == "success"
+    assert [item[1] for item in server.get_json("/queue")["queue_running"]] == [queued["prompt_id"]]
+    assert server.request("/interrupt", {"prompt_id": queued["prompt_id"]})[0] == 200
+    server.finished(queued["prompt_id"])
+    wait_for(lambda: json.loads(fetched_with_key(server, "/v1/health"))["api_jobs"] == 0, 10, "the cleanup")
     assert seed not in history_seeds(server)
-    assert json.loads(fetched_with_key(server, "/v1/health"))["api_jobs"] == 0
+    assert " was removed and forgotten" in server.log.read_text(errors="replace")
 
 
 def test_a_client_that_hangs_up_while_its_job_runs_has_it_interrupted(server) -> None:
     seed = 434343
-    abandoned_request(server, {"model": "slow", "prompt": "a fox", "size": "256x256", "seed": seed}, timeout_s=5.0)
+    hang_up_once_queued(server, {"model": "slow", "prompt": "a fox", "size": "256x256", "seed": seed}, "queue_running")
     wait_for(lambda: not queue_items(server), 60, "the interrupt")  # 999 steps would take far longer
     wait_for(lambda: json.loads(fetched_with_key(server, "/v1/health"))["api_jobs"] == 0, 10, "the cleanup")
     assert seed not in history_seeds(server)
-    assert "job" in server.log.read_text(errors="replace") and "was dropped" in server.log.read_text(errors="replace")
+    assert " was interrupted and forgotten" in server.log.read_text(errors="replace")
+
+
+def raw(server, method: str, path: str, body: bytes = b"", headers: dict | None = None) -> tuple[int, dict, dict]:
+    """One request as a hostile client might send it: (status, JSON body, headers)."""
+    connection = http.client.HTTPConnection(urllib.parse.urlsplit(server.url).netloc, timeout=60)
+    connection.putrequest(method, path, skip_host="Host" in (headers or {}), skip_accept_encoding=True)
+    for name, value in {"Authorization": f"Bearer {KEYS[0]}", **(headers or {})}.items():
+        connection.putheader(name, value)
+    connection.putheader("Content-Length", str(len(body)))
+    connection.endheaders(body)
+    answer = connection.getresponse()
+    status, content, answer_headers = answer.status, answer.read(), dict(answer.getheaders())
+    connection.close()
+    return status, json.loads(content) if content else {}, answer_headers
+
+
+def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "b0und4ry") -> tuple[bytes, dict]:
+    """(name, filename or None, content) parts as one multipart/form-data body, and its Content-Type header."""
+    chunks = []
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        chunks.append(f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n")
+    return b"".join(chunks) + f"--{boundary}--\r\n".encode(), {
+        "Content-Type": f"multipart/form-data; boundary={boundary}"
+    }
+
+
+def test_hostile_requests_get_clear_errors_and_leave_nothing_behind(server) -> None:
+    uploads = server.base / "input" / "dalle-nodes-api"
+    before = set(uploads.iterdir()) if uploads.is_dir() else set()
+    json_type = {"Content-Type": "application/json"}
+    status, body, _ = raw(server, "POST", "/v1/images/generations", b'{"prompt": "' + b"x" * 70000 + b'"}', json_type)
+    assert status == 413, body
+    status, body, _ = raw(server, "POST", "/v1/images/generations", b"[" * 60000, json_type)
+    assert status == 400 and "not valid JSON" in body["error"]["message"]
+    headers = {**json_type, "Authorization": "Bearer \xff\xfe"}
+    status, body, _ = raw(server, "POST", "/v1/images/generations", b'{"prompt": "a fox"}', headers)
+    assert status == 401 and body["error"]["code"] == "invalid_api_key"
+    headers = {**json_type, "Host": 'evil"><x'}
+    status, body, _ = raw(server, "POST", "/v1/images/generations", b'{"prompt": "a fox", "size": "256x256"}', headers)
+    assert status == 400 and "Host header" in body["error"]["message"]
+    form, form_type = multipart([("image", "a.png", encoded(picture())), ("mask", "m.png", encoded(picture()))])
+    status, body, _ = raw(server, "POST", "/v1/images/variations", form, form_type)
+    assert status == 400 and body["error"]["message"] == "Unrecognized request argument supplied: mask"
+    inner, inner_type = multipart([("prompt", None, b"a fox")], "inner")
+    nested = f"--outer\r\nContent-Type: {inner_type['Content-Type']}\r\n\r\n".encode() + inner + b"\r\n--outer--\r\n"
+    status, body, _ = raw(
+        server, "POST", "/v1/images/edits", nested, {"Content-Type": "multipart/form-data; boundary=outer"}
+    )
+    assert status == 400 and "nested multipart" in body["error"]["message"]
+    form, form_type = multipart(
+        [
+            ("image", "a.png", encoded(with_hole(picture()))),
+            ("prompt", None, b"a fox"),
+            ("negative_prompt", None, b"dogs"),
+        ]
+    )
+    status, body, _ = raw(server, "POST", "/v1/images/edits", form, form_type)
+    assert status == 400 and body["error"]["param"] == "negative_prompt"
+    status, body, answer_headers = raw(
+        server, "POST", "/v1/images/generations", b'{"model": "broken", "prompt": "a fox"}', json_type
+    )
+    assert status == 500 and "missing.api.json" in body["error"]["message"]
+    assert answer_headers.get("x-should-retry") == "false"  # the openai client must not run it again
+    assert (set(uploads.iterdir()) if uploads.is_dir() else set()) == before  # no upload left behind
+    assert client(server).models.list().data  # the server serves on
 
 
 def test_the_key_is_logged_once_without_the_key_itself(server) -> None:
