@@ -35,3 +35,18 @@ def test_body_keeps_null_param_and_code() -> None:
 def test_bad_request_is_a_400() -> None:
     error = bad_request("n is 11", "n", "integer_above_max_value")
     assert (error.status, error.message, error.param, error.code) == (400, "n is 11", "n", "integer_above_max_value")
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        (400, {}),
+        (401, {}),
+        (413, {}),
+        (429, {"Retry-After": "2"}),  # the openai client retries 429 after this pause
+        (500, {"x-should-retry": "false"}),  # … and would run a failing workflow twice more without this
+        (503, {"x-should-retry": "false"}),
+    ],
+)
+def test_headers_steer_the_clients_retries(status: int, headers: dict) -> None:
+    assert ApiError(status, "m").headers() == headers
