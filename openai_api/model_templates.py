@@ -91,9 +91,9 @@ class Catalogue:
     def get(self, model_id: str) -> Model:
         if model_id in self.models:
             return self.models[model_id]
-        broken = [name for name in self.problems if name == model_id + SUFFIX]
-        if broken:
-            raise ApiError(500, f"The model '{model_id}' cannot run: {self.problems[broken[0]]}", "model")
+        problem = self.problems.get(model_id + SUFFIX)
+        if problem is not None:
+            raise ApiError(500, f"The model '{model_id}' cannot run: {problem}", "model")
         known = ", ".join(sorted(self.models)) or "none"
         raise ApiError(
             404, f"The model '{model_id}' does not exist (models here: {known}).", "model", "model_not_found"

@@ -55,6 +55,7 @@ class _State:
         self.wakeups: set[asyncio.Event] = set()
         self.cleanups: set[asyncio.Task] = set()
         self.decoding = asyncio.Semaphore(2)
+        self.registered = False
 
     def wake(self) -> None:
         for event in self.wakeups:
@@ -65,9 +66,12 @@ _state = _State((), DEFAULT_MAX_JOBS)
 
 
 def register() -> None:
-    """Add the routes to ComfyUI's route table (before it starts serving) and hook its queue's changes."""
+    """Add the routes to ComfyUI's route table (before it starts serving) and hook its queue's changes; once."""
     global _state
+    if _state.registered:
+        return
     _state = _State(access.keys_from(os.environ), _max_jobs(), _public_url())
+    _state.registered = True
     comfy_server.on_queue_change(_state.wake)
     table = comfy_server.route_table()
     table.post("/v1/images/generations")(_endpoint("generations"))
