@@ -20,6 +20,9 @@ pytestmark = pytest.mark.skipif(
     reason="set COMFYUI_PATH to a ComfyUI checkout (and COMFYUI_PYTHON to its interpreter) to run",
 )
 ROOT = Path(__file__).resolve().parents[2]
+# Kept latents go through float blends (x * keep + picture * (1 - keep)) and kernels that round differently by memory
+# layout and batch: equal to about 1e-8, not bit for bit.
+KEPT_TOLERANCE = 1e-6
 REAL_IMAGE_ENCODER = tiny_repos.PRIOR_CONFIGS / "image_encoder" / "config.json"
 
 
@@ -90,12 +93,13 @@ def test_inpaint_model_reads_kandinsky_channel_order(checks) -> None:
 
 
 def test_ksampler_keeps_the_unmasked_region_with_inpaint_model_conditioning(checks) -> None:
-    """InpaintModelConditioning's latent is the whole picture's; with noise_mask on, KSampler's kept latents are exactly
-    the picture's (it blends each denoised prediction with them) and the masked region is repainted. With noise_mask off
+    """InpaintModelConditioning's latent is the whole picture's; with noise_mask on, KSampler's kept latents are the
+    picture's (it blends each denoised prediction with them: exact but for float rounding in the blend, a few 1e-9)
+    and the masked region is repainted. With noise_mask off
     the whole latent is sampled (a random UNet drifts far from the picture everywhere)."""
     on, off = (checks[f"inpaint_model_conditioning/noise_mask={flag}"] for flag in (True, False))
-    assert on["latent_is_picture"] == 0.0 and off["latent_is_picture"] == 0.0
-    assert on["kept_region_error"] == 0.0 and on["repainted_change"] > 0.1
+    assert on["latent_is_picture"] <= KEPT_TOLERANCE and off["latent_is_picture"] <= KEPT_TOLERANCE
+    assert on["kept_region_error"] <= KEPT_TOLERANCE and on["repainted_change"] > 0.1
     assert off["kept_region_error"] > 0.1
 
 
@@ -117,12 +121,10 @@ def test_inpaint_model_conditioning_feeds_what_our_pipeline_feeds(checks) -> Non
 def test_vae_encode_for_inpainting_then_ksampler(checks) -> None:
     """Without concat entries the MODEL reads the LATENT (picture encoded with the hole grey) and its grown noise mask,
     rounded at latent size; KSampler keeps that latent outside the mask."""
-    assert checks["vae_encode_for_inpaint"] == {
-        "shape": [1, 4, 8, 16],
-        "keep_error": 0.0,
-        "masked_latent_error": 0.0,
-        "kept_region_error": 0.0,
-    }
+    measured = checks["vae_encode_for_inpaint"]
+    assert measured["shape"] == [1, 4, 8, 16]
+    assert measured["keep_error"] == 0.0 and measured["masked_latent_error"] == 0.0  # masks of 0 and 1: exact
+    assert measured["kept_region_error"] <= KEPT_TOLERANCE
 
 
 def test_controlnet_model_in_ksampler_says_what_to_use(checks) -> None:
