@@ -7,15 +7,22 @@ import argparse
 import io
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from .engine import files
-from .engine.hub import error_summary, source_from_input
+from .engine.checkpoints import error_summary
+from .engine.hub import source_from_input
 from .pipelines import sampling
 from .pipelines.dalle_mini import REPO as MINI_REPO
 from .pipelines.kandinsky22 import DECODER_REPO, INPAINT_REPO, PRIOR_REPO
 from .pipelines.rerank import CLIP_REPO
 from .pipelines.upscale import PRESETS
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .pipelines import DalleMini, Kandinsky22, dalle_mini, kandinsky22
+    from .pipelines.rerank import Ranker
 
 MODELS = ("kandinsky22", "mega", "mini")
 
@@ -53,6 +60,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="text → image with Kandinsky 2.2 (the open DALL·E 2) or DALL·E Mega/Mini (the open DALL·E 1); edits "
         "(inpainting, outpainting) with Kandinsky 2.2",
     )
+    # the order of these calls is the order of --help's sections
+    add_generate_options(gen)
+    add_kandinsky22_options(gen)
+    add_edit_options(gen)
+    add_dalle_mini_options(gen)
+    add_queue_command(commands)
+    return parser.parse_args(argv)
+
+
+def add_generate_options(gen: argparse.ArgumentParser) -> None:
+    """What every model family takes: the prompt, where the images go, seed, batch, dtype, upscaling, ranking."""
     gen.add_argument("prompt")
     gen.add_argument(
         "-o", "--output", type=Path, default=Path("out.png"), help="image path, e.g. .png (batches add _1, _2 …)"
@@ -75,6 +93,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help=f"CLIP repo id or local folder for --best-of (default: {CLIP_REPO}; Kandinsky: the prior's own towers)",
     )
+
+
+def add_kandinsky22_options(gen: argparse.ArgumentParser) -> None:
     k22 = gen.add_argument_group("kandinsky22")
     k22.add_argument("--negative", default=None, help="negative prompt")
     k22.add_argument("--steps", type=int, default=50, help="decoder steps")
@@ -90,6 +111,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help=f"decoder repo id or local folder (default: {DECODER_REPO}; with --image {INPAINT_REPO})",
     )
+
+
+def add_edit_options(gen: argparse.ArgumentParser) -> None:
     edits = gen.add_argument_group("edits (kandinsky22): repaint part of a picture, or paint beyond its borders")
     edits.add_argument("--image", type=Path, default=None, help="the picture to edit")
     edits.add_argument(
@@ -105,12 +129,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="SIDE=PX,…",
         help="borders to paint, e.g. left=256,right=256 (sides left, top, right, bottom) or 128 for every side",
     )
+
+
+def add_dalle_mini_options(gen: argparse.ArgumentParser) -> None:
     mini = gen.add_argument_group("mega / mini")
     mini.add_argument("--repo", default=MINI_REPO, help="min-dalle repo id or local folder")
     mini.add_argument("--top-k", type=int, default=256)
     mini.add_argument("--temperature", type=float, default=1.0)
     mini.add_argument("--supercondition", type=float, default=16.0)
 
+
+def add_queue_command(commands: argparse._SubParsersAction) -> None:
     queue = commands.add_parser("queue", help="run a workflow (UI or API format) on a ComfyUI server")
     queue.add_argument("workflow", type=Path, help="a .json (UI) or .api.json (API) workflow file")
     queue.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI's address")
@@ -122,73 +151,113 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     queue.add_argument("--out", type=Path, default=Path("."), help="folder for the images")
     queue.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the prompt to finish")
     queue.add_argument("--json", action="store_true", help="print a JSON summary instead of one path per line")
-    return parser.parse_args(argv)
 
 
 def generate(args: argparse.Namespace) -> list[Path]:
     """Every setting, the output paths and an edit's picture and mask files are checked, and the upscaler is ready,
     before the first model loads: a mistake costs no sampling and no download."""
-    from .pipelines import DalleMini, Kandinsky22, Upscaler, dalle_mini, kandinsky22
-    from .pipelines.rerank import SCORE_KEY, Ranker
+    from .pipelines import Upscaler
+    from .pipelines.rerank import SCORE_KEY
 
     paths = files.numbered(args.output, args.batch_size)
     files.check_image_outputs(paths, args.overwrite)
-    editing = args.image is not None
-    if args.model != "kandinsky22" and (editing or args.mask is not None or args.outpaint is not None):
-        raise ValueError("--image, --mask and --outpaint need --model kandinsky22: DALL·E Mega and Mini cannot edit.")
-    decoder = args.decoder if args.decoder is not None else INPAINT_REPO if editing else DECODER_REPO
-    if args.model == "kandinsky22":
-        request = kandinsky22.Request(
-            args.prompt,
-            negative=args.negative,
-            seed=args.seed,
-            steps=args.steps,
-            prior_steps=args.prior_steps,
-            guidance=args.guidance,
-            prior_guidance=args.prior_guidance,
-            width=args.width,
-            height=args.height,
-            batch_size=args.batch_size,
-            sampler=args.sampler,
-            best_of=args.best_of,
-            image=args.image,
-            mask=args.mask,
-            outpaint=args.outpaint,
-        )
-    else:
-        request = dalle_mini.Request(
-            args.prompt,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            top_k=args.top_k,
-            temperature=args.temperature,
-            supercondition=args.supercondition,
-            best_of=args.best_of,
-        )
-    repos = [args.prior, decoder] if args.model == "kandinsky22" else [args.repo]
+    kandinsky = args.model == "kandinsky22"
+    request, repos = kandinsky22_request(args) if kandinsky else dalle_mini_request(args)
     for repo in repos + ([args.clip] if args.clip else []):  # a malformed id or a missing folder fails now
         source_from_input(repo, None, None).local_folder  # noqa: B018  (checks the path or repo id)
-    ranker = None  # Kandinsky ranks with its prior's own CLIP towers unless --clip says otherwise
-    if args.best_of is not None and (args.clip or args.model != "kandinsky22"):
-        print(f"Loading CLIP from {args.clip or CLIP_REPO} …", file=sys.stderr)  # first: smaller, fails sooner
-        ranker = Ranker.load(args.clip or CLIP_REPO, dtype=args.dtype)
+    ranker = load_ranker(args)  # first: smaller, fails sooner
     upscaler = Upscaler.load(args.upscale) if args.upscale else None
-    if args.model == "kandinsky22":
-        print(f"Loading {args.prior} and {decoder} …", file=sys.stderr)
-        model = Kandinsky22.load(prior=args.prior, decoder=decoder, dtype=args.dtype)
-    else:
-        print(f"Loading DALL·E {args.model} from {args.repo} …", file=sys.stderr)
-        model = DalleMini.load(repo=args.repo, variant=args.model, dtype=args.dtype)
+    model = load_kandinsky22(args) if kandinsky else load_dalle_mini(args)
     images = model.run(request, ranker)
     scores = [image.info.get(SCORE_KEY) for image in images]  # read before upscaling makes new images
     if upscaler is not None:
         print(f"Upscaling with {args.upscale} …", file=sys.stderr)
         images = upscaler.upscale(images)
+    return write_images(paths, images, scores, args.overwrite)
+
+
+def decoder_repo(args: argparse.Namespace) -> str:
+    """--decoder, else the inpainting decoder for an edit, else the text-to-image one."""
+    return args.decoder if args.decoder is not None else INPAINT_REPO if args.image is not None else DECODER_REPO
+
+
+def kandinsky22_request(args: argparse.Namespace) -> tuple[kandinsky22.Request, list[str]]:
+    """The checked Kandinsky 2.2 settings, and the prior and decoder repos they run on."""
+    from .pipelines import kandinsky22
+
+    request = kandinsky22.Request(
+        args.prompt,
+        negative=args.negative,
+        seed=args.seed,
+        steps=args.steps,
+        prior_steps=args.prior_steps,
+        guidance=args.guidance,
+        prior_guidance=args.prior_guidance,
+        width=args.width,
+        height=args.height,
+        batch_size=args.batch_size,
+        sampler=args.sampler,
+        best_of=args.best_of,
+        image=args.image,
+        mask=args.mask,
+        outpaint=args.outpaint,
+    )
+    return request, [args.prior, decoder_repo(args)]
+
+
+def load_kandinsky22(args: argparse.Namespace) -> Kandinsky22:
+    from .pipelines import Kandinsky22
+
+    decoder = decoder_repo(args)
+    print(f"Loading {args.prior} and {decoder} …", file=sys.stderr)
+    return Kandinsky22.load(prior=args.prior, decoder=decoder, dtype=args.dtype)
+
+
+def dalle_mini_request(args: argparse.Namespace) -> tuple[dalle_mini.Request, list[str]]:
+    """The checked DALL·E Mega / Mini settings, and the repo they run on."""
+    from .pipelines import dalle_mini
+
+    if args.image is not None or args.mask is not None or args.outpaint is not None:
+        raise ValueError("--image, --mask and --outpaint need --model kandinsky22: DALL·E Mega and Mini cannot edit.")
+    request = dalle_mini.Request(
+        args.prompt,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        top_k=args.top_k,
+        temperature=args.temperature,
+        supercondition=args.supercondition,
+        best_of=args.best_of,
+    )
+    return request, [args.repo]
+
+
+def load_dalle_mini(args: argparse.Namespace) -> DalleMini:
+    from .pipelines import DalleMini
+
+    print(f"Loading DALL·E {args.model} from {args.repo} …", file=sys.stderr)
+    return DalleMini.load(repo=args.repo, variant=args.model, dtype=args.dtype)
+
+
+def load_ranker(args: argparse.Namespace) -> Ranker | None:
+    """The CLIP model that ranks --best-of's samples; None where nothing is ranked, or where Kandinsky ranks with its
+    prior's own CLIP towers (unless --clip says otherwise)."""
+    from .pipelines.rerank import Ranker
+
+    if args.best_of is None or not (args.clip or args.model != "kandinsky22"):
+        return None
+    print(f"Loading CLIP from {args.clip or CLIP_REPO} …", file=sys.stderr)
+    return Ranker.load(args.clip or CLIP_REPO, dtype=args.dtype)
+
+
+def write_images(
+    paths: list[Path], images: list[Image.Image], scores: list[float | None], overwrite: bool
+) -> list[Path]:
+    """Each image to its path, printed as it is written (with its CLIP score where it was ranked)."""
     written = []
     for path, image, score in zip(paths, images, scores, strict=True):
         encoded = io.BytesIO()
         image.save(encoded, files.IMAGE_FORMATS[path.suffix.lower()])
-        written.append(files.write_file(path, encoded.getvalue(), args.overwrite))
+        written.append(files.write_file(path, encoded.getvalue(), overwrite))
         print(written[-1] if score is None else f"{written[-1]}\t{score:.4f}")
     return written
 

@@ -38,8 +38,9 @@ from dalle_nodes.engine.cuda_graph import SWITCH as CUDA_GRAPH_SWITCH  # noqa: E
 from dalle_nodes.engine.hub import Source  # noqa: E402
 from dalle_nodes.models import dalle_bart, vqgan  # noqa: E402
 from dalle_nodes.models.dalle_bart import HYPERPARAMETERS, DalleBart, Hyperparameters  # noqa: E402
-from dalle_nodes.pipelines import dalle_mini  # noqa: E402
-from dalle_nodes.pipelines.dalle_mini import DECODE_BATCH  # noqa: E402
+from dalle_nodes.pipelines.dalle_mini import loading as mini_loading  # noqa: E402
+from dalle_nodes.pipelines.dalle_mini import stages as mini_stages  # noqa: E402
+from dalle_nodes.pipelines.dalle_mini.stages import DECODE_BATCH  # noqa: E402
 from tiny_repos import TINY_MIN_DALLE, import_min_dalle, write_min_dalle_tokenizer  # noqa: E402
 
 PROMPT = "an astronaut riding a horse on the moon, oil painting"
@@ -144,7 +145,7 @@ def instrument_ours(barts: list[DalleBart], stages: Stages, captures: list[bool]
     for bart in barts:
         hooks.append(bart.encoder.register_forward_pre_hook(lambda *_: stages.mark("encode_start")))
         hooks.append(bart.encoder.register_forward_hook(lambda *_: stages.mark("encode_end")))
-    capture = dalle_mini.GraphStep.capture
+    capture = mini_stages.GraphStep.capture
 
     def timed_capture(self) -> None:
         stages.mark("capture_start")
@@ -157,7 +158,7 @@ def instrument_ours(barts: list[DalleBart], stages: Stages, captures: list[bool]
         captures.append(True)
 
     try:
-        with mock.patch.object(dalle_mini.GraphStep, "capture", timed_capture):
+        with mock.patch.object(mini_stages.GraphStep, "capture", timed_capture):
             yield
     finally:
         for hook in hooks:
@@ -196,16 +197,16 @@ def main(argv: list[str] | None = None) -> dict:
         with torch.device(device):
             detokenizer = vqgan.VQGAN().eval()  # PyTorch's default initialisation
         mega_folder = write_min_dalle_files(Path(folder), barts[reference_dtype], detokenizer)
-        tokenizer = dalle_mini.load_tokenizer(Source(str(mega_folder)), "mega")
+        tokenizer = mini_loading.load_tokenizer(Source(str(mega_folder)), "mega")
         stack.enter_context(instrument_ours(list(barts.values()), stages, captures))
 
         def ours(name: str, bart: DalleBart, decoder: vqgan.VQGAN, cuda_graph: bool):
             def run() -> None:
                 stages.start()
-                text = dalle_mini.text_tokens(tokenizer.encode(PROMPT))
+                text = mini_stages.text_tokens(tokenizer.encode(PROMPT))
                 switch = {CUDA_GRAPH_SWITCH: "1" if cuda_graph else "0"}  # read by sample_image_tokens
                 with mock.patch.dict(os.environ, switch):
-                    codes = dalle_mini.sample_image_tokens(bart, text, images, args.seed, **SETTINGS)
+                    codes = mini_stages.sample_image_tokens(bart, text, images, args.seed, **SETTINGS)
                 stages.mark("sampling_end")
                 codes_seen.setdefault(name, []).append(codes.clone())
                 chunks = codes[:, :side, :side].split(DECODE_BATCH)  # as DalleVQGANDecode decodes them

@@ -44,14 +44,15 @@ from common import ROOT, environment, flops, import_package, matmul_tflops, rand
 import_package()
 sys.path.insert(0, str(ROOT / "tests"))  # tiny_repos: the real configs' folders, tiny repos and a CLIP tokenizer
 from dalle_nodes.engine import compiled  # noqa: E402
-from dalle_nodes.engine.hub import Source, load_strict  # noqa: E402
+from dalle_nodes.engine.checkpoints import load_strict  # noqa: E402
+from dalle_nodes.engine.hub import Source  # noqa: E402
 from dalle_nodes.models import clip  # noqa: E402
 from dalle_nodes.models.movq import MoVQ, MoVQConfig  # noqa: E402
 from dalle_nodes.models.prior import PriorConfig, PriorTransformer  # noqa: E402
 from dalle_nodes.models.unet import KandinskyUNet, UNetConfig  # noqa: E402
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS as NODES  # noqa: E402
 from dalle_nodes.nodes import loaders, runtime, sockets  # noqa: E402
-from dalle_nodes.pipelines import kandinsky22  # noqa: E402
+from dalle_nodes.pipelines.kandinsky22 import loading  # noqa: E402
 from tiny_repos import (  # noqa: E402
     DECODER_CONFIGS,
     PRIOR_CONFIGS,
@@ -147,7 +148,7 @@ def tiny_pipelines(folder: Path) -> tuple:
 def adopt(module: torch.nn.Module, config: dict, config_cls, module_cls, dtype: torch.dtype, what: str):
     """Our module of the same config with the diffusers module's weights (strict), converted to our dtype: the
     loaders' own path (modern_attention_keys, load_strict), from memory instead of a file."""
-    state = kandinsky22.modern_attention_keys(module.state_dict())
+    state = loading.modern_attention_keys(module.state_dict())
     state = {key: value.to(dtype, copy=True) for key, value in state.items()}
     return load_strict(lambda: module_cls(config_cls.from_diffusers(config)), state, f"our {what}")
 

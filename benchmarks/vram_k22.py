@@ -30,7 +30,7 @@ from dalle_nodes.engine import memory  # noqa: E402
 from dalle_nodes.models.movq import MoVQ, MoVQConfig  # noqa: E402
 from dalle_nodes.models.prior import PriorConfig, PriorTransformer  # noqa: E402
 from dalle_nodes.models.unet import KandinskyUNet, UNetConfig  # noqa: E402
-from dalle_nodes.pipelines import kandinsky22_memory  # noqa: E402
+from dalle_nodes.pipelines.kandinsky22 import memory as kandinsky22_memory  # noqa: E402
 
 CONFIGS = ROOT / "tests" / "hub_configs"
 PRIOR_REPO = CONFIGS / "kandinsky-community--kandinsky-2-2-prior"
@@ -151,7 +151,7 @@ def chain_peaks(stage_weights: dict, activations: dict) -> dict:
 def calibration(models: dict, configs: dict, dtype: torch.dtype, activations: dict) -> dict:
     """The closed forms' feature-map counts as traced: peak / one feature map of the finest level (UNet: rows ×
     latent pixels × 384 channels; MoVQ: pixels × 128; prior: rows × 81 tokens × 2048).
-    pipelines/kandinsky22_memory.py holds them rounded up."""
+    pipelines/kandinsky22/memory.py holds them rounded up."""
     itemsize, prior = dtype.itemsize, configs["prior"]
     unet_channels, movq_channels = configs["unet"].block_out_channels[0], configs["movq"].block_out_channels[0]
     tokens = prior.num_embeddings + prior.additional_embeddings

@@ -207,6 +207,22 @@ def is_ui_format(workflow: dict) -> bool:
 def ui_to_api(ui: dict, specs: dict[str, NodeSpec]) -> dict:
     """The API graph ComfyUI's "Export (API)" would write for a UI-format workflow."""
     nodes = {node["id"]: node for node in ui["nodes"]}
+    _check_convertible(ui, nodes, specs)
+    links = {link[0]: link for link in ui["links"]}  # id → [id, source, slot, target, target slot, type]
+    graph = {}
+    for node_id, node in nodes.items():
+        if node["type"] in FRONTEND_ONLY or node.get("mode") in (MUTED, BYPASSED):
+            continue
+        graph[str(node_id)] = {
+            "inputs": _node_inputs(node, specs[node["type"]], nodes, links),
+            "class_type": node["type"],
+            "_meta": {"title": node.get("title") or node["type"]},
+        }
+    return graph
+
+
+def _check_convertible(ui: dict, nodes: dict[int, dict], specs: dict[str, NodeSpec]) -> None:
+    """Subgraphs and nodes without a spec cannot be converted: say so, and what to do instead."""
     if ui.get("definitions", {}).get("subgraphs"):
         raise WorkflowError("The workflow uses subgraphs, which this converter cannot unpack: export it in API format.")
     known = specs.keys() | FRONTEND_ONLY
@@ -216,50 +232,47 @@ def ui_to_api(ui: dict, specs: dict[str, NodeSpec]) -> dict:
             f"The workflow uses nodes this command cannot convert: {', '.join(unknown)}. Give --server a running "
             "ComfyUI that has them installed, or export the workflow in API format (Workflow → Export (API))."
         )
-    links = {link[0]: link for link in ui["links"]}  # id → [id, source, slot, target, target slot, type]
 
-    def source_of(link_id: int) -> list | object | None:
-        """A link's origin as an API link [node id, slot], a literal (from a primitive node), or None (muted)."""
-        if link_id not in links or links[link_id][1] not in nodes:
-            raise WorkflowError(f"Link {link_id} of the workflow leads to no node: the file is damaged.")
-        _, source, slot, _, _, kind = links[link_id]
-        node = nodes[source]
-        if node["type"] == "Reroute" or node.get("mode") == BYPASSED:
-            passing = [s for s in node["inputs"] if s.get("link") is not None and s["type"] in (kind, "*")]
-            return source_of(passing[0]["link"]) if passing else None
-        if node["type"] == "PrimitiveNode":
-            return node["widgets_values"][0]
-        if node.get("mode") == MUTED:
-            return None
-        return [str(source), slot]
 
-    graph = {}
-    for node_id, node in nodes.items():
-        if node["type"] in FRONTEND_ONLY or node.get("mode") in (MUTED, BYPASSED):
-            continue
-        spec = specs[node["type"]]
-        sockets = {socket["name"]: socket for socket in node.get("inputs", [])}
-        values = node.get("widgets_values", [])
-        names = widget_names(spec)
-        if isinstance(values, dict):
-            widget_values = {name: values[name] for name in names if isinstance(name, str) and name in values}
-        else:
-            widget_values = {n: v for n, v in zip(names, values, strict=False) if isinstance(n, str)}
-        inputs = {}
-        for name in spec.declared():
-            socket = sockets.get(name)
-            if socket is not None and socket.get("link") is not None:
-                origin = source_of(socket["link"])
-                if origin is not None:
-                    inputs[name] = origin
-            elif name in widget_values:
-                inputs[name] = widget_values[name]
-        graph[str(node_id)] = {
-            "inputs": inputs,
-            "class_type": node["type"],
-            "_meta": {"title": node.get("title") or node["type"]},
-        }
-    return graph
+def _link_source(link_id: int, nodes: dict[int, dict], links: dict[int, list]) -> list | object | None:
+    """A link's origin as an API link [node id, slot], a literal (from a primitive node), or None (muted)."""
+    if link_id not in links or links[link_id][1] not in nodes:
+        raise WorkflowError(f"Link {link_id} of the workflow leads to no node: the file is damaged.")
+    _, source, slot, _, _, kind = links[link_id]
+    node = nodes[source]
+    if node["type"] == "Reroute" or node.get("mode") == BYPASSED:
+        passing = [s for s in node["inputs"] if s.get("link") is not None and s["type"] in (kind, "*")]
+        return _link_source(passing[0]["link"], nodes, links) if passing else None
+    if node["type"] == "PrimitiveNode":
+        return node["widgets_values"][0]
+    if node.get("mode") == MUTED:
+        return None
+    return [str(source), slot]
+
+
+def _widget_values(node: dict, spec: NodeSpec) -> dict:
+    """A node's widget values by input name; the UI saves them as a list in display order, or as a dict."""
+    values = node.get("widgets_values", [])
+    names = widget_names(spec)
+    if isinstance(values, dict):
+        return {name: values[name] for name in names if isinstance(name, str) and name in values}
+    return {n: v for n, v in zip(names, values, strict=False) if isinstance(n, str)}
+
+
+def _node_inputs(node: dict, spec: NodeSpec, nodes: dict[int, dict], links: dict[int, list]) -> dict:
+    """A node's API inputs: a linked socket's origin (left out where that is muted), else the widget's value."""
+    sockets = {socket["name"]: socket for socket in node.get("inputs", [])}
+    widget_values = _widget_values(node, spec)
+    inputs = {}
+    for name in spec.declared():
+        socket = sockets.get(name)
+        if socket is not None and socket.get("link") is not None:
+            origin = _link_source(socket["link"], nodes, links)
+            if origin is not None:
+                inputs[name] = origin
+        elif name in widget_values:
+            inputs[name] = widget_values[name]
+    return inputs
 
 
 def read_workflow(path: Path) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .hub import usable_cache_folder
+from .caches import usable_cache_folder
 
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 # torch.compile's options for our models (the default mode until a GPU measurement favours another; the benchmark

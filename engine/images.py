@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .hub import error_summary
+from .checkpoints import error_summary
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:

@@ -2,7 +2,7 @@
 
 `peak_live_bytes(fn, ...)` runs a call under a TorchDispatchMode that counts every tensor storage the call creates
 until it is freed, and returns the peak. On the meta device a full-size model costs no memory and no compute: a
-UNet step at any size traces in under a second on a CPU. pipelines/kandinsky22_memory.py calibrates its per-stage
+UNet step at any size traces in under a second on a CPU. pipelines/kandinsky22/memory.py calibrates its per-stage
 estimates from such traces.
 
 What the tracer counts is the eager live-tensor set: the bytes of the storages alive at once (on any device),

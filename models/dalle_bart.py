@@ -1,7 +1,7 @@
 """DALL·E Mini / Mega (kuprel/min-dalle): the BART text encoder and the image-token decoder with its key/value cache.
 
 Parameter names are min-dalle's (DalleBartEncoder, DalleBartDecoder), so the Hub's pickled state dicts load as
-they are. Sampling and loading are in pipelines/dalle_mini.py.
+they are. Sampling and loading are in pipelines/dalle_mini/ (stages.py, loading.py).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..engine import tiling
-from ..engine.hub import config_settings
+from ..engine.checkpoints import config_settings
 
 # diffusers' VQModel defaults, used for keys a config.json leaves out.
 _DIFFUSERS_DEFAULTS = dict(

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..engine.hub import config_settings
+from ..engine.checkpoints import config_settings
 from .timestep import TimestepMLP, timestep_embedding
 
 # diffusers' PriorTransformer defaults, used for keys a config.json leaves out.

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from ..engine.hub import config_settings
+from ..engine.checkpoints import config_settings
 from .timestep import TimestepMLP, timestep_embedding
 
 HINT_FEATURES = 4  # channels the hint encoder adds to the latent (fixed in diffusers' ImageHintTimeEmbedding)
@@ -71,47 +71,12 @@ class UNetConfig:
 
         Keys that the blocks used here never read (use_linear_projection, upcast_attention, downsample_padding,
         transformer_layers_per_block, addition_embed_type_num_heads, ...) are ignored; keys diffusers does not
-        know are refused (engine.hub.config_settings).
+        know are refused (engine.checkpoints.config_settings).
         """
         config = config_settings(config, _DIFFUSERS_DEFAULTS, "UNet")
-
-        def unsupported(key: str) -> ValueError:
-            return ValueError(f"unsupported UNet setting {key}={config.get(key, '<missing>')!r}")
-
-        for key, value in _REQUIRED_SETTINGS.items():
-            if config.get(key) != value:
-                raise unsupported(key)
-        for key, value in _DEFAULT_SETTINGS.items():
-            if config.get(key, value) != value:
-                raise unsupported(key)
-        for key in _ABSENT_FEATURES:
-            if config.get(key):
-                raise unsupported(key)
-        for key in (
-            "layers_per_block",
-            "attention_head_dim",
-            "cross_attention_dim",
-            "encoder_hid_dim",
-            "norm_num_groups",
-        ):
-            if not isinstance(config.get(key), int):  # per-level lists and None are not built
-                raise unsupported(key)
-
-        down_types, up_types = list(config.get("down_block_types", ())), list(config.get("up_block_types", ()))
-        if not down_types or any(t not in _DOWN_BLOCKS for t in down_types):
-            raise unsupported("down_block_types")
-        attention_levels = tuple(_DOWN_BLOCKS[t] for t in down_types)
-        if [_UP_BLOCKS.get(t) for t in reversed(up_types)] != list(attention_levels):
-            raise unsupported("up_block_types")  # the up path must mirror the down path
-        if len(config["block_out_channels"]) != len(down_types):
-            raise unsupported("block_out_channels")
-        # "image": the plain and inpainting decoders; "image_hint": the depth ControlNet.
-        if config.get("addition_embed_type") not in ("image", "image_hint"):
-            raise unsupported("addition_embed_type")
-        image_hint = config["addition_embed_type"] == "image_hint"
-        if (config["in_channels"], image_hint) not in _KINDS:
-            raise unsupported("in_channels")
-
+        _check_fixed_settings(config)
+        attention_levels = _attention_levels(config)
+        image_hint = _image_hint(config)
         return cls(
             in_channels=config["in_channels"],
             out_channels=config["out_channels"],
@@ -216,6 +181,51 @@ _ABSENT_FEATURES = (
     "resnet_skip_time_act",
     "dropout",
 )
+
+
+def _unsupported(config: dict[str, Any], key: str) -> ValueError:
+    return ValueError(f"unsupported UNet setting {key}={config.get(key, '<missing>')!r}")
+
+
+def _check_fixed_settings(config: dict[str, Any]) -> None:
+    """The settings Kandinsky 2.2 fixes: its own choices, diffusers' defaults it keeps, features it leaves out, and
+    single numbers where diffusers also takes per-level lists."""
+    for key, value in _REQUIRED_SETTINGS.items():
+        if config.get(key) != value:
+            raise _unsupported(config, key)
+    for key, value in _DEFAULT_SETTINGS.items():
+        if config.get(key, value) != value:
+            raise _unsupported(config, key)
+    for key in _ABSENT_FEATURES:
+        if config.get(key):
+            raise _unsupported(config, key)
+    for key in ("layers_per_block", "attention_head_dim", "cross_attention_dim", "encoder_hid_dim", "norm_num_groups"):
+        if not isinstance(config.get(key), int):  # per-level lists and None are not built
+            raise _unsupported(config, key)
+
+
+def _attention_levels(config: dict[str, Any]) -> tuple[bool, ...]:
+    """Which levels have attention, read from the block types; the up path must mirror the down path."""
+    down_types, up_types = list(config.get("down_block_types", ())), list(config.get("up_block_types", ()))
+    if not down_types or any(t not in _DOWN_BLOCKS for t in down_types):
+        raise _unsupported(config, "down_block_types")
+    attention_levels = tuple(_DOWN_BLOCKS[t] for t in down_types)
+    if [_UP_BLOCKS.get(t) for t in reversed(up_types)] != list(attention_levels):
+        raise _unsupported(config, "up_block_types")
+    if len(config["block_out_channels"]) != len(down_types):
+        raise _unsupported(config, "block_out_channels")
+    return attention_levels
+
+
+def _image_hint(config: dict[str, Any]) -> bool:
+    """Whether the decoder reads a hint image: addition_embed_type "image" is the plain and inpainting decoders,
+    "image_hint" the depth ControlNet; in_channels must be one of theirs (see _KINDS)."""
+    if config.get("addition_embed_type") not in ("image", "image_hint"):
+        raise _unsupported(config, "addition_embed_type")
+    image_hint = config["addition_embed_type"] == "image_hint"
+    if (config["in_channels"], image_hint) not in _KINDS:
+        raise _unsupported(config, "in_channels")
+    return image_hint
 
 
 def downsample(x: Tensor) -> Tensor:

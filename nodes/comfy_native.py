@@ -20,8 +20,10 @@ import torch
 from ..engine.memory import fused_attention_on
 from ..models.movq import MoVQ
 from ..models.unet import KandinskyUNet
-from ..pipelines import checks, kandinsky22, kandinsky22_memory
-from ..pipelines.kandinsky22 import DECODER_SCHEDULER, LATENT_CHANNELS
+from ..pipelines import checks
+from ..pipelines.kandinsky22 import memory
+from ..pipelines.kandinsky22.loading import DECODER_REPO, DECODER_SCHEDULER
+from ..pipelines.kandinsky22.starts import LATENT_CHANNELS, check_sampled_size
 from ..pipelines.previews import RGBFactors
 from .conditioning import EMBEDS_KEY
 
@@ -33,7 +35,7 @@ NO_EMBEDS = (
 )
 NO_HINT = (
     "This MODEL is the depth ControlNet decoder, which reads a hint (a depth map) that KSampler cannot give it: use "
-    f"DALL·E Decoder Sample with a hint (e.g. from DALL·E Depth Map), or load {kandinsky22.DECODER_REPO} for KSampler."
+    f"DALL·E Decoder Sample with a hint (e.g. from DALL·E Depth Map), or load {DECODER_REPO} for KSampler."
 )
 
 
@@ -118,7 +120,7 @@ class Kandinsky22(comfy.model_base.BaseModel):
         """The inpaint UNet's extra channels: the picture's latents zeroed where repainted, then the keep-mask.
 
         What ComfyUI hands us is core's, not the reference pipeline's (KandinskyV22InpaintPipeline, and our
-        kandinsky22.inpaint_edit / masks.keep_mask), in three ways. The mask: core downsamples it to latent size
+        kandinsky22.starts.keep_mask / masks.keep_mask), in three ways. The mask: core downsamples it to latent size
         bilinearly and rounds at 0.5; the reference binarises it at 0.5 at pixel size, samples it (nearest) at latent
         size and then grows the repainted region by one latent pixel (6 of 8 directions), so core keeps a ring the
         reference repaints. The picture: core's InpaintModelConditioning (and VAE Encode (for Inpainting)) encode it
@@ -139,7 +141,7 @@ class Kandinsky22(comfy.model_base.BaseModel):
         if self.diffusion_model.config.kind == "controlnet":
             raise ValueError(NO_HINT)
         noise = checks.check_latent({"samples": kwargs["noise"]}, LATENT_CHANNELS, "Kandinsky 2.2 (MoVQ)", ENCODERS)
-        kandinsky22.check_sampled_size(noise)
+        check_sampled_size(noise)
         out = super().extra_conds(**kwargs)
         out["image_embeds"] = comfy.conds.CONDRegular(self.image_embeds(kwargs))
         return out
@@ -173,7 +175,7 @@ class Kandinsky22(comfy.model_base.BaseModel):
         device = comfy.model_management.get_torch_device()
         config = self.diffusion_model.config
         rows, _, height, width = input_shape
-        return kandinsky22_memory.unet_step_bytes(
+        return memory.unet_step_bytes(
             config, rows, height, width, self.get_dtype(), fused_attention=fused_attention_on(device)
         )
 
@@ -213,8 +215,8 @@ class MoVQVAE(comfy.sd.VAE):
         self.device = comfy.model_management.vae_device()
         self.vae_dtype = param.dtype
         self.output_device = comfy.model_management.intermediate_device()
-        self.memory_used_decode = self._activation_bytes(kandinsky22_memory.movq_decode_bytes, movq.scale)
-        self.memory_used_encode = self._activation_bytes(kandinsky22_memory.movq_encode_bytes, 1)
+        self.memory_used_decode = self._activation_bytes(memory.movq_decode_bytes, movq.scale)
+        self.memory_used_encode = self._activation_bytes(memory.movq_encode_bytes, 1)
         self.patcher = comfy.model_patcher.ModelPatcher(
             movq, load_device=self.device, offload_device=comfy.model_management.vae_offload_device()
         )

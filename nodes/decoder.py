@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from ..pipelines import checks, kandinsky22, kandinsky22_memory, sampling
+from ..pipelines import sampling
+from ..pipelines.kandinsky22 import memory, stages, starts
+from ..pipelines.kandinsky22.loading import CONTROLNET_REPO, DECODER_REPO, INPAINT_REPO
+from ..pipelines.kandinsky22.starts import KIND_NAMES, DecoderStart
 from . import runtime
-from .sockets import GUIDANCE_INPUT, KANDINSKY_CATEGORY, DecoderModel, ImageEmbeds, seed_input, step_callback
+from .sockets import (
+    GUIDANCE_INPUT,
+    KANDINSKY_CATEGORY,
+    DecoderModel,
+    ImageEmbeds,
+    movq_samples,
+    seed_input,
+    stage_model,
+    step_callback,
+)
 
 
 class DalleDecoderSample:
@@ -34,9 +44,9 @@ class DalleDecoderSample:
                     "INT",
                     {
                         "default": 768,
-                        "min": kandinsky22.MIN_SIZE,
-                        "max": kandinsky22.MAX_SIZE,
-                        "step": kandinsky22.SIZE_STEP,
+                        "min": starts.MIN_SIZE,
+                        "max": starts.MAX_SIZE,
+                        "step": starts.SIZE_STEP,
                         "tooltip": "Image width in pixels, a multiple of 64. Ignored when a latent is connected.",
                     },
                 ),
@@ -44,9 +54,9 @@ class DalleDecoderSample:
                     "INT",
                     {
                         "default": 768,
-                        "min": kandinsky22.MIN_SIZE,
-                        "max": kandinsky22.MAX_SIZE,
-                        "step": kandinsky22.SIZE_STEP,
+                        "min": starts.MIN_SIZE,
+                        "max": starts.MAX_SIZE,
+                        "step": starts.SIZE_STEP,
                         "tooltip": "Image height in pixels, a multiple of 64. Ignored when a latent is connected.",
                     },
                 ),
@@ -117,46 +127,73 @@ class DalleDecoderSample:
         mask: torch.Tensor | None = None,
         hint: torch.Tensor | None = None,
     ) -> tuple[dict]:
-        schedule = sampling.decoder_schedule(sampler, steps, karras, denoise)
-        size = kandinsky22.latent_size(width, height) if latent is None else None
-        generator = torch.Generator().manual_seed(seed)
+        run = stages.DecoderRun(sampling.decoder_schedule(sampler, steps, karras, denoise), guidance)
         config, dtype = decoder.unet.module.config, decoder.unet.dtype
-        checks.check_embeds(image_embeds.positive, config.image_embed_dim)
-        checks.check_embeds(image_embeds.negative, config.image_embed_dim, "negative image embeddings")
-        kind, rows, device = config.kind, image_embeds.positive.shape[0], runtime.compute_device()
-        kandinsky22.check_edit_inputs(kind, latent, mask, hint)
-        edit = None
-        if kind == "inpaint":
-            edit = kandinsky22.inpaint_edit(latent, mask, rows)
-            if (picture := kandinsky22.unchanged_latents(edit, rows)) is not None:
-                return ({"samples": picture.to(runtime.output_device())},)
-            x, edit = kandinsky22.inpaint_start(edit, schedule, rows, generator, device, dtype)
-        else:
-            x = kandinsky22.decoder_start(image_embeds, schedule, size, latent, generator, device, dtype)
-        if kind == "controlnet":
-            edit = kandinsky22.hint_edit(hint, tuple(x.shape[2:]), rows)
-        rows = x.shape[0] * (2 if guidance > 1 else 1)
-
-        def load() -> Callable:
-            unet = decoder.unet.load_for(  # ComfyUI offloads other models to make this room
-                lambda fused: kandinsky22_memory.unet_step_bytes(
-                    config, rows, *x.shape[2:], dtype, fused_attention=fused
-                )
-            )
-            return decoder.unet_call(unet)
-
-        progress = runtime.Progress(schedule.steps_run, "decoder")
+        check_sockets(config.kind, latent, mask, hint, denoise)
+        model = stage_model(
+            decoder.unet,
+            lambda rows, h, w: lambda fused: memory.unet_step_bytes(config, rows, h, w, dtype, fused_attention=fused),
+            decoder.unet_call,
+        )
+        progress = runtime.Progress(run.schedule.steps_run, "decoder")
         try:
-            samples = kandinsky22.decoder_sample(
-                load,
+            samples = stages.decoder_stage(
+                model,
                 image_embeds,
-                x,
-                schedule,
-                guidance,
-                generator,
+                decoder_start(width, height, latent, mask, hint),
+                run,
+                torch.Generator().manual_seed(seed),
                 step_callback(progress),
-                edit,
             )
         finally:
             progress.close()
-        return ({"samples": samples.float().to(runtime.output_device())},)
+        return ({"samples": samples.to(runtime.output_device())},)
+
+
+def decoder_start(
+    width: int, height: int, latent: dict | None, mask: torch.Tensor | None, hint: torch.Tensor | None
+) -> DecoderStart:
+    """The sockets as the decoder stage's start: the latent wins over width and height; without a mask socket the
+    latent's noise mask (VAE Encode (for Inpainting), Set Latent Noise Mask) marks what to repaint."""
+    if latent is None:
+        return DecoderStart(starts.latent_size(width, height), hint=hint)
+    samples = movq_samples(latent)
+    if mask is None:
+        mask = latent.get("noise_mask")
+    return DecoderStart(latent=samples, repaint=mask, hint=hint)
+
+
+def check_sockets(kind: str, latent: object, mask: object, hint: object, denoise: float) -> None:
+    """The inputs a decoder of this kind (UNetConfig.kind) needs are connected, and none it would ignore."""
+    if kind == "controlnet" and hint is None:
+        raise ValueError(
+            "This is a depth ControlNet decoder: connect a hint (a depth map of the picture's size, e.g. from "
+            f"DALL·E Depth Map). For text-to-image without one load {DECODER_REPO}."
+        )
+    if kind != "controlnet" and hint is not None:
+        raise ValueError(
+            f"A hint needs the depth ControlNet decoder: load {CONTROLNET_REPO} (this one is {KIND_NAMES[kind]})."
+        )
+    noise_mask = isinstance(latent, dict) and latent.get("noise_mask") is not None
+    if kind == "inpaint" and latent is None:
+        raise ValueError(
+            "This is an inpainting decoder: connect the picture's latent (DALL·E VQ Encode of it) and a mask (1 = "
+            f"repaint). For text-to-image load {DECODER_REPO}."
+        )
+    if kind != "inpaint" and mask is not None:
+        raise ValueError(
+            f"A mask needs an inpainting decoder: load {INPAINT_REPO} (this one is {KIND_NAMES[kind]}), or sample "
+            "with KSampler and Set Latent Noise Mask."
+        )
+    if kind == "inpaint" and mask is None and not noise_mask:
+        raise ValueError(
+            "This is an inpainting decoder: connect a mask (1 = repaint; e.g. Load Image's MASK) beside the "
+            f"picture's latent. For text-to-image load {DECODER_REPO}."
+        )
+    if kind != "inpaint" and noise_mask:  # not sampled whole without a word
+        raise ValueError(
+            "This LATENT carries a noise mask, which only an inpainting decoder reads: load "
+            f"{INPAINT_REPO}, or sample it with KSampler and the loader's MODEL, or remove Set Latent Noise Mask."
+        )
+    if latent is None and denoise < 1:
+        raise ValueError("denoise below 1 needs a starting latent: connect one (e.g. from DALL·E VQ Encode).")

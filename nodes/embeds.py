@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..pipelines import checks, kandinsky22
+from ..pipelines import checks
+from ..pipelines.kandinsky22 import stages
 from . import runtime
 from .sockets import KANDINSKY_CATEGORY, ImageEmbeds, ImageEncoder
 
@@ -33,7 +34,7 @@ class DalleImageEncode:
 
     def encode(self, image_encoder: ImageEncoder, image: torch.Tensor) -> tuple[ImageEmbeds]:
         encoder = image_encoder.encoder.load()
-        return (kandinsky22.encode_images(image_encoder.processor, encoder, image, runtime.offload_device()),)
+        return (stages.encode_images(image_encoder.processor, encoder, image, runtime.offload_device()),)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:

@@ -8,7 +8,8 @@ import torch
 
 from ..engine import compiled
 from ..engine.hub import Source, source_from_input
-from ..pipelines import kandinsky22, previews
+from ..pipelines import previews
+from ..pipelines.kandinsky22 import loading
 from . import runtime
 from .conditioning import image_embeds_conditioning
 from .sockets import (
@@ -88,13 +89,13 @@ class DalleLoadPrior(HubLoader):
     DESCRIPTION = "Loads the Kandinsky 2.2 diffusion prior and its CLIP ViT-bigG text encoder (DALL·E 2's first stage)."
     RETURN_TYPES = ("DALLE_PRIOR", "DALLE_TEXT_ENCODER")
     RETURN_NAMES = ("prior", "text_encoder")
-    DEFAULT_REPO = kandinsky22.PRIOR_REPO
+    DEFAULT_REPO = loading.PRIOR_REPO
     CONTENTS = "prior (with prior/, text_encoder/, tokenizer/, image_encoder/)"
-    FILES = kandinsky22.FETCHES["prior"] + kandinsky22.FETCHES["text_encoder"]
+    FILES = loading.FETCHES["prior"] + loading.FETCHES["text_encoder"]
 
     def build(self, source: Source, dtype: torch.dtype) -> tuple[PriorModel, TextEncoder]:
-        prior = kandinsky22.load_prior(source, dtype)
-        tokenizer, text_encoder = kandinsky22.load_text_encoder(source, dtype)
+        prior = loading.load_prior(source, dtype)
+        tokenizer, text_encoder = loading.load_text_encoder(source, dtype)
         return (
             PriorModel(runtime.ManagedModule(prior), source, dtype),
             TextEncoder(tokenizer, runtime.ManagedModule(text_encoder)),
@@ -108,12 +109,12 @@ class DalleLoadImageEncoder(HubLoader):
     )
     RETURN_TYPES = ("DALLE_IMAGE_ENCODER",)
     RETURN_NAMES = ("image_encoder",)
-    DEFAULT_REPO = kandinsky22.PRIOR_REPO
+    DEFAULT_REPO = loading.PRIOR_REPO
     CONTENTS = "prior (its image_encoder/ and image_processor/)"
-    FILES = kandinsky22.FETCHES["image_encoder"]
+    FILES = loading.FETCHES["image_encoder"]
 
     def build(self, source: Source, dtype: torch.dtype) -> tuple[ImageEncoder]:
-        processor, encoder = kandinsky22.load_image_encoder(source, dtype)
+        processor, encoder = loading.load_image_encoder(source, dtype)
         return (ImageEncoder(processor, runtime.ManagedModule(encoder)),)
 
 
@@ -133,9 +134,9 @@ class DalleLoadDecoder(HubLoader):
         "Conditioning or unCLIPConditioning). Only inside ComfyUI.",
         "The same MoVQ for VAE Decode / Encode and the core inpainting nodes. Only inside ComfyUI.",
     )
-    DEFAULT_REPO = kandinsky22.DECODER_REPO
+    DEFAULT_REPO = loading.DECODER_REPO
     CONTENTS = "decoder (with unet/, movq/, scheduler/)"
-    FILES = kandinsky22.FETCHES["unet"] + kandinsky22.FETCHES["movq"]
+    FILES = loading.FETCHES["unet"] + loading.FETCHES["movq"]
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -148,8 +149,8 @@ class DalleLoadDecoder(HubLoader):
 
     def build(self, source: Source, dtype: torch.dtype, compile: bool = False) -> tuple:
         """Outside ComfyUI (the CLI, the Python API, tests) MODEL and VAE are None: no ComfyUI node could take them."""
-        unet = kandinsky22.load_unet(source, dtype)
-        movq = kandinsky22.load_movq(source, dtype)
+        unet = loading.load_unet(source, dtype)
+        movq = loading.load_movq(source, dtype)
         speed_layout(unet, compile)
         speed_layout(movq, compile)
         model = vae = None
@@ -174,9 +175,9 @@ class DalleLoadCLIPVision(HubLoader):
     )
     RETURN_TYPES = ("CLIP_VISION", "CONDITIONING")
     RETURN_NAMES = ("clip_vision", "zero_image")
-    DEFAULT_REPO = kandinsky22.PRIOR_REPO
+    DEFAULT_REPO = loading.PRIOR_REPO
     CONTENTS = "prior (its image_encoder/)"
-    FILES = kandinsky22.FETCHES["zero_image_embed"]
+    FILES = loading.FETCHES["zero_image_embed"]
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -192,5 +193,5 @@ class DalleLoadCLIPVision(HubLoader):
             raise RuntimeError("CLIP_VISION is a ComfyUI type: this node runs only inside ComfyUI.")
         from . import comfy_native
 
-        model = comfy_native.clip_vision(kandinsky22.image_encoder_weights(source))
+        model = comfy_native.clip_vision(loading.image_encoder_weights(source))
         return model, image_embeds_conditioning(comfy_native.zero_image_embed(model))

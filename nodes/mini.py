@@ -5,18 +5,15 @@ from __future__ import annotations
 import torch
 
 from ..models.dalle_bart import IMAGE_CODES, IMAGE_TOKENS
-from ..pipelines import dalle_mini
+from ..pipelines.dalle_mini import loading, stages
 from . import runtime
 from .loaders import reuse, source_from_inputs
 from .sockets import MINI_CATEGORY, REVISION_TOOLTIP, BartModel, VQGANModel, seed_input
 
 
 def _load(source, variant: str, dtypes: tuple[torch.dtype, torch.dtype]) -> tuple[BartModel, VQGANModel]:
-    tokenizer = dalle_mini.load_tokenizer(source, variant)
-    bart = runtime.ManagedModule(dalle_mini.load_bart(source, variant, dtypes[0]))
-    return BartModel(tokenizer, bart, variant), VQGANModel(
-        runtime.ManagedModule(dalle_mini.load_vqgan(source, dtypes[1]))
-    )
+    tokenizer, bart, vqgan = loading.load_variant(source, variant, dtypes)
+    return BartModel(tokenizer, runtime.ManagedModule(bart), variant), VQGANModel(runtime.ManagedModule(vqgan))
 
 
 class DalleLoadMini:
@@ -35,9 +32,9 @@ class DalleLoadMini:
         variant_tooltip = "mega: 2.6B parameters, better images. mini: 0.4B parameters, faster and smaller."
         return {
             "required": {
-                "repo_id": ("STRING", {"default": dalle_mini.REPO, "tooltip": repo_tooltip}),
+                "repo_id": ("STRING", {"default": loading.REPO, "tooltip": repo_tooltip}),
                 "revision": ("STRING", {"default": "main", "tooltip": REVISION_TOOLTIP}),
-                "variant": (list(dalle_mini.FILES), {"default": "mega", "tooltip": variant_tooltip}),
+                "variant": (list(loading.FILES), {"default": "mega", "tooltip": variant_tooltip}),
                 "dtype": (
                     list(runtime.DTYPES),
                     {
@@ -50,9 +47,9 @@ class DalleLoadMini:
         }
 
     def load(self, repo_id: str, revision: str, variant: str, dtype: str) -> tuple[BartModel, VQGANModel]:
-        dalle_mini.check_variant(variant)
-        source = source_from_inputs(repo_id, revision, dalle_mini.FETCHES)
-        dtypes = dalle_mini.dtypes(dtype, runtime.compute_device(), runtime.fp16_ok)
+        loading.check_variant(variant)
+        source = source_from_inputs(repo_id, revision, loading.FETCHES)
+        dtypes = loading.dtypes(dtype, runtime.compute_device(), runtime.fp16_ok)
         return reuse(type(self).__name__, (source, variant, dtypes), lambda: _load(source, variant, dtypes))
 
 
@@ -84,7 +81,7 @@ class DalleTokenSample:
                     {
                         "default": 4,
                         "min": 1,
-                        "max": dalle_mini.MAX_BATCH,
+                        "max": stages.MAX_BATCH,
                         "tooltip": "Images to sample for the prompt.",
                     },
                 ),
@@ -101,8 +98,8 @@ class DalleTokenSample:
                     "FLOAT",
                     {
                         "default": 1.0,
-                        "min": dalle_mini.MIN_TEMPERATURE,
-                        "max": dalle_mini.MAX_TEMPERATURE,
+                        "min": stages.MIN_TEMPERATURE,
+                        "max": stages.MAX_TEMPERATURE,
                         "step": 0.05,
                         "tooltip": "Above 1: more varied tokens; below 1: more predictable ones.",
                     },
@@ -112,7 +109,7 @@ class DalleTokenSample:
                     {
                         "default": 16.0,
                         "min": 0.0,
-                        "max": dalle_mini.MAX_SUPERCONDITION,
+                        "max": stages.MAX_SUPERCONDITION,
                         "step": 0.5,
                         "tooltip": "Guidance: how much the prompt outweighs no prompt (1: plain sampling).",
                     },
@@ -130,23 +127,13 @@ class DalleTokenSample:
         temperature: float,
         supercondition: float,
     ) -> tuple[torch.Tensor]:
-        dalle_mini.check_sampling(batch_size, top_k, temperature, supercondition)
-        tokens = dalle_mini.prompt_tokens(bart.tokenizer, text)
+        settings = stages.TokenSettings(batch_size, top_k, temperature, supercondition)
+        tokens = stages.prompt_tokens(bart.tokenizer, text)
+        # ComfyUI makes room for the key/value cache of the batch beside the weights
         model = bart.bart.load(memory_required=bart.bart.module.decoder.cache_bytes(batch_size))
         progress = runtime.Progress(IMAGE_TOKENS, f"DALL·E {bart.variant}")
         try:
-            codes = dalle_mini.sample_image_tokens(
-                model,
-                tokens,
-                batch_size,
-                # the compute device's generator (see sampling_generator); min-dalle seeds only above 0, here 0 is
-                # a seed like any other
-                dalle_mini.sampling_generator(seed, bart.bart.device()),
-                top_k,
-                temperature,
-                supercondition,
-                callback=lambda step: progress.update(1),
-            )
+            codes = stages.sample_tokens(model, tokens, seed, settings, callback=lambda step: progress.update(1))
         finally:
             progress.close()
         return (codes.cpu(),)
@@ -175,4 +162,4 @@ class DalleVQGANDecode:
 
     def decode(self, vqgan: VQGANModel, tokens: torch.Tensor, seamless: bool = False) -> tuple[torch.Tensor]:
         out = runtime.output_device()
-        return (dalle_mini.vqgan_decode(vqgan.vqgan.load, tokens, out, runtime.check_interrupt, seamless),)
+        return (stages.vqgan_decode(vqgan.vqgan.load, tokens, out, runtime.check_interrupt, seamless),)

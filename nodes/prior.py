@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..pipelines import kandinsky22, kandinsky22_memory, sampling
+from ..pipelines import sampling
+from ..pipelines.kandinsky22 import memory, stages
 from . import runtime
 from .sockets import (
     GUIDANCE_INPUT,
@@ -13,12 +14,13 @@ from .sockets import (
     PriorModel,
     PromptEmbeds,
     seed_input,
+    stage_model,
     step_callback,
 )
 
 
 class DallePriorSample:
-    """On a CUDA device each prior step is replayed as a CUDA graph (kandinsky22.prior_sample). Setting the
+    """On a CUDA device each prior step is replayed as a CUDA graph (kandinsky22.stages.prior_stage). Setting the
     environment variable DALLE_NODES_CUDA_GRAPHS=0 before sampling launches the steps kernel by kernel instead:
     the same embeddings, slower; a way to rule graphs out when something goes wrong on a GPU."""
 
@@ -50,7 +52,7 @@ class DallePriorSample:
                     {
                         "default": 1,
                         "min": 1,
-                        "max": kandinsky22.MAX_BATCH,
+                        "max": stages.MAX_BATCH,
                         "tooltip": "Embeddings to sample for the prompt.",
                     },
                 ),
@@ -76,32 +78,22 @@ class DallePriorSample:
         batch_size: int,
         negative: PromptEmbeds | None = None,
     ) -> tuple[ImageEmbeds]:
-        schedule = sampling.prior_schedule(steps)
-        rows = kandinsky22.prior_rows(batch_size, guidance, negative is not None)
         config, dtype = prior.prior.module.config, prior.prior.dtype
-
-        def load() -> torch.nn.Module:
-            if negative is None:  # the decoder's negative: read (or computed, once) before the prior takes the GPU
-                prior.zero_image_embed()
-            return prior.prior.load_for(
-                lambda fused: kandinsky22_memory.prior_step_bytes(config, rows, dtype, fused_attention=fused)
-            )
-
+        model = stage_model(
+            prior.prior, lambda rows: lambda fused: memory.prior_step_bytes(config, rows, dtype, fused_attention=fused)
+        )
+        run = stages.PriorRun(batch_size, guidance, sampling.prior_schedule(steps))
         progress = runtime.Progress(steps, "prior")
         try:
-            embeds, negative_embeds = kandinsky22.prior_sample(
-                load,
+            embeds = stages.prior_stage(
+                model,
+                prior.zero_image_embed,
                 positive,
                 negative,
-                batch_size,
-                guidance,
-                schedule,
+                run,
                 torch.Generator().manual_seed(seed),
                 step_callback(progress),
             )
         finally:
             progress.close()
-        if negative_embeds is None:
-            negative_embeds = prior.zero_image_embed().expand(batch_size, -1)  # kept since load()
-        store = runtime.offload_device()
-        return (ImageEmbeds(embeds.float().to(store), negative_embeds.float().to(store)),)
+        return (embeds.to(runtime.offload_device()),)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..engine import caches, hub, memory
 from ..engine import device as plain
-from ..engine import hub, memory
 from ..engine.device import DTYPES, Host
 from ..engine.hub import ConsoleDownload
 
@@ -193,7 +193,7 @@ def free_cache() -> None:
 
 def cache_dir() -> Path:
     """Small files derived from checkpoints (the zero-image embedding): beside the downloads, else ~/.cache."""
-    return hub.cache_folder(model_store())
+    return caches.cache_folder(model_store())
 
 
 # What the pipelines ask of the program running them, answered by ComfyUI where it runs them.

@@ -13,9 +13,11 @@ from ..engine.compiled import Compiled
 from ..engine.hub import Source
 from ..models.bart_tokenizer import BartTokenizer
 from ..models.movq import MoVQ
-from ..pipelines import kandinsky22
-from ..pipelines.checks import MAX_SEED
-from ..pipelines.kandinsky22 import ImageEmbeds, PromptEmbeds, zero_image_embed
+from ..pipelines.checks import MAX_SEED, check_latent
+from ..pipelines.kandinsky22.embeds import ImageEmbeds, PromptEmbeds
+from ..pipelines.kandinsky22.loading import FETCHES, zero_image_embed
+from ..pipelines.kandinsky22.stages import MAX_GUIDANCE, StageModel
+from ..pipelines.kandinsky22.starts import LATENT_CHANNELS
 from . import runtime
 
 __all__ = ["ImageEmbeds", "PromptEmbeds"]  # DALLE_IMAGE_EMBEDS and DALLE_TEXT_EMBEDS are the pipeline's own types
@@ -30,12 +32,29 @@ REVISION_TOOLTIP = "Branch, tag or commit of the Hub repo (ignored for a local f
 GUIDANCE_TOOLTIP = "Classifier-free guidance; 1 or less turns it off."
 GUIDANCE_INPUT = (
     "FLOAT",
-    {"default": 4.0, "min": 0.0, "max": kandinsky22.MAX_GUIDANCE, "step": 0.1, "tooltip": GUIDANCE_TOOLTIP},
+    {"default": 4.0, "min": 0.0, "max": MAX_GUIDANCE, "step": 0.1, "tooltip": GUIDANCE_TOOLTIP},
 )
 COMPILE_TOOLTIP = (
     "torch.compile the UNet and MoVQ: faster steps after a one-off compile of a minute or two per image size "
     "(kept on disk for later runs). Falls back to normal speed where compiling is unavailable."
 )
+
+
+def movq_samples(latent: object) -> torch.Tensor:
+    """The samples of a MoVQ LATENT, checked."""
+    return check_latent(latent, LATENT_CHANNELS, "Kandinsky 2.2 (MoVQ)", "DALL·E VQ Encode")
+
+
+def stage_model(
+    model: runtime.ManagedModule,
+    estimate: Callable[..., Callable[[bool], int]],
+    call: Callable[[torch.nn.Module], Callable] = lambda module: module,
+) -> StageModel:
+    """A ComfyUI-managed model for a stage: loading it asks ComfyUI to make room for `estimate(rows, *sides)`, the
+    activation bytes of one forward (with or without fused attention), offloading other models as needed; the stage
+    then calls `call(module)` (the module, or its compiled call)."""
+    load = lambda *shape: call(model.load_for(estimate(*shape)))  # noqa: E731
+    return StageModel(model.module.config, runtime.compute_device(), model.dtype, load)
 
 
 def seed_input(tooltip: str) -> tuple:
@@ -56,13 +75,13 @@ class PriorModel:
     _zero_embed: torch.Tensor | None = field(default=None, repr=False)
 
     def zero_image_embed(self) -> torch.Tensor:
-        """[1, D] image embedding of an all-zero image (pipelines.kandinsky22.zero_image_embed), kept once read."""
+        """[1, D] image embedding of an all-zero image (kandinsky22.loading.zero_image_embed), kept once read."""
         if self._zero_embed is None:
 
             def place(encoder: torch.nn.Module) -> torch.nn.Module:
                 return runtime.ManagedModule(encoder).load()
 
-            source = replace(self.source, progress=runtime.DownloadBar(kandinsky22.FETCHES["zero_image_embed"]))
+            source = replace(self.source, progress=runtime.DownloadBar(FETCHES["zero_image_embed"]))
             self._zero_embed = zero_image_embed(source, self.dtype, runtime.cache_dir(), place)
             runtime.free_cache()
         return self._zero_embed

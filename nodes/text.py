@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from ..pipelines import kandinsky22
+from ..pipelines.checks import check_prompt
+from ..pipelines.kandinsky22 import stages
 from . import runtime
 from .sockets import KANDINSKY_CATEGORY, PromptEmbeds, TextEncoder
+
+NO_NEGATIVE_HINT = " (For no negative prompt, leave the prior's negative input unconnected.)"
 
 
 class DalleTextEncode:
@@ -32,4 +35,5 @@ class DalleTextEncode:
 
     def encode(self, text_encoder: TextEncoder, text: str) -> tuple[PromptEmbeds]:
         store = runtime.offload_device()
-        return (kandinsky22.encode_prompt(text_encoder.tokenizer, text_encoder.encoder.load, text, store),)
+        check_prompt(text, hint=NO_NEGATIVE_HINT)
+        return (stages.encode_prompt(text_encoder.tokenizer, text_encoder.encoder.load, text, store),)

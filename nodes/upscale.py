@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from spandrel import ImageModelDescriptor
 
-from ..pipelines import upscale as upscaler
+from ..pipelines.upscale import loading, stages
 from . import runtime
 from .loaders import reuse
 from .sockets import REVISION_TOOLTIP, UPSCALE_CATEGORY
@@ -27,12 +27,12 @@ class DalleLoadUpscaler:
     def INPUT_TYPES(cls) -> dict:
         presets = "; ".join(
             f"{name}: {p.scale}×, {p.use}" + ("" if p.license == "BSD-3-Clause" else f", licence {p.license}")
-            for name, p in upscaler.PRESETS.items()
+            for name, p in loading.PRESETS.items()
         )
         return {
             "required": {
                 "model": (
-                    [*upscaler.PRESETS, upscaler.CUSTOM],
+                    [*loading.PRESETS, loading.CUSTOM],
                     {"default": "RealESRGAN_x4plus", "tooltip": f"A known-good checkpoint, or custom. {presets}."},
                 ),
                 "repo_id": (
@@ -52,12 +52,12 @@ class DalleLoadUpscaler:
         }
 
     def load(self, model: str, repo_id: str, filename: str, revision: str) -> tuple[ImageModelDescriptor]:
-        path = upscaler.locate(model, repo_id, filename, revision, runtime.model_store(), runtime.DownloadBar(1))
+        path = loading.locate(model, repo_id, filename, revision, runtime.model_store(), runtime.DownloadBar(1))
         return (reuse(type(self).__name__, (path, path.stat().st_mtime_ns), lambda: self.build(path)),)
 
     @staticmethod
     def build(path: Path) -> ImageModelDescriptor:
-        descriptor = upscaler.load_upscaler(path)
+        descriptor = loading.load_upscaler(path)
         # ComfyUI's Upscale Image (using Model) loads the model through this attribute.
         descriptor.patcher = runtime.ManagedModule(descriptor.model).patcher
         return descriptor
@@ -84,7 +84,7 @@ class DalleGANUpscale:
                     {
                         "default": 0,
                         "min": 0,
-                        "max": upscaler.MAX_TILE,
+                        "max": stages.MAX_TILE,
                         "step": 16,
                         "tooltip": "Tile side in input pixels; 0 picks the largest tiles that fit in free memory "
                         "with the least overlap work. Lower it only if another program needs the VRAM.",
@@ -95,13 +95,13 @@ class DalleGANUpscale:
                     {
                         "default": 32,
                         "min": 0,
-                        "max": upscaler.MAX_OVERLAP,
+                        "max": stages.MAX_OVERLAP,
                         "step": 4,
                         "tooltip": "Input pixels neighbouring tiles share; seams are cross-faded inside it.",
                     },
                 ),
                 "precision": (
-                    list(upscaler.PRECISIONS),
+                    list(stages.PRECISIONS),
                     {"default": "auto", "tooltip": "auto: fp16 on GPUs where the architecture allows it, else fp32."},
                 ),
             },
@@ -111,7 +111,7 @@ class DalleGANUpscale:
                     {
                         "default": 0.0,
                         "min": 0.0,
-                        "max": upscaler.MAX_SCALE_TO,
+                        "max": stages.MAX_SCALE_TO,
                         "step": 0.05,
                         "tooltip": "Final size as a multiple of the input (e.g. 2 with a 4× model); "
                         "0 keeps the model's own scale. Resized with antialiased bicubic.",
@@ -138,11 +138,11 @@ class DalleGANUpscale:
         scale_to: float = 0.0,
         compile: bool = False,
     ) -> tuple[torch.Tensor]:
-        settings = upscaler.UpscaleSettings(tile, overlap, precision, scale_to, compile)
+        settings = stages.UpscaleSettings(tile, overlap, precision, scale_to, compile)
         managed = runtime.ManagedModule(upscale_model.model, getattr(upscale_model, "patcher", None))
-        room = upscaler.ACTIVATION_CAP if runtime.compute_device().type != "cpu" else 0
+        room = stages.ACTIVATION_CAP if runtime.compute_device().type != "cpu" else 0
         return (
-            upscaler.upscale(
+            stages.upscale(
                 upscale_model,
                 image,
                 settings,

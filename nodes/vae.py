@@ -1,12 +1,12 @@
-"""MoVQ: latents ↔ images (ComfyUI IMAGE: [B, H, W, 3] floats in 0..1); the decode policy is pipelines/vq_decode.py."""
+"""MoVQ: latents ↔ images (ComfyUI IMAGE: [B, H, W, 3] floats in 0..1); the decode policy: kandinsky22/vq_decode.py."""
 
 from __future__ import annotations
 
 import torch
 
-from ..pipelines import kandinsky22, kandinsky22_memory, vq_decode
+from ..pipelines.kandinsky22 import memory, stages, vq_decode
 from . import runtime
-from .sockets import KANDINSKY_CATEGORY, MoVQModel
+from .sockets import KANDINSKY_CATEGORY, MoVQModel, movq_samples
 
 
 class DalleVQDecode:
@@ -23,7 +23,7 @@ class DalleVQDecode:
         return {"required": {"vq_vae": ("DALLE_VQ_VAE",), "latent": ("LATENT",)}}
 
     def decode(self, vq_vae: MoVQModel, latent: dict) -> tuple[torch.Tensor]:
-        samples, module = kandinsky22.movq_latents(latent), vq_vae.movq.module
+        samples, module = movq_samples(latent), vq_vae.movq.module
         movq = vq_vae.movq.load_for(lambda fused: vq_decode.decode_bytes(module, samples, fused))
         return (vq_decode.movq_decode(movq, samples, runtime.HOST, runtime.output_device(), vq_vae.decode_call(movq)),)
 
@@ -47,7 +47,7 @@ class DalleVQEncode:
 
         def load() -> torch.nn.Module:
             return vq_vae.movq.load_for(
-                lambda fused: kandinsky22_memory.movq_encode_bytes(config, height, width, dtype, fused_attention=fused)
+                lambda fused: memory.movq_encode_bytes(config, height, width, dtype, fused_attention=fused)
             )
 
-        return ({"samples": kandinsky22.movq_encode(load, image).to(runtime.output_device())},)
+        return ({"samples": stages.movq_encode(load, image).to(runtime.output_device())},)

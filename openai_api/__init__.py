@@ -2,7 +2,8 @@
 model's workflow template and runs through ComfyUI's own prompt queue.
 
 The parsing, checking and template filling are plain modules (requests, uploads, model_templates, access); the
-aiohttp routes live in routes.py and ComfyUI's server internals only in comfy_server.py.
+aiohttp routes live in routes.py, which reads bodies through bodies.py and builds answers in answers.py, and
+ComfyUI's server internals only in comfy_server.py.
 """
 
 from __future__ import annotations

@@ -11,36 +11,28 @@ nothing between requests but that count, so one ComfyUI per GPU behind any load 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import os
 import re
 import secrets
 import time
-import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from aiohttp import BodyPartReader, web
+from aiohttp import web
 
-from . import access, comfy_server, model_templates, uploads
+from . import access, answers, bodies, comfy_server, model_templates, uploads
 from .errors import ApiError, bad_request
-from .model_templates import Model, Variant
-from .requests import FILE_FIELDS, ImageRequest, parse
+from .requests import ImageRequest, parse
 
 MAX_JOBS_VARIABLE = "DALLE_NODES_API_MAX_JOBS"
 PUBLIC_URL_VARIABLE = "DALLE_NODES_API_PUBLIC_URL"  # this process's address as clients reach it (for url answers)
 DEFAULT_MAX_JOBS = 32
 UPLOAD_SUBFOLDER = "dalle-nodes-api"  # in ComfyUI's input folder; each upload is deleted when its job ends
 USER_MODELS = Path("dalle-nodes") / "openai-models"  # under ComfyUI's user directory
-MAX_JSON_BYTES = 64 * 1024
-MAX_FIELD_BYTES = 16 * 1024
-MAX_PARTS = 32
 TICK_S = 0.5  # how soon a client that disconnected while its job waits is noticed
-_HOST = re.compile(r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
 log = logging.getLogger("dalle_nodes.openai_api")
 
 
@@ -151,24 +143,11 @@ def catalogue() -> model_templates.Catalogue:
 
 async def list_models(request: web.Request) -> web.Response:
     models = catalogue().models.values()
-    return web.json_response({"object": "list", "data": [_model_entry(model) for model in models]})
+    return web.json_response({"object": "list", "data": [answers.model_entry(model) for model in models]})
 
 
 async def get_model(request: web.Request) -> web.Response:
-    return web.json_response(_model_entry(catalogue().get(request.match_info["model"])))
-
-
-def _model_entry(model: Model) -> dict:
-    endpoints = sorted(model.endpoints)
-    return {
-        "id": model.id,
-        "object": "model",
-        "created": model.created,
-        "owned_by": "dalle-nodes",
-        "description": model.description,
-        "endpoints": endpoints,
-        "sizes": list(model.sizes),
-    }
+    return web.json_response(answers.model_entry(catalogue().get(request.match_info["model"])))
 
 
 async def health(request: web.Request) -> web.Response:
@@ -189,13 +168,14 @@ async def health(request: web.Request) -> web.Response:
 async def images(request: web.Request, endpoint: str) -> web.Response:
     _check_room()  # before reading and decoding anything
     if endpoint == "generations":
-        fields, files = await _read_json(request), {}
+        fields, files = await bodies.read_json(request), {}
     else:
-        fields, files = await _read_form(request, endpoint)
+        fields, files = await bodies.read_form(request, endpoint)
     image_request = parse(endpoint, fields, from_form=endpoint != "generations")
     variant = catalogue().get(image_request.model).variant(image_request)
     model_templates.check_fits(image_request, variant)
-    link = _view_link(request) if image_request.response_format == "url" else None  # a bad Host: refused now
+    url = image_request.response_format == "url"
+    link = answers.view_link(request, _state.public_url) if url else None  # a bad Host: refused now
     async with _state.decoding:  # a few at a time: a 4096 px picture takes about 250 MB to decode
         picture = await asyncio.to_thread(_picture, endpoint, files)  # off the event loop: it takes a second or two
     _check_room()
@@ -225,7 +205,7 @@ async def images(request: web.Request, endpoint: str) -> web.Response:
         return web.Response(status=499)  # nobody reads it
     if not entry:
         raise ApiError(500, "The job was taken out of ComfyUI's queue (or its history cleared) before it finished.")
-    return web.json_response({"created": int(time.time()), "data": _answer(link, variant, entry)})
+    return web.json_response({"created": int(time.time()), "data": answers.image_data(link, variant, entry)})
 
 
 def _check_room() -> None:
@@ -326,117 +306,3 @@ def _abandon(prompt_id: str, slot: str, upload: str | None) -> None:
     task = asyncio.get_running_loop().create_task(clean_up())
     _state.cleanups.add(task)
     task.add_done_callback(_state.cleanups.discard)
-
-
-def _answer(link: str | None, variant: Variant, entry: dict) -> list[dict]:
-    """The finished job's images as OpenAI's data list: /view links after `link`, or the PNGs themselves where
-    `link` is None; a failed job → ApiError 500 with ComfyUI's error."""
-    status = entry.get("status") or {}
-    if status.get("status_str") != "success":
-        raise ApiError(500, f"The model's workflow failed: {_failure(status)}", code="workflow_failed")
-    found = [
-        image
-        for node_id, output in entry.get("outputs", {}).items()
-        if variant.output in (None, node_id)
-        for image in output.get("images", [])
-        if image.get("type") in ("output", "temp")
-    ]
-    if not found:
-        raise ApiError(500, "The model's workflow saved no images: end it with a Save Image node.", code="no_images")
-    if link is not None:
-        keys = ("filename", "subfolder", "type")
-        return [{"url": link + urllib.parse.urlencode({key: image.get(key, "") for key in keys})} for image in found]
-    return [{"b64_json": base64.b64encode(_image_bytes(image)).decode("ascii")} for image in found]
-
-
-def _view_link(request: web.Request) -> str:
-    """Where this client reaches ComfyUI's /view: DALLE_NODES_API_PUBLIC_URL's, else the address it called (with the
-    /api prefix if it used it)."""
-    prefix = "/api" if request.path.startswith("/api/") else ""
-    return f"{_state.public_url or _origin(request) + prefix}/view?"
-
-
-def _origin(request: web.Request) -> str:
-    """scheme://host the client used: behind a reverse proxy, as its X-Forwarded-Proto and X-Forwarded-Host say (they
-    only shape the links this same client gets back)."""
-    scheme = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-    host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
-    scheme = scheme if scheme in ("http", "https") else request.scheme
-    host = host if _HOST.fullmatch(host) else request.host
-    if not _HOST.fullmatch(host):
-        raise bad_request(
-            f"The Host header {host[:100]!r} is not a host name, so no link can be made: send a valid "
-            "one, or ask for response_format b64_json."
-        )
-    return f"{scheme}://{host}"
-
-
-def _image_bytes(image: dict) -> bytes:
-    path = comfy_server.output_file(image)
-    if path is None:
-        raise ApiError(500, f"The image {image.get('filename')!r} the workflow saved is gone.", code="no_images")
-    return path.read_bytes()
-
-
-def _failure(status: dict) -> str:
-    """ComfyUI's execution error (node, exception, message) from a history status, in one line."""
-    for kind, details in status.get("messages", []):
-        if kind == "execution_error":
-            message = str(details.get("exception_message", "")).strip()
-            return f"{details.get('node_type')} (node {details.get('node_id')}): {message}"
-        if kind == "execution_interrupted":
-            return "it was interrupted (from the ComfyUI window or /interrupt)."
-    return status.get("status_str") or "unknown error"
-
-
-async def _read_json(request: web.Request) -> object:
-    if request.content_type != "application/json":
-        raise bad_request(f"Send the request as JSON (Content-Type: application/json), not {request.content_type}.")
-    data = await _bounded(request.content.read, MAX_JSON_BYTES, "body")
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):  # bad UTF-8 or JSON, or nested too deep
-        raise bad_request("The request body is not valid JSON.") from None
-
-
-async def _read_form(request: web.Request, endpoint: str) -> tuple[dict[str, str], dict[str, bytes]]:
-    """A multipart form's text fields and files, each read only up to its limit."""
-    if request.content_type != "multipart/form-data":
-        raise bad_request(
-            f"Send images/{endpoint} as multipart/form-data (as the openai client does), not {request.content_type}."
-        )
-    fields: dict[str, str] = {}
-    files: dict[str, bytes] = {}
-    reader = await request.multipart()
-    for _ in range(MAX_PARTS + 1):
-        part = await reader.next()
-        if part is None:
-            return fields, files
-        if not isinstance(part, BodyPartReader):
-            raise bad_request("The form holds a nested multipart part: send each field as its own part.")
-        name = (part.name or "").removesuffix("[]")
-        if part.filename is not None and name not in FILE_FIELDS[endpoint]:
-            raise bad_request(f"Unrecognized request argument supplied: {name}", name)
-        if name in FILE_FIELDS[endpoint]:
-            if name in files:
-                raise bad_request(f"Send one {name}: these models edit one picture per request.", name)
-            files[name] = await _bounded(part.read_chunk, uploads.MAX_UPLOAD, name)
-        else:
-            raw = await _bounded(part.read_chunk, MAX_FIELD_BYTES, name)
-            try:
-                fields[name] = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise bad_request(f"{name} is not UTF-8 text.", name) from None
-    raise bad_request(f"The form has more than {MAX_PARTS} parts.")
-
-
-async def _bounded(read: Callable[[int], Awaitable[bytes]], limit: int, param: str) -> bytes:
-    """Read a stream to its end, refusing it (413) past `limit` bytes without reading further."""
-    data = bytearray()
-    while chunk := await read(64 * 1024):
-        data += chunk
-        if len(data) > limit:
-            if param in ("image", "mask"):
-                uploads.check_upload_size(len(data), param)
-            raise ApiError(413, f"{param} is over {limit // 1024} KB, the most this server reads.", param, "too_large")
-    return bytes(data)

@@ -1,6 +1,6 @@
 """CLIP's parts from checkpoint files through transformers (a well-kept implementation): models, tokenizer and image
 preprocessing, every key checked and every problem a CheckpointError (the rules are transformers_loading.py's). The
-Kandinsky 2.2 prior's towers (pipelines/kandinsky22.py) and the reranker's CLIPModel (pipelines/rerank.py) load
+Kandinsky 2.2 prior's towers (pipelines/kandinsky22/loading.py) and the reranker's CLIPModel (pipelines/rerank.py) load
 through here."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 import numpy
 import torch
 
-from ..engine.hub import MissingFile, Source, fetch_file, read_json
+from ..engine.checkpoints import read_json
+from ..engine.hub import MissingFile, Source, fetch_file
 from .transformers_loading import from_transformers, transformers_model, transformers_settings
 
 if TYPE_CHECKING:  # transformers takes seconds to import: ComfyUI's start-up should not pay for it

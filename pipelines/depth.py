@@ -22,17 +22,9 @@ import numpy
 import torch
 import torch.nn.functional as F
 
+from ..engine.checkpoints import CheckpointError, read_json
 from ..engine.device import PLAIN, Host
-from ..engine.hub import (
-    TRANSFORMERS_WEIGHTS,
-    CheckpointError,
-    MissingFile,
-    Source,
-    fetch_config,
-    fetch_file,
-    fetch_weights,
-    read_json,
-)
+from ..engine.hub import TRANSFORMERS_WEIGHTS, MissingFile, Source, fetch_config, fetch_file, fetch_weights
 from ..engine.images import to_pil
 from .checks import check_image
 from .transformers_loading import from_transformers, transformers_model, transformers_settings

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..engine.hub import read_cache_file, write_cache_file
+from ..engine.caches import read_cache_file, write_cache_file
 from ..models.movq import MoVQ
 
 SAMPLES, SIDE = 8, 8  # random latents of SIDE × SIDE (64 px images): enough rows for 4 × 3 unknowns, cheap to decode

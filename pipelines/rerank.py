@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
+from ..engine.checkpoints import CheckpointError
 from ..engine.device import PLAIN, Host, default_device, resolve_dtype
 from ..engine.hub import (
     TRANSFORMERS_WEIGHTS,
-    CheckpointError,
     ConsoleDownload,
     MissingFile,
     Source,

@@ -202,6 +202,18 @@ def _posterior(a_t: Tensor, a_prev: Tensor, alpha: Tensor, beta: Tensor) -> tupl
     return a_prev**0.5 * beta / b_t, alpha**0.5 * b_prev / b_t, b_prev / b_t * beta
 
 
+def _end_step(
+    x32: Tensor, dtype: torch.dtype, i: int, steps: range, after_step: AfterStep | None, callback: Callback | None
+) -> Tensor:
+    """Every sampler's step tail: back to the working dtype, then after_step's edit, then the callback sees it."""
+    x = x32.to(dtype)
+    if after_step is not None:
+        x = after_step(i, x)
+    if callback is not None:
+        callback(i - steps.start, len(steps), x)
+    return x
+
+
 def _posterior_loop(
     denoise: Denoise,
     to_x0: Callable[[Tensor, Tensor, int], Tensor],
@@ -213,20 +225,15 @@ def _posterior_loop(
     after_step: AfterStep | None = None,
 ) -> Tensor:
     """Ancestral DDPM: x <- coef_x0 * x0 + coef_x * x + noise_std * noise, noise drawn only while t > 0."""
-    timesteps_on_device = steps.timesteps.to(x.device)
-    ts, c_x0, c_x = steps.timesteps.tolist(), steps.coef_x0.tolist(), steps.coef_x.tolist()
-    std = steps.noise_std.tolist()
-    for i in range(start, len(ts)):
+    timesteps_on_device, run = steps.timesteps.to(x.device), range(start, len(steps.timesteps))
+    ts, c_x0, c_x, std = (t.tolist() for t in (steps.timesteps, steps.coef_x0, steps.coef_x, steps.noise_std))
+    for i in run:
         x32 = x.float()
         x0 = to_x0(x32, denoise(x, timesteps_on_device[i]).float(), i)
         x32 = c_x0[i] * x0 + c_x[i] * x32
         if ts[i] > 0:
             x32 = x32 + std[i] * randn(x.shape, generator, x.device, torch.float32)
-        x = x32.to(x.dtype)
-        if after_step is not None:
-            x = after_step(i, x)
-        if callback is not None:
-            callback(i - start, len(ts) - start, x)
+        x = _end_step(x32, x.dtype, i, run, after_step, callback)
     return x
 
 
@@ -297,23 +304,17 @@ def _sample_ddim(
     after_step: AfterStep | None,
 ) -> Tensor:
     """DDIMScheduler with eta 0 (as the pipeline calls it): deterministic, draws no noise."""
-    start = schedule.start
     timesteps, alphas_cumprod = schedule.timesteps, schedule.alphas_cumprod
     prev = timesteps - TRAIN_TIMESTEPS // len(timesteps)
     a_t = alphas_cumprod[timesteps]
     a_prev = torch.where(prev >= 0, alphas_cumprod[prev.clamp(min=0)], alphas_cumprod[0])  # set_alpha_to_one False
     sqrt_a, sqrt_b = (a_t**0.5).tolist(), ((1 - a_t) ** 0.5).tolist()
     sqrt_a_prev, sqrt_b_prev = (a_prev**0.5).tolist(), ((1 - a_prev) ** 0.5).tolist()
-    timesteps_on_device = timesteps.to(x.device)
-    total = len(timesteps) - start
-    for i in range(start, len(timesteps)):
+    timesteps_on_device, run = timesteps.to(x.device), range(schedule.start, len(timesteps))
+    for i in run:
         eps = denoise(x, timesteps_on_device[i]).float()
         x0 = (x.float() - sqrt_b[i] * eps) / sqrt_a[i]
-        x = (sqrt_a_prev[i] * x0 + sqrt_b_prev[i] * eps).to(x.dtype)
-        if after_step is not None:
-            x = after_step(i, x)
-        if callback is not None:
-            callback(i - start, total, x)
+        x = _end_step(sqrt_a_prev[i] * x0 + sqrt_b_prev[i] * eps, x.dtype, i, run, after_step, callback)
     return x
 
 
@@ -327,7 +328,6 @@ def _sample_dpmpp_2m(
 ) -> Tensor:
     """DPMSolverMultistepScheduler: dpmsolver++, order 2, midpoint; first order on the first step run and on the
     last (final sigma 0). Deterministic, draws no noise."""
-    start = schedule.start
     sigmas = schedule.sigmas
     alpha = 1 / (sigmas**2 + 1) ** 0.5
     sigma = sigmas * alpha
@@ -338,22 +338,17 @@ def _sample_dpmpp_2m(
     half_phi = (0.5 * phi).tolist()
     inv_r = torch.cat([torch.zeros(1), 1.0 / (h[:-1] / h[1:])]).tolist()  # step size ratio to the previous step
     phi, alpha, sigma = phi.tolist(), alpha.tolist(), sigma.tolist()
-    timesteps_on_device = schedule.timesteps.to(x.device)
-    last = len(schedule.timesteps) - 1
+    timesteps_on_device, run = schedule.timesteps.to(x.device), range(schedule.start, len(schedule.timesteps))
     previous_x0 = None
-    for i in range(start, last + 1):
+    for i in run:
         eps = denoise(x, timesteps_on_device[i]).float()
         x32 = x.float()
         x0 = (x32 - sigma[i] * eps) / alpha[i]
         x32 = sigma_ratio[i] * x32 - phi[i] * x0
-        if previous_x0 is not None and i != last:
+        if previous_x0 is not None and i != run[-1]:
             x32 = x32 - half_phi[i] * (inv_r[i] * (x0 - previous_x0))
         previous_x0 = x0
-        x = x32.to(x.dtype)
-        if after_step is not None:
-            x = after_step(i, x)
-        if callback is not None:
-            callback(i - start, last + 1 - start, x)
+        x = _end_step(x32, x.dtype, i, run, after_step, callback)
     return x
 
 
@@ -367,23 +362,17 @@ def _sample_euler_ancestral(
 ) -> Tensor:
     """EulerAncestralDiscreteScheduler: the model sees x / sqrt(sigma^2 + 1) (scale_model_input); step noise is
     drawn after every model call, the last one included (where it is scaled by 0)."""
-    start = schedule.start
     sigma_from, sigma_to = schedule.sigmas[:-1], schedule.sigmas[1:]
     sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
     sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
     input_scale = ((sigma_from**2 + 1) ** 0.5).tolist()
     dt, sigma_up = (sigma_down - sigma_from).tolist(), sigma_up.tolist()
-    timesteps_on_device = schedule.timesteps.to(x.device)
-    total = len(dt) - start
-    for i in range(start, len(dt)):
+    timesteps_on_device, run = schedule.timesteps.to(x.device), range(schedule.start, len(dt))
+    for i in run:
         eps = denoise(x / input_scale[i], timesteps_on_device[i]).float()
         x32 = x.float() + eps * dt[i]
         x32 = x32 + randn(x.shape, generator, x.device, torch.float32) * sigma_up[i]
-        x = x32.to(x.dtype)
-        if after_step is not None:
-            x = after_step(i, x)
-        if callback is not None:
-            callback(i - start, total, x)
+        x = _end_step(x32, x.dtype, i, run, after_step, callback)
     return x
 
 

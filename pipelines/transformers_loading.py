@@ -1,6 +1,6 @@
 """transformers models and image processors from checkpoint files, under our loading rules: the settings of every
-config checked (engine.hub.config_settings), weights safetensors first and pickles only through torch's weights_only
-path, every key and tensor type checked, every problem a CheckpointError naming the folder. CLIP's parts
+config checked (engine.checkpoints.config_settings), weights safetensors first and pickles only through torch's
+weights_only path, every key and tensor type checked, every problem a CheckpointError naming the folder. CLIP's parts
 (clip_loading.py) and the depth estimator (depth.py) load through here."""
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from typing import TypeVar
 
 import torch
 
-from ..engine.hub import (
-    TRANSFORMERS_WEIGHTS,
+from ..engine.checkpoints import (
     CheckpointError,
     check_tensor_types,
     config_settings,
@@ -22,6 +21,7 @@ from ..engine.hub import (
     stored_dtypes,
     verify_safetensors,
 )
+from ..engine.hub import TRANSFORMERS_WEIGHTS
 
 T = TypeVar("T")
 
@@ -45,7 +45,7 @@ _BACKBONE_SETTINGS = frozenset({"backbone", "backbone_kwargs", "use_pretrained_b
 
 
 def transformers_settings(config_cls: type, path: Path, what: str) -> dict:
-    """A transformers config or preprocessor file under engine.hub.config_settings's rule, with the class's own
+    """A transformers config or preprocessor file under engine.checkpoints.config_settings's rule, with the class's own
     defaults (its constructor's settings, type-checked against a default instance). transformers 5's image
     processors take their settings as typed **kwargs (`valid_kwargs`): those are known too."""
     # OpenAI's own preprocessor configs give size and crop_size as one int, newer ones as a dict: transformers

@@ -92,12 +92,12 @@ def min_dalle_pair(tiny_min_dalle_repo):
     """Ours and min-dalle's tiny Mega modules holding the same (fp16-stored) weights, in fp32."""
     from dalle_nodes.engine.hub import Source
     from dalle_nodes.models.dalle_bart import Hyperparameters
-    from dalle_nodes.pipelines import dalle_mini
+    from dalle_nodes.pipelines.dalle_mini.loading import load_bart, load_tokenizer
 
     tiny = Hyperparameters(**tiny_repos.TINY_MIN_DALLE)
-    ours = dalle_mini.load_bart(Source(str(tiny_min_dalle_repo)), "mega", torch.float32, tiny)
+    ours = load_bart(Source(str(tiny_min_dalle_repo)), "mega", torch.float32, tiny)
     encoder, decoder = tiny_repos.min_dalle_modules(tiny)
     encoder.load_state_dict(torch.load(tiny_min_dalle_repo / "encoder.pt", weights_only=True))
     decoder.load_state_dict(torch.load(tiny_min_dalle_repo / "decoder.pt", weights_only=True))
-    tokenizer = dalle_mini.load_tokenizer(Source(str(tiny_min_dalle_repo)), "mega")
+    tokenizer = load_tokenizer(Source(str(tiny_min_dalle_repo)), "mega")
     return ours, encoder.eval(), decoder.eval(), tokenizer

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dalle_nodes.pipelines.kandinsky22 import ImageEmbeds
+from dalle_nodes.pipelines.kandinsky22.embeds import ImageEmbeds
 from tiny_repos import WIDTH
 
 

@@ -1,11 +1,14 @@
 """The folder tree is the architecture: these checks read every module's imports and signatures, so it stays so.
 
 Layers, top to bottom: nodes → pipelines → models → engine. A module imports only its own layer and the layers
-below it; client/ (talking to a running ComfyUI, without torch) imports none of them but engine/files.py (plain
-Python: the no-clobber writes of output files); openai_api/ (the images API on ComfyUI's server, which runs our
-nodes only through workflows) imports only engine/. nodes/runtime.py is the only module that imports ComfyUI, with
-nodes/comfy_native.py beside it for ComfyUI's model classes and openai_api/comfy_server.py for its server. The root
-modules (the package's __init__, cli, __main__) sit on top.
+below it. Inside pipelines/, each model family is a package (kandinsky22/, dalle_mini/, upscale/): a family never
+imports another family, the shared modules beside them (samplers, checks, masks…) import no family, and inside a
+family the stages never import the API built on them (api.py). client/ (talking to a running ComfyUI, without
+torch) imports none of the layers but engine/files.py (plain Python: the no-clobber writes of output files);
+openai_api/ (the images API on ComfyUI's server, which runs our nodes only through workflows) imports only engine/.
+nodes/runtime.py is the only module that imports ComfyUI, with nodes/comfy_native.py beside it for ComfyUI's model
+classes and openai_api/comfy_server.py for its server. The root modules (the package's __init__, cli, __main__)
+sit on top.
 """
 
 from __future__ import annotations
@@ -24,31 +27,43 @@ MAX_PARAMETERS = 8
 
 
 def modules() -> list[Path]:
-    return sorted(path for folder in FOLDERS for path in (ROOT / folder).glob("*.py"))
+    return sorted(path for folder in FOLDERS for path in (ROOT / folder).rglob("*.py"))
 
 
-def our_imports(path: Path) -> list[tuple[int, str]]:
-    """(line, top folder) of each import of ours in the module: relative ones and `dalle_nodes.…` ones, lazy imports
-    inside functions included."""
-    folder = path.parent.name
+def families() -> list[str]:
+    return sorted(path.parent.name for path in (ROOT / "pipelines").glob("*/__init__.py"))
+
+
+def imported_paths(path: Path, root: Path = ROOT) -> list[tuple[int, tuple[str, ...]]]:
+    """(line, path inside the package) of each import of ours in the module, e.g. ("pipelines", "sampling"): relative
+    ones resolved against the module's own package and `dalle_nodes.…` ones, lazy imports inside functions included.
+    A relative import that climbs out of the package gives ("<outside>",)."""
+    package = path.relative_to(root).parent.parts
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.level:
-            if node.level == 1:
-                target = folder
-            elif node.level == 2:
-                target = (node.module or "").split(".")[0] or "<root>"
-            else:
-                target = "<outside>"
-            found.append((node.lineno, target))
+            kept = len(package) - node.level + 1  # `from .` is the module's own package, each dot more one up
+            base = package[:kept]
+            module = tuple(node.module.split(".")) if node.module else ()
+            if kept < 0:
+                found.append((node.lineno, ("<outside>",)))
+            elif module:
+                found.append((node.lineno, (*base, *module)))
+            else:  # `from .. import a, b`: each name is a module of that package
+                found += [(node.lineno, (*base, alias.name)) for alias in node.names]
         names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
         if isinstance(node, ast.ImportFrom) and not node.level and node.module:
             names = [node.module]
         for name in names:
             parts = name.split(".")
             if parts[0] == "dalle_nodes":
-                found.append((node.lineno, parts[1] if len(parts) > 1 else "<root>"))
+                found.append((node.lineno, tuple(parts[1:])))
     return found
+
+
+def our_imports(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
+    """(line, top folder or root module) of each import of ours in the module ("<root>" for the package itself)."""
+    return [(line, target[0] if target else "<root>") for line, target in imported_paths(path, root)]
 
 
 def absolute_imports(path: Path) -> list[tuple[int, str]]:
@@ -61,15 +76,48 @@ def absolute_imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
-@pytest.mark.parametrize("path", modules(), ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize("path", modules(), ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_imports_go_one_way(path: Path) -> None:
-    folder = path.parent.name
+    folder = path.relative_to(ROOT).parts[0]
     if folder in ("client", "openai_api"):
         allowed = {folder, "engine"}
     else:
         allowed = set(LAYERS[: LAYERS.index(folder) + 1])
     wrong = [f"line {line}: {target}" for line, target in our_imports(path) if target not in allowed]
     assert not wrong, f"{folder}/{path.name} may import only {sorted(allowed)}, but imports " + ", ".join(wrong)
+
+
+PIPELINES = sorted((ROOT / "pipelines").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_a_family_imports_no_other_family(path: Path) -> None:
+    """Families stand side by side on the shared machinery: kandinsky22/ never reaches into dalle_mini/, and
+    sampling.py knows no family. Only pipelines/__init__.py, the public API, gathers them."""
+    if path == ROOT / "pipelines" / "__init__.py":
+        return
+    parts = path.relative_to(ROOT).parts
+    own = parts[1] if len(parts) > 2 else None
+    reached = {target[1] for _, target in imported_paths(path) if target[0] == "pipelines" and len(target) > 1}
+    others = sorted(reached & set(families()) - {own})
+    assert not others, f"{path.relative_to(ROOT)} imports the families {others}: move what they share beside them"
+
+
+@pytest.mark.parametrize("family", families())
+def test_a_familys_stages_do_not_import_its_api(family: str) -> None:
+    """api.py builds on the stages (as the nodes do); the stages never call back up into it."""
+    for path in (ROOT / "pipelines" / family).glob("*.py"):
+        if path.name in ("api.py", "__init__.py"):
+            continue
+        up = [line for line, target in imported_paths(path) if target[:3] == ("pipelines", family, "api")]
+        assert not up, f"pipelines/{family}/{path.name} imports its family's api.py (lines {up})"
+
+
+def test_kandinsky22_nodes_call_its_stages() -> None:
+    """The decoder node holds no sampling: it translates its sockets for kandinsky22.stages.decoder_stage."""
+    text = (ROOT / "nodes" / "decoder.py").read_text(encoding="utf-8")
+    assert "stages.decoder_stage(" in text
+    assert not any(word in text for word in ("sample_decoder", "initial_noise", "noise_latent", "randn"))
 
 
 def test_client_stays_free_of_torch() -> None:
@@ -82,7 +130,7 @@ def test_client_stays_free_of_torch() -> None:
     assert not heavy, f"engine/files.py imports {heavy}"
 
 
-@pytest.mark.parametrize("path", [*modules(), *ROOT.glob("*.py")], ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize("path", [*modules(), *ROOT.glob("*.py")], ids=lambda p: p.relative_to(ROOT).as_posix())
 def test_only_runtime_imports_comfyui(path: Path) -> None:
     if path.relative_to(ROOT).as_posix() in COMFYUI_DOORS:
         return
@@ -124,7 +172,26 @@ def test_the_checks_see_what_they_look_for(tmp_path) -> None:
     module.parent.mkdir()
     source = "def f(a, b, c, d, e, f, g, *, h, i):\n    from ..nodes import runtime\n    import comfy.utils\n"
     module.write_text(source + "    import dalle_nodes.pipelines.sampling\n", encoding="utf-8")
-    assert our_imports(module) == [(2, "nodes"), (4, "pipelines")]
+    assert our_imports(module, tmp_path) == [(2, "nodes"), (4, "pipelines")]
+    family = tmp_path / "pipelines" / "one" / "stages.py"
+    family.parent.mkdir(parents=True)
+    family.write_text(
+        "from .. import sampling, two\nfrom ...models import unet\nfrom .api import X\n", encoding="utf-8"
+    )
+    paths = [target for _, target in imported_paths(family, tmp_path)]
+    assert paths == [("pipelines", "sampling"), ("pipelines", "two"), ("models",), ("pipelines", "one", "api")]
     assert (3, "comfy") in absolute_imports(module)
     function = ast.parse(module.read_text()).body[0]
     assert len(parameters(function)) == 9
+
+
+def test_every_package_is_installed() -> None:
+    """pyproject.toml lists the packages setuptools installs: a family folder missing there would be left out of a
+    wheel (an editable install hides that)."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    inits = [init for folder in FOLDERS for init in (ROOT / folder).rglob("__init__.py")]
+    folders = {".".join(("dalle_nodes", *init.parent.relative_to(ROOT).parts)) for init in inits}
+    folders.add("dalle_nodes")
+    assert folders == listed

@@ -29,7 +29,7 @@ from dalle_nodes.nodes.conditioning import image_embeds_conditioning  # noqa: E4
 from dalle_nodes.nodes.decoder import DalleDecoderSample  # noqa: E402
 from dalle_nodes.nodes.loaders import DalleLoadCLIPVision, DalleLoadDecoder  # noqa: E402
 from dalle_nodes.nodes.vae import DalleVQDecode, DalleVQEncode  # noqa: E402
-from dalle_nodes.pipelines.kandinsky22 import ImageEmbeds  # noqa: E402
+from dalle_nodes.pipelines.kandinsky22.embeds import ImageEmbeds  # noqa: E402
 
 torch.manual_seed(0)
 results: dict = {}
@@ -182,8 +182,9 @@ for sampler_name, scheduler in [("ddim", "ddim_uniform")]:
 
 # Inpainting through core nodes with the inpaint decoder's MODEL and VAE (kandinsky-2-2-decoder-inpaint in miniature).
 import nodes as core  # noqa: E402  ComfyUI's nodes.py: InpaintModelConditioning, VAEEncodeForInpaint
-from dalle_nodes.pipelines import kandinsky22, masks  # noqa: E402
-from dalle_nodes.pipelines.kandinsky22 import LATENT_CHANNELS  # noqa: E402
+from dalle_nodes.pipelines import masks  # noqa: E402
+from dalle_nodes.pipelines.kandinsky22 import starts  # noqa: E402
+from dalle_nodes.pipelines.kandinsky22.starts import LATENT_CHANNELS  # noqa: E402
 
 inpaint_decoder, inpaint_vq, inpaint_model, inpaint_vae = DalleLoadDecoder().load(inpaint_repo, "main", "fp32")
 unet_inputs = []
@@ -196,8 +197,8 @@ picture_latent = DalleVQEncode().encode(inpaint_vq, picture)[0]
 
 def ours_fed(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """What our pipeline (KandinskyV22InpaintPipeline's way) feeds the UNet beside x: masked latents, keep-mask."""
-    edit = kandinsky22.inpaint_edit(picture_latent, mask, 1)
-    return edit.picture * edit.keep, edit.keep
+    keep = starts.keep_mask(starts.DecoderStart(latent=picture_latent["samples"], repaint=mask), 1)
+    return picture_latent["samples"] * keep, keep
 
 
 def ksampler_fed(positive, negative, latent: dict, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

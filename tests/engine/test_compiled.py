@@ -15,7 +15,10 @@ from dalle_nodes.engine import compiled
 from dalle_nodes.engine.compiled import Compiled
 from dalle_nodes.models.movq import MoVQ, MoVQConfig
 from dalle_nodes.models.unet import KandinskyUNet, UNetConfig
-from dalle_nodes.pipelines import kandinsky22, sampling
+from dalle_nodes.pipelines import sampling
+from dalle_nodes.pipelines.kandinsky22 import stages
+from dalle_nodes.pipelines.kandinsky22.embeds import ImageEmbeds
+from dalle_nodes.pipelines.kandinsky22.starts import DecoderStart
 from tiny_repos import WIDTH, tiny_movq_config, tiny_unet_config
 
 
@@ -49,13 +52,13 @@ def tiny_unet() -> KandinskyUNet:
 @pytest.mark.parametrize("sampler", ["ddpm", "euler_ancestral"])  # integer and fractional timesteps
 def test_unet_compiles_once_for_a_whole_sampling_run(sampler: str) -> None:
     unet = tiny_unet()
-    embeds = kandinsky22.ImageEmbeds(torch.randn(2, WIDTH), torch.randn(2, WIDTH))
+    embeds = ImageEmbeds(torch.randn(2, WIDTH), torch.randn(2, WIDTH))
     schedule = sampling.decoder_schedule(sampler, 5)
 
     def sample(forward=None) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(3)
-        x = kandinsky22.decoder_start(embeds, schedule, (16, 16), None, generator, torch.device("cpu"), torch.float32)
-        return kandinsky22.decoder_sample(lambda: forward or unet, embeds, x, schedule, 4.0, generator)
+        model = stages.StageModel.held(unet, forward)
+        run = stages.DecoderRun(schedule, 4.0)
+        return stages.decoder_stage(model, embeds, DecoderStart((16, 16)), run, torch.Generator().manual_seed(3))
 
     backend = CountingBackend()
     forward = Compiled(unet, "test", not_oom, backend=backend, fullgraph=True)  # fullgraph: a break raises

@@ -13,7 +13,9 @@ import torch
 from dalle_nodes.engine import cuda_graph
 from dalle_nodes.engine.hub import Source
 from dalle_nodes.models.clip import TextEmbeds
-from dalle_nodes.pipelines import kandinsky22, sampling
+from dalle_nodes.pipelines import sampling
+from dalle_nodes.pipelines.kandinsky22 import loading, stages
+from dalle_nodes.pipelines.kandinsky22.embeds import PromptEmbeds
 from tiny_repos import WIDTH
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -106,7 +108,7 @@ def test_the_cpu_stand_in_overwrites_the_output(monkeypatch) -> None:
 
 
 def tiny_prior(repo, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    return kandinsky22.load_prior(Source(str(repo)), dtype).to(device)
+    return loading.load_prior(Source(str(repo)), dtype).to(device)
 
 
 def text_embeds(seed: int, length: int, device: str = "cpu", dtype: torch.dtype = torch.float32) -> TextEmbeds:
@@ -118,27 +120,25 @@ def text_embeds(seed: int, length: int, device: str = "cpu", dtype: torch.dtype 
 
 
 def sample_prior(prior, device: str, dtype: torch.dtype, case: str, seed: int, graphs: bool = True):
-    """prior_sample for one prompt: ([2, D] embeddings, negative embeddings or None, the generator afterwards);
-    `graphs` is the DALLE_NODES_CUDA_GRAPHS switch during the call."""
-    prompt = kandinsky22.PromptEmbeds("a", text_embeds(0, 9, device, dtype), text_embeds(1, 2, device, dtype))
-    negative = (
-        kandinsky22.PromptEmbeds("b", text_embeds(2, 5, device, dtype), prompt.empty) if case == "negative" else None
-    )
+    """prior_stage for one prompt: ([2, D] embeddings, negative embeddings or None without a negative prompt, the
+    generator afterwards); `graphs` is the DALLE_NODES_CUDA_GRAPHS switch during the call."""
+    prompt = PromptEmbeds("a", text_embeds(0, 9, device, dtype), text_embeds(1, 2, device, dtype))
+    negative = PromptEmbeds("b", text_embeds(2, 5, device, dtype), prompt.empty) if case == "negative" else None
     generator = torch.Generator().manual_seed(seed)
     steps = []
+    run = stages.PriorRun(2, 1.0 if case == "unguided" else 4.0, sampling.prior_schedule(STEPS))
     with torch.inference_mode(), mock.patch.dict(os.environ, {cuda_graph.SWITCH: "1" if graphs else "0"}):
-        embeds, negative_embeds = kandinsky22.prior_sample(
-            lambda: prior,
+        embeds = stages.prior_stage(
+            stages.StageModel.held(prior),
+            lambda: torch.zeros(1, WIDTH),
             prompt,
             negative,
-            2,
-            1.0 if case == "unguided" else 4.0,
-            sampling.prior_schedule(STEPS),
+            run,
             generator,
             lambda i, total, x: steps.append(i),
         )
     assert steps == list(range(STEPS))
-    return embeds, negative_embeds, generator
+    return embeds.positive, embeds.negative if negative else None, generator
 
 
 CASES = ["guided", "negative", "unguided"]
@@ -222,7 +222,7 @@ def test_prior_sample_graph_gives_the_eager_embeddings_on_the_gpu(tiny_prior_rep
     assert "capture failed" not in caplog.text
     eager, eager_negative, _ = sample_prior(prior, "cuda", dtype, case, 3, graphs=False)
     assert len(captured) == 1
-    assert graph.dtype == dtype and graph.device.type == "cuda" and graph.isfinite().all()
+    assert graph.dtype == torch.float32 and graph.device.type == "cuda" and graph.isfinite().all()
     assert torch.equal(graph, eager)
     if case == "negative":
         assert torch.equal(graph_negative, eager_negative)

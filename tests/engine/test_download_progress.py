@@ -20,7 +20,8 @@ import huggingface_hub.constants as hf_constants
 import pytest
 
 from dalle_nodes.engine import hub
-from dalle_nodes.engine.hub import CheckpointError, DownloadProgress, Source, fetch_file
+from dalle_nodes.engine.checkpoints import CheckpointError
+from dalle_nodes.engine.hub import DownloadProgress, Source, fetch_file
 from dalle_nodes.nodes import runtime
 
 REPO = "someone/big-model"

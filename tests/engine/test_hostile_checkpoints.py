@@ -24,9 +24,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dalle_nodes.engine import compiled, hub
-from dalle_nodes.engine.hub import CheckpointError, Source
-from dalle_nodes.pipelines import dalle_mini, depth, kandinsky22, upscale
+from dalle_nodes.engine import caches, checkpoints, compiled
+from dalle_nodes.engine.checkpoints import CheckpointError
+from dalle_nodes.engine.hub import Source
+from dalle_nodes.pipelines import depth, upscale
+from dalle_nodes.pipelines.dalle_mini import loading as mini_loading
+from dalle_nodes.pipelines.kandinsky22 import loading
 from tiny_repos import TINY_MIN_DALLE
 from tiny_upscalers import compact_state, write_malicious_pickle, write_upscaler
 
@@ -40,14 +43,14 @@ def _source(repo: Path) -> Source:
 
 # loader name → (tiny repo it needs, load(repo folder)); every loader a user reaches, as the nodes call them.
 LOADERS: dict[str, tuple[str, Callable[[Path], object]]] = {
-    "prior": ("prior", lambda r: kandinsky22.load_prior(_source(r), F32)),
-    "text_encoder": ("prior", lambda r: kandinsky22.load_text_encoder(_source(r), F32)),
-    "image_encoder": ("prior", lambda r: kandinsky22.load_image_encoder(_source(r), F32)),
-    "unet": ("decoder", lambda r: kandinsky22.load_unet(_source(r), F32)),
-    "movq": ("decoder", lambda r: kandinsky22.load_movq(_source(r), F32)),
-    "mini_bart": ("mini", lambda r: dalle_mini.load_bart(_source(r), "mini", F32)),
-    "mini_tokenizer": ("mini", lambda r: dalle_mini.load_tokenizer(_source(r), "mini")),
-    "vqgan": ("mini", lambda r: dalle_mini.load_vqgan(_source(r), F32)),
+    "prior": ("prior", lambda r: loading.load_prior(_source(r), F32)),
+    "text_encoder": ("prior", lambda r: loading.load_text_encoder(_source(r), F32)),
+    "image_encoder": ("prior", lambda r: loading.load_image_encoder(_source(r), F32)),
+    "unet": ("decoder", lambda r: loading.load_unet(_source(r), F32)),
+    "movq": ("decoder", lambda r: loading.load_movq(_source(r), F32)),
+    "mini_bart": ("mini", lambda r: mini_loading.load_bart(_source(r), "mini", F32)),
+    "mini_tokenizer": ("mini", lambda r: mini_loading.load_tokenizer(_source(r), "mini")),
+    "vqgan": ("mini", lambda r: mini_loading.load_vqgan(_source(r), F32)),
     "upscaler": ("upscaler", lambda r: upscale.load_upscaler(r / "x4.safetensors")),
     "depth": ("depth", lambda r: depth.load_depth_model(_source(r), F32)),
 }
@@ -162,8 +165,8 @@ def test_metadata_keys_load_and_unknown_ones_get_a_note(damaged, part, caplog) -
         "_frobnicated_by": "a tool we never heard of",
     }
     _edit_json(repo / relpath, lambda config: config.update(metadata))
-    hub._noted.clear()
-    with caplog.at_level(logging.INFO, logger=hub.__name__):
+    checkpoints._noted.clear()
+    with caplog.at_level(logging.INFO, logger=checkpoints.__name__):
         load()
         load()
     notes = [r.getMessage() for r in caplog.records if "_frobnicated_by" in r.getMessage()]
@@ -283,7 +286,7 @@ def test_upscaler_pickle_that_runs_code_never_runs(tmp_path) -> None:
 
 def test_pickles_are_refused_where_torch_cannot_read_them_safely(damaged, monkeypatch) -> None:
     """Before torch 2.6 weights_only could be bypassed (CVE-2025-32434): no pickle is opened there."""
-    monkeypatch.setattr(hub, "SAFE_UNPICKLING", False)
+    monkeypatch.setattr(checkpoints, "SAFE_UNPICKLING", False)
     repo, load = damaged("vqgan")
     with pytest.raises(CheckpointError) as error:
         load()
@@ -294,12 +297,12 @@ def test_integer_tensors_load_where_the_network_holds_integers() -> None:
     """Integer tensors are refused only where the network holds floats: its own integer buffers (SwinIR's
     relative_position_index …) load; an integer tensor under a name an upscaler lacks is not one of them."""
     network = {"relative_position_index": torch.zeros(1, dtype=torch.long), "conv.weight": torch.zeros(1)}
-    hub.check_tensor_types({"relative_position_index": torch.int64, "conv.weight": "F32"}, network, "x")
+    checkpoints.check_tensor_types({"relative_position_index": torch.int64, "conv.weight": "F32"}, network, "x")
     with pytest.raises(CheckpointError, match="relative_position_index is float32"):
-        hub.check_tensor_types({"relative_position_index": torch.float32}, network, "x")
-    stand_ins = upscale._expected_tensors(torch.nn.Conv2d(1, 1, 1), ["weight", "renamed.index"])
+        checkpoints.check_tensor_types({"relative_position_index": torch.float32}, network, "x")
+    stand_ins = upscale.loading._expected_tensors(torch.nn.Conv2d(1, 1, 1), ["weight", "renamed.index"])
     with pytest.raises(CheckpointError, match="renamed.index is int64"):
-        hub.check_tensor_types({"weight": torch.float32, "renamed.index": torch.int64}, stand_ins, "x")
+        checkpoints.check_tensor_types({"weight": torch.float32, "renamed.index": torch.int64}, stand_ins, "x")
 
 
 # --- tokenizers --------------------------------------------------------------------------------------------------
@@ -408,12 +411,12 @@ def test_read_only_store_runs_offline(tiny_repos, shared_folder, monkeypatch, ca
     prior = Source("kandinsky-community/kandinsky-2-2-prior", None, store)
     decoder = Source("kandinsky-community/kandinsky-2-2-decoder", None, store)
     with file_permissions_apply(), caplog.at_level(logging.WARNING):
-        kandinsky22.load_prior(prior, F32)
-        kandinsky22.load_text_encoder(prior, F32)
-        kandinsky22.load_image_encoder(prior, F32)
-        kandinsky22.load_unet(decoder, F32)
-        kandinsky22.load_movq(decoder, F32)
-        embed = kandinsky22.zero_image_embed(prior, F32, hub.cache_folder(store), lambda module: module)
+        loading.load_prior(prior, F32)
+        loading.load_text_encoder(prior, F32)
+        loading.load_image_encoder(prior, F32)
+        loading.load_unet(decoder, F32)
+        loading.load_movq(decoder, F32)
+        embed = loading.zero_image_embed(prior, F32, caches.cache_folder(store), lambda module: module)
     assert embed.shape == (1, 16)
     assert sorted(store.rglob("*")) == before
     assert any("Could not write the cache file" in r.getMessage() for r in caplog.records)
@@ -421,7 +424,7 @@ def test_read_only_store_runs_offline(tiny_repos, shared_folder, monkeypatch, ca
 
 # --- the zero-image-embedding cache ------------------------------------------------------------------------------
 def _zero_embed(repo: Path, cache: Path) -> torch.Tensor:
-    return kandinsky22.zero_image_embed(_source(repo), F32, cache, lambda module: module)
+    return loading.zero_image_embed(_source(repo), F32, cache, lambda module: module)
 
 
 def _cache_files(cache: Path) -> list[Path]:
@@ -431,14 +434,14 @@ def _cache_files(cache: Path) -> list[Path]:
 def test_concurrent_first_runs_share_the_cache(tiny_prior_repo, tmp_path, monkeypatch) -> None:
     """Two first runs compute at once and write together: both succeed, and one whole cache file remains."""
     barrier = threading.Barrier(2, timeout=60)
-    compute = kandinsky22.clip.zero_image_embed
+    compute = loading.clip.zero_image_embed
 
     def in_step(encoder):
         embed = compute(encoder)
         barrier.wait()  # both have computed: now both write
         return embed
 
-    monkeypatch.setattr(kandinsky22.clip, "zero_image_embed", in_step)
+    monkeypatch.setattr(loading.clip, "zero_image_embed", in_step)
     cache, results, errors = tmp_path / "cache", [None, None], []
 
     def run(i: int) -> None:
@@ -464,8 +467,8 @@ def test_concurrent_first_runs_in_two_processes(tiny_prior_repo, tmp_path) -> No
     tests = Path(__file__).resolve().parents[1]
     script = (
         f"import sys; sys.path.insert(0, {str(tests)!r}); import conftest, torch; from pathlib import Path\n"
-        "from dalle_nodes.engine.hub import Source; from dalle_nodes.pipelines import kandinsky22\n"
-        f"e = kandinsky22.zero_image_embed(Source({str(tiny_prior_repo)!r}), torch.float32, Path({str(tmp_path)!r}), "
+        "from dalle_nodes.engine.hub import Source; from dalle_nodes.pipelines.kandinsky22 import loading\n"
+        f"e = loading.zero_image_embed(Source({str(tiny_prior_repo)!r}), torch.float32, Path({str(tmp_path)!r}), "
         "lambda m: m); print(e.sum().item())"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -7,7 +7,7 @@ import pytest
 
 from dalle_nodes.models import dalle_bart
 from dalle_nodes.models.bart_tokenizer import BartTokenizer
-from dalle_nodes.pipelines import dalle_mini
+from dalle_nodes.pipelines.dalle_mini import stages
 from tiny_repos import import_min_dalle, write_min_dalle_tokenizer
 
 PROMPTS = [
@@ -57,7 +57,7 @@ def test_merges_are_exercised(files) -> None:
 def test_long_prompt_is_cut_to_64_tokens_as_min_dalle_does(files) -> None:
     ids = BartTokenizer.from_files(*files).encode(PROMPTS[-1])
     assert len(ids) > 64
-    tokens = dalle_mini.text_tokens(ids)
+    tokens = stages.text_tokens(ids)
     assert tokens.shape == (2, 64)
     assert tokens[1].tolist() == ids[:64]  # the cut drops </s>, as min-dalle's does …
     assert tokens[0, :2].tolist() == [ids[0], ids[63]]  # … and the unconditional row ends with the 64th token
@@ -66,7 +66,7 @@ def test_long_prompt_is_cut_to_64_tokens_as_min_dalle_does(files) -> None:
 
 def test_short_prompt_is_padded(files) -> None:
     ids = BartTokenizer.from_files(*files).encode("a cat")
-    tokens = dalle_mini.text_tokens(ids)
+    tokens = stages.text_tokens(ids)
     assert tokens[0, :2].tolist() == [ids[0], ids[-1]]
     assert tokens[1, : len(ids)].tolist() == ids
     assert (tokens[:, len(ids) :] == dalle_bart.PAD_TOKEN).all()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dalle_nodes.models.dalle_bart import HYPERPARAMETERS, DalleBartDecoder, DalleBartEncoder, Hyperparameters
-from dalle_nodes.pipelines import dalle_mini
+from dalle_nodes.pipelines.dalle_mini import loading, stages
 from tiny_repos import (
     MIN_DALLE_CONFIG,
     MIN_DALLE_FILES,
@@ -35,7 +35,7 @@ def test_tables_match_the_hub_config() -> None:
     for variant, hp in HYPERPARAMETERS.items():
         assert {k: v for k, v in config[variant].items() if k in TINY_MIN_DALLE} == vars(hp)
         assert (config[variant]["text_token_count"], config[variant]["image_token_count"]) == (64, 256)
-        files = dalle_mini.FILES[variant]
+        files = loading.FILES[variant]
         assert (files.encoder, files.decoder, files.vocab, files.merges) == MIN_DALLE_FILES[variant]
         assert set(config[variant]["files"]) == {*MIN_DALLE_FILES[variant], "detoker.pt"}
 
@@ -53,7 +53,7 @@ def test_full_size_names_and_shapes_are_min_dalles(variant: str) -> None:
 @torch.no_grad()
 def test_encoder_matches_min_dalle(min_dalle_pair) -> None:
     ours, encoder, _, tokenizer = min_dalle_pair
-    tokens = dalle_mini.text_tokens(tokenizer.encode(PROMPT))  # a padded prompt row and the unconditional one
+    tokens = stages.text_tokens(tokenizer.encode(PROMPT))  # a padded prompt row and the unconditional one
     expected = encoder(tokens)
     abs_error, rel_error = max_errors(ours.encoder(tokens), expected)
     assert abs_error < 1e-4 and rel_error < 1e-5, (abs_error, rel_error)
@@ -64,7 +64,7 @@ def test_decoder_steps_match_min_dalle(min_dalle_pair) -> None:
     """Logits of 12 steps with both key/value caches carried along, for 3 images on arbitrary previous codes."""
     ours, encoder, decoder, tokenizer = min_dalle_pair
     images, steps = 3, 12
-    tokens = dalle_mini.text_tokens(tokenizer.encode(PROMPT))
+    tokens = stages.text_tokens(tokenizer.encode(PROMPT))
     states = encoder(tokens)
     rows = [0] * images + [1] * images  # min-dalle's expansion: unconditional rows, then the prompt's
     mask = tokens[rows].ne(1)[:, None, None, :]

@@ -5,9 +5,11 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from dalle_nodes.engine.hub import CheckpointError, Source
+from dalle_nodes.engine.checkpoints import CheckpointError
+from dalle_nodes.engine.hub import Source
 from dalle_nodes.models.vqgan import VQGAN
-from dalle_nodes.pipelines.dalle_mini import load_vqgan, seamless_grid
+from dalle_nodes.pipelines.dalle_mini.loading import load_vqgan
+from dalle_nodes.pipelines.dalle_mini.stages import seamless_grid
 from tiny_repos import import_min_dalle
 
 

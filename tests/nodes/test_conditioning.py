@@ -7,7 +7,7 @@ import torch
 
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS, runtime
 from dalle_nodes.nodes.conditioning import EMBEDS_KEY
-from dalle_nodes.pipelines.kandinsky22 import ImageEmbeds
+from dalle_nodes.pipelines.kandinsky22.embeds import ImageEmbeds
 
 
 def test_image_embeds_become_positive_and_negative_conditioning() -> None:

@@ -10,7 +10,7 @@ import torch
 from dalle_nodes.models import dalle_bart
 from dalle_nodes.models.dalle_bart import Hyperparameters
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS, loaders
-from dalle_nodes.pipelines.kandinsky22 import ImageEmbeds
+from dalle_nodes.pipelines.kandinsky22.embeds import ImageEmbeds
 from node_calls import call
 from tiny_repos import TINY_MIN_DALLE
 from tiny_upscalers import compact_state, write_upscaler

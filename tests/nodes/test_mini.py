@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from dalle_nodes.engine import cuda_graph
-from dalle_nodes.engine.hub import CheckpointError
+from dalle_nodes.engine.checkpoints import CheckpointError
 from dalle_nodes.models import dalle_bart
 from dalle_nodes.models.dalle_bart import Hyperparameters
 from dalle_nodes.nodes import loaders, runtime
 from dalle_nodes.nodes.mini import DalleLoadMini, DalleTokenSample, DalleVQGANDecode
-from dalle_nodes.pipelines import dalle_mini
+from dalle_nodes.pipelines.dalle_mini import loading, stages
 from tiny_repos import MIN_DALLE_FILES, TINY_MIN_DALLE, min_dalle_layout, min_dalle_reference, write_min_dalle_repo
 
 NODES = (DalleLoadMini, DalleTokenSample, DalleVQGANDecode)
@@ -106,7 +106,7 @@ def test_real_size_mini_loads(tmp_path, monkeypatch) -> None:
     assert sum(p.numel() for p in model.decoder.parameters()) == 235_313_136
     assert sum(p.numel() for p in vqgan.vqgan.module.parameters()) == 46_709_891
     with torch.inference_mode():  # one step at full width, not a whole sampling run
-        tokens = dalle_mini.text_tokens(bart.tokenizer.encode("a fox in the snow"))
+        tokens = stages.text_tokens(bart.tokenizer.encode("a fox in the snow"))
         cache = model.decoder.start(model.encoder(tokens), tokens, 1)
         logits = model.decoder(torch.tensor([dalle_bart.START_TOKEN]), cache.positions[:1], cache)
     assert logits.shape == (2, 2**14) and logits.isfinite().all()
@@ -159,16 +159,16 @@ def test_token_sample_draws_from_the_compute_devices_generator(tiny_bart, monkey
     """The node seeds a generator on the device the model runs on (a CUDA GPU's own there, see
     sampling_generator); on the CPU that is min-dalle's CPU stream, so seed 0 gives a CPU generator's tokens."""
     made = []
-    make = dalle_mini.sampling_generator
+    make = stages.sampling_generator
     monkeypatch.setattr(
-        dalle_mini, "sampling_generator", lambda seed, device: made.append((seed, device)) or make(seed, device)
+        stages, "sampling_generator", lambda seed, device: made.append((seed, device)) or make(seed, device)
     )
     (tokens,) = call(DalleTokenSample, bart=tiny_bart, text="a fox", seed=0, batch_size=1)
     assert made == [(0, tiny_bart.bart.device())]
     model = tiny_bart.bart.module
     with torch.inference_mode():
-        ids = dalle_mini.text_tokens(tiny_bart.tokenizer.encode("a fox"))
-        expected = dalle_mini.sample_image_tokens(model, ids, 1, torch.Generator().manual_seed(0))
+        ids = stages.text_tokens(tiny_bart.tokenizer.encode("a fox"))
+        expected = stages.sample_image_tokens(model, ids, 1, torch.Generator().manual_seed(0))
     assert torch.equal(tokens, expected.cpu())
 
 
@@ -206,7 +206,7 @@ def test_images_match_min_dalles_end_to_end(tiny_min_dalle_repo, tmp_path) -> No
 
 def node_dtypes(choice: str) -> tuple[torch.dtype, torch.dtype]:
     """The (BART, VQGAN) dtypes DalleLoadMini picks for its dtype input."""
-    return dalle_mini.dtypes(choice, runtime.compute_device(), runtime.fp16_ok)
+    return loading.dtypes(choice, runtime.compute_device(), runtime.fp16_ok)
 
 
 def test_auto_dtypes(tiny_min_dalle_repo, monkeypatch) -> None:
@@ -219,9 +219,9 @@ def test_auto_dtypes(tiny_min_dalle_repo, monkeypatch) -> None:
 
     monkeypatch.setattr(loaders, "_loaded", {})
     monkeypatch.setattr(runtime, "compute_device", lambda: torch.device("cpu"))
-    dtypes = dalle_mini.dtypes
+    dtypes = loading.dtypes
     monkeypatch.setattr(  # as auto on a GPU
-        dalle_mini, "dtypes", lambda choice, device, fp16_ok: dtypes(choice, torch.device("cuda"), lambda d: True)
+        loading, "dtypes", lambda choice, device, fp16_ok: dtypes(choice, torch.device("cuda"), lambda d: True)
     )
     bart, vqgan = call(DalleLoadMini, repo_id=str(tiny_min_dalle_repo))
     assert (bart.bart.dtype, vqgan.vqgan.dtype) == (torch.float16, torch.float32)
@@ -231,7 +231,7 @@ def test_token_sample_follows_the_cuda_graph_switch(tiny_bart, monkeypatch, cuda
     """With a device that could capture, the token node records its step as a CUDA graph unless switched off."""
     seen = []
     monkeypatch.setattr(cuda_graph, "can_capture", lambda device: True)
-    monkeypatch.setattr(dalle_mini.GraphStep, "capture", lambda self: seen.append(True))  # eager replays on the CPU
+    monkeypatch.setattr(stages.GraphStep, "capture", lambda self: seen.append(True))  # eager replays on the CPU
     call(DalleTokenSample, bart=tiny_bart, text="a cat", seed=0, batch_size=1)
     assert seen == ([True] if cuda_graph_switch else [])
 

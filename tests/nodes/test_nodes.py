@@ -9,6 +9,7 @@ import dalle_nodes
 from dalle_nodes.engine import compiled, cuda_graph
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, loaders, runtime, sockets
 from dalle_nodes.pipelines import kandinsky22, kandinsky22_memory
+from dalle_nodes.pipelines.kandinsky22 import loading
 from node_calls import call
 
 CONTRACT = {  # the node contract shared workflows rely on: id → (required inputs, output types)
@@ -130,7 +131,7 @@ def test_zero_image_embedding_is_computed_once_and_cached_on_disk(tiny_prior_rep
     assert torch.allclose(embed, reference, atol=1e-6)
     assert len(list((runtime.cache_dir() / "zero_image_embeds").glob("*.safetensors"))) == 1
 
-    load = kandinsky22.clip_model
+    load = loading.clip_model
 
     def image_encoder_must_not_load(class_name: str, *args):
         if class_name == "CLIPVisionModelWithProjection":
@@ -245,7 +246,7 @@ def test_zero_image_embedding_follows_new_weights(tiny_prior_repo, tmp_path) -> 
 
 
 def test_each_stage_asks_comfyui_for_room_for_its_activations(models, monkeypatch) -> None:
-    """The decoder, prior and VQ nodes hand ComfyUI their activation estimates (pipelines/kandinsky22_memory.py), so
+    """The decoder, prior and VQ nodes hand ComfyUI their activation estimates (pipelines/kandinsky22/memory.py), so
     that it offloads other models first; here on the CPU, so with the math path's attention."""
     prior, text_encoder, decoder, vq_vae = models
     asked = []

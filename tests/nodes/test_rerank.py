@@ -7,7 +7,8 @@ import shutil
 import pytest
 import torch
 
-from dalle_nodes.engine.hub import CheckpointError, NotDownloaded, default_store
+from dalle_nodes.engine.checkpoints import CheckpointError
+from dalle_nodes.engine.hub import NotDownloaded, default_store
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS, loaders
 from dalle_nodes.pipelines import rerank
 

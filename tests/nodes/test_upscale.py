@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from dalle_nodes.engine import tiling
-from dalle_nodes.engine.hub import CheckpointError, NotDownloaded
+from dalle_nodes.engine.checkpoints import CheckpointError
+from dalle_nodes.engine.hub import NotDownloaded
 from dalle_nodes.nodes import runtime
 from dalle_nodes.nodes.upscale import DalleGANUpscale, DalleLoadUpscaler
-from dalle_nodes.pipelines import upscale as upscaler
+from dalle_nodes.pipelines.upscale import loading, stages
 from tiny_upscalers import compact_state, rrdbnet_state, write_upscaler
 
 
@@ -41,7 +42,7 @@ def upscalers(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_preset_loads_offline_from_the_hub_layout_store(upscalers) -> None:
-    preset = upscaler.PRESETS["RealESRGAN_x4plus"]
+    preset = loading.PRESETS["RealESRGAN_x4plus"]
     store = Path(os.environ["DALLE_NODES_HOME"]) / preset.repo.replace("/", "--")
     write_upscaler(store / preset.filename, rrdbnet_state(4))
     model = load("RealESRGAN_x4plus")
@@ -104,7 +105,7 @@ def test_tiles_blend_to_the_whole_image(upscalers, kind, size, tile, overlap) ->
 
 
 def test_automatic_tiles_on_an_image_larger_than_one_tile(upscalers, monkeypatch) -> None:
-    monkeypatch.setattr(upscaler, "CPU_TILE_PIXELS", 100 * 100)  # as if memory allowed only small tiles
+    monkeypatch.setattr(stages, "CPU_TILE_PIXELS", 100 * 100)  # as if memory allowed only small tiles
     model = load(filename=str(upscalers["x4"]))
     image = torch.rand(2, 200, 150, 3, generator=torch.Generator().manual_seed(5))
     plans = []
@@ -139,7 +140,7 @@ def test_scale_to_resizes_the_model_output(upscalers) -> None:
 
 def test_out_of_memory_retries_with_smaller_tiles(upscalers, monkeypatch, caplog) -> None:
     model = load(filename=str(upscalers["x4"]))
-    forward = upscaler.forward_fn
+    forward = stages.forward_fn
     sizes = []
 
     def small_memory_forward(descriptor, dtype, device, compile=False):
@@ -153,7 +154,7 @@ def test_out_of_memory_retries_with_smaller_tiles(upscalers, monkeypatch, caplog
 
         return run_or_fail
 
-    monkeypatch.setattr(upscaler, "forward_fn", small_memory_forward)
+    monkeypatch.setattr(stages, "forward_fn", small_memory_forward)
     image = torch.rand(1, 150, 75, 3, generator=torch.Generator().manual_seed(4))
     with caplog.at_level(logging.WARNING):
         out = run(model, image, tile=128, overlap=56)
@@ -175,7 +176,7 @@ def test_compile_is_used_and_falls_back_cleanly(upscalers, monkeypatch, caplog) 
 
         return compiled
 
-    monkeypatch.setattr(upscaler, "_compiled", type(upscaler._compiled)())
+    monkeypatch.setattr(stages, "_compiled", type(stages._compiled)())
     monkeypatch.setattr(torch, "compile", fake_compile)
     torch.testing.assert_close(run(model, image, compile=True), expected, atol=1e-5, rtol=0)
     assert calls
@@ -186,7 +187,7 @@ def test_compile_is_used_and_falls_back_cleanly(upscalers, monkeypatch, caplog) 
 
         return compiled
 
-    monkeypatch.setattr(upscaler, "_compiled", type(upscaler._compiled)())
+    monkeypatch.setattr(stages, "_compiled", type(stages._compiled)())
     monkeypatch.setattr(torch, "compile", broken_compile)
     with caplog.at_level(logging.WARNING):
         for _ in range(2):  # the second run knows compiling failed and does not try again

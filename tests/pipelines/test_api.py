@@ -19,7 +19,9 @@ from dalle_nodes.models.dalle_bart import Hyperparameters
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS as NODES
 from dalle_nodes.nodes import loaders
 from dalle_nodes.pipelines import DalleMini, Kandinsky22, Upscaler, dalle_mini, edit_pictures, kandinsky22
-from dalle_nodes.pipelines.kandinsky22 import ImageEmbeds
+from dalle_nodes.pipelines.dalle_mini import loading as mini_loading
+from dalle_nodes.pipelines.kandinsky22 import loading
+from dalle_nodes.pipelines.kandinsky22.embeds import ImageEmbeds
 from edit_inputs import picture, rectangle_mask
 from tiny_repos import TINY_MIN_DALLE, write_min_dalle_repo
 from tiny_upscalers import compact_state, write_upscaler
@@ -212,21 +214,21 @@ def test_download_bars_know_how_many_files_each_loader_fetches(tiny_prior_repo, 
         return counting.index
 
     dtype, place = torch.float32, lambda module: module
-    assert fetched(kandinsky22.load_prior, tiny_prior_repo, dtype) == kandinsky22.FETCHES["prior"]
-    assert fetched(kandinsky22.load_text_encoder, tiny_prior_repo, dtype) == kandinsky22.FETCHES["text_encoder"]
-    assert fetched(kandinsky22.load_image_encoder, tiny_prior_repo, dtype) == kandinsky22.FETCHES["image_encoder"]
-    zero = fetched(kandinsky22.zero_image_embed, tiny_prior_repo, dtype, tmp_path, place)
-    assert zero == kandinsky22.FETCHES["zero_image_embed"]
-    assert fetched(kandinsky22.load_unet, tiny_decoder_repo, dtype) == kandinsky22.FETCHES["unet"]
-    assert fetched(kandinsky22.load_movq, tiny_decoder_repo, dtype) == kandinsky22.FETCHES["movq"]
+    assert fetched(loading.load_prior, tiny_prior_repo, dtype) == loading.FETCHES["prior"]
+    assert fetched(loading.load_text_encoder, tiny_prior_repo, dtype) == loading.FETCHES["text_encoder"]
+    assert fetched(loading.load_image_encoder, tiny_prior_repo, dtype) == loading.FETCHES["image_encoder"]
+    zero = fetched(loading.zero_image_embed, tiny_prior_repo, dtype, tmp_path, place)
+    assert zero == loading.FETCHES["zero_image_embed"]
+    assert fetched(loading.load_unet, tiny_decoder_repo, dtype) == loading.FETCHES["unet"]
+    assert fetched(loading.load_movq, tiny_decoder_repo, dtype) == loading.FETCHES["movq"]
     repo = write_min_dalle_repo(tmp_path / "min-dalle", "mini", TINY_MIN_DALLE)
 
     def mini(source: Source) -> None:
-        dalle_mini.load_tokenizer(source, "mini")
-        dalle_mini.load_bart(source, "mini", dtype, Hyperparameters(**TINY_MIN_DALLE))
-        dalle_mini.load_vqgan(source, dtype)
+        mini_loading.load_tokenizer(source, "mini")
+        mini_loading.load_bart(source, "mini", dtype, Hyperparameters(**TINY_MIN_DALLE))
+        mini_loading.load_vqgan(source, dtype)
 
-    assert fetched(mini, repo) == dalle_mini.FETCHES
+    assert fetched(mini, repo) == mini_loading.FETCHES
 
 
 def test_repo_arguments_are_read_as_the_nodes_read_them(tiny_min_dalle) -> None:

@@ -13,7 +13,8 @@ import transformers
 from safetensors.torch import load_file
 from transformers.modeling_outputs import DepthEstimatorOutput
 
-from dalle_nodes.engine.hub import CheckpointError, Source
+from dalle_nodes.engine.checkpoints import CheckpointError
+from dalle_nodes.engine.hub import Source
 from dalle_nodes.engine.images import to_pil
 from dalle_nodes.pipelines import depth
 from tiny_repos import write_depth_repo

@@ -8,11 +8,12 @@ import torch
 from safetensors.torch import save_file
 
 from dalle_nodes.engine.hub import source_from_input
-from dalle_nodes.pipelines import kandinsky22, previews
+from dalle_nodes.pipelines import previews
+from dalle_nodes.pipelines.kandinsky22 import loading
 
 
 def test_previews_correlate_with_decoded_images_and_are_cached(tiny_decoder_repo, tmp_path, monkeypatch) -> None:
-    movq = kandinsky22.load_movq(source_from_input(str(tiny_decoder_repo), None, None, None), torch.float32)
+    movq = loading.load_movq(source_from_input(str(tiny_decoder_repo), None, None, None), torch.float32)
     factors = previews.cached_rgb_factors(movq, tmp_path)
     assert len(factors.factors) == 4 and all(len(row) == 3 for row in factors.factors) and len(factors.bias) == 3
 
@@ -31,7 +32,7 @@ def test_previews_correlate_with_decoded_images_and_are_cached(tiny_decoder_repo
 def test_a_damaged_or_unwritable_preview_cache_is_fitted_again_with_a_warning(tiny_decoder_repo, tmp_path, caplog):
     """The rule of every cache: damaged → fitted again and rewritten; cannot be written → a warning, the load goes on;
     concurrent writers → one whole file."""
-    movq = kandinsky22.load_movq(source_from_input(str(tiny_decoder_repo), None, None, None), torch.float32)
+    movq = loading.load_movq(source_from_input(str(tiny_decoder_repo), None, None, None), torch.float32)
     factors = previews.cached_rgb_factors(movq, tmp_path)
     (entry,) = (tmp_path / "latent_rgb_factors").iterdir()
     for damage in (b"garbage", b""):

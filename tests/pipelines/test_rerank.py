@@ -13,11 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
+from dalle_nodes.engine.checkpoints import CheckpointError
 from dalle_nodes.engine.device import PLAIN, Host
-from dalle_nodes.engine.hub import CheckpointError, NotDownloaded, Source, default_store
+from dalle_nodes.engine.hub import NotDownloaded, Source, default_store
 from dalle_nodes.engine.images import from_pil
 from dalle_nodes.models import clip
 from dalle_nodes.pipelines import dalle_mini, kandinsky22, rerank
+from dalle_nodes.pipelines.kandinsky22 import loading
 from dalle_nodes.pipelines.rerank import Ranker
 
 PROMPT = "the cat and a dog"
@@ -81,8 +83,8 @@ def test_kandinsky_towers_score_the_cosine_similarity_of_their_embeddings(tiny_p
     )
 
     source = Source(str(tiny_prior_repo))
-    tokenizer, text_encoder = kandinsky22.load_text_encoder(source, torch.float32)
-    processor, image_encoder = kandinsky22.load_image_encoder(source, torch.float32)
+    tokenizer, text_encoder = loading.load_text_encoder(source, torch.float32)
+    processor, image_encoder = loading.load_image_encoder(source, torch.float32)
     ranker = Ranker(tokenizer, processor, lambda: text_encoder, lambda: image_encoder)
     images = pictures(5, seed=2, size=(64, 128))
     ours = rerank.score(ranker, from_pil(images), PROMPT)

@@ -1,4 +1,4 @@
-"""pipelines/upscale.py: safe loading of Hub-format upscaler files; engine/tiling.py: the tiling arithmetic."""
+"""pipelines/upscale/loading.py: safe loading of Hub-format upscaler files; engine/tiling.py: the tiling arithmetic."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from spandrel import ModelLoader
 
 from dalle_nodes.engine import tiling
-from dalle_nodes.engine.hub import CheckpointError
+from dalle_nodes.engine.checkpoints import CheckpointError
 from dalle_nodes.pipelines import upscale as upscaler
 from tiny_upscalers import compact_state, rrdbnet_state, write_malicious_pickle, write_upscaler
 

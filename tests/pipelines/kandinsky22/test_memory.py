@@ -1,4 +1,4 @@
-"""engine/memory.py + pipelines/kandinsky22_memory.py: the live-tensor tracer counts exactly, and the closed forms
+"""engine/memory.py + pipelines/kandinsky22/memory.py: the live-tensor tracer counts exactly, and the closed forms
 hold the full-size traces.
 
 The closed forms must never promise less than the trace (ComfyUI would make too little room) and should not ask for
@@ -21,9 +21,12 @@ from dalle_nodes.engine import memory
 from dalle_nodes.models.movq import MoVQ, MoVQConfig
 from dalle_nodes.models.prior import PriorConfig, PriorTransformer
 from dalle_nodes.models.unet import KandinskyUNet, UNetConfig
-from dalle_nodes.pipelines import kandinsky22, kandinsky22_memory, sampling
+from dalle_nodes.pipelines import sampling
+from dalle_nodes.pipelines.kandinsky22 import memory as kandinsky22_memory
+from dalle_nodes.pipelines.kandinsky22 import stages, starts
+from dalle_nodes.pipelines.kandinsky22.embeds import ImageEmbeds
 
-HUB_CONFIGS = Path(__file__).parents[1] / "hub_configs"
+HUB_CONFIGS = Path(__file__).parents[2] / "hub_configs"
 DECODER = HUB_CONFIGS / "kandinsky-community--kandinsky-2-2-decoder"
 PRIOR = HUB_CONFIGS / "kandinsky-community--kandinsky-2-2-prior"
 MIB = 2**20
@@ -187,13 +190,13 @@ def test_unet_step_estimate_covers_a_whole_sampler_step():
     """The sampler's own tensors (noise, the guided latent pair, its history) fit in the headroom."""
     model, dtype = unet(torch.bfloat16), torch.bfloat16
     embeds = torch.empty(2, 1280, device="meta", dtype=dtype)
-    embeds = kandinsky22.ImageEmbeds(embeds, embeds)
+    embeds = ImageEmbeds(embeds, embeds)
     schedule = sampling.decoder_schedule("dpmpp_2m", 2)
 
     def sample():
-        generator = torch.Generator().manual_seed(0)
-        x = kandinsky22.decoder_start(embeds, schedule, (96, 96), None, generator, torch.device("meta"), dtype)
-        return kandinsky22.decoder_sample(lambda: model, embeds, x, schedule, 4.0, generator)
+        run = stages.DecoderRun(schedule, 4.0)
+        start = starts.DecoderStart((96, 96))
+        return stages.decoder_stage(stages.StageModel.held(model), embeds, start, run, torch.Generator().manual_seed(0))
 
     _, traced = memory.peak_live_bytes(sample)
     assert traced > kandinsky22_memory.traced_unet_step(model, 4, 96, 96)
@@ -201,7 +204,7 @@ def test_unet_step_estimate_covers_a_whole_sampler_step():
 
 
 def test_movq_decode_estimate_is_linear_in_pixels_with_fused_attention():
-    """pipelines/vq_decode.py sizes its tiles by the estimate per pixel: that holds with fused attention."""
+    """kandinsky22/vq_decode.py sizes its tiles by the estimate per pixel: that holds with fused attention."""
     whole = kandinsky22_memory.movq_decode_bytes(MOVQ_CONFIG, 1024, 1024, torch.bfloat16)
     quarter = kandinsky22_memory.movq_decode_bytes(MOVQ_CONFIG, 512, 512, torch.bfloat16)
     assert whole == pytest.approx(4 * quarter, abs=4)

@@ -1,4 +1,4 @@
-"""pipelines/vq_decode.py, MoVQ's memory policy, through DalleVQDecode on the tiny decoder repo's MoVQ: whole
+"""kandinsky22/vq_decode.py, MoVQ's memory policy, through DalleVQDecode on the tiny decoder repo's MoVQ: whole
 where one image's activations fit, tiles where they do not or where the whole decode runs out of memory anyway,
 smaller tiles after each further failure.
 
@@ -16,7 +16,8 @@ from dalle_nodes.engine import tiling
 from dalle_nodes.models.movq import MoVQ
 from dalle_nodes.nodes import runtime, vae
 from dalle_nodes.nodes.loaders import DalleLoadDecoder
-from dalle_nodes.pipelines import kandinsky22_memory, vq_decode
+from dalle_nodes.pipelines.kandinsky22 import memory as kandinsky22_memory
+from dalle_nodes.pipelines.kandinsky22 import vq_decode
 
 NEEDED = 10**9  # the patched activation estimate of one image, in bytes
 DECODE, DECODE_TILED = MoVQ.decode, MoVQ.decode_tiled  # the real ones, whatever a test patches

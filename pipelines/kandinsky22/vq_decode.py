@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 import torch
 
-from ..engine import tiling
-from ..engine.device import Host
-from ..engine.memory import fused_attention_on
-from ..models.movq import MoVQ
-from . import kandinsky22_memory
+from ...engine import tiling
+from ...engine.device import Host
+from ...engine.memory import fused_attention_on
+from ...models.movq import MoVQ
+from . import memory
 
 OVERLAP = 8  # latent pixels neighbouring tiles share (64 image pixels); seams are cross-faded inside it
 
@@ -29,7 +29,7 @@ def decode_bytes(movq: MoVQ, latents: torch.Tensor, fused_attention: bool) -> in
         raise ValueError(f"Expected a MoVQ latent [B, {channels}, h, w], got shape {tuple(latents.shape)}.")
     height, width = (side * movq.scale for side in latents.shape[-2:])
     dtype = next(movq.parameters()).dtype
-    return kandinsky22_memory.movq_decode_bytes(movq.config, height, width, dtype, fused_attention=fused_attention)
+    return memory.movq_decode_bytes(movq.config, height, width, dtype, fused_attention=fused_attention)
 
 
 def activation_room(host: Host, device: torch.device) -> int | None:

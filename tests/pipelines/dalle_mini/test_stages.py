@@ -1,4 +1,4 @@
-"""pipelines/dalle_mini.py against min-dalle: loading, token choice, whole generations token for token, CUDA graphs."""
+"""pipelines/dalle_mini/ against min-dalle: loading, token choice, whole generations token for token, CUDA graphs."""
 
 import os
 import warnings
@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from dalle_nodes.engine import cuda_graph
-from dalle_nodes.engine.hub import CheckpointError, Source
+from dalle_nodes.engine.checkpoints import CheckpointError
+from dalle_nodes.engine.hub import Source
 from dalle_nodes.models import dalle_bart
 from dalle_nodes.models.dalle_bart import DalleBartDecoder, DalleBartEncoder, Hyperparameters
-from dalle_nodes.pipelines import dalle_mini
+from dalle_nodes.pipelines.dalle_mini import loading, stages
 from tiny_repos import (
     TINY_MIN_DALLE,
     min_dalle_layout,
@@ -56,11 +57,11 @@ def test_generation_matches_min_dalle(
         expected = next(stream)  # [4, 256]
 
     source = Source(str(tiny_min_dalle_repo))
-    bart = dalle_mini.load_bart(source, variant, torch.float32, TINY)
-    tokens = dalle_mini.text_tokens(dalle_mini.load_tokenizer(source, variant).encode(text))
+    bart = loading.load_bart(source, variant, torch.float32, TINY)
+    tokens = stages.text_tokens(loading.load_tokenizer(source, variant).encode(text))
     steps = []
     with torch.inference_mode():
-        got = dalle_mini.sample_image_tokens(
+        got = stages.sample_image_tokens(
             bart, tokens, 4, torch.Generator().manual_seed(seed), top_k, temperature, supercondition, steps.append
         )
     assert got.shape == (4, 16, 16) and got.dtype == torch.long
@@ -80,9 +81,9 @@ def test_choose_tokens_draws_as_min_dalle_sample_tokens(seed, top_k, temperature
     torch.manual_seed(seed)
     expected, _ = decoder.sample_tokens(torch.tensor([temperature, top_k, supercondition]))
     generator = torch.Generator().manual_seed(seed)
-    noise = dalle_mini.draw_noise(torch.empty(3, 2**14), generator)
+    noise = stages.draw_noise(torch.empty(3, 2**14), generator)
     settings = torch.tensor([temperature]), torch.tensor([supercondition])
-    assert torch.equal(dalle_mini.choose_tokens(logits[:, -1, : 2**14], noise, top_k, *settings), expected)
+    assert torch.equal(stages.choose_tokens(logits[:, -1, : 2**14], noise, top_k, *settings), expected)
     assert torch.equal(generator.get_state(), torch.get_rng_state())
 
 
@@ -92,24 +93,24 @@ def test_unused_tensors_warn_and_missing_or_misshaped_ones_fail(tiny_min_dalle_r
     state = torch.load(tiny_min_dalle_repo / "encoder.pt", weights_only=True)
     torch.save({**state, "pose_tokens": torch.zeros(2, 64)}, tmp_path / "encoder.pt")
     with pytest.warns(UserWarning, match=r"encoder.pt' holds 1 tensors .* \(pose_tokens\)"):
-        dalle_mini.load_bart(Source(str(tmp_path)), "mega", torch.float32, TINY)
+        loading.load_bart(Source(str(tmp_path)), "mega", torch.float32, TINY)
 
     torch.save({k: v for k, v in state.items() if k != "final_ln.weight"}, tmp_path / "encoder.pt")
     with pytest.raises(CheckpointError, match=r"encoder '.*encoder.pt'.*1 missing \(final_ln.weight\)"):
-        dalle_mini.load_bart(Source(str(tmp_path)), "mega", torch.float32, TINY)
+        loading.load_bart(Source(str(tmp_path)), "mega", torch.float32, TINY)
 
     wide = Hyperparameters(**{**TINY_MIN_DALLE, "glu_embed_count": 64})
     with pytest.raises(CheckpointError, match=r"encoder.pt'.*of another shape \(layers.0.glu"):
-        dalle_mini.load_bart(Source(str(tmp_path)), "mega", torch.float32, wide)
+        loading.load_bart(Source(str(tmp_path)), "mega", torch.float32, wide)
 
 
 def test_unknown_variant_is_refused(tiny_min_dalle_repo) -> None:
     with pytest.raises(ValueError, match="variant must be one of mega, mini"):
-        dalle_mini.load_bart(Source(str(tiny_min_dalle_repo)), "huge", torch.float32)
+        loading.load_bart(Source(str(tiny_min_dalle_repo)), "huge", torch.float32)
 
 
 def test_sampling_generator_is_the_cpus_on_the_cpu() -> None:
-    generator = dalle_mini.sampling_generator(9, torch.device("cpu"))
+    generator = stages.sampling_generator(9, torch.device("cpu"))
     assert generator.device == torch.device("cpu")
     assert torch.equal(generator.get_state(), torch.Generator().manual_seed(9).get_state())
 
@@ -123,7 +124,7 @@ def test_a_sampling_step_reads_no_tensor_values_on_the_host() -> None:
         cache = bart.decoder.start(bart.encoder(tokens), tokens, 3)
         settings = torch.ones(2, 1)
         prev_codes, noise = torch.zeros(3, dtype=torch.long), torch.ones(3, 2**14)
-        codes = dalle_mini.sampling_step(bart.decoder, cache, 256, settings, prev_codes, cache.positions[:1], noise)
+        codes = stages.sampling_step(bart.decoder, cache, 256, settings, prev_codes, cache.positions[:1], noise)
     assert codes.shape == (3,) and codes.dtype == torch.long
 
 
@@ -131,7 +132,7 @@ def sample(bart, tokens, generator, graphs: bool = True) -> tuple[torch.Tensor, 
     """sample_image_tokens with the DALLE_NODES_CUDA_GRAPHS switch on or off; the codes and the steps seen."""
     steps = []
     with torch.inference_mode(), mock.patch.dict(os.environ, {cuda_graph.SWITCH: "1" if graphs else "0"}):
-        codes = dalle_mini.sample_image_tokens(bart, tokens, 3, generator, 50, 1.3, 4.0, steps.append)
+        codes = stages.sample_image_tokens(bart, tokens, 3, generator, 50, 1.3, 4.0, steps.append)
     return codes, steps
 
 
@@ -139,14 +140,14 @@ def test_graph_steps_buffers_give_the_eager_tokens(min_dalle_pair, monkeypatch) 
     """The CUDA graph path's bookkeeping (inputs copied into fixed buffers, output read back) on the CPU, with the
     capture left out: the same tokens as the eager loop, and an int seed is a CPU generator's seed here."""
     ours, _, _, tokenizer = min_dalle_pair
-    tokens = dalle_mini.text_tokens(tokenizer.encode(PROMPT))
+    tokens = stages.text_tokens(tokenizer.encode(PROMPT))
     expected, _ = sample(ours, tokens, torch.Generator().manual_seed(4))
     captured = []
     monkeypatch.setattr(cuda_graph, "can_capture", lambda device: True)
-    monkeypatch.setattr(dalle_mini.GraphStep, "capture", lambda self: captured.append(self))
+    monkeypatch.setattr(stages.GraphStep, "capture", lambda self: captured.append(self))
     calls = []
-    call = dalle_mini.GraphStep.__call__
-    monkeypatch.setattr(dalle_mini.GraphStep, "__call__", lambda self, *args: calls.append(1) or call(self, *args))
+    call = stages.GraphStep.__call__
+    monkeypatch.setattr(stages.GraphStep, "__call__", lambda self, *args: calls.append(1) or call(self, *args))
     got, steps = sample(ours, tokens, 4)
     assert len(captured) == 1 and len(calls) == 256 and steps == list(range(256))
     assert torch.equal(got, expected)
@@ -155,14 +156,14 @@ def test_graph_steps_buffers_give_the_eager_tokens(min_dalle_pair, monkeypatch) 
 
 def test_a_failed_capture_falls_back_to_the_eager_loop(min_dalle_pair, monkeypatch, caplog) -> None:
     ours, _, _, tokenizer = min_dalle_pair
-    tokens = dalle_mini.text_tokens(tokenizer.encode(PROMPT))
+    tokens = stages.text_tokens(tokenizer.encode(PROMPT))
     expected, _ = sample(ours, tokens, 5, graphs=False)
 
     def fail(self) -> None:
         raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(cuda_graph, "can_capture", lambda device: True)
-    monkeypatch.setattr(dalle_mini.GraphStep, "capture", fail)
+    monkeypatch.setattr(stages.GraphStep, "capture", fail)
     got, steps = sample(ours, tokens, 5)
     assert torch.equal(got, expected) and steps == list(range(256))
     assert "CUDA graph capture failed (operation not permitted" in caplog.text
@@ -177,7 +178,7 @@ def test_a_graph_step_reads_the_callers_noise_buffer_in_place() -> None:
 
     long = dict(dtype=torch.long)
     noise = torch.zeros(3, 4)
-    graph_step = dalle_mini.GraphStep(step, torch.zeros(3, **long), torch.zeros(1, **long), noise)
+    graph_step = stages.GraphStep(step, torch.zeros(3, **long), torch.zeros(1, **long), noise)
     noise.fill_(1.0)
     assert torch.equal(graph_step(torch.ones(3, **long), torch.tensor([2]), noise), torch.full((3,), 7))
     assert torch.equal(graph_step.inputs[0], torch.ones(3, **long)) and graph_step.noise is noise
@@ -189,9 +190,9 @@ def test_a_graph_step_reads_the_callers_noise_buffer_in_place() -> None:
 def test_cuda_graph_tokens_are_the_eager_tokens_on_the_gpu(tiny_min_dalle_repo, caplog) -> None:
     """On a GPU: noise from the device's own generator, the graph captured (no fallback), the same tokens."""
     source = Source(str(tiny_min_dalle_repo))
-    bart = dalle_mini.load_bart(source, "mega", torch.float32, TINY).cuda()
-    tokens = dalle_mini.text_tokens(dalle_mini.load_tokenizer(source, "mega").encode(PROMPT))
-    assert dalle_mini.sampling_generator(3, torch.device("cuda")).device.type == "cuda"
+    bart = loading.load_bart(source, "mega", torch.float32, TINY).cuda()
+    tokens = stages.text_tokens(loading.load_tokenizer(source, "mega").encode(PROMPT))
+    assert stages.sampling_generator(3, torch.device("cuda")).device.type == "cuda"
     graph, steps = sample(bart, tokens, 3)
     eager, _ = sample(bart, tokens, 3, graphs=False)
     assert "capture failed" not in caplog.text and steps == list(range(256))

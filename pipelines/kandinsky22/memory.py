@@ -3,7 +3,7 @@
 `unet_step_bytes`, `movq_decode_bytes`, `movq_encode_bytes` and `prior_step_bytes` are closed forms the nodes
 hand ComfyUI's memory manager at run time (no tracing): a few feature maps' worth of bytes, with counts calibrated
 from full-size traces on the meta device (the `traced_*` functions below, with engine/memory.py's tracer;
-`benchmarks/vram_k22.py` prints the calibration and tests/pipelines/test_kandinsky22_memory.py holds the estimates
+`benchmarks/vram_k22.py` prints the calibration and tests/pipelines/kandinsky22/test_memory.py holds the estimates
 between 1x and 1.5x the traces), times HEADROOM. The CLIP towers need no estimate: 5 MiB for the text node's two
 prompts and 11 MiB for one 224² image in bf16, well inside the room ComfyUI always keeps free.
 
@@ -19,10 +19,10 @@ import math
 
 import torch
 
-from ..engine.memory import peak_live_bytes
-from ..models.movq import MoVQ, MoVQConfig
-from ..models.prior import PriorConfig, PriorTransformer
-from ..models.unet import KandinskyUNet, UNetConfig
+from ...engine.memory import peak_live_bytes
+from ...models.movq import MoVQ, MoVQConfig
+from ...models.prior import PriorConfig, PriorTransformer
+from ...models.unet import KandinskyUNet, UNetConfig
 
 
 def traced_unet_step(
