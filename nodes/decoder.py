@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..pipelines import sampling
+from ..pipelines import checks, sampling
 from ..pipelines.kandinsky22 import memory, stages, starts
 from ..pipelines.kandinsky22.loading import CONTROLNET_REPO, DECODER_REPO, INPAINT_REPO
 from ..pipelines.kandinsky22.starts import KIND_NAMES, DecoderStart
@@ -128,8 +128,12 @@ class DalleDecoderSample:
         hint: torch.Tensor | None = None,
     ) -> tuple[dict]:
         run = stages.DecoderRun(sampling.decoder_schedule(sampler, steps, karras, denoise), guidance)
+        size = starts.latent_size(width, height) if latent is None else None
         config, dtype = decoder.unet.module.config, decoder.unet.dtype
+        checks.check_embeds(image_embeds.positive, config.image_embed_dim)
+        checks.check_embeds(image_embeds.negative, config.image_embed_dim, "negative image embeddings")
         check_sockets(config.kind, latent, mask, hint, denoise)
+        start = decoder_start(size, latent, mask, hint)
         model = stage_model(
             decoder.unet,
             lambda rows, h, w: lambda fused: memory.unet_step_bytes(config, rows, h, w, dtype, fused_attention=fused),
@@ -140,7 +144,7 @@ class DalleDecoderSample:
             samples = stages.decoder_stage(
                 model,
                 image_embeds,
-                decoder_start(width, height, latent, mask, hint),
+                start,
                 run,
                 torch.Generator().manual_seed(seed),
                 step_callback(progress),
@@ -151,12 +155,12 @@ class DalleDecoderSample:
 
 
 def decoder_start(
-    width: int, height: int, latent: dict | None, mask: torch.Tensor | None, hint: torch.Tensor | None
+    size: tuple[int, int] | None, latent: dict | None, mask: torch.Tensor | None, hint: torch.Tensor | None
 ) -> DecoderStart:
-    """The sockets as the decoder stage's start: the latent wins over width and height; without a mask socket the
-    latent's noise mask (VAE Encode (for Inpainting), Set Latent Noise Mask) marks what to repaint."""
+    """The sockets as the decoder stage's start: the latent wins over width and height (`size`); without a mask
+    socket the latent's noise mask (VAE Encode (for Inpainting), Set Latent Noise Mask) marks what to repaint."""
     if latent is None:
-        return DecoderStart(starts.latent_size(width, height), hint=hint)
+        return DecoderStart(size, hint=hint)
     samples = movq_samples(latent)
     if mask is None:
         mask = latent.get("noise_mask")

@@ -1,4 +1,5 @@
-"""One module per system (load + sample as plain Python) and the samplers they share; the public Python API:
+"""One package per model family (kandinsky22/, dalle_mini/, upscale/: loading, stages, api) and beside them what
+they share (samplers, checks, masks, reranking); the public Python API:
 
 from dalle_nodes.pipelines import DalleMini, Kandinsky22, Upscaler
 """

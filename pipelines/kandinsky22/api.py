@@ -3,7 +3,6 @@ nodes run, in a row; `Request` holds one run's settings, checked before any mode
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -44,13 +43,20 @@ from .stages import (
     movq_encode,
     prior_stage,
 )
-from .starts import DEFAULT_SIZE, KIND_NAMES, MAX_SIZE, SIZE_STEP, DecoderStart, latent_size, unchanged_latents
+from .starts import (
+    DEFAULT_SIZE,
+    KIND_NAMES,
+    MAX_SIZE,
+    SIZE_STEP,
+    DecoderStart,
+    keep_mask,
+    latent_size,
+    unchanged_latents,
+)
 from .vq_decode import movq_decode
 
 if TYPE_CHECKING:
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
-
-log = logging.getLogger(__name__)
 
 
 def check_decoder_for(kind: str, editing: bool) -> None:
@@ -177,7 +183,7 @@ class Kandinsky22:
         check_decoder_for(self.unet.config.kind, request.edit is not None)
         count = request.best_of or request.batch_size
         start = self.decoder_start(request)
-        if start.repaint is not None and unchanged_latents(start, 1) is not None:
+        if unchanged_latents(start, keep_mask(start, 1), 1) is not None:
             return request.edit[0].expand(count, -1, -1, -1).clone()
         store = torch.device("cpu")
         text_encoder = lambda: self.text_encoder  # noqa: E731

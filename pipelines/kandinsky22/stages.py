@@ -22,7 +22,7 @@ from ...models.movq import MoVQ
 from .. import sampling
 from ..checks import check_embeds, check_image, check_prompt, check_range
 from .embeds import ImageEmbeds, PromptEmbeds
-from .starts import DecoderStart, Edit, check_start, initial_latents, latent_size, unchanged_latents
+from .starts import DecoderStart, Edit, check_start, initial_latents, keep_mask, latent_size, unchanged_latents
 
 if TYPE_CHECKING:  # transformers takes seconds to import: ComfyUI's start-up should not pay for it
     from transformers import (
@@ -216,9 +216,10 @@ def decoder_stage(
     check_embeds(embeds.negative, unet.config.image_embed_dim, "negative image embeddings")
     check_start(start, unet.config.kind, run.schedule.start)
     rows = embeds.positive.shape[0]
-    if (picture := unchanged_latents(start, rows)) is not None:
+    keep = keep_mask(start, rows)
+    if (picture := unchanged_latents(start, keep, rows)) is not None:
         return picture
-    x, edit = initial_latents(start, rows, run.schedule, generator, unet.device, unet.dtype)
+    x, edit = initial_latents(start, keep, rows, run.schedule, generator, unet.device, unet.dtype)
     call = unet.load(decoder_rows(rows, run.guidance), *x.shape[2:])
     denoise, after_step = _decoder_denoise(call, embeds, x, run, edit)
     with torch.inference_mode():

@@ -109,8 +109,11 @@ def _check_batch(name: str, batch: int, rows: int) -> None:
         raise ValueError(f"The {name} batch ({batch}) must be 1 or match the embeddings ({rows}).")
 
 
-def keep_mask(start: DecoderStart, rows: int) -> torch.Tensor:
-    """The inpainting start's keep-mask [1|B, 1, h, w] (1 = kept) on the latent grid (masks.keep_mask)."""
+def keep_mask(start: DecoderStart, rows: int) -> torch.Tensor | None:
+    """An inpainting start's keep-mask [1|B, 1, h, w] (1 = kept) on the latent grid (masks.keep_mask); None for
+    the other starts."""
+    if start.repaint is None:
+        return None
     check_sampled_size(start.latent)
     height, width = (side * LATENT_SCALE for side in start.latent_hw)
     keep = masks.keep_mask(start.repaint, height, width, start.latent_hw)
@@ -119,10 +122,10 @@ def keep_mask(start: DecoderStart, rows: int) -> torch.Tensor:
     return keep
 
 
-def unchanged_latents(start: DecoderStart, rows: int) -> torch.Tensor | None:
-    """The picture's latents for every row when an inpainting start repaints nothing (there is nothing to sample),
-    else None."""
-    if start.repaint is None or not masks.repaints_nothing(keep_mask(start, rows)):
+def unchanged_latents(start: DecoderStart, keep: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+    """The picture's latents for every row when an inpainting start's keep-mask (keep_mask's) repaints nothing
+    (there is nothing to sample), else None."""
+    if keep is None or not masks.repaints_nothing(keep):
         return None
     log.info(
         "The mask repaints nothing: it is below 0.5 wherever the decoder samples it (every 8 px; thinner strokes "
@@ -133,6 +136,7 @@ def unchanged_latents(start: DecoderStart, rows: int) -> torch.Tensor | None:
 
 def initial_latents(
     start: DecoderStart,
+    keep: torch.Tensor | None,
     rows: int,
     schedule: sampling.DecoderSchedule,
     generator: torch.Generator,
@@ -140,10 +144,11 @@ def initial_latents(
     dtype: torch.dtype,
 ) -> tuple[torch.Tensor, Edit | None]:
     """The latent sampling starts from, on `device` in `dtype`, and the Edit the UNet reads beside it (None for
-    text-to-image and image-to-image). The noise is drawn on the CPU in float32 and rounded as diffusers' pipelines
-    round it (cast, then scaled), so a seed gives the same image on any device."""
-    if start.repaint is not None:
-        return _inpaint_start(Edit(start.latent, keep_mask(start, rows)), schedule, rows, generator, device, dtype)
+    text-to-image and image-to-image); `keep` is an inpainting start's keep_mask. The noise is drawn on the CPU in
+    float32 and rounded as diffusers' pipelines round it (cast, then scaled), so a seed gives the same image on any
+    device."""
+    if keep is not None:
+        return _inpaint_start(Edit(start.latent, keep), schedule, rows, generator, device, dtype)
     if start.latent is None:
         x = sampling.initial_noise((rows, LATENT_CHANNELS, *start.size), schedule, generator, device, dtype)
     else:

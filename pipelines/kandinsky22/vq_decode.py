@@ -70,7 +70,7 @@ def decode_in_tiles(
     tried = [plan]
 
     def retry(failed: tiling.TilePlan, smaller: tiling.TilePlan) -> None:
-        logging.warning("DalleVQDecode: out of memory with %s; retrying with %s", failed, smaller)
+        logging.warning("MoVQ decode: out of memory with %s; retrying with %s", failed, smaller)
         tried.append(smaller)
         host.free_cache()
 
@@ -85,7 +85,7 @@ def decode_in_tiles(
         (height, width), smallest = latent.shape[-2:], tried[-1]
         tile_h, tile_w = min(height, smallest.height), min(width, smallest.width)
         raise torch.OutOfMemoryError(
-            f"DalleVQDecode: out of memory decoding a {width * movq.scale}×{height * movq.scale} image even in "
+            f"MoVQ decode: out of memory decoding a {width * movq.scale}×{height * movq.scale} image even in "
             f"{tile_w * movq.scale}×{tile_h * movq.scale} pixel tiles, the smallest it tries. "
             "Free GPU memory (close other programs using it), load the decoder in fp16 or bf16 "
             "if it is fp32, or decode a smaller latent."
@@ -109,7 +109,7 @@ def movq_decode(
     plan = None if room is None or needed <= room else tile_plan(movq, height, width, needed, room)
     if plan is not None:
         logging.info(
-            "DalleVQDecode: needs %.2f GiB, %.2f free; decoding in tiles: %s", needed / 2**30, room / 2**30, plan
+            "MoVQ decode: needs %.2f GiB, %.2f free; decoding in tiles: %s", needed / 2**30, room / 2**30, plan
         )
     images = []
     with torch.inference_mode():
@@ -121,7 +121,7 @@ def movq_decode(
                 if plan is None:  # the whole decode ran out of memory
                     host.free_cache()
                     plan = tile_plan(movq, height, width, needed, activation_room(host, param.device))
-                    logging.warning("DalleVQDecode: out of memory decoding whole; decoding in tiles: %s", plan)
+                    logging.warning("MoVQ decode: out of memory decoding whole; decoding in tiles: %s", plan)
                 pixels, plan = decode_in_tiles(movq, one, plan, host)
             images.append((pixels.float() * 0.5 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).to(out_device))
     return torch.cat(images)

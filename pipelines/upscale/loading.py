@@ -107,7 +107,7 @@ def load_upscaler(path: Path) -> ImageModelDescriptor:
         state = canonicalize_state_dict(state)
     else:
         raise CheckpointError(
-            f"'{path.name}' is not a weight file this node reads: use .safetensors (preferred) or "
+            f"'{path.name}' is not a weight file the upscaler reads: use .safetensors (preferred) or "
             f"{', '.join(PICKLE_SUFFIXES)}."
         )
     try:

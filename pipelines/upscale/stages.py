@@ -103,7 +103,7 @@ def forward_fn(
     if device.type == "cuda":
         descriptor.model.to(memory_format=layout)
     if compile and descriptor not in _compiled:
-        _compiled[descriptor] = Compiled(descriptor.model, "DalleGANUpscale", is_oom)
+        _compiled[descriptor] = Compiled(descriptor.model, "GAN upscale", is_oom)
 
     @torch.inference_mode()  # as inside ComfyUI; outside it (CLI, scripts) autograd would keep every activation
     def forward(tiles: torch.Tensor) -> torch.Tensor:
@@ -228,7 +228,7 @@ def upscale(
             bar.close()
 
     def retry(tiles: tiling.TilePlan, smaller: tiling.TilePlan) -> None:
-        logging.warning("DalleGANUpscale: out of memory with %s; retrying with %s", tiles, smaller)
+        logging.warning("GAN upscale: out of memory with %s; retrying with %s", tiles, smaller)
         host.free_cache()
 
     tiling.shrink_on_oom(attempt, plan(descriptor, x, settings, eager, dtype, host), host.is_out_of_memory, retry)

@@ -8,8 +8,8 @@ import torch
 import dalle_nodes
 from dalle_nodes.engine import compiled, cuda_graph
 from dalle_nodes.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, loaders, runtime, sockets
-from dalle_nodes.pipelines import kandinsky22, kandinsky22_memory
 from dalle_nodes.pipelines.kandinsky22 import loading
+from dalle_nodes.pipelines.kandinsky22 import memory as kandinsky22_memory
 from node_calls import call
 
 CONTRACT = {  # the node contract shared workflows rely on: id → (required inputs, output types)
@@ -138,7 +138,7 @@ def test_zero_image_embedding_is_computed_once_and_cached_on_disk(tiny_prior_rep
             raise AssertionError("the image encoder was loaded although its zero embedding is cached")
         return load(class_name, *args)
 
-    monkeypatch.setattr(kandinsky22, "clip_model", image_encoder_must_not_load)
+    monkeypatch.setattr(loading, "clip_model", image_encoder_must_not_load)
     loaders._loaded.clear()
     prior, _ = call("DalleLoadPrior", repo_id=str(tiny_prior_repo), dtype="fp32")
     assert torch.equal(prior.zero_image_embed(), embed)

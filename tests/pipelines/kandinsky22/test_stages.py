@@ -82,7 +82,7 @@ def test_half_precision_start_is_rounded_as_diffusers_rounds_it(dtype) -> None:
     schedule = sampling.decoder_schedule("euler_ancestral", 10)
     cpu = torch.device("cpu")
     x, edit = starts.initial_latents(
-        starts.DecoderStart((8, 8)), 2, schedule, torch.Generator().manual_seed(5), cpu, dtype
+        starts.DecoderStart((8, 8)), None, 2, schedule, torch.Generator().manual_seed(5), cpu, dtype
     )
     assert edit is None
     noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(5))
@@ -92,6 +92,6 @@ def test_half_precision_start_is_rounded_as_diffusers_rounds_it(dtype) -> None:
     latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(6))
     schedule = sampling.decoder_schedule("ddpm", 10, denoise_strength=0.5)
     start = starts.DecoderStart(latent=latent)
-    x, _ = starts.initial_latents(start, 2, schedule, torch.Generator().manual_seed(5), cpu, dtype)
+    x, _ = starts.initial_latents(start, None, 2, schedule, torch.Generator().manual_seed(5), cpu, dtype)
     expected = sampling.noise_latent(latent.to(dtype).expand(2, -1, -1, -1), schedule, torch.Generator().manual_seed(5))
     assert x.dtype == dtype and torch.equal(x, expected)

@@ -143,7 +143,7 @@ def test_tiles_shrink_after_out_of_memory(vq_vae, monkeypatch, caplog) -> None:
         pixels, plan = vq_decode.decode_in_tiles(movq, samples, tiling.TilePlan(64, 64, 2, 2), runtime.HOST)
     # 64² tiles, two at a time (only one: the latent is 40 × 24), then one at a time: too large; then 32² tiles
     assert failed == [(1, 4, 40, 24)] * 2 and plan == tiling.TilePlan(32, 32, 2, 1)
-    assert caplog.text.count("DalleVQDecode: out of memory with") == 2
+    assert caplog.text.count("MoVQ decode: out of memory with") == 2
     with torch.inference_mode():
         assert torch.equal(pixels, DECODE_TILED(movq, samples, plan))
 
@@ -156,6 +156,6 @@ def test_out_of_memory_in_the_smallest_tiles_says_what_to_do(vq_vae, monkeypatch
     assert failed == [(1, 4, 40, 40), (1, 4, 21, 21)]
     assert caplog.text.count("out of memory decoding whole") == 1
     assert str(error.value).startswith(
-        "DalleVQDecode: out of memory decoding a 320×320 image even in 168×168 pixel tiles, the smallest it tries. "
+        "MoVQ decode: out of memory decoding a 320×320 image even in 168×168 pixel tiles, the smallest it tries. "
         "Free GPU memory"
     )
