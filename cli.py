@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
     from .pipelines.rerank import Ranker
 
 MODELS = ("kandinsky22", "mega", "mini")
+NOTHING_TO_REPAINT = (
+    "note: the mask repaints nothing (no pixel of it is at least half white or half transparent; without --mask, "
+    "no pixel of the picture is at least half transparent): the picture will be written unchanged."
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -52,6 +57,33 @@ def outpaint_arg(text: str) -> int | dict[str, int]:
     return sides
 
 
+def text_arg(text: str) -> str:
+    """Text for a prompt or a setting, as Unicode. Bytes that are not UTF-8 (typed in a Latin-1 terminal, say) reach
+    Python as lone surrogates (PEP 383), which no tokenizer and no JSON reader takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        code = ord(text[error.start])
+        byte = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        raise argparse.ArgumentTypeError(
+            f"the text holds {byte} at character {error.start}, which is not UTF-8: write it in UTF-8 (is the "
+            "terminal set to another encoding?)"
+        ) from None
+    return text
+
+
+def seconds_arg(text: str) -> float:
+    """A wait in seconds: finite and above 0 (NaN, 0 or less would end the wait before it began, with the prompt
+    queued all the same)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of seconds above 0 (e.g. 600)")
+    return seconds
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = Parser(prog="python -m dalle_nodes", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -71,7 +103,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def add_generate_options(gen: argparse.ArgumentParser) -> None:
     """What every model family takes: the prompt, where the images go, seed, batch, dtype, upscaling, ranking."""
-    gen.add_argument("prompt")
+    gen.add_argument("prompt", type=text_arg)
     gen.add_argument(
         "-o", "--output", type=Path, default=Path("out.png"), help="image path, e.g. .png (batches add _1, _2 …)"
     )
@@ -97,7 +129,7 @@ def add_generate_options(gen: argparse.ArgumentParser) -> None:
 
 def add_kandinsky22_options(gen: argparse.ArgumentParser) -> None:
     k22 = gen.add_argument_group("kandinsky22")
-    k22.add_argument("--negative", default=None, help="negative prompt")
+    k22.add_argument("--negative", type=text_arg, default=None, help="negative prompt")
     k22.add_argument("--steps", type=int, default=50, help="decoder steps")
     k22.add_argument("--prior-steps", type=int, default=25)
     k22.add_argument("--guidance", type=float, default=4.0, help="decoder guidance")
@@ -144,12 +176,17 @@ def add_queue_command(commands: argparse._SubParsersAction) -> None:
     queue.add_argument("workflow", type=Path, help="a .json (UI) or .api.json (API) workflow file")
     queue.add_argument("--server", default="http://127.0.0.1:8188", help="ComfyUI's address")
     queue.add_argument(
-        "--set", action="append", default=[], metavar="NODE.INPUT=VALUE", help="NODE: id, title or type; repeatable"
+        "--set",
+        action="append",
+        type=text_arg,
+        default=[],
+        metavar="NODE.INPUT=VALUE",
+        help="NODE: id, title or type; repeatable",
     )
-    queue.add_argument("--prompt", help="the text of every DALL·E prompt (not the negative ones)")
+    queue.add_argument("--prompt", type=text_arg, help="the text of every DALL·E prompt (not the negative ones)")
     queue.add_argument("--seed", type=int, help="the seed of every DALL·E sampler")
     queue.add_argument("--out", type=Path, default=Path("."), help="folder for the images")
-    queue.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the prompt to finish")
+    queue.add_argument("--timeout", type=seconds_arg, default=3600, help="seconds to wait for the prompt to finish")
     queue.add_argument("--json", action="store_true", help="print a JSON summary instead of one path per line")
 
 
@@ -163,6 +200,8 @@ def generate(args: argparse.Namespace) -> list[Path]:
     files.check_image_outputs(paths, args.overwrite)
     kandinsky = args.model == "kandinsky22"
     request, repos = kandinsky22_request(args) if kandinsky else dalle_mini_request(args)
+    if kandinsky and request.repaints_nothing:
+        print(NOTHING_TO_REPAINT, file=sys.stderr)
     for repo in repos + ([args.clip] if args.clip else []):  # a malformed id or a missing folder fails now
         source_from_input(repo, None, None).local_folder  # noqa: B018  (checks the path or repo id)
     ranker = load_ranker(args)  # first: smaller, fails sooner

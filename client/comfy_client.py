@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import math
+import reprlib
 import time
 import urllib.error
 import urllib.parse
@@ -10,21 +13,33 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import PurePath
 
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
 QUIET_CHECK_S = 10.0  # seconds without events after which follow() asks whether the prompt still exists
+REQUEST_TIMEOUT_S = 30.0  # ComfyUI answers every request at once (POST /prompt validates the graph, it runs nothing)
+CLOSE_TIMEOUT_S = 2.0  # for the websocket's closing handshake, which ComfyUI answers at once
+MAX_ANSWER_BYTES = 64 * 2**20  # a JSON answer: /object_info with many node packs is a few MB
+MAX_IMAGE_BYTES = 2**30  # one image from /view
+MAX_EVENT_BYTES = 64 * 2**20  # one websocket message: preview images are the largest
+PROGRESS_EVENTS = {"executing", "progress", "execution_error", "execution_interrupted"}  # the events follow() reads
 
 
 class ServerError(RuntimeError):
-    """The server cannot be reached, or answered something a ComfyUI server would not."""
+    """Nothing answers at the server's address (or the address is no URL); UnexpectedAnswer: the server went wrong."""
+
+
+class UnexpectedAnswer(ServerError):
+    """The server answered what a ComfyUI server would not (an HTTP error, not JSON, the wrong shape), broke off the
+    connection, or did not answer in time."""
 
 
 class PromptRefused(RuntimeError):
     """POST /prompt answered 400: the graph did not pass ComfyUI's validation."""
 
-    def __init__(self, answer: dict):
+    def __init__(self, answer: object):
         self.answer = answer
         super().__init__(describe_refusal(answer))
 
@@ -45,73 +60,157 @@ class OutputFile:
     type: str
 
 
-def exception_name(exception_type: str | None) -> str:
+def one_line(value: object, limit: int = 300) -> str:
+    """Text from the server as it may be shown: one line without control characters (a terminal would obey escape
+    codes), at most `limit` characters; other values as a short repr."""
+    text = value if isinstance(value, str) else reprlib.repr(value)  # reprlib: bounded, even for deep nesting
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def exception_name(exception_type: object) -> str:
     """The class name in ComfyUI's `exception_type`, which is `module.QualifiedName` (bare for builtins). A custom
     node's module is named after its install folder (dots written as _x_), e.g.
     `/home/me/ComfyUI/custom_nodes/dalle-nodes.engine.hub.NotDownloaded`: only the last part means anything."""
-    return (exception_type or "").strip().rsplit(".", 1)[-1] or "error"
+    text = exception_type if isinstance(exception_type, str) else ""
+    return one_line(text.strip().rsplit(".", 1)[-1], 100) or "error"
 
 
-def describe_refusal(answer: dict) -> str:
-    """ComfyUI's 400 answer in plain words: the error, then each node's errors."""
+def _mapping(value: object) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def describe_refusal(answer: object) -> str:
+    """ComfyUI's 400 answer in plain words: the error, then each node's errors; from a server that answers in
+    another shape, what it said."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("error", {}), dict):
+        return f"HTTP 400: {one_line(answer)}"
     error = answer.get("error", {})
-    lines = [error.get("message", "the prompt was refused") + (f": {error['details']}" if error.get("details") else "")]
-    for node_id, node in answer.get("node_errors", {}).items():
-        for problem in node.get("errors", []):
-            name = problem.get("extra_info", {}).get("input_name")
-            where = f"node {node_id} ({node.get('class_type', '?')})" + (f", input '{name}'" if name else "")
-            lines.append(f"{where}: {problem.get('message', '')} {problem.get('details', '')}".rstrip())
-    return "\n".join(lines)
+    details = f": {one_line(error['details'])}" if error.get("details") else ""
+    lines = [one_line(error.get("message") or "the prompt was refused") + details]
+    for node_id, node in _mapping(answer.get("node_errors")).items():
+        node = _mapping(node)
+        problems = node.get("errors") if isinstance(node.get("errors"), list) else []
+        for problem in map(_mapping, problems):
+            name = _mapping(problem.get("extra_info")).get("input_name")
+            where = f"node {one_line(node_id)} ({one_line(node.get('class_type', '?'))})"
+            where += f", input '{one_line(name)}'" if name else ""
+            lines.append(f"{where}: {one_line(problem.get('message', ''))} {one_line(problem.get('details', ''))}")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _json_or_text(body: bytes) -> object:
+    """An error answer's JSON, or its start as text where it is none."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return body[:300].decode(errors="replace")
+
+
+def server_url(server: str) -> str:
+    """--server as the base of every request: http(s)://host[:port][/path], without a query, a fragment or
+    credentials; else a ServerError that says what is wrong."""
+    problem = _url_problem(server)
+    if problem:
+        raise ServerError(f"--server '{one_line(server, 100)}' is not a URL like http://127.0.0.1:8188 ({problem}).")
+    return server.rstrip("/")
+
+
+def _url_problem(server: str) -> str | None:
+    if not server.isprintable() or " " in server:
+        return "it holds spaces or control characters"
+    try:
+        parts = urllib.parse.urlsplit(server)
+        port = parts.port  # ValueError where it is not a number from 0 to 65535
+        if parts.hostname:
+            parts.hostname.encode("idna")  # UnicodeError (a ValueError) where it cannot be a host name
+    except ValueError as error:
+        return str(error)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "write http:// or https://, then the host"
+    if port == 0 or parts.query or parts.fragment or parts.username is not None:
+        return "give the host and port only, without ?query, #fragment or user@, and a port from 1 to 65535"
+    return None
 
 
 class ComfyClient:
-    def __init__(self, server: str, timeout: float = 30.0):
-        self.server = server.rstrip("/")
-        parts = urllib.parse.urlsplit(self.server)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ServerError(f"--server '{server}' is not a URL like http://127.0.0.1:8188.")
-        self.timeout = timeout
+    def __init__(self, server: str, timeout: float = REQUEST_TIMEOUT_S):
+        self.server = server_url(server)
+        self.timeout = timeout  # for each request, and for opening the websocket
         self.client_id = uuid.uuid4().hex
-        local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        local = urllib.parse.urlsplit(self.server).hostname in ("127.0.0.1", "localhost", "::1")
         # A proxy set for the internet must not catch this machine's own server.
         self.opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
 
-    def request(self, path: str, payload: dict | None = None) -> tuple[int, bytes]:
+    def request(self, path: str, payload: dict | None = None, limit: int | None = None) -> tuple[int, bytes]:
+        """GET `path`, or POST `payload` as JSON: the status and the body, HTTP errors included. ServerError where
+        nothing answers at the address; UnexpectedAnswer where the server breaks off, stalls, or sends more than
+        `limit` bytes (default MAX_ANSWER_BYTES)."""
+        limit = MAX_ANSWER_BYTES if limit is None else limit
         data = json.dumps(payload).encode() if payload is not None else None
         req = urllib.request.Request(self.server + path, data=data, headers={"Content-Type": "application/json"})
+        what = f"{'GET' if data is None else 'POST'} {path.partition('?')[0]}"
         try:
-            with self.opener.open(req, timeout=self.timeout) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, error.read()
-        except (urllib.error.URLError, OSError) as error:
-            reason = getattr(error, "reason", error)
-            raise ServerError(f"ComfyUI at {self.server} cannot be reached ({reason}). Is it running?") from error
+            return self._exchange(req, what, limit)
+        except urllib.error.URLError as error:  # no connection: nothing listens there, or the name does not resolve
+            raise ServerError(f"ComfyUI at {self.server} cannot be reached ({error.reason}). Is it running?") from None
+        except TimeoutError:
+            raise UnexpectedAnswer(f"{what}: {self.server} did not answer within {self.timeout:g} s.") from None
+        except (OSError, http.client.HTTPException) as error:  # the connection broke, or the answer is not HTTP
+            reason = one_line(str(error) or type(error).__name__, 100)
+            raise UnexpectedAnswer(f"{what}: {self.server} broke off, or answered not in HTTP ({reason}).") from None
 
-    def get_json(self, path: str) -> dict:
-        status, body = self.request(path)
-        if status != 200:
-            raise ServerError(f"GET {path} answered HTTP {status}: {body[:200]!r}")
+    def _exchange(self, req: urllib.request.Request, what: str, limit: int) -> tuple[int, bytes]:
+        try:
+            response = self.opener.open(req, timeout=self.timeout)
+        except urllib.error.HTTPError as error:
+            response = error  # an HTTP error is an answer too: its body says why
+        with response:
+            body = response.read(limit + 1)
+            if len(body) > limit:
+                raise UnexpectedAnswer(f"{what}: {self.server} answered over {limit // 2**20} MiB: is it ComfyUI?")
+            return response.status, body
+
+    def _json(self, body: bytes, what: str) -> object:
         try:
             return json.loads(body)
-        except json.JSONDecodeError as error:
-            raise ServerError(f"GET {path} did not answer JSON: is {self.server} a ComfyUI server?") from error
+        except (ValueError, RecursionError):  # not JSON; or numbers of thousands of digits, nesting a thousand deep
+            raise UnexpectedAnswer(
+                f"{what} answered {one_line(body[:100].decode(errors='replace'), 100)!r}, not JSON: is {self.server} "
+                "a ComfyUI server?"
+            ) from None
+
+    def get_json(self, path: str) -> dict:
+        """A GET whose answer is a JSON object, as every ComfyUI route we read answers."""
+        status, body = self.request(path)
+        if status != 200:
+            text = one_line(body[:200].decode(errors="replace"))
+            raise UnexpectedAnswer(f"GET {path} answered HTTP {status}: {text}")
+        answer = self._json(body, f"GET {path}")
+        if not isinstance(answer, dict):
+            raise UnexpectedAnswer(f"GET {path} answered {one_line(answer, 100)}, not a JSON object: is it ComfyUI?")
+        return answer
 
     def object_info(self) -> dict:
-        return self.get_json("/object_info")
+        """Every node the server knows, in the shape the conversion of UI files reads (workflow_graph.NodeSpec)."""
+        info = self.get_json("/object_info")
+        for name, node in info.items():
+            if not node_info_readable(node):
+                raise UnexpectedAnswer(f"GET /object_info describes {one_line(name, 60)} in a shape ComfyUI never has.")
+        return info
 
     def queue(self, graph: dict) -> str:
         """POST /prompt; the prompt id, or PromptRefused with ComfyUI's validation errors."""
         status, body = self.request("/prompt", {"prompt": graph, "client_id": self.client_id})
-        try:
-            answer = json.loads(body)
-        except json.JSONDecodeError as error:
-            raise ServerError(f"POST /prompt answered HTTP {status} without JSON: {body[:200]!r}") from error
         if status == 400:
-            raise PromptRefused(answer)
-        if status != 200 or "prompt_id" not in answer:
-            raise ServerError(f"POST /prompt answered HTTP {status}: {answer}")
-        return answer["prompt_id"]
+            raise PromptRefused(_json_or_text(body))
+        if status != 200:
+            raise UnexpectedAnswer(f"POST /prompt answered HTTP {status}: {one_line(_json_or_text(body))}")
+        answer = self._json(body, "POST /prompt")
+        prompt_id = answer.get("prompt_id") if isinstance(answer, dict) else None
+        if not isinstance(prompt_id, str) or not prompt_id or not prompt_id.isprintable():
+            raise UnexpectedAnswer(f"POST /prompt answered {one_line(answer, 100)}, with no prompt id: is it ComfyUI?")
+        return prompt_id
 
     def cancel(self, prompt_id: str) -> None:
         """Stop this prompt only: interrupt it if it is running, take it off the queue if it is waiting."""
@@ -124,16 +223,27 @@ class ComfyClient:
         scheme = "wss" if parts.scheme == "https" else "ws"
         url = f"{scheme}://{parts.netloc}{parts.path}/ws?clientId={self.client_id}"
         try:
-            return connect(url, open_timeout=self.timeout, max_size=None, proxy=None)
-        except (OSError, TimeoutError, InvalidHandshake) as error:
-            raise ServerError(f"ComfyUI's websocket at {url} cannot be reached ({error}).") from error
+            return connect(
+                url, open_timeout=self.timeout, close_timeout=CLOSE_TIMEOUT_S, max_size=MAX_EVENT_BYTES, proxy=None
+            )
+        except InvalidURI as error:
+            raise ServerError(f"--server '{self.server}' gives no websocket URL ({error}).") from None
+        except (TimeoutError, InvalidHandshake) as error:  # it answered, but not as ComfyUI's websocket does
+            reason = one_line(str(error), 200)
+            raise UnexpectedAnswer(f"ComfyUI's websocket at {url} did not open ({reason}): is it ComfyUI?") from None
+        except OSError as error:
+            raise ServerError(f"ComfyUI's websocket at {url} cannot be reached ({error}). Is it running?") from None
 
     def _check_alive(self, prompt_id: str) -> None:
         """Raise if the prompt has vanished: deleted from the queue by someone else, or the worker died."""
-        if prompt_id in self.get_json(f"/history/{prompt_id}"):
+        if prompt_id in self.get_json(f"/history/{urllib.parse.quote(prompt_id, safe='')}"):
             return  # finished: its closing event is on the way
         queue = self.get_json("/queue")
-        if not any(item[1] == prompt_id for key in ("queue_running", "queue_pending") for item in queue.get(key, [])):
+        items = [queue.get(key, []) for key in ("queue_running", "queue_pending")]
+        items = [item for part in items if isinstance(part, list) for item in part]
+        if not all(isinstance(item, list) and len(item) > 1 for item in items):
+            raise UnexpectedAnswer(f"GET /queue answered {one_line(queue, 100)}: not ComfyUI's queue.")
+        if not any(item[1] == prompt_id for item in items):
             raise ServerError(f"prompt {prompt_id} is no longer queued or running, and has no history: deleted?")
 
     def follow(
@@ -142,55 +252,140 @@ class ComfyClient:
         prompt_id: str,
         deadline: float,
         on_node: Callable[[str], None] = lambda node: None,
-        on_progress: Callable[[str, int, int], None] = lambda node, value, total: None,
+        on_progress: Callable[[str, float, float], None] = lambda node, value, total: None,
     ) -> None:
-        """Read events until the prompt ends; raises ExecutionFailed, Interrupted or TimeoutError (at `deadline`,
-        a time.monotonic() value). The end is `executing` with no node, which ComfyUI sends once the prompt's
-        history is written (execution_success comes before that)."""
+        """Read events until the prompt ends; raises ExecutionFailed, Interrupted, UnexpectedAnswer or TimeoutError
+        (at `deadline`, a time.monotonic() value, however many events arrive). The end is `executing` with no
+        node, which ComfyUI sends once the prompt's history is written (execution_success comes before that)."""
         while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"prompt {prompt_id} did not finish in time")
             try:
-                message = socket.recv(timeout=max(min(deadline - time.monotonic(), QUIET_CHECK_S), 0))
+                message = socket.recv(timeout=min(remaining, QUIET_CHECK_S))
             except ConnectionClosed as error:
-                raise ServerError(f"ComfyUI closed the websocket ({error}).") from error
+                raise UnexpectedAnswer(f"ComfyUI closed the websocket before the prompt ended ({error}).") from None
             except TimeoutError:
-                if time.monotonic() >= deadline:
-                    raise
-                self._check_alive(prompt_id)  # quiet for a while: is the prompt still queued, running or done?
+                if time.monotonic() < deadline:
+                    self._check_alive(prompt_id)  # quiet for a while: is the prompt still queued, running or done?
                 continue
-            if not isinstance(message, str):
-                continue  # binary: preview images
-            event = json.loads(message)
-            kind, data = event.get("type"), event.get("data", {})
-            if data.get("prompt_id") not in (None, prompt_id):
-                continue
-            if kind == "executing":
-                if data.get("node") is None:
-                    return  # the prompt has finished
-                on_node(data["node"])
-            elif kind == "progress":
-                on_progress(data.get("node"), data.get("value", 0), data.get("max", 0))
-            elif kind == "execution_error":
-                raise ExecutionFailed(
-                    f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
-                    f"{exception_name(data.get('exception_type'))}: {(data.get('exception_message') or '').strip()}"
-                )
-            elif kind == "execution_interrupted":
-                raise Interrupted(f"the prompt was interrupted at node {data.get('node_id')} ({data.get('node_type')})")
+            if isinstance(message, str):  # else binary: preview images
+                kind, data = read_event(message)
+                if data.get("prompt_id") in (None, prompt_id) and on_event(kind, data, on_node, on_progress):
+                    return
 
     def outputs(self, prompt_id: str) -> list[OutputFile]:
         """The images the prompt's output nodes saved, from its /history entry."""
-        entry = self.get_json(f"/history/{prompt_id}").get(prompt_id)
+        path = f"/history/{urllib.parse.quote(prompt_id, safe='')}"
+        entry = self.get_json(path).get(prompt_id)
         if entry is None:
             raise ServerError(f"ComfyUI has no history for prompt {prompt_id}: was it deleted meanwhile?")
-        return [
-            OutputFile(node_id, image["filename"], image.get("subfolder", ""), image.get("type", "output"))
-            for node_id, output in entry.get("outputs", {}).items()
-            for image in output.get("images", [])
-        ]
+        outputs = entry.get("outputs", {}) if isinstance(entry, dict) else None
+        if not isinstance(outputs, dict):
+            raise UnexpectedAnswer(f"GET {path} answered {one_line(entry, 100)}: not a history entry with outputs.")
+        return [output_file(node_id, image) for node_id, output in outputs.items() for image in images_of(output)]
 
     def view(self, file: OutputFile) -> bytes:
         query = urllib.parse.urlencode({"filename": file.filename, "subfolder": file.subfolder, "type": file.type})
-        status, body = self.request("/view?" + query)
+        status, body = self.request("/view?" + query, limit=MAX_IMAGE_BYTES)
         if status != 200:
-            raise ServerError(f"GET /view?{query} answered HTTP {status}.")
+            raise UnexpectedAnswer(f"GET /view?{one_line(query)} answered HTTP {status}.")
         return body
+
+
+def read_event(message: str) -> tuple[object, dict]:
+    """A websocket text message, {"type": …, "data": {…}} as ComfyUI sends them. Other packs' events may carry
+    other data: those are passed on as empty."""
+    try:
+        event = json.loads(message)
+    except (ValueError, RecursionError):
+        raise UnexpectedAnswer(f"ComfyUI's websocket sent {one_line(message, 80)!r}, which is not JSON.") from None
+    kind, data = (event.get("type"), event.get("data", {})) if isinstance(event, dict) else (None, None)
+    ours = isinstance(kind, str) and kind in PROGRESS_EVENTS
+    if not isinstance(event, dict) or (ours and not isinstance(data, dict)):
+        raise UnexpectedAnswer(f"ComfyUI's websocket sent {one_line(message, 80)}, not {{type, data: {{…}}}}.")
+    return kind, data if isinstance(data, dict) else {}
+
+
+def on_event(
+    kind: object, data: dict, on_node: Callable[[str], None], on_progress: Callable[[str, float, float], None]
+) -> bool:
+    """Act on one event of our prompt: True where it is the end; ExecutionFailed or Interrupted where it failed."""
+    if kind == "executing":
+        if data.get("node") is None:
+            return True  # the prompt has finished
+        on_node(node_id(data, "node"))
+    elif kind == "progress":
+        on_progress(node_id(data, "node"), count(data, "value"), count(data, "max"))
+    elif kind == "execution_error":
+        raise ExecutionFailed(
+            f"node {one_line(data.get('node_id'), 60)} ({one_line(data.get('node_type'), 60)}) failed: "
+            f"{exception_name(data.get('exception_type'))}: {one_line(data.get('exception_message') or '', 2000)}"
+        )
+    elif kind == "execution_interrupted":
+        node = f"{one_line(data.get('node_id'), 60)} ({one_line(data.get('node_type'), 60)})"
+        raise Interrupted(f"the prompt was interrupted at node {node}")
+    return False
+
+
+def node_id(data: dict, key: str) -> str:
+    value = data.get(key, "")
+    if not isinstance(value, str):
+        raise UnexpectedAnswer(f"ComfyUI's websocket sent a node id that is not text: {one_line(reprlib.repr(value))}.")
+    return value
+
+
+def count(data: dict, key: str) -> float:
+    """A progress event's value or max: a finite number, at least 0."""
+    value = data.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value >= 0):
+        raise UnexpectedAnswer(f"ComfyUI's websocket sent progress {key} {one_line(reprlib.repr(value))}, not a count.")
+    return value
+
+
+def images_of(output: object) -> list:
+    """An output node's history: {"images": […], …} (other keys are other kinds of output)."""
+    images = output.get("images", []) if isinstance(output, dict) else None
+    if not isinstance(images, list):
+        raise UnexpectedAnswer(f'The history holds the output {one_line(output, 100)}, not {{"images": […]}}.')
+    return images
+
+
+def output_file(node: str, image: object) -> OutputFile:
+    """One image of an output node's history, checked: a file name that can be written here (printable UTF-8, not
+    . or ..), and a subfolder and type that are text."""
+    image = image if isinstance(image, dict) else {}
+    name, subfolder, kind = image.get("filename"), image.get("subfolder", ""), image.get("type", "output")
+    usable = isinstance(name, str) and name.isprintable() and PurePath(name).name not in ("", ".", "..")
+    if not (usable and _is_utf8(name) and isinstance(subfolder, str) and isinstance(kind, str)):
+        raise UnexpectedAnswer(
+            f"The history of node {one_line(node, 60)} lists {one_line(image, 100)}: not {{filename, subfolder, type}} "
+            "with a file name that can be saved."
+        )
+    return OutputFile(node, name, subfolder, kind)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a lone surrogate, from a JSON escape such as \ud800
+        return False
+    return True
+
+
+def node_info_readable(node: object) -> bool:
+    """One node of /object_info in the shape workflow_graph.specs_from_object_info reads: {"input": {"required":
+    {name: [type or choices, options?]}, "optional": …}, "input_order": {section: [names]}, "output": […]}."""
+    if not isinstance(node, dict):
+        return False
+    declared, order = node.get("input", {}), node.get("input_order", {})
+    if not (isinstance(declared, dict) and isinstance(order, dict) and isinstance(node.get("output", []), list)):
+        return False
+    sections = [declared.get(section, {}) for section in ("required", "optional")]
+    orders = [order.get(section, []) for section in ("required", "optional")]
+    if not all(isinstance(section, dict) for section in sections):
+        return False
+    entries = [entry for section in sections for entry in section.values()]
+    return all(isinstance(e, list) and e and isinstance(e[0], str | list) for e in entries) and all(
+        isinstance(names, list) and all(isinstance(name, str) for name in names) for names in orders
+    )

@@ -1,7 +1,8 @@
 """`python -m dalle_nodes queue`: a workflow file → a ComfyUI server → its images in a folder.
 
 Exit codes: 0 done; 1 the run failed (a node raised, interrupted, timed out, no images); 2 the request was bad
-(file, settings, a graph the server refused, no server); 130 stopped with Ctrl-C (the server is told to stop too).
+(file, settings, a graph the server refused, no server); 3 the server answered what ComfyUI would not, broke off or
+stalled; 130 stopped with Ctrl-C (the server is told to stop too).
 """
 
 from __future__ import annotations
@@ -14,14 +15,25 @@ import time
 from pathlib import Path
 
 from ..engine.files import write_file
-from .comfy_client import ComfyClient, ExecutionFailed, Interrupted, OutputFile, PromptRefused, ServerError
+from .comfy_client import (
+    REQUEST_TIMEOUT_S,
+    ComfyClient,
+    ExecutionFailed,
+    Interrupted,
+    OutputFile,
+    PromptRefused,
+    ServerError,
+    UnexpectedAnswer,
+    one_line,
+)
+from .workflow_file import read_workflow
 from .workflow_graph import (
     NodeSpec,
+    UnknownNodes,
     WorkflowError,
     check_has_output,
     is_ui_format,
     local_specs,
-    read_workflow,
     set_input,
     set_prompt,
     set_seed,
@@ -37,7 +49,7 @@ def api_graph(workflow: dict, client: ComfyClient, local: dict[str, NodeSpec]) -
         return workflow
     try:
         return ui_to_api(workflow, local)
-    except WorkflowError:
+    except UnknownNodes:
         return ui_to_api(workflow, specs_from_object_info(client.object_info()))
 
 
@@ -63,10 +75,10 @@ def run(graph: dict, client: ComfyClient, timeout: float) -> str:
         prompt_id = client.queue(graph)
 
         def on_node(node: str) -> None:
-            bar.set_description(titles.get(node, node))
+            bar.set_description(titles.get(node) or one_line(node, 40))
 
-        def on_progress(node: str, value: int, total: int) -> None:
-            bar.set_description(titles.get(node, node))
+        def on_progress(node: str, value: float, total: float) -> None:
+            bar.set_description(titles.get(node) or one_line(node, 40))
             bar.total, bar.n = total, value
             bar.refresh()
 
@@ -95,7 +107,7 @@ def save(files: list[OutputFile], client: ComfyClient, folder: Path) -> list[Pat
 def queue_workflow(args: argparse.Namespace, node_classes: dict[str, type]) -> int:
     """The queue command; `node_classes` are our nodes (NODE_CLASS_MAPPINGS), for converting UI files offline."""
     try:
-        client = ComfyClient(args.server)
+        client = ComfyClient(args.server, min(REQUEST_TIMEOUT_S, args.timeout))
         graph = prepare(args, client, local_specs(node_classes))
         prompt_id = run(graph, client, args.timeout)
         files = client.outputs(prompt_id)
@@ -103,11 +115,14 @@ def queue_workflow(args: argparse.Namespace, node_classes: dict[str, type]) -> i
             print("error: the prompt finished but saved no images.", file=sys.stderr)
             return 1
         paths = save(files, client, args.out)
+    except UnexpectedAnswer as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
     except (WorkflowError, ServerError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except PromptRefused as error:
-        print(f"error: ComfyUI refused the workflow:\n{error}", file=sys.stderr)
+    except PromptRefused as error:  # one line, then a line for each node's error
+        print(f"error: ComfyUI refused the workflow: {error}", file=sys.stderr)
         return 2
     except (ExecutionFailed, Interrupted) as error:
         print(f"error: {error}", file=sys.stderr)

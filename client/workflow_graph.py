@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_CONTROLS = {"fixed", "increment", "decrement", "randomize"}  # the frontend's control_after_generate choices
 MUTED, BYPASSED = 2, 4  # UI node modes: left out of the run / passed through
 FRONTEND_ONLY = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}  # never sent to the server
+MAX_DEPTH = 64  # nesting of JSON arrays and objects in a workflow: real ones nest under 10 deep
 
 
 class WorkflowError(ValueError):
     """A workflow file or a setting that cannot be used; the message says what to change."""
+
+
+class UnknownNodes(WorkflowError):
+    """A UI-format file with nodes the specs at hand do not describe: a server's /object_info may."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,11 @@ def specs_from_object_info(info: dict) -> dict[str, NodeSpec]:
         declared = node.get("input", {})
         order = node.get("input_order", {})
         inputs = {
-            section: {key: tuple(declared[section][key]) for key in order.get(section, declared.get(section, {}))}
+            section: {
+                key: tuple(declared[section][key])
+                for key in order.get(section, declared[section])
+                if key in declared[section]  # an order naming an input not declared: ComfyUI would skip it too
+            }
             for section in ("required", "optional")
             if declared.get(section)
         }
@@ -192,7 +200,7 @@ def widget_names(spec: NodeSpec) -> list[str | FrontendWidget]:
     for name, declared in spec.declared().items():
         if input_type(declared) in WIDGET_TYPES:
             names.append(name)
-            options = declared[1] if len(declared) > 1 else {}
+            options = declared[1] if len(declared) > 1 and isinstance(declared[1], dict) else {}
             if options.get("control_after_generate"):
                 names.append(SEED_CONTROL)
             if options.get("image_upload"):
@@ -213,10 +221,11 @@ def ui_to_api(ui: dict, specs: dict[str, NodeSpec]) -> dict:
     for node_id, node in nodes.items():
         if node["type"] in FRONTEND_ONLY or node.get("mode") in (MUTED, BYPASSED):
             continue
+        title = node.get("title")
         graph[str(node_id)] = {
             "inputs": _node_inputs(node, specs[node["type"]], nodes, links),
             "class_type": node["type"],
-            "_meta": {"title": node.get("title") or node["type"]},
+            "_meta": {"title": title if isinstance(title, str) and title else node["type"]},
         }
     return graph
 
@@ -228,26 +237,40 @@ def _check_convertible(ui: dict, nodes: dict[int, dict], specs: dict[str, NodeSp
     known = specs.keys() | FRONTEND_ONLY
     unknown = sorted({f"{n['type']} (node {i})" for i, n in nodes.items() if n["type"] not in known})
     if unknown:
-        raise WorkflowError(
+        raise UnknownNodes(
             f"The workflow uses nodes this command cannot convert: {', '.join(unknown)}. Give --server a running "
             "ComfyUI that has them installed, or export the workflow in API format (Workflow → Export (API))."
         )
 
 
 def _link_source(link_id: int, nodes: dict[int, dict], links: dict[int, list]) -> list | object | None:
-    """A link's origin as an API link [node id, slot], a literal (from a primitive node), or None (muted)."""
-    if link_id not in links or links[link_id][1] not in nodes:
-        raise WorkflowError(f"Link {link_id} of the workflow leads to no node: the file is damaged.")
-    _, source, slot, _, _, kind = links[link_id]
-    node = nodes[source]
-    if node["type"] == "Reroute" or node.get("mode") == BYPASSED:
-        passing = [s for s in node["inputs"] if s.get("link") is not None and s["type"] in (kind, "*")]
-        return _link_source(passing[0]["link"], nodes, links) if passing else None
+    """A link's origin as an API link [node id, slot], a literal (from a primitive node), or None (muted), followed
+    back through reroutes and bypassed nodes (a loop of them is an error)."""
+    start, seen = link_id, set()
+    while link_id not in seen:
+        seen.add(link_id)
+        if link_id not in links or links[link_id][1] not in nodes:
+            raise WorkflowError(f"Link {link_id} of the workflow leads to no node: the file is damaged.")
+        _, source, slot, _, _, kind = links[link_id]
+        node = nodes[source]
+        if node["type"] != "Reroute" and node.get("mode") != BYPASSED:
+            return _origin(node, source, slot)
+        passing = [s for s in node.get("inputs", []) if s.get("link") is not None and s.get("type") in (kind, "*")]
+        if not passing:
+            return None
+        link_id = passing[0]["link"]
+    raise WorkflowError(f"Link {start} of the workflow runs in a loop through reroutes: the file is damaged.")
+
+
+def _origin(node: dict, node_id: int, slot: int) -> list | object | None:
+    """What a node that is neither a reroute nor bypassed gives a link: a primitive's value, nothing if muted, else
+    the API link to its output slot."""
     if node["type"] == "PrimitiveNode":
-        return node["widgets_values"][0]
-    if node.get("mode") == MUTED:
-        return None
-    return [str(source), slot]
+        values = node.get("widgets_values")
+        if not isinstance(values, list) or not values:
+            raise WorkflowError(f"Primitive node {node_id} of the workflow holds no value: the file is damaged.")
+        return values[0]
+    return None if node.get("mode") == MUTED else [str(node_id), slot]
 
 
 def _widget_values(node: dict, spec: NodeSpec) -> dict:
@@ -273,26 +296,6 @@ def _node_inputs(node: dict, spec: NodeSpec, nodes: dict[int, dict], links: dict
         elif name in widget_values:
             inputs[name] = widget_values[name]
     return inputs
-
-
-def read_workflow(path: Path) -> dict:
-    """A workflow file's JSON, or a WorkflowError saying why it cannot be one."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as error:
-        raise WorkflowError(f"Workflow file '{path}' does not exist.") from error
-    except (OSError, UnicodeDecodeError) as error:
-        raise WorkflowError(f"Workflow file '{path}' cannot be read ({error}).") from error
-    try:
-        workflow = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise WorkflowError(f"'{path}' is not valid JSON (line {error.lineno}: {error.msg}).") from error
-    if not isinstance(workflow, dict) or not (
-        is_ui_format(workflow)
-        or (workflow and all(isinstance(n, dict) and "class_type" in n for n in workflow.values()))
-    ):
-        raise WorkflowError(f"'{path}' is neither a UI-format workflow nor an API-format graph.")
-    return workflow
 
 
 def check_has_output(graph: dict, specs: dict[str, NodeSpec]) -> None:
@@ -330,12 +333,33 @@ def set_input(graph: dict, assignment: str) -> None:
             f"--set '{assignment}': node {found[0]} ({graph[found[0]]['class_type']}) has no input '{input_name}'; "
             f"it has {', '.join(inputs)}."
         )
-    if isinstance(inputs[input_name], list):
+    if is_link(inputs[input_name]):
         raise WorkflowError(f"--set '{assignment}': '{input_name}' is connected to another node, not a value.")
     try:
-        inputs[input_name] = json.loads(raw)
+        value = json.loads(raw)
     except json.JSONDecodeError:
-        inputs[input_name] = raw
+        value = raw
+    except (ValueError, RecursionError):  # a number of thousands of digits, arrays nested a thousand deep
+        raise WorkflowError("--set: VALUE is JSON too large to read (thousands of digits, or nesting).") from None
+    check_depth(value, "--set's VALUE")
+    inputs[input_name] = value
+
+
+def check_depth(value: object, what: str) -> None:
+    """`value` nests at most MAX_DEPTH arrays and objects deep: deeper JSON could not be sent (json.dumps recurses)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if not isinstance(item, dict | list):
+            continue
+        if depth > MAX_DEPTH:
+            raise WorkflowError(f"{what} nests arrays or objects more than {MAX_DEPTH} deep: no workflow does.")
+        pending.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+
+
+def is_link(value: object) -> bool:
+    """An API input that is a connection: [node id, output slot]."""
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
 
 
 def set_prompt(graph: dict, text: str) -> list[str]:
@@ -343,7 +367,7 @@ def set_prompt(graph: dict, text: str) -> list[str]:
     positive = {
         node["inputs"]["positive"][0]
         for node in graph.values()
-        if node["class_type"] == "DallePriorSample" and isinstance(node["inputs"].get("positive"), list)
+        if node["class_type"] == "DallePriorSample" and is_link(node["inputs"].get("positive"))
     }
     changed = [
         node_id
@@ -365,7 +389,7 @@ def set_seed(graph: dict, seed: int) -> list[str]:
         for node_id, node in graph.items()
         if node["class_type"].startswith("Dalle")
         and "seed" in node["inputs"]
-        and not isinstance(node["inputs"]["seed"], list)  # a seed wired from another node is left alone
+        and not is_link(node["inputs"]["seed"])  # a seed wired from another node is left alone
     ]
     if not changed:
         raise WorkflowError("--seed: the workflow has no DALL·E sampler with a seed input.")

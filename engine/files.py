@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 # The suffixes PIL writes and the format each means.
 IMAGE_FORMATS = {
@@ -41,6 +43,7 @@ def check_image_outputs(paths: list[Path], overwrite: bool) -> None:
             raise OutputError(
                 f"'{path}' has no image suffix: end it in {', '.join(sorted(set(IMAGE_FORMATS)))} (e.g. .png)."
             )
+        _check_name_lengths(path)  # first: a name too long makes even exists() fail
         if path.is_dir():
             raise OutputError(f"'{path}' is a folder: give a file name in it, e.g. '{path / 'out.png'}'.")
         if path.exists() and not overwrite:
@@ -50,6 +53,47 @@ def check_image_outputs(paths: list[Path], overwrite: bool) -> None:
             raise OutputError(f"Cannot write '{path}': '{folder}' is a file, not a folder.")
         if not os.access(folder, os.W_OK | os.X_OK):
             raise OutputError(f"Cannot write '{path}': the folder '{folder}' is not writable.")
+        _check_holds_files(path, folder)
+
+
+# Room left in a file name for the "_1" … "_9999" that write_file adds beside a taken name.
+FREE_NAME_ROOM = len("_9999")
+
+
+def _check_name_lengths(path: Path) -> None:
+    """Each name still to be made (missing folders, then the file) fits the file system's limit."""
+    folder = next((p for p in (path.parent, *path.parent.parents) if os.path.isdir(p)), Path("."))
+    name_max = _path_limit(folder, "PC_NAME_MAX", 255)
+    for part in path.relative_to(folder).parts:
+        limit = name_max - (FREE_NAME_ROOM if part == path.name else 0)
+        if len(os.fsencode(part)) > limit:
+            raise OutputError(
+                f"Cannot write '{path}': the name '{part[:40]}…' is {len(os.fsencode(part))} bytes long, and this "
+                f"file system takes names up to {limit} bytes here: choose a shorter one."
+            )
+    path_max = _path_limit(folder, "PC_PATH_MAX", 4096)
+    if len(os.fsencode(path.absolute())) >= path_max:
+        raise OutputError(f"Cannot write '{path}': the path is longer than this file system takes ({path_max} bytes).")
+
+
+def _path_limit(folder: Path, name: str, default: int) -> int:
+    try:
+        return os.pathconf(folder, name)
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows), or the file system does not say
+        return default
+
+
+def _check_holds_files(path: Path, folder: Path) -> None:
+    """Create and remove an empty file in `folder`: permissions alone do not tell (root passes every check, and
+    /proc, /sys or a read-only mount refuse new files all the same)."""
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".", suffix=".probe")
+    except OSError as error:
+        raise OutputError(
+            f"Cannot write '{path}': the folder '{folder}' cannot hold new files ({error.strerror or error})."
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
 
 
 def write_file(path: Path, content: bytes, overwrite: bool) -> Path:
@@ -57,7 +101,8 @@ def write_file(path: Path, content: bytes, overwrite: bool) -> Path:
     `overwrite`; else under the first free name among `path`, `stem_1.suffix`, `stem_2.suffix` … (another run may
     have taken the name meanwhile). Missing folders are created. The path written is returned."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    # The start of the name only: a name near the file system's limit leaves no room for the temporary's additions.
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:40]}.", suffix=".partial")
     try:
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it private; an output file gets the usual mode
         # Whole bytes through Python's file object: a short write (full disk, file-size limit) raises there, where
@@ -110,6 +155,40 @@ def _umask() -> int:
 
 
 def _nearest_existing(folder: Path) -> Path:
+    """The deepest folder of `folder`'s path that exists; a symbolic link on the way that leads nowhere (or in a
+    loop) is an OutputError, as making a folder there would fail."""
     while not folder.exists() and folder != folder.parent:
+        if os.path.lexists(folder):
+            raise OutputError(f"Cannot write into '{folder}': it is a symbolic link that leads nowhere (or in a loop).")
         folder = folder.parent
     return folder
+
+
+class NotRegularFile(OSError):
+    """A path that names a FIFO, a socket or a device: reading it could block, or never end."""
+
+    def __init__(self, path: Path, kind: str):
+        super().__init__(errno.EINVAL, f"is {kind}, not a regular file", str(path))
+        self.kind = kind
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for binary reading, only if it is a regular file, and without ever waiting: a FIFO without a
+    writer would block open() forever, and /dev/zero never ends. A folder → IsADirectoryError; a FIFO, socket or
+    device → NotRegularFile; anything else as open() raises it (FileNotFoundError, PermissionError, a link loop …)."""
+    _check_regular(path, os.stat(path).st_mode)  # first: a device is never even opened
+    handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        _check_regular(path, os.fstat(handle).st_mode)  # what was opened, in case the path changed meanwhile
+        return os.fdopen(handle, "rb")
+    except BaseException:
+        os.close(handle)
+        raise
+
+
+def _check_regular(path: Path, mode: int) -> None:
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if not stat.S_ISREG(mode):
+        kinds = [(stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device")]
+        raise NotRegularFile(path, next((kind for test, kind in kinds if test(mode)), "a device"))

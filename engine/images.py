@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from . import files
 from .checkpoints import error_summary
 
 
@@ -34,29 +35,42 @@ def from_pil(images: Image.Image | list[Image.Image]) -> torch.Tensor:
 
 def open_image(path: str | Path | BinaryIO, name: str, max_side: int) -> Image.Image:
     """A user's image file (a path, or an open binary file such as an upload), decoded whole and turned upright as its
-    EXIF orientation says (as viewers show it). A missing file, a folder, a file that is not an image or is damaged,
-    or one over `max_side` px a side → ValueError in one line naming the file (`name` says which input it is). The
-    size is read from the header before any pixel is decoded, and PIL's decompression-bomb limits are errors too, so a
-    hostile file costs no memory."""
-    if isinstance(path, str | Path):
-        path = Path(path)
-        where = f"The {name} '{path}'"
-    else:
-        where = f"The {name}"
+    EXIF orientation says (as viewers show it). A missing file, a folder, a FIFO or device, a file that is not an
+    image or is damaged, or one over `max_side` px a side → ValueError in one line naming the file (`name` says which
+    input it is). The size is read from the header before any pixel is decoded, and PIL's limits (pixels, and the
+    decompressed size of PNG text and ICC profile chunks) are errors too, so a hostile file costs no memory."""
+    if not isinstance(path, str | Path):
+        return _decode(path, f"The {name}", max_side)
+    where = f"The {name} '{path}'"
+    with _open_file(Path(path), where) as file:
+        return _decode(file, where, max_side)
+
+
+def _open_file(path: Path, where: str) -> BinaryIO:
+    """The image file opened for reading (files.open_regular: never a FIFO or device), or ValueError saying why not."""
+    try:
+        return files.open_regular(path)
+    except FileNotFoundError:
+        raise ValueError(f"{where} does not exist.") from None
+    except IsADirectoryError:
+        raise ValueError(f"{where} is a folder: give an image file (e.g. a .png).") from None
+    except files.NotRegularFile as error:
+        raise ValueError(f"{where} is {error.kind}, not an image file: give a PNG, JPEG, WebP, BMP or TIFF.") from None
+    except OSError as error:  # no permission, a symbolic-link loop, a name too long, an I/O error …
+        raise ValueError(f"{where} cannot be read ({error.strerror or error}).") from None
+
+
+def _decode(file: BinaryIO, where: str, max_side: int) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(path)
-        except FileNotFoundError:
-            raise ValueError(f"{where} does not exist.") from None
-        except IsADirectoryError:
-            raise ValueError(f"{where} is a folder: give an image file (e.g. a .png).") from None
-        except PermissionError:
-            raise ValueError(f"{where} cannot be read (Permission denied).") from None
+            image = Image.open(file)
         except Image.UnidentifiedImageError:
             raise ValueError(f"{where} is not an image PIL can read: give a PNG, JPEG, WebP, BMP or TIFF.") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # past PIL's pixel limits
             raise ValueError(f"{where} is too large: {side_limit(max_side)}") from None
+        except Exception as error:  # a header PIL reads but refuses: an oversized text or ICC chunk, a bad field …
+            raise ValueError(f"{where} is damaged or incomplete ({error_summary(error)}): save it again.") from None
     with image:
         check_sides(image, where, max_side)
         try:

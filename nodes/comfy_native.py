@@ -23,7 +23,7 @@ from ..models.unet import KandinskyUNet
 from ..pipelines import checks
 from ..pipelines.kandinsky22 import memory
 from ..pipelines.kandinsky22.loading import DECODER_REPO, DECODER_SCHEDULER
-from ..pipelines.kandinsky22.starts import LATENT_CHANNELS, check_sampled_size
+from ..pipelines.kandinsky22.starts import LATENT_CHANNELS, LATENT_SCALE, MAX_SIZE
 from ..pipelines.previews import RGBFactors
 from .conditioning import EMBEDS_KEY
 
@@ -63,6 +63,7 @@ with comfyui_internals("MODEL, VAE and CLIP_VISION"):
     import comfy.clip_vision
     import comfy.conds
     import comfy.latent_formats
+    import comfy.ldm.common_dit
     import comfy.model_base
     import comfy.model_management
     import comfy.model_patcher
@@ -141,7 +142,7 @@ class Kandinsky22(comfy.model_base.BaseModel):
         if self.diffusion_model.config.kind == "controlnet":
             raise ValueError(NO_HINT)
         noise = checks.check_latent({"samples": kwargs["noise"]}, LATENT_CHANNELS, "Kandinsky 2.2 (MoVQ)", ENCODERS)
-        check_sampled_size(noise)
+        check_model_size(noise)
         out = super().extra_conds(**kwargs)
         out["image_embeds"] = comfy.conds.CONDRegular(self.image_embeds(kwargs))
         return out
@@ -168,16 +169,47 @@ class Kandinsky22(comfy.model_base.BaseModel):
             model_in = torch.cat([model_in, c_concat.to(model_in)], dim=1)
         dtype = self.get_dtype()
         timestep = sampling.timestep(t).float()
+        model_in = padded(model_in, self.size_multiple())  # the latent with its concat channels
         out = self.diffusion_model(model_in.to(dtype), timestep, kwargs["image_embeds"].to(x.device, dtype))
-        return sampling.calculate_denoised(t, out[:, :LATENT_CHANNELS].float(), x)  # ε; drop the variance half
+        eps = out[:, :LATENT_CHANNELS, : x.shape[2], : x.shape[3]]  # drop the variance half and the padding
+        return sampling.calculate_denoised(t, eps.float(), x)
+
+    def size_multiple(self) -> int:
+        """The UNet halves the latent at each level but the last: its sides must be multiples of this."""
+        return 2 ** (len(self.diffusion_model.config.block_out_channels) - 1)
 
     def memory_required(self, input_shape, cond_shapes=None) -> float:
         device = comfy.model_management.get_torch_device()
         config = self.diffusion_model.config
         rows, _, height, width = input_shape
+        multiple = self.size_multiple()
+        height, width = (-(-side // multiple) * multiple for side in (height, width))  # as padded
         return memory.unet_step_bytes(
             config, rows, height, width, self.get_dtype(), fused_attention=fused_attention_on(device)
         )
+
+
+def check_model_size(noise: torch.Tensor) -> None:
+    """Any latent size ComfyUI's own models take (padded to the UNet's multiple by `padded`), up to MAX_SIZE px a
+    side, as DALL·E Decoder Sample."""
+    height, width = noise.shape[2:]
+    if max(height, width) * LATENT_SCALE > MAX_SIZE:
+        raise ValueError(
+            f"The latent is {width}x{height}, an image of {width * LATENT_SCALE}x{height * LATENT_SCALE} px: this "
+            f"MODEL samples up to {MAX_SIZE} px a side. Make a smaller latent, and upscale the image after decoding."
+        )
+
+
+def padded(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """x [B, C, h, w] padded at the bottom and right to multiples of `multiple`, as core pads latents for its DiTs
+    (which crop the output back, as _apply_model does). Reflected, not circular as most DiTs pad: a conv UNet sees the
+    pad through its 3x3 kernels right at the crop line, and a mirror continues the picture there with noise of the
+    latent's own level, where wrapping would put the opposite edge beside it (and zeros a noise-free band the UNet
+    never saw in training). When a side is too short to mirror (half the multiple or less: 32 px or less for
+    Kandinsky's UNet), both sides repeat their edge instead (one tensor pads in one mode)."""
+    too_short = any(-side % multiple >= side for side in x.shape[2:])
+    mode = "replicate" if too_short else "reflect"
+    return comfy.ldm.common_dit.pad_to_patch_size(x, (multiple, multiple), padding_mode=mode)
 
 
 def model_patcher(unet: KandinskyUNet, rgb: RGBFactors) -> comfy.model_patcher.ModelPatcher:

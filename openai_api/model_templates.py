@@ -14,20 +14,29 @@ A description, `<model id>.model.json`:
 
 An endpoint may instead hold a list of such entries, each with its own "sizes": the first that lists the request's
 size runs (e.g. 256 px as sampled, larger sizes through an upscaler). A workflow file is looked up beside the
-description, then among the shipped API workflows (workflows/api/).
+description, then among the shipped API workflows (workflows/api/). `"prompt": {"charset": "ascii"}` says the model
+reads English alone (requests.check_charset refuses other letters); "unicode" is the default.
+
+The files are read as the server reads them, from any thread but never waiting on one: regular files only (a FIFO or
+a device would block the reader or never end), of bounded size, each parsed once per version (path, modification
+time, size, inode) and taken from the cache after that.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import json
+import logging
+import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ApiError, bad_request
-from .requests import ENDPOINTS, ImageRequest
+from .requests import CHARSETS, ENDPOINTS, ImageRequest, check_charset
 
 SHIPPED_MODELS = Path(__file__).resolve().parent / "models"
 SHIPPED_WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows" / "api"
@@ -40,6 +49,19 @@ REQUIRED = {"generations": {"prompt"}, "edits": {"prompt", "image"}, "variations
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.json")
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _SIZE = re.compile(r"[1-9][0-9]{0,4}x[1-9][0-9]{0,4}")
+MAX_DESCRIPTION_BYTES = 1024 * 1024  # a description is a few KB
+MAX_WORKFLOW_BYTES = 8 * 1024 * 1024  # an API workflow is tens of KB; room for literal values such as embedded text
+# O_NONBLOCK: a FIFO put in a file's place between its stat and its opening still opens at once (POSIX); O_BINARY:
+# Windows would otherwise translate line ends and stop at a Ctrl-Z
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+_FILE_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a folder",
+}
+log = logging.getLogger("dalle_nodes.openai_api")
 
 
 class ModelError(ValueError):
@@ -65,15 +87,17 @@ class Model:
     endpoints: dict[str, tuple[Variant, ...]]
     source: Path
     created: int = 0
+    charset: str = "unicode"  # what its prompts may be written in (requests.CHARSETS)
 
     def variant(self, request: ImageRequest) -> Variant:
-        """The workflow for this request, or ApiError 400 naming what the model does not do."""
+        """The workflow for this request, or ApiError 400 naming what the model does not do (or cannot read)."""
         variants = self.endpoints.get(request.endpoint)
         if not variants:
             served = ", ".join(sorted(self.endpoints)) or "nothing"
             raise bad_request(
                 f"The model '{self.id}' does not serve images/{request.endpoint} (it serves {served}).", "model"
             )
+        check_charset(request, self.charset, self.id)
         for variant in variants:
             if request.size in variant.sizes:
                 return variant
@@ -123,13 +147,13 @@ def load_model(path: Path) -> Model:
         raise ModelError(
             f"{path.name}: a model id is letters, digits and _ . : - (up to 64), starting with one of the first two."
         )
-    spec = _read_json(path)
+    spec, modified = _read_json(path, MAX_DESCRIPTION_BYTES)
     if not isinstance(spec, dict):
         raise ModelError(f"{path.name}: a description is a JSON object.")
-    unknown = set(spec) - {"description", "sizes", *ENDPOINTS}
+    unknown = set(spec) - {"description", "sizes", "prompt", *ENDPOINTS}
     if unknown:
         raise ModelError(
-            f"{path.name}: unknown keys {sorted(unknown)}; a description has description, sizes, "
+            f"{path.name}: unknown keys {sorted(unknown)}; a description has description, sizes, prompt, "
             f"{', '.join(ENDPOINTS)}."
         )
     sizes = _sizes(spec.get("sizes", list(DEFAULT_SIZES)), path.name)
@@ -145,7 +169,7 @@ def load_model(path: Path) -> Model:
     description = spec.get("description", "")
     if not isinstance(description, str):
         raise ModelError(f"{path.name}: description is a string.")
-    return Model(model_id, description, sizes, endpoints, path, int(path.stat().st_mtime))
+    return Model(model_id, description, sizes, endpoints, path, modified, _charset(spec.get("prompt", {}), path.name))
 
 
 def fill(variant: Variant, values: dict[str, object]) -> dict:
@@ -176,13 +200,57 @@ def request_values(request: ImageRequest, variant: Variant, seed: int, upload: s
     return values
 
 
-def _read_json(path: Path) -> object:
+def _charset(value: object, where: str) -> str:
+    if not (isinstance(value, dict) and set(value) <= {"charset"} and value.get("charset", "unicode") in CHARSETS):
+        raise ModelError(f'{where}: prompt is {{"charset": "unicode"}} (the default) or {{"charset": "ascii"}}.')
+    return value.get("charset", "unicode")
+
+
+def _read_json(path: Path, limit: int) -> tuple[object, int]:
+    """The file's JSON (a copy of the cached one: callers may change it) and its modification time in seconds."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        info = os.stat(path)
     except OSError as error:
         raise ModelError(f"{path.name}: cannot be read ({error.strerror or type(error).__name__}).") from None
+    version = (info.st_mode, info.st_mtime_ns, info.st_size, info.st_ino)
+    try:
+        parsed, problem = _parsed(str(path), version, limit)
+    except OSError as error:  # not cached: a full file table or a permission put right is not the file's fault
+        raise ModelError(f"{path.name}: cannot be read ({error.strerror or type(error).__name__}).") from None
+    if problem:
+        raise ModelError(problem)
+    return copy.deepcopy(parsed), int(info.st_mtime)
+
+
+@functools.lru_cache(maxsize=128)
+def _parsed(path: str, version: tuple[int, int, int, int], limit: int) -> tuple[object, str]:
+    """(JSON, "") or (None, the problem) of one version of a file; a file that is not a regular one, or is over
+    `limit` bytes, is never read (and the warning is logged once per version)."""
+    name = os.path.basename(path)
+    mode, _, size, _ = version
+    try:
+        if not stat.S_ISREG(mode):
+            raise ModelError(f"{name}: {_FILE_KINDS.get(stat.S_IFMT(mode), 'not a file')}, not a regular file")
+        if size > limit:
+            raise ModelError(f"{name}: {size} bytes, over the {limit // 1024} KB such a file may have")
+        return json.loads(_read_regular(path, limit).decode("utf-8")), ""
+    except ModelError as error:
+        log.warning("dalle-nodes: %s: skipped, not read (%s). Put a regular JSON file there instead.", error, path)
+        return None, f"{error}: skipped, not read. Put a regular JSON file there instead."
     except (ValueError, RecursionError) as error:  # bad UTF-8 or JSON, too deep, a number too long for Python
-        raise ModelError(f"{path.name}: not valid JSON ({str(error)[:200]}).") from None
+        return None, f"{name}: not valid JSON ({str(error)[:200]})."
+
+
+def _read_regular(path: str, limit: int) -> bytes:
+    """A regular file's bytes, opened without blocking (were it swapped for a FIFO since its stat) and checked again
+    once open."""
+    with open(path, "rb", opener=lambda name, flags: os.open(name, _READ_FLAGS)) as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise ModelError(f"{os.path.basename(path)}: not a regular file")
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise ModelError(f"{os.path.basename(path)}: over the {limit // 1024} KB such a file may have")
+    return data
 
 
 def _sizes(value: object, where: str) -> tuple[str, ...]:
@@ -238,8 +306,8 @@ def _workflow(name: object, folder: Path, where: str) -> dict:
     if not isinstance(name, str) or not _FILE_NAME.fullmatch(name) or ".." in name:
         raise ModelError(f'{where}: workflow is a file name such as "my_graph.api.json" (no folders).')
     for candidate in (folder / name, SHIPPED_WORKFLOWS / name):
-        if candidate.is_file():
-            graph = _read_json(candidate)
+        if os.path.lexists(candidate):
+            graph = _read_json(candidate, MAX_WORKFLOW_BYTES)[0]
             break
     else:
         raise ModelError(f"{where}: the workflow {name} is neither beside the description nor shipped.")

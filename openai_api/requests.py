@@ -2,7 +2,8 @@
 
 Generations arrive as JSON, edits and variations as multipart forms (every field a string there); both go through
 `parse`. Two fields go beyond OpenAI's: `seed` (reproducible images) and `negative_prompt`. The picture files of a
-form are checked in uploads.py; the size the model supports in model_templates.py.
+form are checked in uploads.py; the size the model supports in model_templates.py, which also applies the model's
+charset (check_charset) to its prompts.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from emoji import replace_emoji
 
 from .errors import bad_request
 
@@ -38,6 +41,10 @@ NEUTRAL = {
     "partial_images": ({0, "0"}, "0"),
 }
 _SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
+# What a model's prompts may be written in (its description's "prompt": {"charset": …}): any text, or English alone
+# for a model whose tokenizer drops every character outside ASCII but emoji, which it spells out (DALL·E Mini's)
+CHARSETS = ("unicode", "ascii")
+SHOWN_CHARACTERS = 5
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,7 @@ def parse(endpoint: str, fields: Mapping[str, object], from_form: bool) -> Image
     for name in fields:
         if name not in known:
             raise bad_request(f"Unrecognized request argument supplied: {name}", name)
+    _check_encodable(fields)
     for name, (values, hint) in NEUTRAL.items():
         value = fields.get(name)
         if value is not None and (isinstance(value, (dict, list)) or value not in values):
@@ -84,6 +92,54 @@ def parse(endpoint: str, fields: Mapping[str, object], from_form: bool) -> Image
         negative_prompt=_text(fields, "negative_prompt", required=False) if needs_prompt else None,
         seed=_integer(fields, "seed", None, (0, MAX_SEED), from_form),
     )
+
+
+def check_charset(request: ImageRequest, charset: str, model_id: str) -> None:
+    """For a model that reads English alone (charset "ascii"): a prompt with letters or digits outside ASCII, which it
+    would drop without a word, or with nothing it reads → ApiError 400 naming the field."""
+    if charset != "ascii":
+        return
+    for name in ("prompt", "negative_prompt"):
+        text = getattr(request, name)
+        if text is None:
+            continue
+        words = replace_emoji(text, replace=" ")  # emoji are read: spelled out by name
+        # the tokenizer lower-cases before it drops what is not ASCII: "İ" is read as "i"
+        foreign = list(dict.fromkeys(c for c in words if any(x.isalnum() and not x.isascii() for x in c.lower())))
+        if foreign:
+            shown = ", ".join(repr(c) for c in foreign[:SHOWN_CHARACTERS]) + (
+                ", …" if foreign[SHOWN_CHARACTERS:] else ""
+            )
+            raise bad_request(
+                f"{name} has letters the model '{model_id}' cannot read ({shown}): it reads English in ASCII letters "
+                "and digits and drops any other letter. Write it in English, without accents.",
+                name,
+                "unreadable_text",
+            )
+        if words == text and not any(c.isascii() and not c.isspace() for c in text):  # no emoji, no ASCII
+            raise bad_request(
+                f"{name} has nothing the model '{model_id}' can read: it reads ASCII letters, digits and punctuation, "
+                "and emoji. Write it in English.",
+                name,
+                "unreadable_text",
+            )
+
+
+def _check_encodable(fields: Mapping[str, object]) -> None:
+    """JSON can spell half a UTF-16 pair ("\\ud800"), which is no character and cannot be written as UTF-8 (to the
+    workflow, the history, the log): refused here, naming the field."""
+    for name, value in fields.items():
+        if not isinstance(value, str):
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise bad_request(
+                f"{name} holds a lone surrogate ({value[error.start]!r} at character {error.start}), half of a UTF-16 "
+                "pair and no character: send valid Unicode (a character beyond U+FFFF as its whole pair, e.g. "
+                "\\ud83e\\udd8a, or as itself).",
+                name,
+            ) from None
 
 
 def _model(value: object) -> str:

@@ -135,24 +135,25 @@ def _endpoint(endpoint: str) -> Callable:
     return _guarded(handler)
 
 
-def catalogue() -> model_templates.Catalogue:
-    """The shipped models, then the user's (read anew for each request: a dropped-in file needs no restart)."""
+async def catalogue() -> model_templates.Catalogue:
+    """The shipped models, then the user's, looked at anew for each request (a dropped-in or changed file needs no
+    restart; each version of a file is read once), in a worker thread: a slow disk never holds up the server."""
     user = comfy_server.user_folder() / USER_MODELS
-    return model_templates.load_catalogue([model_templates.SHIPPED_MODELS, user])
+    return await asyncio.to_thread(model_templates.load_catalogue, [model_templates.SHIPPED_MODELS, user])
 
 
 async def list_models(request: web.Request) -> web.Response:
-    models = catalogue().models.values()
+    models = (await catalogue()).models.values()
     return web.json_response({"object": "list", "data": [answers.model_entry(model) for model in models]})
 
 
 async def get_model(request: web.Request) -> web.Response:
-    return web.json_response(answers.model_entry(catalogue().get(request.match_info["model"])))
+    return web.json_response(answers.model_entry((await catalogue()).get(request.match_info["model"])))
 
 
 async def health(request: web.Request) -> web.Response:
     """Readiness for a load balancer: 200 when models load (and the queue's lengths), 503 when none does."""
-    models = catalogue()
+    models = await catalogue()
     running, pending = comfy_server.queue_lengths()
     body = {
         "status": "ok" if models.models else "no models",
@@ -172,12 +173,14 @@ async def images(request: web.Request, endpoint: str) -> web.Response:
     else:
         fields, files = await bodies.read_form(request, endpoint)
     image_request = parse(endpoint, fields, from_form=endpoint != "generations")
-    variant = catalogue().get(image_request.model).variant(image_request)
+    variant = (await catalogue()).get(image_request.model).variant(image_request)
     model_templates.check_fits(image_request, variant)
     url = image_request.response_format == "url"
     link = answers.view_link(request, _state.public_url) if url else None  # a bad Host: refused now
     async with _state.decoding:  # a few at a time: a 4096 px picture takes about 250 MB to decode
-        picture = await asyncio.to_thread(_picture, endpoint, files)  # off the event loop: it takes a second or two
+        picture = await asyncio.to_thread(
+            _picture, endpoint, files, image_request.width
+        )  # off the event loop: it takes a second or two
     _check_room()
     seed = image_request.seed if image_request.seed is not None else secrets.randbits(63)
     slot = uuid.uuid4().hex  # held from here until the job has left the queue
@@ -229,7 +232,7 @@ def _unguessable(graph: dict) -> dict:
     return graph
 
 
-def _picture(endpoint: str, files: dict[str, bytes]) -> bytes | None:
+def _picture(endpoint: str, files: dict[str, bytes], side: int) -> bytes | None:
     if endpoint == "generations":
         return None
     if "image" not in files:
@@ -237,7 +240,7 @@ def _picture(endpoint: str, files: dict[str, bytes]) -> bytes | None:
             "Missing required parameter: 'image' (a square PNG file).", "image", "missing_required_parameter"
         )
     if endpoint == "edits":
-        return uploads.edit_picture(files["image"], files.get("mask"))
+        return uploads.edit_picture(files["image"], files.get("mask"), side)
     return uploads.variation_picture(files["image"])
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from ..engine.images import WIDE_GREY, eight_bit, open_image
@@ -42,8 +44,10 @@ def read_png(data: bytes, param: str) -> Image.Image:
     return image
 
 
-def edit_picture(image_data: bytes, mask_data: bytes | None) -> bytes:
-    """An edit's picture and optional mask → one RGBA PNG whose transparent pixels are the ones to repaint."""
+def edit_picture(image_data: bytes, mask_data: bytes | None, side: int | None = None) -> bytes:
+    """An edit's picture and optional mask → one RGBA PNG whose transparent pixels are the ones to repaint, for an
+    answer of `side` px (default: the picture's own): the workflow scales the picture to it, so strokes its resize
+    would lose are kept (_kept_strokes)."""
     image = read_png(image_data, "image")
     if mask_data is None:
         param, alpha = "image", _alpha(image)
@@ -71,14 +75,58 @@ def edit_picture(image_data: bytes, mask_data: bytes | None) -> bytes:
                 "mask",
                 "invalid_image_format",
             )
-    if alpha.getextrema()[0] >= REPAINT_BELOW:
+    _check_repaints(alpha, param)
+    picture = eight_bit(image).convert("RGB")
+    picture.putalpha(_kept_strokes(alpha, side or image.width))
+    return _png(picture)
+
+
+def _kept_strokes(alpha: Image.Image, side: int) -> Image.Image:
+    """The alpha with every stroke that the edit workflow's resize to `side` px would lose made to survive it.
+
+    The shipped workflow scales the upload with Upscale Image (bilinear, without antialiasing): shrunk, it reads two
+    source pixels per answer pixel, so a 1 px stroke between them vanishes; enlarged, a faint pixel (alpha just below
+    128) is diluted by its opaque neighbours. Either way the edit would silently change nothing there. Where marked
+    pixels leave no repainted answer pixel near them, the pixels that answer pixel reads are made transparent (its
+    marked ones, else all of them). Masks whose strokes survive come back unchanged."""
+    if side == alpha.width:
+        return alpha
+    values = np.asarray(alpha)
+    repaint = torch.from_numpy(values < REPAINT_BELOW)[None, None].float()
+    read = F.interpolate(1 - torch.from_numpy(values / 255.0)[None, None], (side, side), mode="bilinear")
+    repainted_near = F.max_pool2d((read >= 0.5).float(), 3, stride=1, padding=1) > 0
+    lost = ((F.adaptive_max_pool2d(repaint, (side, side)) > 0) & ~repainted_near)[0, 0]
+    if not bool(lost.any()):
+        return alpha
+    rows, columns = (_read_pixels(index.numpy(), alpha.width / side, alpha.width) for index in lost.nonzero().T)
+    corners = [(row, column) for row in rows for column in columns]
+    marked = values < REPAINT_BELOW
+    any_marked = np.logical_or.reduce([marked[row, column] for row, column in corners])
+    kept = values.copy()
+    for row, column in corners:
+        take = marked[row, column] | ~any_marked
+        kept[row[take], column[take]] = 0
+    return Image.fromarray(kept)
+
+
+def _read_pixels(index: np.ndarray, scale: float, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The two source pixels that answer pixel `index` interpolates between (torch's align_corners=False)."""
+    source = np.maximum((index + 0.5) * scale - 0.5, 0)
+    low = np.minimum(np.floor(source).astype(np.int64), size - 1)
+    return low, np.minimum(low + 1, size - 1)
+
+
+def _check_repaints(alpha: Image.Image, param: str) -> None:
+    """Some pixel is transparent enough to repaint: the pipeline binarises Load Image's MASK (1 − alpha) at 0.5, so an
+    alpha of 128 or more everywhere repaints nothing and the edit would silently return the picture."""
+    lowest = alpha.getextrema()[0]
+    if lowest >= REPAINT_BELOW:
+        most = "it is opaque everywhere" if lowest == 255 else f"its most transparent pixel has alpha {lowest}"
         raise bad_request(
-            f"{param} has no transparent pixels, so there is nothing to edit: make the part to change transparent.",
+            f"{param} has no transparent pixels to repaint (alpha below {REPAINT_BELOW} of 255, at least half "
+            f"transparent; {most}), so there is nothing to edit: make the part to change transparent.",
             param,
         )
-    picture = eight_bit(image).convert("RGB")
-    picture.putalpha(alpha)
-    return _png(picture)
 
 
 def variation_picture(image_data: bytes) -> bytes:

@@ -9,16 +9,83 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable
+from pathlib import PurePath
 
 import torch
 
 MAX_SEED = 2**64 - 1  # torch's CPU generator takes seeds up to this
+ACCELERATORS = ("cuda", "mps", "xpu")  # torch modules with is_available() and device_count()
+REPO_OR_FOLDER = "a Hub repo id or a local folder"
+DTYPE_CHOICES = "auto, fp32, fp16 or bf16"
 
 
 def check_range(name: str, value: float, low: float, high: float) -> None:
     """`value` lies in [low, high] and is a finite number."""
-    if not (_is_number(value) and math.isfinite(value) and low <= value <= high):
+    if not _is_number(value):
+        raise TypeError(f"{name} must be a number between {low} and {high}; got {described(value)}.")
+    if not (math.isfinite(value) and low <= value <= high):
         raise ValueError(f"{name} must be between {low} and {high} (got {value}).")
+
+
+def whole_number(name: str, value: object) -> int:
+    """An integer argument (Python's or numpy's, not a bool or a float) as a Python int, which torch's generators and
+    range() need; its range is checked where it is used."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a whole number (an int); got {described(value)}.")
+    return int(value)
+
+
+def whole_numbers(settings: object, names: Iterable[str]) -> None:
+    """The named fields of a (frozen) dataclass that are not None checked whole_number and stored as Python ints; None
+    is left to the range checks, which refuse it where a number is needed."""
+    for name in names:
+        value = getattr(settings, name)
+        if value is not None:
+            object.__setattr__(settings, name, whole_number(name, value))  # as a frozen dataclass sets its own fields
+
+
+def check_text(name: str, value: object, what: str) -> None:
+    """A str argument; `what` says what it holds ("a Hub repo id or a local folder")."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be {what} (a str); got {described(value)}.")
+
+
+def path_text(name: str, value: object, what: str) -> str:
+    """A str argument that may name a file or folder, also given as a Path: the str the loaders read."""
+    if isinstance(value, PurePath):
+        return str(value)
+    check_text(name, value, what)
+    return value
+
+
+def check_flag(name: str, value: object) -> None:
+    """A switch: True or False, not a value that merely looks true ("no" would switch it on)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False; got {described(value)}.")
+
+
+def check_device(device: object) -> torch.device:
+    """A device this machine can run models on: cpu, or an accelerator torch sees (cuda, cuda:1, mps, xpu)."""
+    if not isinstance(device, str | torch.device):
+        raise TypeError(
+            f"device must be a str such as 'cuda', 'cuda:1' or 'cpu', or a torch.device; got {described(device)}."
+        )
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device '{device}' is not a device name torch knows: use cpu, cuda, cuda:1, mps …") from None
+    if device.type == "cpu":
+        return device
+    backend = getattr(torch, device.type) if device.type in ACCELERATORS else None
+    if backend is None:
+        raise ValueError(f"device '{device}' cannot run models: use cpu or one of {', '.join(ACCELERATORS)}.")
+    count = backend.device_count() if backend.is_available() else 0
+    if (device.index or 0) >= count:
+        raise ValueError(
+            f"device '{device}' is not on this machine: torch sees {count} {device.type} device(s). Use cpu, or leave "
+            "device out for the best one there is."
+        )
+    return device
 
 
 def check_choice(name: str, value: str, choices: Iterable[str]) -> None:
@@ -30,8 +97,18 @@ def check_choice(name: str, value: str, choices: Iterable[str]) -> None:
 def check_prompt(text: str, wanted: str = "what the image should show", name: str = "prompt", hint: str = "") -> None:
     """A prompt with something in it; what it should say (`wanted`) and a `hint` for the caller's case complete the
     message."""
+    if not isinstance(text, str):
+        raise TypeError(f"The {name} must be text (a str); got {described(text)}.")
     if not text.strip():
         raise ValueError(f"The {name} is empty: write {wanted}.{hint}")
+    try:
+        text.encode()
+    except UnicodeEncodeError as error:  # a lone surrogate: tokenizers refuse it with an unrelated TypeError
+        raise ValueError(
+            f"The {name} holds {text[error.start]!r} at character {error.start}, half of a UTF-16 pair and not text "
+            "(bytes decoded with errors='surrogateescape', or JSON's \\ud800 escapes): remove it, or decode the "
+            "text as UTF-8."
+        ) from None
 
 
 def _is_number(value: object) -> bool:
@@ -131,6 +208,16 @@ def _check_finite(tensor: torch.Tensor, name: str) -> None:
         return
     if not torch.isfinite(tensor).all():
         raise ValueError(f"The {name} contains NaN or infinite values: the node that made it failed; check its inputs.")
+
+
+def described(value: object) -> str:
+    """What a caller passed, as an error shows it: the value and its type ("'2' (type str)", "1.5 (type float)"), or
+    a tensor's shape."""
+    if isinstance(value, torch.Tensor) and value.ndim:
+        return _shape(value)
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    return f"{shown} (type {type(value).__name__})"
 
 
 def _shape(value: object) -> str:

@@ -42,7 +42,7 @@ def prepare(
     pixels, repaint = from_pil(eight_bit(picture).convert("RGB")), transparent(picture)
     height, width = pixels.shape[1:3]
     if mask is not None:  # it decides alone: the picture's transparency, if any, is ignored
-        repaint = masks.fit(mask_pixels(open_picture(mask, "mask", max_side))[None], height, width, "mask")[0]
+        repaint = masks.fit_mask(mask_pixels(open_picture(mask, "mask", max_side))[None], height, width)[0]
     if repaint is None and sides is None:
         raise ValueError(
             "The picture has no transparent pixels, and no mask or outpaint was given: there is nothing to edit. Give "
@@ -67,6 +67,8 @@ def open_picture(picture: object, name: str, max_side: int) -> Image.Image:
     if not isinstance(picture, Image.Image):
         raise ValueError(f"The {name} must be a PIL image or an image file's path; got a {type(picture).__name__}.")
     check_sides(picture, f"The {name}", max_side)
+    if 0 in picture.size:  # PIL makes such images; numpy and the resizing refuse them with unrelated errors
+        raise ValueError(f"The {name} is {picture.width}x{picture.height} px: it has no pixels to edit.")
     return picture
 
 
@@ -104,8 +106,8 @@ def to_multiples(pixels: torch.Tensor, repaint: torch.Tensor, step: int) -> tupl
     )
     size = (new_height, new_width)
     pixels = F.interpolate(pixels.permute(0, 3, 1, 2), size, mode="bicubic", antialias=True, align_corners=False)
-    repaint = F.interpolate(repaint[:, None], size, mode="bilinear", antialias=True, align_corners=False)
-    return pixels.permute(0, 2, 3, 1).clamp(0, 1), repaint[:, 0].clamp(0, 1)
+    resized = F.interpolate(repaint[:, None], size, mode="bilinear", antialias=True, align_corners=False)
+    return pixels.permute(0, 2, 3, 1).clamp(0, 1), masks.keep_marks(repaint[:, None], resized)[:, 0].clamp(0, 1)
 
 
 def pad_for_outpaint(image: torch.Tensor, sides: tuple[int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,17 +34,52 @@ def fit(pixels: torch.Tensor, height: int, width: int, name: str) -> torch.Tenso
     return F.interpolate(pixels.float(), (height, width), mode="bilinear", antialias=True, align_corners=False)
 
 
+def fit_mask(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A MASK [B, 1, h, w] (1 = repaint) fitted to height x width as `fit` does, keeping every marked pixel: where
+    the smoothing resize drops a thin stroke below the threshold, the pixels it covers are set to the threshold, so
+    a line drawn on a larger photo still repaints."""
+    fitted = fit(mask, height, width, "mask")
+    return fitted if fitted.shape == mask.shape else keep_marks(mask, fitted)
+
+
+def keep_marks(mask: torch.Tensor, resized: torch.Tensor) -> torch.Tensor:
+    """`resized`, a smoothing resize of the MASK [B, 1, h, w], with each pixel that covers a marked pixel of `mask`
+    raised to the threshold (a resize averages a stroke thinner than its scale below it)."""
+    touched = F.adaptive_max_pool2d((mask >= REPAINT_THRESHOLD).float(), tuple(resized.shape[-2:])) > 0
+    return torch.where(touched & (resized < REPAINT_THRESHOLD), REPAINT_THRESHOLD, resized)
+
+
 def keep_mask(mask: torch.Tensor, height: int, width: int, latent_size: tuple[int, int]) -> torch.Tensor:
     """MASK (1 = repaint) for a height x width picture → the inpainting UNet's mask [B, 1, h, w]: 1 where the
     picture is kept. As the reference: binarised at 0.5, sampled (nearest) at latent size, the repainted region
-    then grown by a latent pixel so that its border is repainted too."""
+    then grown by a latent pixel so that its border is repainted too. One deliberate difference: the reference's
+    samples (every 8 px) miss a thinner stroke between them, and it returns the picture unchanged; here the latent
+    cells of marked pixels it does not repaint are added before the growth, so a mask that marks pixels repaints
+    them. A mask whose marked pixels the reference repaints gets the reference's keep-mask exactly."""
     mask = check_mask(mask)[:, None]
-    if bool(mask.max() < REPAINT_THRESHOLD):  # e.g. Load Image's 64x64 placeholder for an opaque picture
+    if marks_nothing(mask):  # e.g. Load Image's 64x64 placeholder for an opaque picture
         return mask.new_ones((mask.shape[0], 1, *latent_size))
-    keep = (fit(mask, height, width, "mask") < REPAINT_THRESHOLD).float()
-    repaint = 1 - F.interpolate(keep, latent_size, mode="nearest")
-    grown = F.conv2d(repaint, _GROW.to(repaint)[None, None], padding=1) > 0
-    return (~grown).float()
+    marked = (fit_mask(mask, height, width) >= REPAINT_THRESHOLD).float()
+    repaint = F.interpolate(marked, latent_size, mode="nearest")
+    missed = (F.adaptive_max_pool2d(marked, latent_size) > 0) & ~_grown(repaint)
+    if bool(missed.any()):
+        log.info(
+            "Thin strokes of the mask that the decoder's %d px grid misses were widened to the grid's cells they "
+            "touch, so that they are repainted.",
+            height // latent_size[0],
+        )
+        repaint = repaint.logical_or(missed).float()
+    return (~_grown(repaint)).float()
+
+
+def _grown(repaint: torch.Tensor) -> torch.Tensor:
+    """The repainted latent pixels [B, 1, h, w] (1 = repaint) grown as the reference grows them (_GROW), as bools."""
+    return F.conv2d(repaint, _GROW.to(repaint)[None, None], padding=1) > 0
+
+
+def marks_nothing(mask: torch.Tensor) -> bool:
+    """No pixel of the MASK (1 = repaint) reaches the threshold: an edit with it repaints nothing."""
+    return bool(mask.max() < REPAINT_THRESHOLD)
 
 
 def repaints_nothing(keep: torch.Tensor) -> bool:

@@ -3,6 +3,7 @@ before any model loads where it can be known then, and no file that was there be
 
 from __future__ import annotations
 
+import io
 import os
 import resource
 import signal
@@ -360,3 +361,125 @@ def test_a_text_to_image_decoder_refuses_an_edit(tiny_prior_repo, tiny_decoder_r
         f"error: Editing a picture needs the inpainting decoder: load {kandinsky22.INPAINT_REPO} (this one is "
         "text-to-image)."
     )
+
+
+def png_with_chunks(*chunks: tuple[bytes, bytes], after_pixels: bool = False) -> bytes:
+    """A 64 x 64 PNG with more chunks (kind, data), before its pixel data (read when the file is opened) or after it
+    (read with the pixels)."""
+    encoded = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(encoded, "PNG")
+    png = encoded.getvalue()
+    extra = b"".join(struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d)) for k, d in chunks)
+    at = png.rindex(b"IEND") - 4 if after_pixels else 33  # after the signature and IHDR
+    return png[:at] + extra + png[at:]
+
+
+BOMB = zlib.compress(b"a" * 50_000_000, 9)  # 50 kB that decompress to 50 MB
+MEGABYTE = zlib.compress(b"a" * 1_000_000, 9)
+PNG_BOMBS = {  # file name: (its bytes, PIL's limit it passes)
+    "ztxt.png": (png_with_chunks((b"zTXt", b"comment\0\0" + BOMB)), "MAX_TEXT_CHUNK"),
+    "itxt.png": (png_with_chunks((b"iTXt", b"comment\0\1\0\0\0" + BOMB)), "MAX_TEXT_CHUNK"),
+    "iccp.png": (png_with_chunks((b"iCCP", b"profile\0\0" + BOMB)), "MAX_TEXT_CHUNK"),
+    "late ztxt.png": (png_with_chunks((b"zTXt", b"comment\0\0" + BOMB), after_pixels=True), "MAX_TEXT_CHUNK"),
+    # 70 text chunks of 1 MB: each within PIL's limit for one chunk, together past its limit for all
+    "many texts.png": (png_with_chunks(*[(b"zTXt", b"c%d\0\0" % i + MEGABYTE) for i in range(70)]), "MAX_TEXT_MEMORY"),
+}
+
+
+@pytest.mark.parametrize("input_name", ["image", "mask"])
+@pytest.mark.parametrize("bomb", PNG_BOMBS)
+def test_png_chunk_bombs_are_refused_by_name(bomb, input_name, no_loading, tmp_path, capsys) -> None:
+    """PIL stops decompressing past its limits; the message names the file and the input it was given as."""
+    content, limit = PNG_BOMBS[bomb]
+    (tmp_path / bomb).write_bytes(content)
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "in.png")
+    picture = tmp_path / (bomb if input_name == "image" else "in.png")
+    args = ["--image", str(picture)] + (["--mask", str(tmp_path / bomb)] if input_name == "mask" else [])
+    assert run(generate(*args, output=tmp_path / "out.png")) == 2
+    error = one_line_error(capsys)
+    assert (
+        error.startswith(f"error: The {input_name} '{tmp_path / bomb}' is damaged or incomplete (") and limit in error
+    )
+
+
+def loop(folder: Path) -> Path:
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    return folder / "loop.png"
+
+
+SPECIAL_FILES = [
+    (lambda folder: Path("/dev/zero"), "is a device, not an image file: give a PNG, JPEG, WebP, BMP or TIFF."),
+    (loop, "cannot be read (Too many levels of symbolic links)."),
+]
+
+
+@pytest.mark.parametrize("input_name", ["image", "mask"])
+@pytest.mark.parametrize(("make", "message"), SPECIAL_FILES, ids=["/dev/zero", "link loop"])
+def test_devices_and_link_loops_are_no_pictures(make, message, input_name, no_loading, tmp_path, capsys) -> None:
+    path = make(tmp_path)
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "in.png")
+    args = (
+        ["--image", str(path)] if input_name == "image" else ["--image", str(tmp_path / "in.png"), "--mask", str(path)]
+    )
+    assert run(generate(*args, output=tmp_path / "out.png")) == 2
+    assert one_line_error(capsys) == f"error: The {input_name} '{path}' {message}"
+
+
+@pytest.mark.parametrize("input_name", ["image", "mask"])
+def test_fifos_are_refused_at_once(input_name, tmp_path) -> None:
+    """A FIFO without a writer: opening it to read would wait forever. Failing before any model loads, the default
+    repos need not be downloaded."""
+    os.mkfifo(tmp_path / "pipe.png")
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "in.png")
+    picture = "pipe.png" if input_name == "image" else "in.png"
+    args = ["--image", picture] + (["--mask", "pipe.png"] if input_name == "mask" else [])
+    process = cli_process(generate(*args, output=tmp_path / "out.png"), tmp_path)
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()  # where it hangs after all
+    assert stderr.decode() == (
+        f"error: The {input_name} 'pipe.png' is a FIFO (named pipe), not an image file: give a PNG, JPEG, WebP, BMP or "
+        "TIFF.\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("f" * 300 + ".png", "is 304 bytes long, and this file system takes names up to 250 bytes here"),
+        ("f" * 300 + "/fox.png", "is 300 bytes long, and this file system takes names up to 255 bytes here"),
+        ("loop/fox.png", "it is a symbolic link that leads nowhere (or in a loop)"),
+    ],
+    ids=["a name too long", "a folder name too long", "a folder that is a link loop"],
+)
+def test_outputs_the_file_system_refuses_fail_before_loading(output, message, no_loading, tmp_path, capsys) -> None:
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    assert run(generate(output=tmp_path / output)) == 2
+    assert message in one_line_error(capsys)
+
+
+def test_an_output_in_a_folder_that_holds_no_files_fails_before_loading(no_loading, capsys) -> None:
+    """/proc: root passes the permission check, but no file can be made there."""
+    assert run(generate(output=Path("/proc/fox.png"))) == 2
+    error = one_line_error(capsys)
+    assert "Cannot write '/proc/fox.png': the folder '/proc' " in error
+    assert "cannot hold new files (" in error or "is not writable" in error  # (not root)
+
+
+@pytest.mark.parametrize("flag", ["prompt", "--negative"])
+def test_text_that_is_not_utf8_fails_before_loading(flag, no_loading, tmp_path, capsys) -> None:
+    """A Latin-1 terminal's é reaches Python as a lone surrogate (PEP 383): no tokenizer takes it."""
+    args = ["generate", "a caf\udce9 fox"] if flag == "prompt" else ["generate", "a fox", "--negative", "caf\udce9"]
+    assert run([*args, "-o", str(tmp_path / "out.png")]) == 2
+    name = "prompt" if flag == "prompt" else "--negative"
+    byte = "0xe9 at character 5" if flag == "prompt" else "0xe9 at character 3"
+    assert f"error: argument {name}: the text holds byte {byte}, which is not UTF-8" in one_line_error(capsys)
+
+
+def test_a_prompt_in_another_encoding_on_the_command_line(tmp_path) -> None:
+    """The bytes as a shell passes them: $'a caf\\xe9 fox' (Latin-1), where Python reads arguments as UTF-8."""
+    process = cli_process([b"generate", b"a caf\xe9 fox", b"-o", b"out.png"], tmp_path)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 2 and b"Traceback" not in stderr
+    assert stderr.startswith(b"error: argument prompt: the text holds byte 0xe9 at character 5, which is not UTF-8")

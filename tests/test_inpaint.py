@@ -146,6 +146,37 @@ def test_load_images_placeholder_mask_repaints_nothing_at_any_size(tiny_inpaint_
     assert "repaints nothing" in caplog.text
 
 
+def thin_stroke(kind: str) -> torch.Tensor:
+    """A 3 px stroke (or dot) on a 128x128 MASK that misses every pixel the reference samples (every 8 px)."""
+    mask = torch.zeros(1, 128, 128)
+    if kind == "horizontal":
+        mask[:, 41:44, 20:100] = 1
+    elif kind == "vertical":
+        mask[:, 30:110, 83:86] = 1
+    elif kind == "diagonal":
+        y, x = torch.meshgrid(torch.arange(128), torch.arange(128), indexing="ij")
+        mask[0] = ((x - y >= 3) & (x - y <= 5) & (y > 24) & (y < 100)).float()
+    else:
+        mask[:, 58:61, 66:69] = 1
+    return mask
+
+
+@pytest.mark.parametrize("kind", ["horizontal", "vertical", "diagonal", "dot"])
+def test_a_thin_stroke_between_the_sample_points_is_repainted(inpainter, kind, caplog) -> None:
+    """The reference samples the mask every 8 px and would return the picture unchanged: the cells the stroke
+    touches are repainted (with the reference's one-latent-pixel border), the rest kept exactly."""
+    decoder, latent = inpainter
+    mask = thin_stroke(kind)
+    touched = F.max_pool2d(mask[:, None], 8).expand(1, 4, -1, -1) > 0
+    grown = F.max_pool2d(touched.float(), 3, stride=1, padding=1).bool()
+    with caplog.at_level("INFO"):
+        out = sample(decoder, latent, mask)["samples"]
+    picture_latent = latent["samples"]
+    assert (out - picture_latent).abs().amax(1)[touched[:, 0]].min() > 0.01  # every touched cell repainted
+    assert torch.equal(out[~grown], picture_latent[~grown])
+    assert "widened to the grid's cells" in caplog.text and "repaints nothing" not in caplog.text
+
+
 def test_the_latents_noise_mask_is_the_mask(inpainter) -> None:
     """VAE Encode (for Inpainting) and Set Latent Noise Mask hand the mask over inside the LATENT."""
     decoder, latent = inpainter

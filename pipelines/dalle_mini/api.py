@@ -15,7 +15,18 @@ from ...models.bart_tokenizer import BartTokenizer
 from ...models.dalle_bart import IMAGE_TOKENS, DalleBart
 from ...models.vqgan import VQGAN
 from .. import rerank
-from ..checks import MAX_SEED, check_prompt, check_range
+from ..checks import (
+    DTYPE_CHOICES,
+    MAX_SEED,
+    REPO_OR_FOLDER,
+    check_device,
+    check_prompt,
+    check_range,
+    check_text,
+    described,
+    path_text,
+    whole_numbers,
+)
 from ..rerank import Ranker
 from .loading import FETCHES, REPO, check_variant, dtypes, load_variant
 from .stages import TokenSettings, check_sampling, prompt_tokens, sample_tokens, vqgan_decode
@@ -43,8 +54,11 @@ class DalleMini:
     ) -> DalleMini:
         """A Hub repo id or a local folder with min-dalle's files; dtype: auto (on GPUs fp16 BART and fp32 VQGAN,
         fp32 on the CPU), fp32, fp16 or bf16."""
+        repo = path_text("repo", repo, REPO_OR_FOLDER)
+        check_text("variant", variant, "mega or mini")
         check_variant(variant)
-        device = torch.device(device) if device is not None else default_device()
+        check_text("dtype", dtype, DTYPE_CHOICES)
+        device = check_device(device) if device is not None else default_device()
         part_dtypes = dtypes(dtype, device, lambda d: d.type in ("cuda", "mps"))
         source = source_from_input(repo, None, default_store(), ConsoleDownload(FETCHES))
         tokenizer, bart, vqgan = load_variant(source, variant, part_dtypes)
@@ -60,6 +74,8 @@ class DalleMini:
 
     def run(self, request: Request, ranker: Ranker | None = None) -> list[Image.Image]:
         """The node chain Token Sample → VQGAN Decode (→ CLIP Rerank with best_of), as it runs for the same seed."""
+        if ranker is not None and not isinstance(ranker, Ranker):
+            raise TypeError(f"ranker must be a rerank.Ranker, or None for CLIP's; got {described(ranker)}.")
         images = self.sample(request)
         if request.best_of is None:
             return to_pil(images)
@@ -99,6 +115,7 @@ class Request:
 
     def __post_init__(self) -> None:
         check_prompt(self.prompt, "what the images should show")
+        whole_numbers(self, ("seed", "batch_size", "top_k", "best_of"))
         check_range("seed", self.seed, 0, MAX_SEED)
         check_sampling(self.batch_size, self.top_k, self.temperature, self.supercondition)
         rerank.check_best_of(self.best_of, self.batch_size)

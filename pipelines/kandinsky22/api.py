@@ -17,8 +17,20 @@ from ...engine.images import to_pil
 from ...models.movq import MoVQ
 from ...models.prior import PriorTransformer
 from ...models.unet import KandinskyUNet
-from .. import edit_pictures, rerank, sampling
-from ..checks import MAX_SEED, check_prompt, check_range
+from .. import edit_pictures, masks, rerank, sampling
+from ..checks import (
+    DTYPE_CHOICES,
+    MAX_SEED,
+    REPO_OR_FOLDER,
+    check_device,
+    check_flag,
+    check_prompt,
+    check_range,
+    check_text,
+    described,
+    path_text,
+    whole_numbers,
+)
 from ..rerank import Ranker
 from .loading import (
     DECODER_REPO,
@@ -111,7 +123,9 @@ class Kandinsky22:
     ) -> Kandinsky22:
         """Hub repo ids or local folders in the repos' layout; downloads go to $DALLE_NODES_HOME or the Hugging
         Face cache. dtype: auto (bf16 on GPUs that support it, else fp16; fp32 on the CPU), fp32, fp16 or bf16."""
-        device = torch.device(device) if device is not None else default_device()
+        prior, decoder = path_text("prior", prior, REPO_OR_FOLDER), path_text("decoder", decoder, REPO_OR_FOLDER)
+        check_text("dtype", dtype, DTYPE_CHOICES)
+        device = check_device(device) if device is not None else default_device()
         torch_dtype = resolve_dtype(dtype, device)
         store = default_store()
         prior_files = FETCHES["zero_image_embed"] + FETCHES["text_encoder"] + FETCHES["prior"]
@@ -153,11 +167,15 @@ class Kandinsky22:
         pixels: 256 (every side), {"left": 256, "right": 256}, or (left, top, right, bottom). The result has the
         picture's size with the borders (sides not multiples of 64 are resized to the nearest ones first). Needs
         the inpainting decoder (INPAINT_REPO). `settings` and `ranker` are generate's, but width and height."""
+        if image is None:  # Request would take it for text-to-image
+            raise TypeError("edit needs the picture to edit: image is a PIL image or an image file's path (got None).")
         return self.run(Request(prompt, image=image, mask=mask, outpaint=outpaint, **settings), ranker)
 
     def run(self, request: Request, ranker: Ranker | None = None) -> list[Image.Image]:
         """The node chain Text Encode → Prior Sample → Decoder Sample → VQ Decode (→ CLIP Rerank with best_of), as it
         runs for the same seed; for an edit, with VQ Encode of the picture and the mask into Decoder Sample."""
+        if ranker is not None and not isinstance(ranker, Ranker):
+            raise TypeError(f"ranker must be a rerank.Ranker, or None for the prior's own; got {described(ranker)}.")
         images = self.sample(request)
         if request.best_of is None:
             return to_pil(images)
@@ -246,6 +264,8 @@ class Request:
         check_prompt(self.prompt)
         if self.negative is not None:
             check_prompt(self.negative, "what the image should not show", "negative prompt", " Or pass None for none.")
+        whole_numbers(self, ("seed", "steps", "prior_steps", "batch_size", "best_of", "width", "height"))
+        check_flag("karras", self.karras)
         check_range("seed", self.seed, 0, MAX_SEED)
         for name in ("guidance", "prior_guidance"):
             check_range(name, getattr(self, name), 0.0, MAX_GUIDANCE)
@@ -274,6 +294,12 @@ class Request:
         if self.image is None:
             return None
         return edit_pictures.prepare(self.image, self.mask, self.outpaint, SIZE_STEP, MAX_SIZE)
+
+    @property
+    def repaints_nothing(self) -> bool:
+        """An edit whose MASK (the mask's, or the picture's transparency, with any outpaint borders) marks no pixel
+        to repaint: none at least half white, or half transparent. It gives the picture back unchanged."""
+        return self.edit is not None and masks.marks_nothing(self.edit[1])
 
     @cached_property
     def latent_size(self) -> tuple[int, int]:

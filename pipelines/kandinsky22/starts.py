@@ -128,8 +128,8 @@ def unchanged_latents(start: DecoderStart, keep: torch.Tensor | None, rows: int)
     if keep is None or not masks.repaints_nothing(keep):
         return None
     log.info(
-        "The mask repaints nothing: it is below 0.5 wherever the decoder samples it (every 8 px; thinner strokes "
-        "between those points are missed). The picture is returned unchanged."
+        "The mask repaints nothing: it is below 0.5 everywhere (no pixel is at least half white, or half "
+        "transparent). The picture is returned unchanged."
     )
     return start.latent.float().expand(rows, -1, -1, -1).clone()
 

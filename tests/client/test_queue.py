@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import socket
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,11 +17,11 @@ import pytest
 from dalle_nodes.cli import main
 from dalle_nodes.client import queue_workflow
 from dalle_nodes.client.comfy_client import ComfyClient, OutputFile, exception_name
+from dalle_nodes.client.workflow_file import read_workflow
 from dalle_nodes.client.workflow_graph import (
     WorkflowError,
     check_has_output,
     local_specs,
-    read_workflow,
     set_input,
     set_prompt,
     set_seed,
@@ -163,6 +167,21 @@ def closed_port() -> int:
         return s.getsockname()[1]  # free once closed: nothing listens there
 
 
+BAD_SERVERS = {  # --server: what the message says about it
+    "http://127.0.0.1:99999": "is not a URL like http://127.0.0.1:8188 (Port out of range 0-65535)",
+    "http://127.0.0.1:abc": "(Port could not be cast to integer value as 'abc')",
+    "http://127.0.0.1:0": "a port from 1 to 65535",
+    "http://[::1": "(Invalid IPv6 URL)",
+    "http://local host:8188": "(it holds spaces or control characters)",
+    "http://127.0.0.1:8188\n": "(it holds spaces or control characters)",
+    "http://:8188": "(write http:// or https://, then the host)",
+    "http://127.0.0.1:8188/?client=me": "without ?query, #fragment or user@",
+    "http://127.0.0.1:8188/#top": "without ?query, #fragment or user@",
+    "http://me:secret@127.0.0.1:8188": "without ?query, #fragment or user@",
+    f"http://{'a' * 64}.example:8188": "label empty or too long",
+}
+
+
 @pytest.mark.parametrize(
     ("setup", "args", "message"),
     [
@@ -172,6 +191,7 @@ def closed_port() -> int:
         ("no output", [], "no output node"),
         ("text2image", [], "cannot be reached"),
         ("text2image", ["--server", "localhost:8188"], "is not a URL like http://127.0.0.1:8188"),
+        *[("text2image", ["--server", server], message) for server, message in BAD_SERVERS.items()],
     ],
 )
 def test_queue_bad_input_is_one_line_and_exit_2(tmp_path, capsys, setup, args, message) -> None:
@@ -307,3 +327,153 @@ def test_seed_wired_from_another_node_is_left_alone() -> None:
     graph = text2image()
     graph["6"]["inputs"]["seed"] = ["99", 0]
     assert set_seed(graph, 5) == ["4"] and graph["6"]["inputs"]["seed"] == ["99", 0]
+
+
+def reroute_loop(ui: dict) -> None:
+    """Two reroutes feeding each other, one of them the decoder's image_embeds."""
+    ui["nodes"] += [
+        {"id": 20, "type": "Reroute", "mode": 0, "inputs": [{"name": "", "type": "*", "link": 30}]},
+        {"id": 21, "type": "Reroute", "mode": 0, "inputs": [{"name": "", "type": "*", "link": 31}]},
+    ]
+    ui["links"] += [[30, 21, 0, 20, 0, "*"], [31, 20, 0, 21, 0, "*"], [32, 20, 0, 6, 1, "DALLE_IMAGE_EMBEDS"]]
+    next(node for node in ui["nodes"] if node["id"] == 6)["inputs"][1]["link"] = 32
+
+
+def empty_primitive(ui: dict) -> None:
+    ui["nodes"].append({"id": 21, "type": "PrimitiveNode", "mode": 0, "widgets_values": []})
+    ui["links"].append([31, 21, 0, 6, 5, "INT"])
+    next(node for node in ui["nodes"] if node["id"] == 6)["inputs"][5]["link"] = 31
+
+
+def ui_node(key: str, value: object) -> Callable[[dict], None]:
+    return lambda ui: ui["nodes"][0].__setitem__(key, value)
+
+
+DAMAGED_UI = {
+    "node without a type": (lambda ui: ui["nodes"][0].pop("type"), "json': a node ({'id': 1, 'pos': [40, 160]"),
+    "node that is a list": (lambda ui: ui["nodes"].append([1, 2]), "a node ([1, 2]) has no id or no type"),
+    "inputs an object": (ui_node("inputs", {}), "a node 1 (DalleLoadPrior) has inputs that are not [{name, type"),
+    "input link text": (ui_node("inputs", [{"name": "x", "link": [1]}]), "has inputs that are not [{name, type, link}"),
+    "widgets_values text": (ui_node("widgets_values", "x"), "has widgets_values that are neither a list nor"),
+    "link an object": (lambda ui: ui["links"].append({"id": 40}), "the link {'id': 40} is not [id, from node, slot"),
+    "link too short": (lambda ui: ui["links"].append([40, 1]), "the link [40, 1] is not [id, from node, slot"),
+    "definitions a list": (lambda ui: ui.__setitem__("definitions", []), "definitions is not an object"),
+    "reroutes in a loop": (reroute_loop, "Link 32 of the workflow runs in a loop through reroutes"),
+    "primitive without a value": (empty_primitive, "Primitive node 21 of the workflow holds no value"),
+}
+
+
+@pytest.mark.parametrize(("damage", "message"), DAMAGED_UI.values(), ids=DAMAGED_UI.keys())
+def test_damaged_ui_files_are_one_line_and_exit_2(tmp_path, capsys, damage, message) -> None:
+    ui = ui_text2image()
+    damage(ui)
+    path = tmp_path / "workflow.json"
+    path.write_text(json.dumps(ui))
+    assert main(["queue", str(path), "--server", f"http://127.0.0.1:{closed_port()}"]) == 2
+    assert message in one_line_error(capsys)
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    return err
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def api_text(change: Callable[[dict], None]) -> str:
+    graph = text2image()
+    change(graph)
+    return json.dumps(graph)
+
+
+DAMAGED_FILES = {  # id: (the file's text, extra arguments, the message)
+    "arrays nested 100 000 deep": (nested(100_000), [], "holds JSON too large to read (huge numbers or deep"),
+    "an input nested 990 deep": (
+        api_text(lambda graph: graph["6"]["inputs"].__setitem__("steps", "NESTED")).replace('"NESTED"', nested(990)),
+        [],
+        "holds JSON too large to read",
+    ),
+    "an input nested 100 deep": (
+        api_text(lambda graph: graph["6"]["inputs"].__setitem__("steps", "NESTED")).replace('"NESTED"', nested(100)),
+        [],
+        "nests arrays or objects more than 64 deep: no workflow does.",
+    ),
+    "a number of 5000 digits": ('{"1": ' + "1" * 5000 + "}", [], "holds JSON too large to read"),
+    "not UTF-8": ('{"1": "caf\xe9"}'.encode("latin-1"), [], "is not UTF-8 text (byte 10)"),
+    "node without inputs": (api_text(lambda graph: graph["6"].pop("inputs")), [], "node 6 (DalleDecoderSample) has no"),
+    "node without inputs, --set": (
+        api_text(lambda graph: graph["6"].pop("inputs")),
+        ["--set", "6.steps=3"],
+        "inputs object",
+    ),
+    "node without inputs, --seed": (api_text(lambda graph: graph["4"].pop("inputs")), ["--seed", "3"], "has no inputs"),
+    "inputs a list": (api_text(lambda graph: graph["6"].__setitem__("inputs", [])), [], "has no inputs object"),
+    "class_type a list": (
+        api_text(lambda graph: graph["6"].__setitem__("class_type", ["x"])),
+        [],
+        "node 6 has a class_type that is not a node type's name",
+    ),
+    "_meta text": (api_text(lambda graph: graph["6"].__setitem__("_meta", "x")), [], 'has a _meta that is not {"title'),
+    "an empty positive link, --prompt": (
+        api_text(lambda graph: graph["4"]["inputs"].__setitem__("positive", [])),
+        ["--prompt", "a fox"],
+        "--prompt: the workflow has no DALL·E prompt",
+    ),
+    "--set a number of 5000 digits": (
+        api_text(lambda graph: None),
+        ["--set", "6.steps=" + "1" * 5000],
+        "--set: VALUE is JSON too large to read",
+    ),
+    "--set nested 100 000 deep": (
+        api_text(lambda graph: None),
+        ["--set", "6.steps=" + nested(100_000)],
+        "--set: VALUE is JSON too large to read",
+    ),
+    "--set nested 100 deep": (
+        api_text(lambda graph: None),
+        ["--set", "6.steps=" + nested(100)],
+        "--set's VALUE nests arrays or objects more than 64 deep",
+    ),
+    "over 32 MiB": (api_text(lambda graph: None) + " " * 32 * 2**20, [], "is over 32 MiB: that is no workflow."),
+}
+
+
+@pytest.mark.parametrize(("content", "args", "message"), DAMAGED_FILES.values(), ids=DAMAGED_FILES.keys())
+def test_damaged_files_are_one_line_and_exit_2(tmp_path, capsys, content, args, message) -> None:
+    path = tmp_path / "workflow.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert main(["queue", str(path), "--server", f"http://127.0.0.1:{closed_port()}", *args]) == 2
+    assert message in one_line_error(capsys)
+
+
+def test_folders_and_link_loops_are_no_workflow(tmp_path, capsys) -> None:
+    (tmp_path / "loop.json").symlink_to(tmp_path / "loop.json")
+    for name, message in [("loop.json", "cannot be read (Too many levels of symbolic links)."), ("", "is a folder")]:
+        assert main(["queue", str(tmp_path / name), "--server", f"http://127.0.0.1:{closed_port()}"]) == 2
+        assert f"Workflow file '{tmp_path / name}' {message}" in one_line_error(capsys)
+
+
+def fifo(folder: Path) -> Path:
+    os.mkfifo(folder / "workflow.json")  # no writer: opening it to read would wait for one forever
+    return folder / "workflow.json"
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (fifo, "is a FIFO (named pipe), not a file: save the workflow to a .json file."),
+        (
+            lambda folder: Path("/dev/zero"),
+            "is a device, not a file: save the workflow to a .json file.",
+        ),  # endless: reading it would never stop
+    ],
+    ids=["FIFO", "/dev/zero"],
+)
+def test_fifos_and_devices_are_refused_at_once(tmp_path, make, message) -> None:
+    path = make(tmp_path)
+    command = [sys.executable, "-m", "dalle_nodes", "queue", str(path), "--server", "http://127.0.0.1:1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr == f"error: Workflow file '{path}' {message}\n", result.stderr

@@ -24,6 +24,7 @@ import comfy.ops  # noqa: E402
 import comfy.sample  # noqa: E402
 import comfy.samplers  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from dalle_nodes.nodes.conditioning import image_embeds_conditioning  # noqa: E402
 from dalle_nodes.nodes.decoder import DalleDecoderSample  # noqa: E402
@@ -76,19 +77,22 @@ def probe(conds_positive, conds_negative, cfg: float, latent: torch.Tensor = x) 
     return seen
 
 
-def reference(embeds_positive, embeds_negative, cfg: float) -> list[torch.Tensor]:
-    """x − σ·ε with ε from our UNet directly (guided on ε as the reference pipeline guides)."""
-    out = []
+def reference_denoised(latent, sigma, embeds_positive, embeds_negative, cfg: float, pad: str) -> torch.Tensor:
+    """x − σ·ε with ε from our UNet directly (guided on ε as the reference pipeline guides), the UNet's input padded
+    at the bottom and right to multiples of 8 (the tiny UNet's 4 levels) in mode `pad` and its output cropped back."""
+    height, width = latent.shape[2:]
+    t = sampling.timestep(torch.as_tensor(sigma)).float()
+    model_in = F.pad(latent / (sigma**2 + 1) ** 0.5, (0, -width % 8, 0, -height % 8), mode=pad)
     with torch.inference_mode():
-        for sigma in probe_sigmas:
-            t = sampling.timestep(torch.tensor(sigma)).float()
-            model_in = x / (sigma**2 + 1) ** 0.5
-            eps = unet(model_in, t, embeds_positive)[:, :4]
-            if cfg != 1:
-                uncond = unet(model_in, t, embeds_negative)[:, :4]
-                eps = uncond + cfg * (eps - uncond)
-            out.append(x - sigma * eps)
-    return out
+        eps = unet(model_in, t, embeds_positive)[:, :4, :height, :width]
+        if cfg != 1:
+            uncond = unet(model_in, t, embeds_negative)[:, :4, :height, :width]
+            eps = uncond + cfg * (eps - uncond)
+    return latent - sigma * eps
+
+
+def reference(embeds_positive, embeds_negative, cfg: float, latent=x, pad: str = "reflect") -> list[torch.Tensor]:
+    return [reference_denoised(latent, s, embeds_positive, embeds_negative, cfg, pad) for s in probe_sigmas]
 
 
 def max_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
@@ -180,6 +184,40 @@ for sampler_name, scheduler in [("ddim", "ddim_uniform")]:
         "seconds": seconds,
     }
 
+
+# Sizes that are not multiples of 64 px: 72 x 40 (latent 9 x 5) padded to the UNet's 16 x 8 by reflection, 24 x 16
+# (latent 3 x 2, too short to mirror) by repeating the edge; and a whole KSampler run (euler) against the same padded
+# latent sampled by the UNet directly, each step cropped back. Our decoder node keeps to multiples of 64.
+def euler_reference(noise: torch.Tensor, steps: int, cfg: float) -> torch.Tensor:
+    sigmas = comfy.samplers.calculate_sigmas(sampling, "normal", steps)
+    latent = sampling.noise_scaling(sigmas[0], noise, torch.zeros_like(noise), max_denoise=True)
+    for sigma, next_sigma in zip(sigmas[:-1], sigmas[1:], strict=True):
+        denoised = reference_denoised(latent, sigma, positive, negative, cfg, "reflect")
+        latent = latent + (latent - denoised) / sigma * (next_sigma - sigma)
+    return latent
+
+
+results["odd_sizes"] = {}
+for (h, w), pad in (((5, 9), "reflect"), ((2, 3), "replicate")):
+    odd = torch.randn(1, 4, h, w)
+    odd_error = max_error(probe(pos_cond, neg_cond, 4.0, odd), reference(positive, negative, 4.0, odd, pad))
+    results["odd_sizes"][f"{w * 8}x{h * 8}"] = odd_error
+empty = torch.zeros(1, 4, 5, 9)
+noise = comfy.sample.prepare_noise(empty, seed)
+theirs = comfy.sample.sample(
+    model, noise, 6, 4.0, "euler", "normal", pos_cond, neg_cond, empty, disable_pbar=True, seed=seed
+)
+expected = euler_reference(noise, 6, 4.0)
+results["odd_size_ksampler"] = {
+    "shape": list(theirs.shape),
+    "image_shape": list(vae.decode(theirs).shape),
+    "error": float((theirs - expected).abs().max() / expected.abs().max()),
+}
+results["too_large_error"] = error_of(lambda: probe(pos_cond, neg_cond, 4.0, torch.randn(1, 4, 8, 520)))
+results["decoder_node_odd_size_error"] = error_of(
+    lambda: DalleDecoderSample().sample(decoder, ImageEmbeds(positive, negative), 72, 40, 2, 4.0, "ddim", False, 0)
+)
+
 # Inpainting through core nodes with the inpaint decoder's MODEL and VAE (kandinsky-2-2-decoder-inpaint in miniature).
 import nodes as core  # noqa: E402  ComfyUI's nodes.py: InpaintModelConditioning, VAEEncodeForInpaint
 from dalle_nodes.pipelines import masks  # noqa: E402
@@ -266,6 +304,21 @@ ours_masked, ours_keep = ours_fed(torch.zeros(1, 64, 128))
 results["inpaint_empty_mask"] = {
     "masked_latent_error": float((theirs_masked - ours_masked).abs().max()),
     "keep_equal": torch.equal(theirs_keep, ours_keep),
+}
+
+# The inpaint MODEL at 72 x 40 px: its concat channels (masked picture, keep-mask) are padded with the latent.
+odd_picture, odd_block = torch.rand(1, 40, 72, 3), torch.zeros(1, 40, 72)
+odd_block[:, 8:32, 16:48] = 1
+positive, negative, latent = core.InpaintModelConditioning().encode(
+    pos_cond, neg_cond, odd_picture, inpaint_vae, odd_block, True
+)
+sampled, _, _ = ksampler_fed(positive, negative, latent)
+kept = 1 - comfy.utils.reshape_mask(odd_block, sampled.shape)[:, :1]
+results["inpaint_odd_size"] = {
+    "shape": list(sampled.shape),
+    "unet_input_shape": list(unet_inputs[0].shape),
+    "kept_region_error": float(((sampled - latent["samples"]) * kept).abs().max()),
+    "repainted_change": float(((sampled - latent["samples"]) * (1 - kept)).abs().mean()),
 }
 
 # VAE Encode (for Inpainting) → KSampler: no concat entries, so the MODEL reads the LATENT itself (the picture encoded

@@ -86,6 +86,32 @@ def test_ksampler_ddim_uniform_is_our_ddim_up_to_the_last_step(checks) -> None:
     assert measured["latent_max_abs"] <= 0.02 * measured["latent_std"], measured
 
 
+# The padded KSampler run against the reference loop, relative to the largest latent value: the same float32 operations
+# in another order (ComfyUI batches cond and uncond in one call); measured 1.2e-6 over 6 steps, single predictions
+# 3e-6 (as for sizes that need no padding).
+PADDED_RUN_TOLERANCE = 1e-5
+
+
+def test_ksampler_takes_sizes_that_are_not_multiples_of_64(checks) -> None:
+    """72 x 40 px (latent 9 x 5, mirrored to the UNet's 16 x 8) and 24 x 16 px (latent 3 x 2, edge repeated): each
+    denoised prediction is the UNet's on the padded latent, cropped; a whole euler run gives the requested size and
+    the reference loop's latents. DALL·E Decoder Sample keeps to multiples of 64, as the reference pipeline samples."""
+    assert checks["odd_sizes"]["72x40"] <= 1e-5 and checks["odd_sizes"]["24x16"] <= 1e-5
+    run = checks["odd_size_ksampler"]
+    assert run["shape"] == [1, 4, 5, 9] and run["image_shape"] == [1, 40, 72, 3]
+    assert run["error"] <= PADDED_RUN_TOLERANCE
+    assert checks["decoder_node_odd_size_error"].startswith(
+        "ValueError: width 72 is not supported: use a multiple of 64"
+    )
+    assert checks["too_large_error"].startswith("ValueError: The latent is 520x8, an image of 4160x64 px: this MODEL")
+
+
+def test_inpaint_model_pads_its_picture_and_mask_with_the_latent(checks) -> None:
+    odd = checks["inpaint_odd_size"]
+    assert odd["shape"] == [1, 4, 5, 9] and odd["unet_input_shape"] == [2, 9, 8, 16]
+    assert odd["kept_region_error"] <= KEPT_TOLERANCE and odd["repainted_change"] > 0.1
+
+
 def test_inpaint_model_reads_kandinsky_channel_order(checks) -> None:
     """The inpaint repo's MODEL: latents (4), masked-image latents (4), keep-mask (1), from core's concat entries."""
     assert checks["inpaint_channels"] == 9

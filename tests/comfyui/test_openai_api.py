@@ -9,6 +9,7 @@ model (the text-to-image workflow with 999 decoder steps) is there to be interru
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import io
 import json
@@ -251,6 +252,66 @@ def test_edit_repaints_only_the_transparent_part(server, how: str) -> None:
     assert not list((server.base / "input" / "dalle-nodes-api").iterdir())  # the upload is gone
 
 
+def test_a_thin_transparent_stroke_is_repainted(server) -> None:
+    """3 px between the rows the reference pipeline samples the mask at (every 8 px): repainted in the 8 px cells it
+    touches, not returned unchanged with a 200."""
+    source = picture()
+    (server.base / "input" / "stroke-source.png").write_bytes(encoded(source))
+    alpha = np.full((SIDE, SIDE), 255, dtype=np.uint8)
+    alpha[101:104, 40:200] = 0  # rows 96 and 104 are sampled
+    stroked = source.convert("RGBA")
+    stroked.putalpha(Image.fromarray(alpha))
+    answer = client(server).images.edit(
+        image=("in.png", encoded(stroked)), prompt="a red fox", size=f"{SIDE}x{SIDE}", response_format="b64_json"
+    )
+    ours = pixels(png(base64.b64decode(answer.data[0].b64_json)))
+    difference = np.abs(ours - pixels(roundtrip(server, "stroke-source.png"))).mean(2)
+    cells, far = difference[96:104, 40:200].mean(), np.concatenate([difference[:72], difference[128:]]).mean()
+    print(f"vs the VQ round trip, of 255: {cells:.2f} in the stroke's cells, {far:.3f} 24 px and more away")
+    assert cells > 1.0 and cells > 5 * far, (cells, far)  # of 255; the picture given back would be the round trip
+
+
+def test_a_one_pixel_stroke_survives_the_downscale_to_the_answer(server) -> None:
+    """A 1 px transparent stroke in an upload 4 times the answer's size: the workflow's Upscale Image (bilinear, no
+    antialiasing) samples every 4th pixel and would miss it; the API widens it first, so it is repainted."""
+    source = picture()
+    (server.base / "input" / "thin-source.png").write_bytes(encoded(source))
+    big = source.resize((4 * SIDE, 4 * SIDE), Image.LANCZOS).convert("RGBA")
+    alpha = np.full((4 * SIDE, 4 * SIDE), 255, dtype=np.uint8)
+    alpha[4 * 101 + 3, 160:800] = 0  # between the rows the downscale reads (4j + 1.5)
+    big.putalpha(Image.fromarray(alpha))
+    answer = client(server).images.edit(
+        image=("in.png", encoded(big)), prompt="a red fox", size=f"{SIDE}x{SIDE}", response_format="b64_json"
+    )
+    ours = pixels(png(base64.b64decode(answer.data[0].b64_json)))
+    difference = np.abs(ours - pixels(roundtrip(server, "thin-source.png"))).mean(2)
+    cells, far = difference[96:112, 40:200].mean(), np.concatenate([difference[:72], difference[136:]]).mean()
+    print(f"vs the VQ round trip, of 255: {cells:.2f} in the stroke's cells, {far:.3f} 24 px and more away")
+    assert cells > 1.0 and cells > 5 * far, (cells, far)
+
+
+def test_an_edit_with_nothing_to_repaint_is_refused_before_it_is_queued(server) -> None:
+    """Transparent pixels that are all at least half opaque repaint nothing (the pipeline binarises at 0.5): a 400
+    naming the file, and nothing queued or written."""
+    uploads = server.base / "input" / "dalle-nodes-api"
+    before = set(uploads.iterdir()) if uploads.is_dir() else set()
+    history = set(server.get_json("/history"))
+    faint = picture().convert("RGBA")
+    faint.putalpha(200)
+    cases = [
+        ({"image": ("in.png", encoded(picture())), "mask": ("m.png", encoded(faint))}, "mask"),
+        ({"image": ("in.png", encoded(faint))}, "image"),
+    ]
+    for files, param in cases:
+        with pytest.raises(openai.BadRequestError) as raised:
+            client(server).images.edit(prompt="a red fox", size=f"{SIDE}x{SIDE}", **files)
+        body = raised.value.body
+        assert raised.value.status_code == 400 and body["param"] == param, body
+        assert "nothing to edit" in body["message"] and "most transparent pixel has alpha 200" in body["message"]
+    assert set(server.get_json("/history")) == history and not queue_items(server)
+    assert (set(uploads.iterdir()) if uploads.is_dir() else set()) == before
+
+
 @pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the client marks variations deprecated
 def test_variation_makes_n_pictures_of_the_size(server) -> None:
     answer = client(server).images.create_variation(image=("in.png", encoded(picture())), n=2, size="512x512")
@@ -448,3 +509,105 @@ def test_the_key_is_logged_once_without_the_key_itself(server) -> None:
     log = server.log.read_text(errors="replace")
     assert log.count("2 API key(s) required") == 1
     assert not any(key in log for key in KEYS)
+
+
+def log_offset(server) -> int:
+    return len(server.log.read_bytes())
+
+
+def log_since(server, offset: int) -> str:
+    return server.log.read_bytes()[offset:].decode(errors="replace")
+
+
+def test_a_fifo_among_the_user_models_blocks_nothing(server) -> None:
+    """A FIFO named like a description (nobody ever writes to it) is listed among /v1/health's problems and never
+    opened: /v1/models, /v1/health and a generation answer as before."""
+    fifo = server.base / "user" / "dalle-nodes" / "openai-models" / "fifo.model.json"
+    os.mkfifo(fifo)
+    offset = log_offset(server)
+    try:
+        api = client(server, timeout=TIMEOUT_S)
+        assert "fifo" not in {model.id for model in client(server, timeout=30).models.list().data}
+        health = json.loads(fetched_with_key(server, "/v1/health"))
+        assert health["status"] == "ok"
+        assert health["problems"]["fifo.model.json"].startswith("fifo.model.json: a FIFO, not a regular file: skipped")
+        answer = api.images.generate(prompt="a red fox", size="256x256", response_format="b64_json")
+        assert png(base64.b64decode(answer.data[0].b64_json)).size == (256, 256)
+    finally:
+        with contextlib.suppress(OSError):  # a server blocked on it gets an empty file and goes on (ENXIO: none is)
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        fifo.unlink()
+    log = log_since(server, offset)
+    assert log.count("fifo.model.json: a FIFO, not a regular file") == 1  # warned once, not once per request
+    assert "fifo.model.json" not in json.loads(fetched_with_key(server, "/v1/health"))["problems"]  # gone with it
+
+
+def form_part(name: str, content: bytes, boundary: str, headers: str = "") -> bytes:
+    return (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n{headers}\r\n'.encode() + content + b"\r\n"
+    )
+
+
+MALFORMED_FORMS = {
+    "no boundary": (lambda image: multipart(image)[0], "multipart/form-data", "names no boundary"),
+    "another boundary": (
+        lambda image: multipart(image, "other")[0],
+        "multipart/form-data; boundary=b0und4ry",
+        "no line of the body is the boundary",
+    ),
+    "no closing boundary": (
+        lambda image: multipart(image)[0].removesuffix(b"--b0und4ry--\r\n"),
+        "multipart/form-data; boundary=b0und4ry",
+        "before the closing boundary",
+    ),
+    "part headers of 64 KB": (
+        lambda image: form_part("prompt", b"a fox", "b0und4ry", f"X-Padding: {'x' * 65536}\r\n") + b"--b0und4ry--\r\n",
+        "multipart/form-data; boundary=b0und4ry",
+        "a part's header line is too long",
+    ),
+    "a boundary of 71 characters": (
+        lambda image: multipart(image, "b" * 71)[0],
+        f"multipart/form-data; boundary={'b' * 71}",
+        "boundary is 71 characters long",
+    ),
+}
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the client marks variations deprecated
+@pytest.mark.parametrize("endpoint", ["edits", "variations"])
+def test_malformed_forms_get_a_400_and_no_traceback(server, endpoint: str) -> None:
+    image = [("image", "a.png", encoded(with_hole(picture())))]
+    offset = log_offset(server)
+    for case, (make, content_type, words) in MALFORMED_FORMS.items():
+        status, body, _ = raw(server, "POST", f"/v1/images/{endpoint}", make(image), {"Content-Type": content_type})
+        assert status == 400, (case, body)
+        assert set(body["error"]) == {"message", "type", "param", "code"}, case
+        assert body["error"]["type"] == "invalid_request_error" and body["error"]["param"] is None, case
+        assert words in body["error"]["message"] and "(as the openai client and curl -F do)" in body["error"]["message"]
+    assert "Traceback" not in log_since(server, offset)
+    answer = client(server).images.create_variation(image=("in.png", encoded(picture())), size="256x256")
+    assert answer.data  # the server serves on
+
+
+def test_prompts_a_model_cannot_read_get_a_400_naming_the_field(server) -> None:
+    api = client(server)
+    offset = log_offset(server)
+    # the first read silently without its accents before; the second stopped the workflow (a 500)
+    for model, prompt, shown in [
+        ("dall-e-mini", "un renard roux à Zürich", "('à', 'ü')"),
+        ("dall-e-mega", "红狐狸", "('红', '狐', '狸')"),
+    ]:
+        with pytest.raises(openai.BadRequestError) as refused:
+            api.images.generate(model=model, prompt=prompt, size="256x256")
+        assert refused.value.body["param"] == "prompt" and refused.value.body["code"] == "unreadable_text"
+        assert f"the model '{model}' cannot read {shown}" in refused.value.body["message"]
+    json_type = {"Content-Type": "application/json"}
+    for name in ("prompt", "negative_prompt"):
+        fields = {"prompt": "a red fox", "size": "256x256"} | {name: "a \\ud800 fox"}  # JSON's escape, sent as is
+        body = ("{" + ", ".join(f'"{key}": "{value}"' for key, value in fields.items()) + "}").encode()
+        status, answer, _ = raw(server, "POST", "/v1/images/generations", body, json_type)
+        assert status == 400 and answer["error"]["param"] == name, answer
+        assert "lone surrogate" in answer["error"]["message"]
+    assert "Traceback" not in log_since(server, offset) and not queued_seeds(server)
+    answer = api.images.generate(model="dall-e-2", prompt="un renard roux à Zürich", size="256x256")
+    assert answer.data  # a model that reads any text takes it; the server serves on

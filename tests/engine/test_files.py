@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -83,3 +84,64 @@ def test_files_get_the_usual_mode_not_a_private_one(tmp_path) -> None:
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_name_near_the_file_systems_limit_is_written(tmp_path) -> None:
+    """The temporary file beside it takes only the start of the name: the whole name would pass the limit."""
+    name = "f" * (os.pathconf(tmp_path, "PC_NAME_MAX") - 14) + ".png"  # 245 bytes: room left for _1
+    files.check_image_outputs([tmp_path / name], overwrite=False)
+    assert files.write_file(tmp_path / name, b"new", overwrite=False) == tmp_path / name
+    assert files.write_file(tmp_path / name, b"newer", overwrite=False) == tmp_path / (name[:-4] + "_1.png")
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        (
+            "f" * 300 + ".png",
+            "the name 'ffffffffffffffffffffffffffffffffffffffff…' is 304 bytes long, and this file system",
+        ),
+        ("é" * 126 + ".png", "is 256 bytes long"),  # bytes count, not characters
+        ("f" * 300 + "/fox.png", "the name 'ffff"),  # a folder still to be made
+        ("f" * 251 + ".png", "takes names up to 250 bytes here"),  # room for the _1 … beside a taken name
+        ("loop/fox.png", "it is a symbolic link that leads nowhere (or in a loop)"),
+        ("dangling/fox.png", "it is a symbolic link that leads nowhere (or in a loop)"),
+    ],
+)
+def test_outputs_that_cannot_be_written_are_found_before_any_work(tmp_path, output, message) -> None:
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    with pytest.raises(files.OutputError, match=re.escape(message)):
+        files.check_image_outputs([tmp_path / output], overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "loop"]  # no probe left behind
+
+
+@pytest.mark.parametrize("output", ["/proc/fox.png", "/proc/new/fox.png"])
+def test_folders_that_hold_no_files(output) -> None:
+    """/proc takes no new file, even from root (whom permissions let through): a non-root user is told it is not
+    writable, root that it holds no files."""
+    with pytest.raises(files.OutputError, match="the folder '/proc' (is not writable|cannot hold new files)"):
+        files.check_image_outputs([Path(output)], overwrite=False)
+
+
+def test_the_folder_probe_leaves_nothing(tmp_path) -> None:
+    files.check_image_outputs([tmp_path / "new" / "fox.png"], overwrite=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_open_regular_reads_files_only_and_never_waits(tmp_path) -> None:
+    (tmp_path / "fox.png").write_bytes(b"picture")
+    with files.open_regular(tmp_path / "fox.png") as file:
+        assert file.read() == b"picture"
+    os.mkfifo(tmp_path / "pipe")  # no writer: a plain open() would wait for one forever
+    with pytest.raises(files.NotRegularFile) as caught:
+        files.open_regular(tmp_path / "pipe")
+    assert caught.value.kind == "a FIFO (named pipe)"
+    with pytest.raises(files.NotRegularFile) as caught:
+        files.open_regular(Path("/dev/zero"))
+    assert caught.value.kind == "a device"
+    with pytest.raises(IsADirectoryError):
+        files.open_regular(tmp_path)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(OSError, match="Too many levels of symbolic links"):
+        files.open_regular(tmp_path / "loop")

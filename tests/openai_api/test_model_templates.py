@@ -7,9 +7,14 @@ filled graph differs from the template (with the description's fixed "set" value
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
 import shutil
+import socket
+import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,6 +22,7 @@ import pytest
 from dalle_nodes.openai_api.errors import ApiError
 from dalle_nodes.openai_api.model_templates import (
     DEFAULT_SIZES,
+    MAX_DESCRIPTION_BYTES,
     SHIPPED_MODELS,
     SHIPPED_WORKFLOWS,
     Catalogue,
@@ -422,7 +428,8 @@ def inputs(**changes) -> dict:
     return {**GENERATIONS, "inputs": {**GENERATIONS["inputs"], **changes}}
 
 
-# (file name, content, words its problem names); content may be a function of the folder writing what it needs
+# (file name, content, words its problem names); content may be a function of the folder writing what it needs (and
+# returning None where it made the description itself)
 BROKEN = {
     "bad JSON": ("bad-json.model.json", '{"generations": {"workflow": ', ["not valid JSON"]),
     "not an object": ("list.model.json", [GENERATIONS], ["a description is a JSON object"]),
@@ -528,6 +535,13 @@ BROKEN = {
     ),
     "bad id": ("_hidden.model.json", {"generations": GENERATIONS}, ["a model id is letters, digits"]),
     "long id": ("m" * 65 + ".model.json", {"generations": GENERATIONS}, ["up to 64"]),
+    "charset": (
+        "charset.model.json",
+        {"prompt": {"charset": "latin-1"}, "generations": GENERATIONS},
+        ['prompt is {"charset": "unicode"} (the default) or {"charset": "ascii"}'],
+    ),
+    "prompt rule": ("rule.model.json", {"prompt": "ascii", "generations": GENERATIONS}, ['{"charset": "ascii"}']),
+    "folder": ("folder.model.json", lambda folder: (folder / "folder.model.json").mkdir() or None, ["a folder"]),
     "deep JSON": ("deep.model.json", "[" * 100_000, []),
     "huge number": ("huge.model.json", '{"sizes": ' + "9" * 5000 + "}", []),
 }
@@ -537,7 +551,9 @@ BROKEN = {
 def test_broken_description_is_listed_and_the_others_load(tmp_path: Path, case: str) -> None:
     name, content, words = BROKEN[case]
     write(tmp_path, "fine.model.json", {"generations": GENERATIONS})
-    write(tmp_path, name, content(tmp_path) if callable(content) else content)
+    content = content(tmp_path) if callable(content) else content
+    if content is not None:  # else the case made its file itself
+        write(tmp_path, name, content)
     catalogue = load_catalogue([SHIPPED_MODELS, tmp_path])
     assert list(catalogue.problems) == [name]
     problem = catalogue.problems[name]
@@ -586,3 +602,213 @@ def test_unknown_model_is_404(shipped: Catalogue) -> None:
         error = caught.value
         assert (error.status, error.param, error.code) == (404, "model", "model_not_found")
         assert f"'{model_id}' does not exist" in error.message and "dall-e-2, dall-e-mega, dall-e-mini" in error.message
+
+
+# the files themselves: read from any thread without ever blocking, bounded, once per version
+
+
+def catalogue_within(folders: list[Path], seconds: float) -> Catalogue:
+    """load_catalogue in a thread that must be done within `seconds` (a reader blocked on a FIFO never is)."""
+    done: list[Catalogue] = []
+    thread = threading.Thread(target=lambda: done.append(load_catalogue(folders)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert done, f"load_catalogue did not return within {seconds} s: it is blocked on a file"
+    return done[0]
+
+
+def release_readers(fifo: Path) -> None:
+    """Let a reader blocked on the FIFO go (it sees an empty file), so that no thread stays stuck after the test."""
+    with contextlib.suppress(OSError):  # ENXIO: nobody is reading it, as it should be
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths os.open opens for reading from here on."""
+    paths: list[str] = []
+    real_open = os.open
+
+    def spy(path, flags, *args, **kwargs):
+        if not flags & (os.O_WRONLY | os.O_RDWR):
+            paths.append(os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy)
+    return paths
+
+
+def make_fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def make_fifo_link(path: Path) -> None:
+    os.mkfifo(path.with_name("pipe"))
+    path.symlink_to(path.with_name("pipe"))
+
+
+def make_device_link(path: Path) -> None:
+    path.symlink_to("/dev/zero")  # endless: a reader would fill the memory
+
+
+def make_socket(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))
+
+
+# how to make each kind of file that is not a regular one, and what its problem calls it
+NOT_REGULAR = {
+    "FIFO": (make_fifo, "a FIFO"),
+    "symlink to a FIFO": (make_fifo_link, "a FIFO"),
+    "symlink to a device": (make_device_link, "a character device"),
+    "socket": (make_socket, "a socket"),
+}
+SKIPPED = "not a regular file: skipped, not read. Put a regular JSON file there instead."
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs, devices and sockets in folders are POSIX files")
+@pytest.mark.parametrize("kind", NOT_REGULAR)
+def test_a_file_that_is_not_regular_is_listed_never_opened(
+    kind: str, opened: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    make, called = NOT_REGULAR[kind]
+    folder = Path(tempfile.mkdtemp(prefix="models", dir="/tmp"))  # short: a socket's path has at most 107 bytes
+    path = folder / "odd.model.json"
+    write(folder, "fine.model.json", {"generations": GENERATIONS})
+    make(path)
+    try:
+        catalogue = catalogue_within([folder], 1.0)
+        again = catalogue_within([folder], 1.0)
+    finally:
+        release_readers(path)
+        shutil.rmtree(folder)
+    assert catalogue.problems == again.problems == {"odd.model.json": f"odd.model.json: {called}, {SKIPPED}"}
+    assert sorted(catalogue.models) == ["fine"]
+    assert not [name for name in opened if name.endswith(("odd.model.json", "pipe"))]
+    warnings = [record for record in caplog.records if "odd.model.json" in record.getMessage()]
+    assert [record.levelname for record in warnings] == ["WARNING"]  # once, not once per request
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX files")
+def test_a_fifo_workflow_beside_a_description_is_named_never_opened(tmp_path: Path, opened: list[str]) -> None:
+    os.mkfifo(tmp_path / "graph.api.json")
+    write(tmp_path, "uses.model.json", {"generations": {**GENERATIONS, "workflow": "graph.api.json"}})
+    try:
+        catalogue = catalogue_within([tmp_path], 1.0)
+    finally:
+        release_readers(tmp_path / "graph.api.json")
+    assert catalogue.problems["uses.model.json"].startswith("graph.api.json: a FIFO, not a regular file: skipped")
+    assert not [name for name in opened if name.endswith("graph.api.json")]
+
+
+def test_a_huge_description_is_skipped_unread(tmp_path: Path, opened: list[str]) -> None:
+    huge = tmp_path / "huge.model.json"
+    with huge.open("wb") as file:
+        file.truncate(2**30)  # 1 GiB, sparse: no disk used, but a reader would go through all of it
+    write(tmp_path, "fine.model.json", {"generations": GENERATIONS})
+    catalogue = catalogue_within([tmp_path], 1.0)
+    assert catalogue.problems == {
+        "huge.model.json": f"huge.model.json: {2**30} bytes, over the {MAX_DESCRIPTION_BYTES // 1024} KB such a file "
+        "may have: skipped, not read. Put a regular JSON file there instead."
+    }
+    assert sorted(catalogue.models) == ["fine"] and str(huge) not in opened
+
+
+def test_a_description_at_the_limit_is_read(tmp_path: Path) -> None:
+    text = json.dumps({"description": "", "generations": GENERATIONS})
+    padded = text[:-1] + " " * (MAX_DESCRIPTION_BYTES - len(text)) + "}"
+    write(tmp_path, "full.model.json", padded)
+    write(tmp_path, "over.model.json", padded + " ")
+    catalogue = load_catalogue([tmp_path])
+    assert sorted(catalogue.models) == ["full"] and "over the 1024 KB" in catalogue.problems["over.model.json"]
+
+
+def test_each_version_of_a_file_is_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read again when its modification time or size changes; a deleted one drops out."""
+    parsed: list[str] = []
+    real_loads = json.loads
+
+    def counting(text, *args, **kwargs):
+        parsed.append(text if isinstance(text, str) else text.decode("utf-8"))
+        return real_loads(text, *args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", counting)
+    path = write(tmp_path, "cached.model.json", {"description": "first", "generations": GENERATIONS})
+    reads = lambda: sum('"description": "' in text for text in parsed)  # noqa: E731
+    assert [load_catalogue([tmp_path]).get("cached").description for _ in range(3)] == ["first"] * 3
+    assert reads() == 1
+    write(tmp_path, "cached.model.json", {"description": "other", "generations": GENERATIONS})  # same size
+    stamp = path.stat().st_mtime_ns + 1_000_000_000
+    os.utime(path, ns=(stamp, stamp))
+    assert [load_catalogue([tmp_path]).get("cached").description for _ in range(3)] == ["other"] * 3
+    assert reads() == 2
+    path.unlink()
+    assert "cached" not in load_catalogue([tmp_path]).models
+
+
+def test_a_cached_workflow_is_not_changed_by_its_users(tmp_path: Path) -> None:
+    """Two descriptions set different values on one workflow file, read once: neither sees the other's."""
+    write(tmp_path, "a.model.json", {"generations": {**GENERATIONS, "set": {"8": {"filename_prefix": "a"}}}})
+    write(tmp_path, "b.model.json", {"generations": {**GENERATIONS, "set": {"8": {"filename_prefix": "b"}}}})
+    request = parse("generations", {"prompt": "p"}, False)
+    for _ in range(2):
+        catalogue = load_catalogue([tmp_path, SHIPPED_MODELS])
+        prefixes = {key: catalogue.get(key).variant(request).graph["8"]["inputs"]["filename_prefix"] for key in "ab"}
+        assert prefixes == {"a": "a", "b": "b"}
+        assert catalogue.get("dall-e-2").variant(request).graph["8"]["inputs"]["filename_prefix"] == "openai/dall-e-2"
+
+
+# what a model reads: its description's "prompt": {"charset": …}
+
+
+def test_shipped_charsets(shipped: Catalogue) -> None:
+    assert {key: model.charset for key, model in shipped.models.items()} == {
+        "dall-e-2": "unicode",
+        "dall-e-mega": "ascii",
+        "dall-e-mini": "ascii",
+    }
+
+
+@pytest.mark.parametrize("model_id", SHIPPED_IDS)
+def test_a_non_english_prompt_is_refused_by_the_models_that_drop_it(shipped: Catalogue, model_id: str) -> None:
+    request = parse("generations", {"model": model_id, "prompt": "un renard roux à Zürich", "size": "256x256"}, False)
+    if model_id == "dall-e-2":
+        assert shipped.get(model_id).variant(request).sizes == SIZES
+        return
+    with pytest.raises(ApiError) as caught:
+        shipped.get(model_id).variant(request)
+    assert (caught.value.status, caught.value.param, caught.value.code) == (400, "prompt", "unreadable_text")
+    assert f"the model '{model_id}' cannot read ('à', 'ü')" in caught.value.message
+
+
+def test_a_user_model_declares_its_charset(tmp_path: Path) -> None:
+    write(tmp_path, "english.model.json", {"prompt": {"charset": "ascii"}, "generations": GENERATIONS})
+    write(tmp_path, "any.model.json", {"prompt": {}, "generations": GENERATIONS})
+    catalogue = load_catalogue([tmp_path])
+    fields = {"prompt": "a fox", "negative_prompt": "наброски"}
+    assert catalogue.get("any").variant(parse("generations", fields, False)).inputs == variant_inputs()
+    with pytest.raises(ApiError) as caught:
+        catalogue.get("english").variant(parse("generations", fields, False))
+    assert caught.value.param == "negative_prompt"
+
+
+def variant_inputs() -> dict:
+    return {name: tuple(tuple(target) for target in targets) for name, targets in GENERATIONS["inputs"].items()}
+
+
+def test_a_read_that_fails_for_a_moment_is_not_remembered(tmp_path: Path, monkeypatch) -> None:
+    """An OSError while reading (a full file table, a permission being fixed) names the file, and the next request
+    reads it again: only what the file itself holds is cached with its version."""
+    from dalle_nodes.openai_api import model_templates
+
+    write(tmp_path, "my-model.model.json", {"description": "mine", "generations": GENERATIONS})
+    read_regular = model_templates._read_regular
+
+    def fails_once(path: str, limit: int) -> bytes:
+        monkeypatch.setattr(model_templates, "_read_regular", read_regular)
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(model_templates, "_read_regular", fails_once)
+    first = load_catalogue([tmp_path])
+    assert "my-model" not in first.models and "Too many open files" in str(first.problems)
+    assert load_catalogue([tmp_path]).get("my-model").description == "mine"

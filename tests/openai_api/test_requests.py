@@ -6,13 +6,15 @@ the model exists are the catalogue's to say (model_templates.py), checked here o
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
+from dalle_nodes.models.bart_tokenizer import BartTokenizer
 from dalle_nodes.openai_api.errors import ApiError
 from dalle_nodes.openai_api.model_templates import SHIPPED_MODELS, load_catalogue
-from dalle_nodes.openai_api.requests import MAX_N, MAX_PROMPT, MAX_SEED, ImageRequest, parse
+from dalle_nodes.openai_api.requests import MAX_N, MAX_PROMPT, MAX_SEED, ImageRequest, check_charset, parse
 
 FORM = ("edits", "variations")
 
@@ -345,3 +347,91 @@ def test_unknown_model(catalogue) -> None:
     error = caught.value
     assert (error.status, error.param, error.code) == (404, "model", "model_not_found")
     assert "'dall-e-3'" in error.message and "dall-e-2, dall-e-mega, dall-e-mini" in error.message
+
+
+# text the models cannot take: half a UTF-16 pair, and letters a model that reads English alone would drop
+
+LONE_SURROGATE = json.loads('"a red \\ud800 fox"')  # as the JSON body spells it: valid JSON, no valid text
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "name"),
+    [
+        ("generations", "prompt"),
+        ("generations", "negative_prompt"),
+        ("generations", "model"),
+        ("generations", "size"),
+        ("generations", "user"),
+        ("edits", "prompt"),
+        ("variations", "response_format"),
+    ],
+)
+def test_lone_surrogate_is_refused_naming_the_field(endpoint: str, name: str) -> None:
+    fields = {"prompt": "a red fox"} if endpoint != "variations" else {}
+    error = refused(endpoint, {**fields, name: LONE_SURROGATE}, from_form=endpoint != "generations")
+    assert error.param == name
+    assert f"{name} holds a lone surrogate ('\\ud800' at character 6)" in error.message
+    assert "send valid Unicode" in error.message
+    error.message.encode("utf-8")  # the answer itself can be sent
+
+
+def test_a_whole_surrogate_pair_is_its_character() -> None:
+    assert generation(prompt=json.loads('"a \\ud83e\\udd8a"')).prompt == "a 🦊"
+
+
+def mini_request(prompt: str, negative: str | None = None) -> ImageRequest:
+    return ImageRequest("generations", "dall-e-mini", 1, "256x256", "url", prompt, negative)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "shown"),
+    [
+        ("un renard roux, façon aquarelle", "'ç'"),
+        ("a fox in Zürich", "'ü'"),
+        ("一只红色的狐狸", "'一', '只', '红', '色', '的', …"),
+        ("рыжая лиса", "'р', 'ы', 'ж', 'а', 'я', …"),
+        ("a fox, 2² foxes", "'²'"),
+    ],
+)
+def test_ascii_charset_refuses_letters_it_would_drop(prompt: str, shown: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        check_charset(mini_request(prompt), "ascii", "dall-e-mini")
+    error = caught.value
+    assert (error.status, error.param, error.code) == (400, "prompt", "unreadable_text")
+    assert f"prompt has letters the model 'dall-e-mini' cannot read ({shown}): it reads English" in error.message
+    check_charset(mini_request(prompt), "unicode", "dall-e-2")  # a model that reads any text takes it
+
+
+@pytest.mark.parametrize("prompt", ["。。。", "’", "— ・ —"])
+def test_ascii_charset_refuses_a_prompt_with_nothing_it_reads(prompt: str) -> None:
+    with pytest.raises(ApiError) as caught:
+        check_charset(mini_request(prompt), "ascii", "dall-e-mini")
+    assert (caught.value.param, caught.value.code) == ("prompt", "unreadable_text")
+    assert "prompt has nothing the model 'dall-e-mini' can read" in caught.value.message
+
+
+@pytest.mark.parametrize("prompt", ["a red fox", "a 🦊 in the snow", "🦊", "ℹ️", "a fox — “quoted”’s", "!!!", "a\u0301"])
+def test_ascii_charset_takes_english_punctuation_and_emoji(prompt: str) -> None:
+    check_charset(mini_request(prompt), "ascii", "dall-e-mini")
+
+
+def test_ascii_charset_checks_the_negative_prompt_too() -> None:
+    with pytest.raises(ApiError) as caught:
+        check_charset(mini_request("a red fox", "verschwommen, unschärfe"), "ascii", "dall-e-mini")
+    assert caught.value.param == "negative_prompt" and "('ä')" in caught.value.message
+
+
+def test_ascii_charset_is_dalle_minis_tokenizer() -> None:
+    """The rule refuses exactly the letters and digits DALL·E Mini's tokenizer drops (not those it spells out, as ℹ,
+    nor the punctuation it drops): it says in words what the model would do in silence."""
+    tokenizer = BartTokenizer({"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3, "Ġ": 4}, [])  # every symbol its own token
+    samples = [chr(code) for code in range(0x20, 0x3000)] + ["狐", "狸", "キ", "여", "🦊", "👍🏽", "🇫🇷"]
+    for character in samples:
+        dropped = tokenizer.encode("a" + character) == tokenizer.encode("a")
+        try:
+            check_charset(mini_request("a" + character), "ascii", "dall-e-mini")
+            refused = False
+        except ApiError:
+            refused = True
+        assert refused == (dropped and character.isalnum()), f"{character!r} ({ord(character[0]):#x})"
+    assert not tokenizer.encode("a🦊") == tokenizer.encode("a")  # emoji are read, by name

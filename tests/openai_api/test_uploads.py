@@ -282,6 +282,31 @@ def test_mask_without_transparent_pixels(value: int) -> None:
     assert "no transparent pixels" in error.message and "nothing to edit" in error.message
 
 
+@pytest.mark.parametrize("lowest", [128, 200, 254])
+def test_a_mask_whose_transparent_pixels_are_all_at_least_half_opaque(lowest: int) -> None:
+    """Transparent pixels that repaint nothing (alpha 128 and up: Load Image's MASK, 1 − alpha, below 0.5) leave
+    nothing to edit: refused with what was found, before anything is queued."""
+    alpha = np.full((SIDE, SIDE), 255, dtype=np.uint8)
+    alpha[8:24, 8:24] = lowest
+    error = refused(edit_picture, png(rgb()), png(rgba(alpha)))
+    assert (error.status, error.param) == (400, "mask")
+    assert "nothing to edit" in error.message and f"its most transparent pixel has alpha {lowest}" in error.message
+    error = refused(edit_picture, png(rgba(alpha)), None)
+    assert (error.status, error.param) == (400, "image")
+    assert f"its most transparent pixel has alpha {lowest}" in error.message
+
+
+def test_the_repaint_rule_is_the_pipelines_threshold() -> None:
+    """An alpha repaints exactly where Load Image's MASK (1 − alpha / 255, in float32) reaches the threshold the
+    inpainting pipeline binarises at."""
+    from dalle_nodes.openai_api.uploads import REPAINT_BELOW
+    from dalle_nodes.pipelines.masks import REPAINT_THRESHOLD
+
+    alphas = np.arange(256)
+    load_image_mask = 1.0 - alphas.astype(np.float32) / 255.0
+    assert np.array_equal(alphas < REPAINT_BELOW, load_image_mask >= REPAINT_THRESHOLD)
+
+
 def test_mask_of_another_size() -> None:
     error = refused(edit_picture, png(rgb(64)), png(rgba(repaint_alpha(32))))
     assert (error.status, error.param, error.code) == (400, "mask", "invalid_image_size")
@@ -347,3 +372,57 @@ def test_edit_of_a_16_bit_grey_png_with_a_trns_key() -> None:
     values[:4] = 0x1234
     output = decoded(edit_picture(grey16(values, chunk(b"tRNS", struct.pack(">H", 0x1234))), None))
     assert np.array_equal(np.asarray(output)[..., 3], np.where(values == 0x1234, 0, 255))
+
+
+@pytest.mark.parametrize("side", [256, 512, 1000])
+def test_thin_strokes_survive_the_workflows_downscale(side) -> None:
+    """The edit workflow shrinks the upload with Upscale Image (bilinear, no antialiasing, as torch interpolates):
+    a 1 px transparent stroke in a 1024 px upload must still mark answer pixels to repaint (MASK = 1 − alpha at
+    least 0.5, the pipeline's threshold), and the rest stays opaque."""
+    import torch
+    import torch.nn.functional as F
+
+    alpha = np.full((1024, 1024), 255, np.uint8)
+    alpha[:, 303] = 0  # one column and one row, between the sample points at 256 px (4j + 1.5)
+    alpha[700, 100:900] = 0
+    picture = rgba(alpha)
+
+    def repainted(data: bytes) -> torch.Tensor:
+        mask = 1 - torch.from_numpy(np.asarray(decoded(data))[..., 3].astype(np.float32) / 255)
+        shrunk = F.interpolate(mask[None, None], size=(side, side), mode="bilinear", align_corners=False)[0, 0]
+        return shrunk >= 0.5
+
+    if side == 256:  # the premise: shrunk 4 times, unwidened 1 px strokes fall between the samples and vanish
+        assert not repainted(edit_picture(png(picture), None, 1024)).any()
+    widened = repainted(edit_picture(png(picture), None, side))
+    column, row, start, end = (at * side // 1024 for at in (303, 700, 100, 900))
+    assert widened[:, column - 1 : column + 2].any(dim=1).all()
+    assert widened[row - 1 : row + 2, start + 1 : end - 1].any(dim=0).all()
+    assert widened.float().mean() < 0.02  # the strokes, not the picture
+
+
+def test_masks_whose_strokes_survive_the_downscale_are_kept_as_sent() -> None:
+    """Parity: a transparent block, even with a soft edge, is read by the workflow as it is; nothing is added."""
+    alpha = np.full((1024, 1024), 255, np.uint8)
+    alpha[200:600, 300:700] = 0
+    alpha[200:600, 700:704] = 100  # a faint edge beside it
+    output = decoded(edit_picture(png(rgba(alpha)), None, 256))
+    assert np.array_equal(np.asarray(output)[..., 3], alpha)
+
+
+def test_a_faint_stroke_survives_the_upscale() -> None:
+    """Enlarged 4 times, a 1 px stroke of alpha 120 (repainted as sent) is diluted below the threshold by its opaque
+    neighbours: its pixels are made transparent, nothing else changes."""
+    import torch
+    import torch.nn.functional as F
+
+    alpha = np.full((256, 256), 255, np.uint8)
+    alpha[100, 20:200] = 120
+    kept = np.asarray(decoded(edit_picture(png(rgba(alpha)), None, 1024)))[..., 3]
+    assert (kept[100, 20:200] == 0).all() and np.array_equal(np.delete(kept, 100, 0), np.delete(alpha, 100, 0))
+
+    def repainted(values: np.ndarray) -> bool:
+        mask = 1 - torch.from_numpy(values.astype(np.float32) / 255)[None, None]
+        return bool((F.interpolate(mask, size=(1024, 1024), mode="bilinear")[0, 0] >= 0.5).any())
+
+    assert not repainted(alpha) and repainted(kept)  # the premise, and the fix

@@ -178,3 +178,16 @@ def test_16_bit_and_float_grey_files_keep_their_values(mode) -> None:
     pixels, repaint = edit(picture, mask)
     assert torch.allclose(pixels[0, ..., 0], torch.from_numpy(ramp).float(), atol=0.5 / 255 + 1e-6)
     assert torch.allclose(repaint, torch.full_like(repaint, 0.46), atol=0.5 / 255 + 1e-6)  # below 0.5: keeps all
+
+
+def test_a_one_pixel_line_survives_the_masks_resizes() -> None:
+    """A white 1 px line on a mask twice the picture's size, and on a picture off the 64 grid: each resize would
+    average it below 0.5 (an edit that silently repaints nothing); the prepared MASK still marks it."""
+    line = np.zeros((128, 256), np.uint8)
+    line[61, 10:240] = 255
+    repaint = edit(photo(128, 64), Image.fromarray(line))[1]
+    assert (repaint[0, 30] >= 0.5).sum() > 100 and (repaint >= 0.5).float().mean() < 0.03
+    line = np.zeros((100, 90), np.uint8)
+    line[:, 45] = 255
+    repaint = edit(photo(90, 100), Image.fromarray(line))[1]  # resized to 64 x 128 with the picture
+    assert repaint.shape == (1, 128, 64) and ((repaint >= 0.5).sum(dim=2) > 0).all()
