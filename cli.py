@@ -297,7 +297,7 @@ def write_images(
         encoded = io.BytesIO()
         image.save(encoded, files.IMAGE_FORMATS[path.suffix.lower()])
         written.append(files.write_file(path, encoded.getvalue(), overwrite))
-        print(written[-1] if score is None else f"{written[-1]}\t{score:.4f}")
+        files.print_path(str(written[-1]) if score is None else f"{written[-1]}\t{score:.4f}")
     return written
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import math
 import reprlib
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
@@ -18,22 +16,28 @@ from pathlib import PurePath
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
+from .http_transport import (
+    BROKEN_OFF,
+    AnswerTooLarge,
+    ServerError,
+    UnexpectedAnswer,
+    make_opener,
+    one_line,
+    send,
+    server_url,
+)
+
 QUIET_CHECK_S = 10.0  # seconds without events after which follow() asks whether the prompt still exists
 REQUEST_TIMEOUT_S = 30.0  # ComfyUI answers every request at once (POST /prompt validates the graph, it runs nothing)
 CLOSE_TIMEOUT_S = 2.0  # for the websocket's closing handshake, which ComfyUI answers at once
 MAX_ANSWER_BYTES = 64 * 2**20  # a JSON answer: /object_info with many node packs is a few MB
 MAX_IMAGE_BYTES = 2**30  # one image from /view
+MAX_RUN_IMAGE_BYTES = 2 * 2**30  # all the images of one run, held in memory until all have come
+MAX_REFUSAL_LINES = 20  # node errors shown of a 400 answer
+SAVED_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")  # what image nodes save
+MAX_NAME_BYTES = 255 - len("_9999")  # NAME_MAX, with room for the number added beside a taken name
 MAX_EVENT_BYTES = 64 * 2**20  # one websocket message: preview images are the largest
 PROGRESS_EVENTS = {"executing", "progress", "execution_error", "execution_interrupted"}  # the events follow() reads
-
-
-class ServerError(RuntimeError):
-    """Nothing answers at the server's address (or the address is no URL); UnexpectedAnswer: the server went wrong."""
-
-
-class UnexpectedAnswer(ServerError):
-    """The server answered what a ComfyUI server would not (an HTTP error, not JSON, the wrong shape), broke off the
-    connection, or did not answer in time."""
 
 
 class PromptRefused(RuntimeError):
@@ -52,20 +56,17 @@ class Interrupted(RuntimeError):
     """The prompt was interrupted (from this client or the ComfyUI window)."""
 
 
+class PromptLost(RuntimeError):
+    """The prompt vanished from the server: taken off the queue by someone else, its history cleared, or ComfyUI
+    restarted meanwhile."""
+
+
 @dataclass(frozen=True)
 class OutputFile:
     node: str
     filename: str
     subfolder: str
     type: str
-
-
-def one_line(value: object, limit: int = 300) -> str:
-    """Text from the server as it may be shown: one line without control characters (a terminal would obey escape
-    codes), at most `limit` characters; other values as a short repr."""
-    text = value if isinstance(value, str) else reprlib.repr(value)  # reprlib: bounded, even for deep nesting
-    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def exception_name(exception_type: object) -> str:
@@ -96,6 +97,8 @@ def describe_refusal(answer: object) -> str:
             where = f"node {one_line(node_id)} ({one_line(node.get('class_type', '?'))})"
             where += f", input '{one_line(name)}'" if name else ""
             lines.append(f"{where}: {one_line(problem.get('message', ''))} {one_line(problem.get('details', ''))}")
+    if len(lines) > MAX_REFUSAL_LINES + 1:  # a graph of thousands of nodes, or a server that lists endless errors
+        lines[MAX_REFUSAL_LINES + 1 :] = [f"… {len(lines) - MAX_REFUSAL_LINES - 1} more"]
     return "\n".join(line.rstrip() for line in lines)
 
 
@@ -107,69 +110,38 @@ def _json_or_text(body: bytes) -> object:
         return body[:300].decode(errors="replace")
 
 
-def server_url(server: str) -> str:
-    """--server as the base of every request: http(s)://host[:port][/path], without a query, a fragment or
-    credentials; else a ServerError that says what is wrong."""
-    problem = _url_problem(server)
-    if problem:
-        raise ServerError(f"--server '{one_line(server, 100)}' is not a URL like http://127.0.0.1:8188 ({problem}).")
-    return server.rstrip("/")
-
-
-def _url_problem(server: str) -> str | None:
-    if not server.isprintable() or " " in server:
-        return "it holds spaces or control characters"
-    try:
-        parts = urllib.parse.urlsplit(server)
-        port = parts.port  # ValueError where it is not a number from 0 to 65535
-        if parts.hostname:
-            parts.hostname.encode("idna")  # UnicodeError (a ValueError) where it cannot be a host name
-    except ValueError as error:
-        return str(error)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "write http:// or https://, then the host"
-    if port == 0 or parts.query or parts.fragment or parts.username is not None:
-        return "give the host and port only, without ?query, #fragment or user@, and a port from 1 to 65535"
-    return None
-
-
 class ComfyClient:
-    def __init__(self, server: str, timeout: float = REQUEST_TIMEOUT_S):
+    def __init__(self, server: str, timeout: float = REQUEST_TIMEOUT_S, finish_by: float | None = None):
         self.server = server_url(server)
         self.timeout = timeout  # for each request, and for opening the websocket
+        self.finish_by = finish_by  # the end of the whole run (a time.monotonic() value), if it has one
         self.client_id = uuid.uuid4().hex
-        local = urllib.parse.urlsplit(self.server).hostname in ("127.0.0.1", "localhost", "::1")
-        # A proxy set for the internet must not catch this machine's own server.
-        self.opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
+        self.opener = make_opener(
+            local=urllib.parse.urlsplit(self.server).hostname in ("127.0.0.1", "localhost", "::1")
+        )
+
+    def time_limit(self) -> tuple[float, bool]:
+        """Seconds the next request may take in all, and whether the run's end (not the request limit) sets them;
+        TimeoutError where the run has no time left."""
+        left = math.inf if self.finish_by is None else self.finish_by - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no time was left for the next request")
+        return min(self.timeout, left), left < self.timeout
 
     def request(self, path: str, payload: dict | None = None, limit: int | None = None) -> tuple[int, bytes]:
         """GET `path`, or POST `payload` as JSON: the status and the body, HTTP errors included. ServerError where
-        nothing answers at the address; UnexpectedAnswer where the server breaks off, stalls, or sends more than
-        `limit` bytes (default MAX_ANSWER_BYTES)."""
-        limit = MAX_ANSWER_BYTES if limit is None else limit
+        nothing answers at the address; UnexpectedAnswer where the server breaks off, redirects, does not answer
+        within the request time limit, or sends more than `limit` bytes (default MAX_ANSWER_BYTES); TimeoutError
+        where the run's time ends first."""
         data = json.dumps(payload).encode() if payload is not None else None
         req = urllib.request.Request(self.server + path, data=data, headers={"Content-Type": "application/json"})
-        what = f"{'GET' if data is None else 'POST'} {path.partition('?')[0]}"
+        seconds, run_ends_first = self.time_limit()
         try:
-            return self._exchange(req, what, limit)
-        except urllib.error.URLError as error:  # no connection: nothing listens there, or the name does not resolve
-            raise ServerError(f"ComfyUI at {self.server} cannot be reached ({error.reason}). Is it running?") from None
-        except TimeoutError:
-            raise UnexpectedAnswer(f"{what}: {self.server} did not answer within {self.timeout:g} s.") from None
-        except (OSError, http.client.HTTPException) as error:  # the connection broke, or the answer is not HTTP
-            reason = one_line(str(error) or type(error).__name__, 100)
-            raise UnexpectedAnswer(f"{what}: {self.server} broke off, or answered not in HTTP ({reason}).") from None
-
-    def _exchange(self, req: urllib.request.Request, what: str, limit: int) -> tuple[int, bytes]:
-        try:
-            response = self.opener.open(req, timeout=self.timeout)
-        except urllib.error.HTTPError as error:
-            response = error  # an HTTP error is an answer too: its body says why
-        with response:
-            body = response.read(limit + 1)
-            if len(body) > limit:
-                raise UnexpectedAnswer(f"{what}: {self.server} answered over {limit // 2**20} MiB: is it ComfyUI?")
-            return response.status, body
+            return send(self.opener, req, MAX_ANSWER_BYTES if limit is None else limit, seconds)
+        except TimeoutError as error:
+            if run_ends_first:
+                raise
+            raise UnexpectedAnswer(f"{error} within {seconds:g} s from {self.server}: is it ComfyUI?") from None
 
     def _json(self, body: bytes, what: str) -> object:
         try:
@@ -222,14 +194,19 @@ class ComfyClient:
         parts = urllib.parse.urlsplit(self.server)
         scheme = "wss" if parts.scheme == "https" else "ws"
         url = f"{scheme}://{parts.netloc}{parts.path}/ws?clientId={self.client_id}"
+        seconds, run_ends_first = self.time_limit()
         try:
             return connect(
-                url, open_timeout=self.timeout, close_timeout=CLOSE_TIMEOUT_S, max_size=MAX_EVENT_BYTES, proxy=None
+                url, open_timeout=seconds, close_timeout=CLOSE_TIMEOUT_S, max_size=MAX_EVENT_BYTES, proxy=None
             )
         except InvalidURI as error:
             raise ServerError(f"--server '{self.server}' gives no websocket URL ({error}).") from None
-        except (TimeoutError, InvalidHandshake) as error:  # it answered, but not as ComfyUI's websocket does
-            reason = one_line(str(error), 200)
+        except TimeoutError:
+            if run_ends_first:
+                raise
+            raise UnexpectedAnswer(f"ComfyUI's websocket at {url} did not open (timed out): is it ComfyUI?") from None
+        except (InvalidHandshake, ConnectionClosed, *BROKEN_OFF) as error:  # reached, but no ComfyUI websocket
+            reason = one_line(str(error) or type(error).__name__, 200)
             raise UnexpectedAnswer(f"ComfyUI's websocket at {url} did not open ({reason}): is it ComfyUI?") from None
         except OSError as error:
             raise ServerError(f"ComfyUI's websocket at {url} cannot be reached ({error}). Is it running?") from None
@@ -244,7 +221,7 @@ class ComfyClient:
         if not all(isinstance(item, list) and len(item) > 1 for item in items):
             raise UnexpectedAnswer(f"GET /queue answered {one_line(queue, 100)}: not ComfyUI's queue.")
         if not any(item[1] == prompt_id for item in items):
-            raise ServerError(f"prompt {prompt_id} is no longer queued or running, and has no history: deleted?")
+            raise PromptLost(f"prompt {prompt_id} is no longer queued or running, and has no history: deleted?")
 
     def follow(
         self,
@@ -279,18 +256,34 @@ class ComfyClient:
         path = f"/history/{urllib.parse.quote(prompt_id, safe='')}"
         entry = self.get_json(path).get(prompt_id)
         if entry is None:
-            raise ServerError(f"ComfyUI has no history for prompt {prompt_id}: was it deleted meanwhile?")
+            raise PromptLost(f"ComfyUI has no history for prompt {prompt_id}: was it deleted meanwhile?")
         outputs = entry.get("outputs", {}) if isinstance(entry, dict) else None
         if not isinstance(outputs, dict):
             raise UnexpectedAnswer(f"GET {path} answered {one_line(entry, 100)}: not a history entry with outputs.")
         return [output_file(node_id, image) for node_id, output in outputs.items() for image in images_of(output)]
 
-    def view(self, file: OutputFile) -> bytes:
+    def view(self, file: OutputFile, limit: int = MAX_IMAGE_BYTES) -> bytes:
         query = urllib.parse.urlencode({"filename": file.filename, "subfolder": file.subfolder, "type": file.type})
-        status, body = self.request("/view?" + query, limit=MAX_IMAGE_BYTES)
+        status, body = self.request("/view?" + query, limit=limit)
         if status != 200:
             raise UnexpectedAnswer(f"GET /view?{one_line(query)} answered HTTP {status}.")
         return body
+
+    def download(self, files: list[OutputFile]) -> list[bytes]:
+        """Every file's bytes, at most MAX_RUN_IMAGE_BYTES in all: they are held in memory until all have come."""
+        contents, left = [], MAX_RUN_IMAGE_BYTES
+        for file in files:
+            try:
+                contents.append(self.view(file, min(MAX_IMAGE_BYTES, left)))
+            except AnswerTooLarge:
+                if left >= MAX_IMAGE_BYTES:
+                    raise
+                raise UnexpectedAnswer(
+                    f"The images of this run come to over {MAX_RUN_IMAGE_BYTES // 2**20} MiB, more than the queue "
+                    "command downloads: save fewer or smaller images per run, or copy them from ComfyUI's output."
+                ) from None
+            left -= len(contents[-1])
+        return contents
 
 
 def read_event(message: str) -> tuple[object, dict]:
@@ -353,16 +346,28 @@ def images_of(output: object) -> list:
 
 def output_file(node: str, image: object) -> OutputFile:
     """One image of an output node's history, checked: a file name that can be written here (printable UTF-8, not
-    . or ..), and a subfolder and type that are text."""
+    hidden, an image suffix, short enough for `_N` to be added), and a subfolder and type that are text. A server
+    chooses the name: it must not plant conftest.py, .bashrc or sitecustomize.py in --out."""
     image = image if isinstance(image, dict) else {}
     name, subfolder, kind = image.get("filename"), image.get("subfolder", ""), image.get("type", "output")
-    usable = isinstance(name, str) and name.isprintable() and PurePath(name).name not in ("", ".", "..")
-    if not (usable and _is_utf8(name) and isinstance(subfolder, str) and isinstance(kind, str)):
+    if not (_saveable(name) and isinstance(subfolder, str) and isinstance(kind, str)):
         raise UnexpectedAnswer(
             f"The history of node {one_line(node, 60)} lists {one_line(image, 100)}: not {{filename, subfolder, type}} "
-            "with a file name that can be saved."
+            f"with a file name that can be saved (an image: {', '.join(SAVED_SUFFIXES)}; not hidden; at most "
+            f"{MAX_NAME_BYTES} bytes)."
         )
     return OutputFile(node, name, subfolder, kind)
+
+
+def _saveable(name: object) -> bool:
+    if not (isinstance(name, str) and name.isprintable() and _is_utf8(name)):
+        return False
+    saved = PurePath(name).name  # the name the file gets in --out
+    return (
+        not saved.startswith(".")
+        and PurePath(saved).suffix.lower() in SAVED_SUFFIXES
+        and len(saved.encode()) <= MAX_NAME_BYTES
+    )
 
 
 def _is_utf8(text: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import BinaryIO
@@ -92,8 +93,35 @@ def _check_holds_files(path: Path, folder: Path) -> None:
         raise OutputError(
             f"Cannot write '{path}': the folder '{folder}' cannot hold new files ({error.strerror or error})."
         ) from None
-    os.close(handle)
-    os.unlink(probe)
+    try:
+        os.close(handle)
+    finally:  # even after Ctrl-C: no probe is left behind
+        os.unlink(probe)
+
+
+def check_output_folder(folder: Path) -> None:
+    """`folder` is a folder that can hold new files, or one that can be made (it is not made here, so a run that
+    fails leaves nothing behind): checked before any work, as check_image_outputs does for a file."""
+    _check_name_lengths(folder / "x")  # its missing parts; the short "x" stands for the files to come
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"'{folder}' is a file, not a folder: give a folder for the images.")
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise OutputError(f"Cannot make the folder '{folder}': '{existing}' is a file, not a folder.")
+    _check_holds_files(folder, existing)
+
+
+def print_path(line: str) -> None:
+    """A line naming a written file on stdout as the file system's bytes: a name undecodable there (held as
+    surrogate escapes) or outside stdout's encoding prints all the same, and a script reading it gets the name."""
+    data = os.fsencode(line) + b"\n"
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # a text stream only (an embedding program's)
+        sys.stdout.write(data.decode(errors="backslashreplace"))
+        return
+    sys.stdout.flush()  # what was printed before comes first
+    buffer.write(data)
+    buffer.flush()
 
 
 def write_file(path: Path, content: bytes, overwrite: bool) -> Path:

@@ -162,6 +162,17 @@ def test_an_unwritable_folder_fails_before_loading(no_loading, tmp_path, capsys,
     assert f"the folder '{folder}' is not writable" in one_line_error(capsys)
 
 
+def test_a_path_not_in_stdouts_encoding_still_prints(tiny_prior_repo, tiny_decoder_repo, tmp_path, monkeypatch):
+    """-o with a byte undecodable as UTF-8 (a surrogate escape in Python) and a strict ASCII stdout: the path written
+    is printed as the file system's bytes, not lost to a UnicodeEncodeError after the file was written."""
+    out = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9.png"))
+    stdout = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    assert run(generate(*tiny_kandinsky(tiny_prior_repo, tiny_decoder_repo), output=out)) == 0
+    stdout.flush()
+    assert stdout.buffer.getvalue() == os.fsencode(out) + b"\n" and out.is_file()
+
+
 def test_existing_files_are_kept_or_replaced_only_when_asked(tiny_prior_repo, tiny_decoder_repo, tmp_path, capsys):
     model = tiny_kandinsky(tiny_prior_repo, tiny_decoder_repo)
     out = existing(tmp_path / "out" / "fox.png")

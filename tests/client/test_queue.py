@@ -177,7 +177,8 @@ BAD_SERVERS = {  # --server: what the message says about it
     "http://:8188": "(write http:// or https://, then the host)",
     "http://127.0.0.1:8188/?client=me": "without ?query, #fragment or user@",
     "http://127.0.0.1:8188/#top": "without ?query, #fragment or user@",
-    "http://me:secret@127.0.0.1:8188": "without ?query, #fragment or user@",
+    "http://me:secret@127.0.0.1:8188": "(give the host and port only, without user@",
+    "http://me:sec/ret@127.0.0.1:8188": "without user@: ComfyUI takes no credentials",  # no port 'sec' in the text
     f"http://{'a' * 64}.example:8188": "label empty or too long",
 }
 
@@ -208,6 +209,7 @@ def test_queue_bad_input_is_one_line_and_exit_2(tmp_path, capsys, setup, args, m
     code = main(["queue", str(path), "--out", str(out), *server, *args])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
+    assert not any(word in err for word in ("secret", "sec/ret", "'sec'")), err  # a password is never echoed
     assert not out.exists()  # nothing half-written
 
 
@@ -224,7 +226,7 @@ def test_timeout_is_exit_1(tmp_path, capsys, monkeypatch) -> None:
     path = tmp_path / "workflow.json"
     path.write_text(json.dumps(text2image()))
 
-    def never_finishes(graph, client, timeout):
+    def never_finishes(graph, client):
         raise TimeoutError("timed out")
 
     monkeypatch.setattr(queue_workflow, "run", never_finishes)
@@ -308,8 +310,8 @@ def test_exception_name(exception_type: str | None, name: str) -> None:
 class Images:
     """What save() asks of the client: the bytes of each output file."""
 
-    def view(self, file: OutputFile) -> bytes:
-        return file.filename.encode()
+    def download(self, files: list[OutputFile]) -> list[bytes]:
+        return [file.filename.encode() for file in files]
 
 
 def test_saved_names_stay_in_the_folder_and_never_overwrite(tmp_path) -> None:
@@ -391,8 +393,10 @@ def api_text(change: Callable[[dict], None]) -> str:
 
 DAMAGED_FILES = {  # id: (the file's text, extra arguments, the message)
     "arrays nested 100 000 deep": (nested(100_000), [], "holds JSON too large to read (huge numbers or deep"),
-    "an input nested 990 deep": (
-        api_text(lambda graph: graph["6"]["inputs"].__setitem__("steps", "NESTED")).replace('"NESTED"', nested(990)),
+    "an input nested 100 000 deep": (  # beyond any recursion limit, whatever the stack holds already
+        api_text(lambda graph: graph["6"]["inputs"].__setitem__("steps", "NESTED")).replace(
+            '"NESTED"', nested(100_000)
+        ),
         [],
         "holds JSON too large to read",
     ),

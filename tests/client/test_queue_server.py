@@ -9,7 +9,12 @@ server side)."""
 from __future__ import annotations
 
 import json
+import os
 import select
+import socket
+import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -21,12 +26,20 @@ import pytest
 from websockets.server import ServerProtocol
 
 from dalle_nodes.cli import main
-from dalle_nodes.client import comfy_client
+from dalle_nodes.client import comfy_client, queue_workflow
 from shipped_workflows import api_file, load, ui_file
 
 PROMPT_ID = "p1"
 IMAGE = b"\x89PNG\r\n\x1a\n the picture"
 STALL = object()  # an answer that never comes (until the test ends)
+RESET = object()  # the connection reset at once (TCP RST), before any answer
+
+
+class Trickle:
+    """An answer sent a byte every `every` seconds after its headers, as a server too slow to serve would."""
+
+    def __init__(self, status: int, body: bytes, every: float = 0.1):
+        self.status, self.body, self.every = status, body, every
 
 
 def event(kind: str, **data: object) -> str:
@@ -42,9 +55,10 @@ def history(outputs: object) -> tuple[int, bytes]:
 
 
 class StandIn:
-    """The server's state: `answers` maps "METHOD /path" to (status, body), STALL or raw bytes (not HTTP); `events`
-    are the websocket's messages once the prompt is queued (text or binary); `close_socket` ends the websocket
-    after them, else it stays open."""
+    """The server's state: `answers` maps "METHOD /path" to (status, body), (status, body, headers), STALL, RESET, a
+    Trickle or raw bytes (not HTTP); `events` are the websocket's messages once the prompt is queued (text or
+    binary); `close_socket` ends the websocket after them, else it stays open. `prefix` is the path it serves under
+    (as behind a proxy), %-escaped as it arrives."""
 
     def __init__(self) -> None:
         self.answers: dict[str, object] = {
@@ -63,6 +77,8 @@ class StandIn:
             event("executing", node=None),
         ]
         self.close_socket = False
+        self.prefix = ""
+        self.reset_at_once = False  # each connection, before its request is read
         self.queued = threading.Event()
         self.stopped = threading.Event()
         self.asked: list[str] = []
@@ -79,6 +95,12 @@ def handler(stand_in: StandIn) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args: object) -> None:
             pass  # quiet: pytest shows the client's side
 
+        def handle(self) -> None:
+            if stand_in.reset_at_once:
+                reset(self.connection)
+            else:
+                super().handle()
+
         def do_GET(self) -> None:
             self.answer()
 
@@ -87,24 +109,42 @@ def handler(stand_in: StandIn) -> type[BaseHTTPRequestHandler]:
             self.answer()
 
         def answer(self) -> None:
-            route = f"{self.command} {urlsplit(self.path).path}"
+            path = urlsplit(self.path).path
+            route = f"{self.command} {path.removeprefix(stand_in.prefix) if stand_in.prefix else path}"
             stand_in.asked.append(route)
             answer = stand_in.answers.get(route, (404, b"404: Not Found"))
             if route == "GET /ws" and route not in stand_in.answers:
                 self.websocket()
             elif answer is STALL:
                 stand_in.stopped.wait()
+            elif answer is RESET:
+                reset(self.connection)
             elif isinstance(answer, bytes):
                 self.wfile.write(answer)  # not HTTP at all
+            elif isinstance(answer, Trickle):
+                self.trickle(answer)
             else:
-                status, body = answer
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                if route == "POST /prompt" and status == 200:
+                self.headers_of(*answer[:2], {"Content-Type": "application/json", **(answer[2:] or [{}])[0]})
+                self.wfile.write(answer[1])
+                if route == "POST /prompt" and answer[0] == 200:
                     stand_in.queued.set()
+
+        def headers_of(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+            self.send_response(status)
+            for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(name, value)
+            self.end_headers()
+
+        def trickle(self, answer: Trickle) -> None:
+            self.headers_of(answer.status, answer.body, {"Content-Type": "application/json"})
+            for byte in answer.body:
+                if stand_in.stopped.wait(answer.every):
+                    return
+                try:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                except OSError:  # the client gave up
+                    return
 
         def websocket(self) -> None:
             protocol = ServerProtocol(max_size=None)
@@ -143,6 +183,12 @@ def handler(stand_in: StandIn) -> type[BaseHTTPRequestHandler]:
             self.wfile.flush()
 
     return Handler
+
+
+def reset(connection: socket.socket) -> None:
+    """Close with a TCP reset, as a crashing server or a firewall does."""
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    connection.close()
 
 
 @pytest.fixture
@@ -190,9 +236,12 @@ def queue(server: StandIn, folder: Path, *args: str, workflow: dict | None = Non
     return run("queue", str(path), "--server", server.url, "--out", str(folder / "out"), *args)
 
 
-def one_line_error(capsys) -> str:
-    """stderr after the progress bar (which redraws itself with carriage returns): one line starting with error:."""
-    err = capsys.readouterr().err
+def one_line_error(capsys, out: list[str] | None = None) -> str:
+    """stderr after the progress bar (which redraws itself with carriage returns): one line starting with error:;
+    stdout: the paths `out` (none by default)."""
+    captured = capsys.readouterr()
+    assert captured.out.split() == (out or []), captured.out
+    err = captured.err
     assert "Traceback" not in err and "\x1b" not in err, err
     assert err.count("\n") == 1 and err.rsplit("\r", 1)[-1].startswith("error: "), err
     return err.rsplit("\r", 1)[-1].strip()
@@ -252,6 +301,25 @@ BROKEN = {  # id: (what goes wrong, exit code, the message)
         "with a file name that can be saved",
     ),
     "subfolder a list": (images({"filename": "fox.png", "subfolder": ["a"]}), 3, "with a file name that can be saved"),
+    # A name chosen by the server must not plant what Python, pytest or a shell would run from --out.
+    "image named conftest.py": (images({"filename": "conftest.py"}), 3, "(an image: .png, .jpg"),
+    "image named sitecustomize.py": (images({"filename": "sitecustomize.py"}), 3, "with a file name that can be"),
+    "image named .bashrc": (images({"filename": ".bashrc"}), 3, "not hidden"),
+    "image hidden": (images({"filename": ".fox.png"}), 3, "not hidden"),
+    "image hidden in a subfolder": (images({"filename": "a/.fox.png"}), 3, "not hidden"),
+    "image without a suffix": (images({"filename": "fox"}), 3, "with a file name that can be saved"),
+    "image name 251 bytes": (images({"filename": "f" * 247 + ".png"}), 3, "at most 250 bytes"),
+    "redirected": (
+        answer(HISTORY, (302, b"", {"Location": "http://elsewhere.example/history/p1"})),
+        3,
+        "GET /history/p1 answered HTTP 302, a redirect to http://elsewhere.example/history/p1: ComfyUI sends none",
+    ),
+    "websocket reset": (answer("GET /ws", RESET), 3, "did not open (did not receive a valid HTTP response)"),
+    "connection reset at once": (
+        lambda server: setattr(server, "reset_at_once", True),
+        3,
+        "ComfyUI's websocket at ws://127.0.0.1:",  # ConnectionResetError, or no close frame: whichever comes first
+    ),
     "image not served": (answer("GET /view", (404, b"")), 3, "GET /view?filename=fox.png&subfolder=&type=output"),
 }
 
@@ -323,16 +391,175 @@ def test_an_answer_over_the_limit(stand_in, tmp_path, capsys, monkeypatch) -> No
     monkeypatch.setattr(comfy_client, "MAX_ANSWER_BYTES", 1000)
     stand_in.answers[HISTORY] = history({"8": {"images": [{"filename": "fox.png"}] * 100}})
     assert queue(stand_in, tmp_path) == 3
-    assert "GET /history/p1: http://127.0.0.1:" in (err := one_line_error(capsys)) and "answered over 0 MiB" in err
+    assert "GET /history/p1: http://127.0.0.1:" in (err := one_line_error(capsys)) and "answered over 1000 bytes" in err
 
 
-@pytest.mark.parametrize(("route", "message"), [(PROMPT, "POST /prompt: "), ("GET /ws", "did not open (timed out")])
-def test_a_server_that_never_answers_ends_within_the_timeout(stand_in, tmp_path, capsys, route, message) -> None:
+@pytest.mark.parametrize(
+    ("route", "message"),
+    [(PROMPT, "POST /prompt had no answer within 1 s from http"), ("GET /ws", "did not open (timed out)")],
+)
+def test_a_server_that_never_answers_ends_at_the_request_limit(
+    stand_in, tmp_path, capsys, monkeypatch, route, message
+) -> None:
+    monkeypatch.setattr(queue_workflow, "REQUEST_TIMEOUT_S", 1.0)
     stand_in.answers[route] = STALL
     start = time.monotonic()
-    assert queue(stand_in, tmp_path, "--timeout", "2") == 3
-    assert time.monotonic() - start < 2 + 3  # the margin: a busy machine
+    assert queue(stand_in, tmp_path, "--timeout", "60") == 3
+    assert time.monotonic() - start < 1 + 5  # the margin: a busy machine
     assert message in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("route", [PROMPT, "GET /ws"])
+def test_a_server_that_never_answers_ends_within_the_timeout(stand_in, tmp_path, capsys, route) -> None:
+    """--timeout bounds the whole run: where it ends first, that is exit 1, as for a run that takes too long."""
+    stand_in.answers[route] = STALL
+    start = time.monotonic()
+    assert queue(stand_in, tmp_path, "--timeout", "2") == 1
+    assert time.monotonic() - start < 2 + 5
+    assert "error: the run did not finish within 2 s (" in one_line_error(capsys)
+
+
+SLOW_ROUTES = {  # id: (route, what the stand-in answers there, slowly)
+    "POST /prompt": (PROMPT, json.dumps({"prompt_id": PROMPT_ID}).encode().ljust(100)),
+    "GET /history": (HISTORY, history({"8": {"images": [{"filename": "fox.png"}]}})[1].ljust(100)),
+    "GET /view": ("GET /view", IMAGE.ljust(100)),
+}
+
+
+@pytest.mark.parametrize(("route", "body"), SLOW_ROUTES.values(), ids=SLOW_ROUTES.keys())
+def test_a_server_that_trickles_is_cut_off_at_the_request_limit(
+    stand_in, tmp_path, capsys, monkeypatch, route, body
+) -> None:
+    """A byte every 0.1 s never lets a read time out: the limit holds for the whole request all the same."""
+    monkeypatch.setattr(queue_workflow, "REQUEST_TIMEOUT_S", 1.0)
+    stand_in.answers[route] = Trickle(200, body)  # 10 s in all
+    start = time.monotonic()
+    assert queue(stand_in, tmp_path, "--timeout", "60") == 3
+    assert time.monotonic() - start < 1 + 5
+    assert f"{route.partition(' /')[0]} /{route.partition(' /')[2]} had no answer within 1 s" in one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_trickle_while_checking_on_a_quiet_prompt(stand_in, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(comfy_client, "QUIET_CHECK_S", 0.2)
+    monkeypatch.setattr(queue_workflow, "REQUEST_TIMEOUT_S", 1.0)
+    stand_in.events = []
+    stand_in.answers[HISTORY] = Trickle(200, b"{}".ljust(100))
+    start = time.monotonic()
+    assert queue(stand_in, tmp_path, "--timeout", "60") == 3
+    assert time.monotonic() - start < 1 + 5
+    assert "GET /history/p1 had no answer within 1 s" in one_line_error(capsys)
+
+
+def test_a_trickle_ends_with_the_runs_timeout(stand_in, tmp_path, capsys) -> None:
+    """The request limit (30 s) is longer than what is left of --timeout: the run's end comes first (exit 1)."""
+    stand_in.answers[HISTORY] = Trickle(200, SLOW_ROUTES["GET /history"][1])
+    start = time.monotonic()
+    assert queue(stand_in, tmp_path, "--timeout", "3") == 1
+    assert time.monotonic() - start < 3 + 5
+    assert "did not finish within 3 s (GET /history/p1 had no answer)" in one_line_error(capsys)
+
+
+def test_a_prompt_deleted_meanwhile_is_a_failed_run(stand_in, tmp_path, capsys, monkeypatch) -> None:
+    """ComfyUI lost the job (someone deleted it, or cleared the history): the run failed, exit 1."""
+    stand_in.answers[HISTORY] = json_answer({})
+    assert queue(stand_in, tmp_path) == 1
+    assert "ComfyUI has no history for prompt p1: was it deleted meanwhile?" in one_line_error(capsys)
+    monkeypatch.setattr(comfy_client, "QUIET_CHECK_S", 0.2)
+    stand_in.events = []
+    assert queue(stand_in, tmp_path) == 1
+    assert "prompt p1 is no longer queued or running, and has no history: deleted?" in one_line_error(capsys)
+
+
+def test_a_400_lists_at_most_20_node_errors(stand_in, tmp_path, capsys) -> None:
+    errors = {str(n): {"class_type": "X", "errors": [{"message": "bad", "details": str(n)}]} for n in range(30)}
+    stand_in.answers[PROMPT] = json_answer({"error": {"message": "invalid"}, "node_errors": errors}, 400)
+    assert queue(stand_in, tmp_path) == 2
+    lines = capsys.readouterr().err.rsplit("\r", 1)[-1].strip().splitlines()
+    assert lines[0] == "error: ComfyUI refused the workflow: invalid" and len(lines) == 22, lines
+    assert lines[-2] == "node 19 (X): bad 19" and lines[-1] == "… 10 more"
+
+
+def test_a_server_path_that_is_not_ascii(stand_in, tmp_path, capsys) -> None:
+    """A path is %-escaped (as a browser does): http.client sends ASCII only."""
+    stand_in.prefix = "/%C3%A9"
+    path = tmp_path / "workflow.json"
+    path.write_text(json.dumps(load(api_file("kandinsky22_text2image"))))
+    out = tmp_path / "out"
+    assert run("queue", str(path), "--server", stand_in.url + "/é", "--out", str(out)) == 0
+    assert capsys.readouterr().out.split() == [str(out / "fox.png")]
+    assert stand_in.asked == ["GET /ws", PROMPT, HISTORY, "GET /view"]  # all under the prefix
+
+
+def test_the_images_of_a_run_are_capped_in_all(stand_in, tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(comfy_client, "MAX_RUN_IMAGE_BYTES", len(IMAGE) + 5)
+    images({"filename": "fox.png"}, {"filename": "cub.png"})(stand_in)
+    assert queue(stand_in, tmp_path) == 3
+    assert "The images of this run come to over" in one_line_error(capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_of_memory_is_one_line(stand_in, tmp_path, capsys, monkeypatch) -> None:
+    def no_memory(self, file, limit=None):
+        raise MemoryError
+
+    monkeypatch.setattr(comfy_client.ComfyClient, "view", no_memory)
+    assert queue(stand_in, tmp_path) == 1
+    assert "out of memory here" in one_line_error(capsys)
+
+
+def test_no_free_name_left_is_one_line(stand_in, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    for n in range(10_000):
+        (out / ("fox.png" if n == 0 else f"fox_{n}.png")).touch()
+    assert queue(stand_in, tmp_path) == 2
+    assert "No free name left beside" in one_line_error(capsys)
+
+
+def test_the_paths_written_before_a_write_failed_are_printed(stand_in, tmp_path, capsys, monkeypatch) -> None:
+    images({"filename": "fox.png"}, {"filename": "cub.png"})(stand_in)
+    write_file = queue_workflow.write_file
+
+    def disk_full_at_the_second(path, content, overwrite):
+        if path.name == "cub.png":
+            raise OSError(28, "No space left on device")
+        return write_file(path, content, overwrite)
+
+    monkeypatch.setattr(queue_workflow, "write_file", disk_full_at_the_second)
+    assert queue(stand_in, tmp_path) == 2
+    assert "No space left on device" in one_line_error(capsys, out=[str(tmp_path / "out" / "fox.png")])
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        (lambda folder: folder / "workflow.json", "is a file, not a folder"),
+        (lambda folder: folder / "workflow.json" / "out", "is a file, not a folder"),
+        (lambda folder: Path("/proc/dalle-nodes-out"), "the folder '/proc' cannot hold new files"),
+        (lambda folder: folder / ("o" * 300), "bytes long, and this file system takes names up to"),
+    ],
+    ids=["a file", "in a file", "/proc", "a name too long"],
+)
+def test_out_is_checked_before_the_prompt_is_queued(stand_in, tmp_path, capsys, out, message) -> None:
+    path = tmp_path / "workflow.json"
+    path.write_text(json.dumps(load(api_file("kandinsky22_text2image"))))
+    assert run("queue", str(path), "--server", stand_in.url, "--out", str(out(tmp_path))) == 2
+    assert message in one_line_error(capsys)
+    assert PROMPT not in stand_in.asked
+
+
+def test_a_name_not_in_stdouts_encoding_still_prints(stand_in, tmp_path) -> None:
+    """--out with bytes undecodable as UTF-8 (surrogate escapes in Python) and an ASCII stdout: the path is printed
+    as the file system's bytes."""
+    path = tmp_path / "workflow.json"
+    path.write_text(json.dumps(load(api_file("kandinsky22_text2image"))))
+    out = os.fsencode(tmp_path) + b"/caf\xe9-\xff"
+    command = [sys.executable, "-m", "dalle_nodes", "queue", str(path), "--server", stand_in.url, "--out", out]
+    env = {**os.environ, "PYTHONIOENCODING": "ascii:strict"}
+    result = subprocess.run(command, capture_output=True, timeout=300, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout == out + b"/fox.png\n" and Path(os.fsdecode(out + b"/fox.png")).read_bytes() == IMAGE
 
 
 @pytest.mark.parametrize("timeout", ["nan", "0", "-1", "inf", "soon"])

@@ -197,7 +197,8 @@ def test_queue_reports_refusals_and_failures(comfyui, tmp_path) -> None:
     blocked = tmp_path / "a-file"
     blocked.write_text("mine")
     code, _, err = queue(comfyui, workflow, *sets, "--set", "6.seed=5", "--out", str(blocked))
-    assert code == 2 and f"cannot write the images to '{blocked}'" in err and blocked.read_text() == "mine"
+    # found before anything is queued
+    assert code == 2 and f"'{blocked}' is a file, not a folder" in err and blocked.read_text() == "mine"
 
 
 def loads_in_log(comfyui) -> int:

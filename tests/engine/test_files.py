@@ -129,6 +129,20 @@ def test_the_folder_probe_leaves_nothing(tmp_path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_ctrl_c_during_the_folder_probe_leaves_nothing(tmp_path, monkeypatch) -> None:
+    close = os.close
+
+    def interrupted(handle: int) -> None:
+        close(handle)
+        raise KeyboardInterrupt  # between creating the probe and removing it
+
+    monkeypatch.setattr(files.os, "close", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        files.check_image_outputs([tmp_path / "out.png"], overwrite=False)
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_open_regular_reads_files_only_and_never_waits(tmp_path) -> None:
     (tmp_path / "fox.png").write_bytes(b"picture")
     with files.open_regular(tmp_path / "fox.png") as file:
