@@ -187,7 +187,9 @@ async def images(request: web.Request, endpoint: str) -> web.Response:
     _state.jobs.add(slot)
     upload = None
     try:
-        upload = _save_upload(picture) if picture is not None else None
+        if picture is not None:  # named first, so that a cancelled write is still cleaned up by _release
+            upload = f"{UPLOAD_SUBFOLDER}/{uuid.uuid4().hex}.png"
+            await asyncio.to_thread(_save_upload, upload, picture)  # off the event loop, as every file of a request
         graph = model_templates.fill(variant, model_templates.request_values(image_request, variant, seed, upload))
         prompt_id = await comfy_server.queue_prompt(_unguessable(graph), _tag(image_request, seed))
     except BaseException as error:
@@ -208,7 +210,8 @@ async def images(request: web.Request, endpoint: str) -> web.Response:
         return web.Response(status=499)  # nobody reads it
     if not entry:
         raise ApiError(500, "The job was taken out of ComfyUI's queue (or its history cleared) before it finished.")
-    return web.json_response({"created": int(time.time()), "data": answers.image_data(link, variant, entry)})
+    data = await asyncio.to_thread(answers.image_data, link, variant, entry)  # b64_json reads up to 10 PNG files
+    return web.json_response({"created": int(time.time()), "data": data})
 
 
 def _check_room() -> None:
@@ -249,14 +252,12 @@ def _tag(request: ImageRequest, seed: int) -> dict:
     return {"dalle_nodes_api": {"endpoint": request.endpoint, "model": request.model, "seed": seed}}
 
 
-def _save_upload(picture: bytes) -> str:
-    """Write the checked picture under a fresh random name in the input folder's upload subfolder; the name Load
-    Image takes ("subfolder/file.png")."""
-    folder = comfy_server.input_folder() / UPLOAD_SUBFOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    name = f"{uuid.uuid4().hex}.png"
-    (folder / name).write_bytes(picture)
-    return f"{UPLOAD_SUBFOLDER}/{name}"
+def _save_upload(upload: str, picture: bytes) -> None:
+    """Write the checked picture in the input folder as `upload` (its fresh random name in the upload subfolder, the
+    name Load Image takes: "subfolder/file.png")."""
+    path = comfy_server.input_folder() / upload
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(picture)
 
 
 def _release(slot: str, upload: str | None) -> None:
