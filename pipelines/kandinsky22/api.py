@@ -61,9 +61,8 @@ from .starts import (
     MAX_SIZE,
     SIZE_STEP,
     DecoderStart,
-    keep_mask,
     latent_size,
-    unchanged_latents,
+    log_repaints_nothing,
 )
 from .vq_decode import movq_decode
 
@@ -200,9 +199,10 @@ class Kandinsky22:
         best_of), else batch_size. A mask that repaints nothing gives the picture itself, with a log line."""
         check_decoder_for(self.unet.config.kind, request.edit is not None)
         count = request.best_of or request.batch_size
-        start = self.decoder_start(request)
-        if unchanged_latents(start, keep_mask(start, 1), 1) is not None:
+        if request.repaints_nothing:  # keep_mask would repaint nothing too: no VQ encode, no sampling
+            log_repaints_nothing()
             return request.edit[0].expand(count, -1, -1, -1).clone()
+        start = self.decoder_start(request)
         store = torch.device("cpu")
         text_encoder = lambda: self.text_encoder  # noqa: E731
         positive = encode_prompt(self.tokenizer, text_encoder, request.prompt, store)

@@ -127,11 +127,15 @@ def unchanged_latents(start: DecoderStart, keep: torch.Tensor | None, rows: int)
     (there is nothing to sample), else None."""
     if keep is None or not masks.repaints_nothing(keep):
         return None
+    log_repaints_nothing()
+    return start.latent.float().expand(rows, -1, -1, -1).clone()
+
+
+def log_repaints_nothing() -> None:
     log.info(
         "The mask repaints nothing: it is below 0.5 everywhere (no pixel is at least half white, or half "
         "transparent). The picture is returned unchanged."
     )
-    return start.latent.float().expand(rows, -1, -1, -1).clone()
 
 
 def initial_latents(
