@@ -47,3 +47,12 @@ def check(authorization: str | None, keys: tuple[bytes, ...]) -> None:
         matched |= hmac.compare_digest(offered, key)
     if not matched:
         raise ApiError(401, f"Incorrect API key provided: it is not among {KEY_VARIABLE}.", code="invalid_api_key")
+
+
+def allows(authorization: str | None, keys: tuple[bytes, ...]) -> bool:
+    """Whether `check` passes: the routes are open or the header carries one of the keys."""
+    try:
+        check(authorization, keys)
+    except ApiError:
+        return False
+    return True

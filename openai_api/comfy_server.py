@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -146,3 +147,19 @@ def output_file(image: dict) -> Path | None:
     path = os.path.abspath(os.path.join(base, image.get("subfolder", ""), image.get("filename", "")))
     inside = os.path.commonpath((base, path)) == base
     return Path(path) if inside and os.path.isfile(path) else None
+
+
+def on_terminate(callback: Callable[[], None]) -> bool:
+    """Call `callback` on the server's event loop when the process gets SIGTERM, instead of dying at once; False
+    where that cannot be hooked (Windows, or a server loop not run by the main thread)."""
+    try:
+        _server().loop.add_signal_handler(signal.SIGTERM, callback)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return False
+    return True
+
+
+def stop() -> None:
+    """Stop ComfyUI as Ctrl-C does: main.py catches the KeyboardInterrupt that leaves its event loop, logs "Stopped
+    server" and cleans up its temp folder. Call it on the server's loop."""
+    raise KeyboardInterrupt

@@ -1,6 +1,6 @@
 """Errors in the OpenAI API's shape: `{"error": {"message", "type", "param", "code"}}` with the HTTP status its clients
 map to exception classes (400 BadRequestError, 401 AuthenticationError, 404 NotFoundError, 413, 429 RateLimitError,
-500 InternalServerError)."""
+500 and 503 InternalServerError)."""
 
 from __future__ import annotations
 
@@ -34,9 +34,9 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
     def headers(self) -> dict[str, str]:
-        """OpenAI's clients retry 429 and 5xx answers twice by default: a 429 after a short pause, but not our 500s
-        (the same workflow would fail the same way, costing the GPU twice more)."""
-        if self.status == 429:
+        """OpenAI's clients retry 429 and 5xx answers twice by default: a 429 or 503 (full, or shutting down) after a
+        short pause, but not our 500s (the same workflow would fail the same way, costing the GPU twice more)."""
+        if self.status in (429, 503):
             return {"Retry-After": str(RETRY_AFTER_S)}
         return {"x-should-retry": "false"} if self.status >= 500 else {}
 

@@ -111,6 +111,7 @@ class Catalogue:
 
     models: dict[str, Model] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)
+    unreadable: bool = False  # a models folder is there but cannot be listed
 
     def get(self, model_id: str) -> Model:
         if model_id in self.models:
@@ -129,7 +130,7 @@ def load_catalogue(folders: Iterable[Path]) -> Catalogue:
     listed among the problems instead of stopping the rest."""
     catalogue = Catalogue()
     for folder in folders:
-        for path in sorted(folder.glob("*" + SUFFIX)) if folder.is_dir() else ():
+        for path in _descriptions(folder, catalogue):
             try:
                 model = load_model(path)
             except ModelError as error:
@@ -139,6 +140,22 @@ def load_catalogue(folders: Iterable[Path]) -> Catalogue:
             catalogue.problems.pop(path.name, None)
             catalogue.models[model.id] = model
     return catalogue
+
+
+def _descriptions(folder: Path, catalogue: Catalogue) -> list[Path]:
+    """The description files in `folder`, by name; none if there is no such folder. A folder that is there but
+    cannot be listed (permissions, a file or a dangling link in its place) is a problem, and makes the catalogue
+    unreadable: its models would be missing without a word."""
+    try:
+        names = os.listdir(folder)
+    except OSError as error:
+        if isinstance(error, FileNotFoundError) and not os.path.lexists(folder):
+            return []
+        reason = error.strerror or type(error).__name__
+        catalogue.problems[f"{folder.name}/"] = f"{folder.name}/: the models folder cannot be listed ({reason})."
+        catalogue.unreadable = True
+        return []
+    return [folder / name for name in sorted(names) if name.endswith(SUFFIX) and not name.startswith(".")]
 
 
 def load_model(path: Path) -> Model:

@@ -1,11 +1,12 @@
 """The /v1 routes on ComfyUI's own aiohttp server (also under /api/v1): images/generations, images/edits,
-images/variations, models and health.
+images/variations, models, and for operators health (readiness), live and metrics (Prometheus).
 
 A request is checked, its model's workflow filled in, and the job queued through ComfyUI's prompt queue; the handler
 then waits for the job's history entry, woken by each queue change (with a short tick to notice a client that has
 gone), and answers with the images. A client that disconnects has its job taken out of the queue, or interrupted,
 and its history entry deleted. At most DALLE_NODES_API_MAX_JOBS API jobs wait at once; more get 429. The routes keep
-nothing between requests but that count, so one ComfyUI per GPU behind any load balancer serves them.
+nothing between requests but that count, so one ComfyUI per GPU behind any load balancer serves them
+(deploy/haproxy.cfg). Health, live and metrics need no key: they tell no prompt, key or path.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import access, answers, bodies, comfy_server, model_templates, uploads
+from . import access, answers, bodies, comfy_server, model_templates, readiness, uploads
 from .errors import ApiError, bad_request
+from .metrics import CONTENT_TYPE, HUNG_UP, Load, Metrics
 from .requests import ImageRequest, parse
 
 MAX_JOBS_VARIABLE = "DALLE_NODES_API_MAX_JOBS"
@@ -48,6 +50,8 @@ class _State:
         self.cleanups: set[asyncio.Task] = set()
         self.decoding = asyncio.Semaphore(2)
         self.registered = False
+        self.draining = False  # SIGTERM came: no new jobs
+        self.metrics = Metrics()
 
     def wake(self) -> None:
         for event in self.wakeups:
@@ -65,13 +69,15 @@ def register() -> None:
     _state = _State(access.keys_from(os.environ), _max_jobs(), _public_url())
     _state.registered = True
     comfy_server.on_queue_change(_state.wake)
+    readiness.Drain(_stop_taking_jobs, lambda: len(_state.jobs), readiness.drain_seconds()).install()
     table = comfy_server.route_table()
-    table.post("/v1/images/generations")(_endpoint("generations"))
-    table.post("/v1/images/edits")(_endpoint("edits"))
-    table.post("/v1/images/variations")(_endpoint("variations"))
-    table.get("/v1/models")(_guarded(list_models))
-    table.get("/v1/models/{model}")(_guarded(get_model))
-    table.get("/v1/health")(_guarded(health))
+    for endpoint in ("generations", "edits", "variations"):
+        table.post(f"/v1/images/{endpoint}")(_endpoint(endpoint))
+    table.get("/v1/models")(_guarded("models", list_models))
+    table.get("/v1/models/{model}")(_guarded("model", get_model))
+    table.get("/v1/health")(_guarded("health", health, keyed=False))
+    table.get("/v1/live")(_guarded("live", live, keyed=False))
+    table.get("/v1/metrics")(_guarded("metrics", metrics, keyed=False))
     if access.set_but_empty(os.environ):
         log.error(
             "dalle-nodes: %s is set but holds no key: every /v1 request is refused until it does.", access.KEY_VARIABLE
@@ -109,30 +115,42 @@ def _public_url() -> str:
     return raw
 
 
-def _guarded(handler: Callable[[web.Request], Awaitable[web.Response]]) -> Callable:
-    """The handler behind the key check, with every error answered in OpenAI's shape (the server keeps serving)."""
+def _stop_taking_jobs() -> None:
+    _state.draining = True
+
+
+def _guarded(route: str, handler: Callable[[web.Request], Awaitable[web.Response]], keyed: bool = True) -> Callable:
+    """The handler behind the key check (unless not `keyed`), with every error answered in OpenAI's shape (the server
+    keeps serving) and every answer counted in the metrics under `route`."""
 
     async def guarded(request: web.Request) -> web.StreamResponse:
-        try:
-            access.check(request.headers.get("Authorization"), _state.keys)
-            return await handler(request)
-        except ApiError as error:
-            return web.json_response(error.body(), status=error.status, headers=error.headers())
-        except ConnectionResetError:  # the client left while its request was read: nobody to answer
-            return web.Response(status=499)
-        except Exception:
-            log.exception("dalle-nodes: the images API failed on %s %s", request.method, request.path)
-            error = ApiError(500, "The server failed on this request (an internal error; its log has the details).")
-            return web.json_response(error.body(), status=500, headers=error.headers())
+        response = await _answer(request, handler, keyed)
+        _state.metrics.answered(route, response.status)
+        return response
 
     return guarded
+
+
+async def _answer(request: web.Request, handler: Callable, keyed: bool) -> web.StreamResponse:
+    try:
+        if keyed:
+            access.check(request.headers.get("Authorization"), _state.keys)
+        return await handler(request)
+    except ApiError as error:
+        return web.json_response(error.body(), status=error.status, headers=error.headers())
+    except ConnectionResetError:  # the client left while its request was read: nobody to answer
+        return web.Response(status=HUNG_UP)
+    except Exception:
+        log.exception("dalle-nodes: the images API failed on %s %s", request.method, request.path)
+        error = ApiError(500, "The server failed on this request (an internal error; its log has the details).")
+        return web.json_response(error.body(), status=500, headers=error.headers())
 
 
 def _endpoint(endpoint: str) -> Callable:
     async def handler(request: web.Request) -> web.StreamResponse:
         return await images(request, endpoint)
 
-    return _guarded(handler)
+    return _guarded(endpoint, handler)
 
 
 async def catalogue() -> model_templates.Catalogue:
@@ -151,19 +169,34 @@ async def get_model(request: web.Request) -> web.Response:
     return web.json_response(answers.model_entry((await catalogue()).get(request.match_info["model"])))
 
 
-async def health(request: web.Request) -> web.Response:
-    """Readiness for a load balancer: 200 when models load (and the queue's lengths), 503 when none does."""
+async def _load() -> tuple[Load, str, model_templates.Catalogue]:
+    """The worker's load, its readiness state and its models, as they are now."""
     models = await catalogue()
-    running, pending = comfy_server.queue_lengths()
-    body = {
-        "status": "ok" if models.models else "no models",
-        "models": sorted(models.models),
-        "problems": models.problems,
-        "queue": {"running": running, "pending": pending},
-        "api_jobs": len(_state.jobs),
-        "max_api_jobs": _state.max_jobs,
-    }
-    return web.json_response(body, status=200 if models.models else 503)
+    state = readiness.status(models, len(_state.jobs), _state.max_jobs, _state.draining)
+    running, queued = comfy_server.queue_lengths()
+    return Load(running, queued, len(_state.jobs), _state.max_jobs, state == readiness.READY), state, models
+
+
+async def health(request: web.Request) -> web.Response:
+    """Readiness for a load balancer: 200 while this worker takes a job, 503 while it is full, shutting down or has
+    no models to serve, with its load; a request with a valid key also gets the models and the descriptions' problems
+    (file names, never paths)."""
+    load, state, models = await _load()
+    body = {"status": state, "queue": load.queued, "running": load.running, "api_jobs": load.api_jobs}
+    body["limit"] = load.limit
+    if access.allows(request.headers.get("Authorization"), _state.keys):
+        body |= {"models": sorted(models.models), "problems": models.problems}
+    return web.json_response(body, status=200 if load.ready else 503)
+
+
+async def live(request: web.Request) -> web.Response:
+    """Liveness: 200 while the process serves, whatever its state."""
+    return web.json_response({"status": "live"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    load = (await _load())[0]
+    return web.Response(body=_state.metrics.text(load), headers={"Content-Type": CONTENT_TYPE})
 
 
 async def images(request: web.Request, endpoint: str) -> web.Response:
@@ -198,6 +231,7 @@ async def images(request: web.Request, endpoint: str) -> web.Response:
             raise ApiError(500, f"ComfyUI refused the model's workflow: {error}", "model", "workflow_refused") from None
         raise
     log.info("dalle-nodes: API %s (%s) queued as %s", endpoint, image_request.model, prompt_id)
+    queued = time.monotonic()
     entry = None
     try:
         entry = await _finished(request, prompt_id)
@@ -207,7 +241,8 @@ async def images(request: web.Request, endpoint: str) -> web.Response:
         else:
             _release(slot, upload)
     if entry is None:
-        return web.Response(status=499)  # nobody reads it
+        return web.Response(status=HUNG_UP)  # nobody reads it
+    _state.metrics.job_seconds.labels(model=image_request.model).observe(time.monotonic() - queued)
     if not entry:
         raise ApiError(500, "The job was taken out of ComfyUI's queue (or its history cleared) before it finished.")
     data = await asyncio.to_thread(answers.image_data, link, variant, entry)  # b64_json reads up to 10 PNG files
@@ -215,6 +250,12 @@ async def images(request: web.Request, endpoint: str) -> web.Response:
 
 
 def _check_room() -> None:
+    if _state.draining:
+        raise ApiError(
+            503,
+            "This server is shutting down and takes no new job: retry, and another server takes it.",
+            code="shutting_down",
+        )
     if len(_state.jobs) >= _state.max_jobs:
         raise ApiError(
             429,

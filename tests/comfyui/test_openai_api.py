@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 import tiny_repos
-from dalle_nodes.openai_api import model_templates
+from api_models import shrunk_description
 from shipped_workflows import api_file
 
 openai = pytest.importorskip("openai")
@@ -41,20 +42,6 @@ TIMEOUT_S = 300  # one tiny job takes a few seconds; the margin is for two busy 
 SIDE = 256  # the edit and variation pictures
 HOLE = (96, 64, 176, 160)  # the edit's transparent rectangle (left, top, right, bottom)
 STEPS = {"DallePriorSample": 3, "DalleDecoderSample": 4}
-
-
-def shrunk_description(model_id: str, steps: dict[str, int]) -> dict:
-    """A shipped description with its sampling steps set to `steps` by class type, through its own "set"."""
-    spec = json.loads((model_templates.SHIPPED_MODELS / f"{model_id}{model_templates.SUFFIX}").read_text())
-    for endpoint in ("generations", "edits", "variations"):
-        for entry in spec[endpoint] if isinstance(spec.get(endpoint), list) else [spec.get(endpoint)]:
-            if entry is None:
-                continue
-            graph = json.loads(api_file(entry["workflow"].removesuffix(".api.json")).read_text())
-            for node_id, node in graph.items():
-                if node["class_type"] in steps:
-                    entry.setdefault("set", {}).setdefault(node_id, {})["steps"] = steps[node["class_type"]]
-    return spec
 
 
 COMFYUI_ENV = {"DALLE_NODES_API_KEY": " , ".join(KEYS), "DALLE_NODES_API_MAX_JOBS": str(MAX_JOBS)}
@@ -164,12 +151,32 @@ def test_models_are_listed_and_retrieved(server) -> None:
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         api.models.retrieve("dall-e-9")
     health = json.loads(fetched_with_key(server, "/v1/health"))
-    assert health["status"] == "ok" and health["max_api_jobs"] == MAX_JOBS
+    assert health["status"] == "ok" and health["limit"] == MAX_JOBS
     assert (
         list(health["problems"]) == ["broken.model.json"]
         and "missing.api.json" in health["problems"]["broken.model.json"]
     )
-    assert set(health["queue"]) == {"running", "pending"}
+    assert {"dall-e-2", "slow"} <= set(health["models"])
+    assert all(isinstance(health[count], int) for count in ("queue", "running", "api_jobs"))
+
+
+@pytest.mark.parametrize("key", [None, "sk-wrong"])
+def test_health_live_and_metrics_need_no_key_and_tell_no_secret(server, key: str | None) -> None:
+    """A balancer's probe and Prometheus need no key; without one (or with a wrong one) they get the load alone: no
+    model file, problem, key or path (nor the prompt of a request answered before)."""
+    client(server).images.generate(
+        model="dall-e-2", prompt="a secret orchard", size="256x256", response_format="b64_json"
+    )
+    health_bytes = fetched_with_key(server, "/v1/health", key)
+    health = json.loads(health_bytes)
+    assert set(health) == {"status", "queue", "running", "api_jobs", "limit"} and health["status"] == "ok"
+    assert json.loads(fetched_with_key(server, "/v1/live", key)) == {"status": "live"}
+    scraped = fetched_with_key(server, "/v1/metrics", key).decode()
+    families = {family.name: family for family in text_string_to_metric_families(scraped)}
+    assert families["dalle_nodes_api_job_limit"].samples[0].value == MAX_JOBS
+    for text in (health_bytes.decode(), scraped):
+        for secret in (*KEYS, "broken", str(server.base), "/tmp", "orchard"):
+            assert secret not in text, secret
 
 
 def fetched_with_key(server, path: str, key: str | None = KEYS[0]) -> bytes:
@@ -540,6 +547,27 @@ def test_a_fifo_among_the_user_models_blocks_nothing(server) -> None:
     log = log_since(server, offset)
     assert log.count("fifo.model.json: a FIFO, not a regular file") == 1  # warned once, not once per request
     assert "fifo.model.json" not in json.loads(fetched_with_key(server, "/v1/health"))["problems"]  # gone with it
+
+
+def test_a_models_folder_that_cannot_be_read_takes_the_worker_out_of_rotation(server) -> None:
+    """The user's models folder replaced by a file (as an unmounted volume or a bad permission leaves it): health is
+    503 "models folder unreadable" (this worker would serve other models than its peers), and the problem is named
+    to a caller with a key; the folder back, the worker is ready again."""
+    folder = server.base / "user" / "dalle-nodes" / "openai-models"
+    aside = folder.with_name("openai-models.aside")
+    folder.rename(aside)
+    try:
+        folder.write_text("not a folder")
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            fetched_with_key(server, "/v1/health", key=None)
+        assert answer.value.code == 503 and json.loads(answer.value.read())["status"] == "models folder unreadable"
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            fetched_with_key(server, "/v1/health")
+        assert "the models folder cannot be listed" in json.loads(answer.value.read())["problems"]["openai-models/"]
+    finally:
+        folder.unlink()
+        aside.rename(folder)
+    assert json.loads(fetched_with_key(server, "/v1/health", key=None))["status"] == "ok"
 
 
 def form_part(name: str, content: bytes, boundary: str, headers: str = "") -> bytes:

@@ -8,7 +8,7 @@ import hashlib
 import pytest
 
 from dalle_nodes.openai_api import access
-from dalle_nodes.openai_api.access import KEY_VARIABLE, check, keys_from, set_but_empty
+from dalle_nodes.openai_api.access import KEY_VARIABLE, allows, check, keys_from, set_but_empty
 from dalle_nodes.openai_api.errors import ApiError
 
 KEYS = keys_from({KEY_VARIABLE: "sk-first, sk-second ,,sk-third"})
@@ -107,3 +107,9 @@ def test_every_key_is_compared_whichever_matches(monkeypatch) -> None:
         assert len(calls) == len(KEYS)
         assert {b for _, b in calls} == set(KEYS)
         assert all(len(a) == len(b) == 32 for a, b in calls)  # fixed-length digests, whatever the key's length
+
+
+def test_allows_is_what_check_lets_through() -> None:
+    keys = keys_from({KEY_VARIABLE: "sk-a"})
+    assert allows("Bearer sk-a", keys) and not allows("Bearer sk-b", keys) and not allows(None, keys)
+    assert allows(None, ())  # open routes

@@ -45,7 +45,7 @@ def test_bad_request_is_a_400() -> None:
         (413, {}),
         (429, {"Retry-After": "2"}),  # the openai client retries 429 after this pause
         (500, {"x-should-retry": "false"}),  # … and would run a failing workflow twice more without this
-        (503, {"x-should-retry": "false"}),
+        (503, {"Retry-After": "2"}),  # shutting down: retried, through a balancer on another worker
     ],
 )
 def test_headers_steer_the_clients_retries(status: int, headers: dict) -> None:

@@ -812,3 +812,25 @@ def test_a_read_that_fails_for_a_moment_is_not_remembered(tmp_path: Path, monkey
     first = load_catalogue([tmp_path])
     assert "my-model" not in first.models and "Too many open files" in str(first.problems)
     assert load_catalogue([tmp_path]).get("my-model").description == "mine"
+
+
+@pytest.mark.parametrize("case", ["a file", "a dangling link", "a link loop"])
+def test_a_models_folder_that_cannot_be_listed_makes_the_catalogue_unreadable(tmp_path: Path, case: str) -> None:
+    """The user's folder is there but cannot be listed: its models would be missing without a word, so the catalogue
+    says so (health answers 503) and names the folder, never its path."""
+    folder = tmp_path / "openai-models"
+    if case == "a file":
+        folder.write_text("not a folder")
+    elif case == "a dangling link":
+        folder.symlink_to(tmp_path / "unmounted")
+    else:
+        folder.symlink_to(folder)
+    catalogue = load_catalogue([SHIPPED_MODELS, folder])
+    assert catalogue.unreadable and set(catalogue.models) == set(SHIPPED_IDS)
+    assert catalogue.problems["openai-models/"].startswith("openai-models/: the models folder cannot be listed (")
+    assert str(tmp_path) not in catalogue.problems["openai-models/"]
+
+
+def test_a_missing_models_folder_is_no_problem(tmp_path: Path) -> None:
+    catalogue = load_catalogue([SHIPPED_MODELS, tmp_path / "openai-models"])
+    assert not catalogue.unreadable and not catalogue.problems and set(catalogue.models) == set(SHIPPED_IDS)
