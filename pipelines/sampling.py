@@ -82,7 +82,7 @@ def _numpy_linspace(stop: float, num: int) -> Tensor:
     return grid
 
 
-def _prior_betas() -> Tensor:
+def unclip_betas() -> Tensor:
     """squaredcos_cap_v2 betas, evaluated in float64 and stored in float32 like diffusers."""
 
     def alpha_bar(s: float) -> float:
@@ -240,7 +240,7 @@ def _posterior_loop(
 def prior_schedule(steps: int) -> PriorSchedule:
     """The steps UnCLIPScheduler takes when the Kandinsky 2.2 prior pipeline sets `steps` timesteps."""
     check_range("prior steps", steps, 2, TRAIN_TIMESTEPS)
-    betas = _prior_betas()
+    betas = unclip_betas()
     alphas = 1 - betas
     alphas_cumprod = torch.cumprod(alphas, dim=0)
     timesteps = (torch.arange(steps, dtype=torch.float64) * ((TRAIN_TIMESTEPS - 1) / (steps - 1))).round()

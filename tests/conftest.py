@@ -101,3 +101,19 @@ def min_dalle_pair(tiny_min_dalle_repo):
     decoder.load_state_dict(torch.load(tiny_min_dalle_repo / "decoder.pt", weights_only=True))
     tokenizer = load_tokenizer(Source(str(tiny_min_dalle_repo)), "mega")
     return ours, encoder.eval(), decoder.eval(), tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_karlo_repo(tmp_path_factory) -> Path:
+    """kakaobrain/karlo-v1-alpha in miniature (tiny_karlo: safetensors with `.bin` twins, the real model_index)."""
+    import tiny_karlo
+
+    return tiny_karlo.write_karlo_repo(tmp_path_factory.mktemp("karlo-v1-alpha"))
+
+
+@pytest.fixture(scope="session")
+def tiny_karlo_variations_repo(tmp_path_factory) -> Path:
+    """kakaobrain/karlo-v1-alpha-image-variations in miniature (`.bin` weights only, as its main branch)."""
+    import tiny_karlo
+
+    return tiny_karlo.write_variations_repo(tmp_path_factory.mktemp("karlo-v1-alpha-image-variations"))

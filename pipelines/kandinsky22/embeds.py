@@ -1,5 +1,6 @@
-"""The values that flow between Kandinsky 2.2's stages: a prompt's CLIP text embeddings and CLIP image embeddings.
-The nodes pass them as they are (the DALLE_TEXT_EMBEDS and DALLE_IMAGE_EMBEDS sockets)."""
+"""The values that flow between Kandinsky 2.2's stages: a prompt's CLIP text embeddings (clip_text.PromptEmbeds,
+shared with Karlo) and CLIP image embeddings. The nodes pass them as they are (the DALLE_TEXT_EMBEDS and
+DALLE_IMAGE_EMBEDS sockets)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ...models.clip import TextEmbeds
+from ..clip_text import PromptEmbeds
 
-
-@dataclass
-class PromptEmbeds:
-    """One prompt's embeddings, with the empty prompt's (the prior's unconditional input)."""
-
-    text: str
-    prompt: TextEmbeds
-    empty: TextEmbeds
-
-    def __repr__(self) -> str:  # ComfyUI puts node inputs into error reports: keep tensors out of them
-        return f"PromptEmbeds({self.text!r})"
+__all__ = ["ImageEmbeds", "PromptEmbeds"]
 
 
 @dataclass

@@ -20,38 +20,17 @@ from ...models import clip
 from ...models.clip import TextEmbeds
 from ...models.movq import MoVQ
 from .. import sampling
-from ..checks import check_embeds, check_image, check_prompt, check_range
-from .embeds import ImageEmbeds, PromptEmbeds
+from ..checks import check_embeds, check_image, check_range
+from ..clip_text import PromptEmbeds, encode_prompt  # noqa: F401  (encode_prompt: where the nodes call it)
+from ..stage_model import StageModel
+from .embeds import ImageEmbeds
 from .starts import DecoderStart, Edit, check_start, initial_latents, keep_mask, latent_size, unchanged_latents
 
 if TYPE_CHECKING:  # transformers takes seconds to import: ComfyUI's start-up should not pay for it
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPTextModelWithProjection,
-        CLIPTokenizer,
-        CLIPVisionModelWithProjection,
-    )
+    from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 MAX_BATCH = 64
 MAX_GUIDANCE = 100.0
-
-
-@dataclass(frozen=True)
-class StageModel:
-    """A model a stage readies once its inputs are checked: its config, the device and dtype it computes in, and
-    `load(rows, *latent_sides)`, which places it there (in ComfyUI: making room for one forward over `rows` rows of
-    latents that size) and returns the call to make of it (the module, or its compiled call)."""
-
-    config: object
-    device: torch.device
-    dtype: torch.dtype
-    load: Callable[..., Callable]
-
-    @classmethod
-    def held(cls, module: torch.nn.Module, call: Callable | None = None) -> StageModel:
-        """A model that stays where it is (the Python API keeps every model on its device): `call` or the module."""
-        param = next(module.parameters())
-        return cls(module.config, param.device, param.dtype, lambda *shape: call or module)
 
 
 def is_guided(guidance: float) -> bool:
@@ -67,22 +46,6 @@ def prior_rows(batch_size: int, guidance: float, negative: bool) -> int:
 def decoder_rows(batch_size: int, guidance: float) -> int:
     """Rows of each UNet forward: the embeddings', and with guidance the negative embeddings' beside them."""
     return batch_size * (1 + is_guided(guidance))
-
-
-def encode_prompt(
-    tokenizer: CLIPTokenizer, load: Callable[[], CLIPTextModelWithProjection], text: str, store: torch.device
-) -> PromptEmbeds:
-    """The prompt's CLIP embeddings, and the empty prompt's (the prior's unconditional input), kept on `store`
-    between stages; `load()` readies the text tower once the text is checked."""
-    check_prompt(text)
-    encoder = load()
-    with torch.inference_mode():
-        both = clip.encode_text(tokenizer, encoder, [text, ""])
-    rows = [
-        TextEmbeds(both.pooled[i : i + 1], both.states[i : i + 1], both.mask[i : i + 1]).to(store, both.pooled.dtype)
-        for i in range(2)
-    ]
-    return PromptEmbeds(text, rows[0], rows[1])
 
 
 def encode_images(
