@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -151,7 +152,10 @@ def output_file(image: dict) -> Path | None:
 
 def on_terminate(callback: Callable[[], None]) -> bool:
     """Call `callback` on the server's event loop when the process gets SIGTERM, instead of dying at once; False
-    where that cannot be hooked (Windows, or a server loop not run by the main thread)."""
+    where that cannot be hooked: Windows, a call from another thread than the main one, or a server loop that the
+    main thread does not run (ComfyUI's main.py runs it there and loads custom nodes from it)."""
+    if threading.current_thread() is not threading.main_thread() or not _server().loop.is_running():
+        return False
     try:
         _server().loop.add_signal_handler(signal.SIGTERM, callback)
     except (NotImplementedError, RuntimeError, ValueError):

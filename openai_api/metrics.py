@@ -2,17 +2,20 @@
 
 They live in a registry of their own, not prometheus_client's global one, so another custom node's metrics never
 clash with ours and ours list only the API. Labels take bounded values only (our route names, HTTP statuses, the ids
-of models that ran): nothing from a request's text, no key, no path.
+of models that ran): nothing from a request's text, no key, no path. prometheus_client is imported only here, when
+the routes start: a ComfyUI whose Python lacks it (the pack updated without its requirements) still loads the pack,
+and /v1/metrics says what to install.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from .errors import ApiError
 
 PREFIX = "dalle_nodes_api"
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+log = logging.getLogger("dalle_nodes.openai_api")
 HUNG_UP = 499  # the status our routes log for a client that went away before its answer (nginx's convention)
 # A tiny model's job takes under a second on a GPU, a 50-step 1024² DALL·E 2 batch of 10 minutes.
 JOB_SECONDS_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, float("inf"))
@@ -38,10 +41,22 @@ _LOAD_GAUGES = {  # Load's field: (the gauge's name, what it counts)
 }
 
 
+def create() -> Metrics | MissingMetrics:
+    """The API's metrics, or a stand-in that counts nothing where prometheus_client is not installed."""
+    try:
+        return Metrics()
+    except ImportError:
+        log.warning("dalle-nodes: prometheus_client is not installed: /v1/metrics answers 500 until it is.")
+        return MissingMetrics()
+
+
 class Metrics:
     """The counters the routes feed, and the load as it is when Prometheus scrapes."""
 
     def __init__(self) -> None:
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
+
+        self.content_type = CONTENT_TYPE_LATEST
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             f"{PREFIX}_requests",
@@ -67,6 +82,9 @@ class Metrics:
             for field, (name, documentation) in _LOAD_GAUGES.items()
         }
 
+    def finished(self, model: str, seconds: float) -> None:
+        self.job_seconds.labels(model=model).observe(seconds)
+
     def answered(self, route: str, status: int) -> None:
         self.requests.labels(route=route, status=str(status)).inc()
         if status == 429:
@@ -76,6 +94,28 @@ class Metrics:
 
     def text(self, load: Load) -> bytes:
         """The metrics in Prometheus' text format, with the load gauges set to `load` (read just before)."""
+        from prometheus_client import generate_latest
+
         for field, gauge in self.load.items():
             gauge.set(int(getattr(load, field)))
         return generate_latest(self.registry)
+
+
+class MissingMetrics:
+    """Metrics without prometheus_client: nothing counted, and /v1/metrics says how to get them."""
+
+    content_type = "application/json"
+
+    def finished(self, model: str, seconds: float) -> None:
+        pass
+
+    def answered(self, route: str, status: int) -> None:
+        pass
+
+    def text(self, load: Load) -> bytes:
+        raise ApiError(
+            500,
+            "The metrics need the prometheus_client package, which this ComfyUI's Python lacks: install the pack's "
+            "requirements (pip install -r custom_nodes/dalle-nodes/requirements.txt) and restart.",
+            code="metrics_unavailable",
+        )

@@ -25,8 +25,9 @@ from pathlib import Path
 from aiohttp import web
 
 from . import access, answers, bodies, comfy_server, model_templates, readiness, uploads
+from . import metrics as api_metrics
 from .errors import ApiError, bad_request
-from .metrics import CONTENT_TYPE, HUNG_UP, Load, Metrics
+from .metrics import HUNG_UP, Load
 from .requests import ImageRequest, parse
 
 MAX_JOBS_VARIABLE = "DALLE_NODES_API_MAX_JOBS"
@@ -35,6 +36,7 @@ DEFAULT_MAX_JOBS = 32
 UPLOAD_SUBFOLDER = "dalle-nodes-api"  # in ComfyUI's input folder; each upload is deleted when its job ends
 USER_MODELS = Path("dalle-nodes") / "openai-models"  # under ComfyUI's user directory
 TICK_S = 0.5  # how soon a client that disconnected while its job waits is noticed
+FLUSH_LIMIT_S = 60  # how long an answer may take to leave for a client that reads slowly
 log = logging.getLogger("dalle_nodes.openai_api")
 
 
@@ -51,7 +53,8 @@ class _State:
         self.decoding = asyncio.Semaphore(2)
         self.registered = False
         self.draining = False  # SIGTERM came: no new jobs
-        self.metrics = Metrics()
+        self.answering = 0  # image requests between arrival and their answer's last byte handed to the socket
+        self.metrics = api_metrics.create()
 
     def wake(self) -> None:
         for event in self.wakeups:
@@ -69,7 +72,7 @@ def register() -> None:
     _state = _State(access.keys_from(os.environ), _max_jobs(), _public_url())
     _state.registered = True
     comfy_server.on_queue_change(_state.wake)
-    readiness.Drain(_stop_taking_jobs, lambda: len(_state.jobs), readiness.drain_seconds()).install()
+    readiness.Drain(_stop_taking_jobs, lambda: _state.answering, readiness.drain_seconds()).install()
     table = comfy_server.route_table()
     for endpoint in ("generations", "edits", "variations"):
         table.post(f"/v1/images/{endpoint}")(_endpoint(endpoint))
@@ -131,6 +134,36 @@ def _guarded(route: str, handler: Callable[[web.Request], Awaitable[web.Response
     return guarded
 
 
+def _answered_in_full(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Callable:
+    """An image route's handler counted in `_state.answering` until its answer has left for the client, so that
+    SIGTERM's drain never stops the server with a finished image unsent."""
+
+    async def answering(request: web.Request) -> web.StreamResponse:
+        _state.answering += 1
+        try:
+            response = await handler(request)
+            if response.status != HUNG_UP:
+                with contextlib.suppress(ConnectionError):  # the client left meanwhile: nothing more to send
+                    await response.prepare(request)
+                    await response.write_eof()
+                    await _flushed(request)
+            return response
+        finally:
+            _state.answering -= 1
+
+    return answering
+
+
+async def _flushed(request: web.Request) -> None:
+    """Wait until the transport has handed every byte to the socket, the client has gone, or FLUSH_LIMIT_S passed
+    (a client that stops reading holds no drain longer)."""
+    deadline = time.monotonic() + FLUSH_LIMIT_S
+    while (transport := request.transport) is not None and transport.get_write_buffer_size():
+        if time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.05)
+
+
 async def _answer(request: web.Request, handler: Callable, keyed: bool) -> web.StreamResponse:
     try:
         if keyed:
@@ -150,7 +183,7 @@ def _endpoint(endpoint: str) -> Callable:
     async def handler(request: web.Request) -> web.StreamResponse:
         return await images(request, endpoint)
 
-    return _guarded(endpoint, handler)
+    return _answered_in_full(_guarded(endpoint, handler))
 
 
 async def catalogue() -> model_templates.Catalogue:
@@ -196,7 +229,7 @@ async def live(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     load = (await _load())[0]
-    return web.Response(body=_state.metrics.text(load), headers={"Content-Type": CONTENT_TYPE})
+    return web.Response(body=_state.metrics.text(load), headers={"Content-Type": _state.metrics.content_type})
 
 
 async def images(request: web.Request, endpoint: str) -> web.Response:
@@ -242,7 +275,7 @@ async def images(request: web.Request, endpoint: str) -> web.Response:
             _release(slot, upload)
     if entry is None:
         return web.Response(status=HUNG_UP)  # nobody reads it
-    _state.metrics.job_seconds.labels(model=image_request.model).observe(time.monotonic() - queued)
+    _state.metrics.finished(image_request.model, time.monotonic() - queued)
     if not entry:
         raise ApiError(500, "The job was taken out of ComfyUI's queue (or its history cleared) before it finished.")
     data = await asyncio.to_thread(answers.image_data, link, variant, entry)  # b64_json reads up to 10 PNG files
@@ -335,8 +368,10 @@ async def _ended(prompt_id: str, give_up: Callable[[], bool]) -> dict | None:
 
 
 def _abandon(prompt_id: str, slot: str, upload: str | None) -> None:
-    """Take a job whose client has gone out of the queue (or interrupt it), then, once it has ended, delete its
-    history entry and upload and free its place."""
+    """Free the place of a job whose client has gone, take the job out of the queue (or interrupt it), then, once
+    it has ended, delete its history entry and upload. The place is free at once: a balancer sends the next request
+    as soon as this one's connection closes, and it should not get a 429 while the old job is being interrupted."""
+    _state.jobs.discard(slot)
 
     async def clean_up() -> None:
         try:

@@ -156,6 +156,10 @@ def test_only_the_api_and_answer_links_pass_the_balancer(cluster: Cluster) -> No
         f"/w/{number}/view?filename={query['filename'][0]}&subfolder=&type=output": 403,  # outside output/openai
         f"/w/{number}/prompt": 404,
         "/w/7/v1/health": 404,  # no seventh worker
+        "/v1/../index.html": 404,  # ComfyUI's frontend, had the path not been checked whole
+        "/v1/%2e%2e/prompt": 404,
+        "/api/v1/../../prompt": 404,
+        f"/w/{number}/v1/../index.html": 404,
     }
     for path, status in refused.items():
         got, body, _ = http_get(cluster.url + path)
@@ -234,6 +238,27 @@ def test_metrics_count_rejections_and_hangups(cluster: Cluster) -> None:
         time.sleep(0.2)
 
 
+def test_a_client_that_hangs_up_at_the_balancer_has_its_job_cancelled(cluster: Cluster) -> None:
+    """Behind HAProxy too (option abortonclose): the worker sees the hang-up, interrupts the job, counts it."""
+    hangups = sum(worker_metrics(cluster, n)[("dalle_nodes_api_client_hangups_total", ())] for n in (1, 2))
+    body = json.dumps({"model": "slower", "prompt": "a fox", "size": "256x256"}).encode()
+    with socket.create_connection(("127.0.0.1", cluster.balancer_port)) as raw:
+        raw.sendall(
+            b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        deadline = time.monotonic() + 60
+        while not any(health(worker)[1]["running"] for worker in cluster):  # its job runs: now hang up
+            assert time.monotonic() < deadline, "the job never started"
+            time.sleep(0.1)
+    deadline = time.monotonic() + 10  # counted as a hang-up below: a job that ran to its end would not be
+    while any(health(worker)[1]["api_jobs"] or health(worker)[1]["running"] for worker in cluster):
+        assert time.monotonic() < deadline, "the job of a client that hung up went on"
+        time.sleep(0.1)
+    assert sum(worker_metrics(cluster, n)[("dalle_nodes_api_client_hangups_total", ())] for n in (1, 2)) == hangups + 1
+
+
 def test_saturation_waits_in_the_balancers_queue(cluster: Cluster) -> None:
     """Twelve slow requests on two workers of two jobs each: both workers full (their health 503 "full", still UP in
     HAProxy), the rest waiting in HAProxy's queue; every request ends with an image, none hangs."""
@@ -267,6 +292,7 @@ def test_a_worker_killed_mid_load_fails_over_and_rejoins(cluster: Cluster) -> No
     attempts = Attempts()
     api = client(cluster, attempts=attempts)
     victim = cluster.workers[1]
+    redispatched_before = int(cluster.servers()["BACKEND"]["wredis"])
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         futures = [pool.submit(generate, api, index, "slower") for index in range(8)]
         deadline = time.monotonic() + 60
@@ -280,19 +306,19 @@ def test_a_worker_killed_mid_load_fails_over_and_rejoins(cluster: Cluster) -> No
     for error in failures:
         assert_openai_shaped(error)
     worst = max(seconds for *_, seconds in results)
+    resent = int(cluster.servers()["BACKEND"]["wredis"]) - redispatched_before
     print(
         f"\nSIGKILL mid-load: 8 requests, {8 - len(failures)} images, {len(failures)} errors, "
-        f"{attempts.count - 8} client retries (after {attempts.retried}), marked down after {marked_down_s:.1f} s, "
-        f"worst latency {worst:.1f} s"
+        f"{resent} sent again by HAProxy, {attempts.count - 8} client retries (after {attempts.retried}), "
+        f"marked down after {marked_down_s:.1f} s, worst latency {worst:.1f} s"
     )
-    assert worst < TIMEOUT_S * 3
+    assert resent >= 1, "HAProxy sent no request of the dead worker to the live one"
     assert all(code is not None for _, code in attempts.retried), attempts.retried  # HAProxy's 502 in OpenAI's shape
     after = in_parallel(10, lambda index: generate(client(cluster), index))
     assert [outcome for outcome, *_ in after] == ["ok"] * 10, [r[1] for r in after if r[0] != "ok"]
 
     restarted = cluster.restart(1)
     rejoined_s = cluster.wait_for_state("w2", "UP", CHECK_WINDOW_S + 5)
-    assert api_jobs_in_history(restarted) == 0
     more = in_parallel(4, lambda index: generate(client(cluster), index))
     assert [outcome for outcome, *_ in more] == ["ok"] * 4
     assert api_jobs_in_history(restarted) > 0, "the restarted worker got no work"
@@ -304,6 +330,7 @@ def test_sigterm_drains_a_worker_before_it_stops(cluster: Cluster) -> None:
     the job it holds runs to its end, then the process stops as on Ctrl-C."""
     worker = cluster.workers[0]
     direct = openai.OpenAI(base_url=worker.url + "/v1", api_key=KEY, max_retries=0, timeout=TIMEOUT_S)
+    attempts = Attempts()
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         held = pool.submit(generate, direct, 0, "slower")
         deadline = time.monotonic() + 60
@@ -316,9 +343,10 @@ def test_sigterm_drains_a_worker_before_it_stops(cluster: Cluster) -> None:
             assert time.monotonic() < deadline, answer
             time.sleep(0.1)
         assert answer[1]["status"] == "shutting down"
-        results = in_parallel(4, lambda index: generate(client(cluster), index))
+        results = in_parallel(4, lambda index: generate(client(cluster, attempts=attempts), index))
         assert [outcome for outcome, *_ in results] == ["ok"] * 4, [r[1] for r in results if r[0] != "ok"]
         outcome, answer, _ = held.result(timeout=TIMEOUT_S)
+    print(f"\nSIGTERM: 4 requests during the drain, {attempts.count - 4} client retries (after {attempts.retried})")
     assert outcome == "ok" and png(base64.b64decode(answer.data[0].b64_json)).size == (256, 256)
     assert worker.process.wait(timeout=30) == 0
     assert "Stopped server" in worker.log.read_text(errors="replace")

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from dalle_nodes.openai_api import metrics
+from dalle_nodes.openai_api.errors import ApiError
 from dalle_nodes.openai_api.metrics import HUNG_UP, Load, Metrics
 
 
@@ -52,3 +57,13 @@ def test_each_metrics_object_has_its_own_registry() -> None:
     assert ("dalle_nodes_api_requests_total", (("route", "models"), ("status", "200"))) not in samples(
         second.text(load)
     )
+
+
+def test_without_prometheus_client_the_pack_loads_and_metrics_say_what_to_install(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)  # import prometheus_client → ImportError
+    missing = metrics.create()
+    missing.answered("generations", 200)
+    missing.finished("dall-e-2", 1.0)
+    with pytest.raises(ApiError, match=r"prometheus_client.*pip install -r") as raised:
+        missing.text(Load(0, 0, 0, 1, ready=True))
+    assert raised.value.status == 500
