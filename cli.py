@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from .cli_karlo import add_karlo_options, given_kandinsky_options, karlo_request, load_karlo
+from .cli_translation import add_translate_options, translated_request
 from .engine import files
 from .engine.checkpoints import error_summary
 from .engine.hub import source_from_input
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
     from .pipelines import DalleMini, Kandinsky22, dalle_mini, kandinsky22
     from .pipelines.rerank import Ranker
 
-MODELS = ("kandinsky22", "mega", "mini")
+MODELS = ("kandinsky22", "karlo", "mega", "mini")
 NOTHING_TO_REPAINT = (
     "note: the mask repaints nothing (no pixel of it is at least half white or half transparent; without --mask, "
     "no pixel of the picture is at least half transparent): the picture will be written unchanged."
@@ -96,9 +98,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_generate_options(gen)
     add_kandinsky22_options(gen)
     add_edit_options(gen)
+    add_karlo_options(gen)
     add_dalle_mini_options(gen)
     add_queue_command(commands)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command == "generate" and args.model == "karlo":  # what Karlo would ignore is refused (karlo_request)
+        args.kandinsky_options = given_kandinsky_options(parser, gen, argv)
+    return args
 
 
 def add_generate_options(gen: argparse.ArgumentParser) -> None:
@@ -108,7 +114,12 @@ def add_generate_options(gen: argparse.ArgumentParser) -> None:
         "-o", "--output", type=Path, default=Path("out.png"), help="image path, e.g. .png (batches add _1, _2 …)"
     )
     gen.add_argument("--overwrite", action="store_true", help="replace existing files (else they are never touched)")
-    gen.add_argument("--model", choices=MODELS, default="kandinsky22", help="DALL·E 2 or 1 (256 px)")
+    gen.add_argument(
+        "--model",
+        choices=MODELS,
+        default="kandinsky22",
+        help="DALL·E 2 (kandinsky22; karlo: as the paper drew it, 256 px) or DALL·E 1 (mega, mini: 256 px)",
+    )
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--batch-size", type=int, default=1)
     gen.add_argument("--dtype", choices=("auto", "fp32", "fp16", "bf16"), default="auto")
@@ -125,6 +136,7 @@ def add_generate_options(gen: argparse.ArgumentParser) -> None:
         default=None,
         help=f"CLIP repo id or local folder for --best-of (default: {CLIP_REPO}; Kandinsky: the prior's own towers)",
     )
+    add_translate_options(gen)
 
 
 def add_kandinsky22_options(gen: argparse.ArgumentParser) -> None:
@@ -199,14 +211,17 @@ def generate(args: argparse.Namespace) -> list[Path]:
     paths = files.numbered(args.output, args.batch_size)
     files.check_image_outputs(paths, args.overwrite)
     kandinsky = args.model == "kandinsky22"
-    request, repos = kandinsky22_request(args) if kandinsky else dalle_mini_request(args)
+    make_request, load_model = FAMILIES.get(args.model, (dalle_mini_request, load_dalle_mini))
+    request, repos = make_request(args)
     if kandinsky and request.repaints_nothing:
         print(NOTHING_TO_REPAINT, file=sys.stderr)
-    for repo in repos + ([args.clip] if args.clip else []):  # a malformed id or a missing folder fails now
+    translate = [args.translate_model] if args.translate_model is not None else []
+    for repo in repos + ([args.clip] if args.clip else []) + translate:  # a malformed id or missing folder fails now
         source_from_input(repo, None, None).local_folder  # noqa: B018  (checks the path or repo id)
+    request = translated_request(args, request)  # first: the smallest model
     ranker = load_ranker(args)  # first: smaller, fails sooner
     upscaler = Upscaler.load(args.upscale) if args.upscale else None
-    model = load_kandinsky22(args) if kandinsky else load_dalle_mini(args)
+    model = load_model(args)
     images = model.run(request, ranker)
     scores = [image.info.get(SCORE_KEY) for image in images]  # read before upscaling makes new images
     if upscaler is not None:
@@ -275,6 +290,10 @@ def load_dalle_mini(args: argparse.Namespace) -> DalleMini:
 
     print(f"Loading DALL·E {args.model} from {args.repo} …", file=sys.stderr)
     return DalleMini.load(repo=args.repo, variant=args.model, dtype=args.dtype)
+
+
+# --model → its checked request and its loader (mega and mini: dalle_mini's)
+FAMILIES = {"kandinsky22": (kandinsky22_request, load_kandinsky22), "karlo": (karlo_request, load_karlo)}
 
 
 def load_ranker(args: argparse.Namespace) -> Ranker | None:

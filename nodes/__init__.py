@@ -4,11 +4,13 @@ from .conditioning import DalleImageEmbedsToConditioning
 from .decoder import DalleDecoderSample
 from .depth import DalleDepthMap, DalleLoadDepthModel
 from .embeds import DalleImageEncode, DalleMixEmbeds
+from .karlo import DalleKarloDecoderSample, DalleKarloSuperRes, DalleLoadKarloDecoder
 from .loaders import DalleLoadCLIPVision, DalleLoadDecoder, DalleLoadImageEncoder, DalleLoadPrior
 from .mini import DalleLoadMini, DalleTokenSample, DalleVQGANDecode
 from .prior import DallePriorSample
 from .rerank import DalleCLIPRerank, DalleLoadCLIP
 from .text import DalleTextEncode
+from .translate import DalleTranslatePrompt
 from .upscale import DalleGANUpscale, DalleLoadUpscaler
 from .vae import DalleVQDecode, DalleVQEncode
 
@@ -34,6 +36,10 @@ NODE_CLASS_MAPPINGS = {
     "DalleCLIPRerank": DalleCLIPRerank,
     "DalleLoadDepthModel": DalleLoadDepthModel,
     "DalleDepthMap": DalleDepthMap,
+    "DalleLoadKarloDecoder": DalleLoadKarloDecoder,
+    "DalleKarloDecoderSample": DalleKarloDecoderSample,
+    "DalleKarloSuperRes": DalleKarloSuperRes,
+    "DalleTranslatePrompt": DalleTranslatePrompt,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -58,4 +64,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "DalleCLIPRerank": "DALL·E CLIP Rerank (best of N)",
     "DalleLoadDepthModel": "Load Depth Model (Hub, for the depth ControlNet)",
     "DalleDepthMap": "DALL·E Depth Map (ControlNet hint)",
+    "DalleLoadKarloDecoder": "Load DALL·E 2 Decoder (Karlo)",
+    "DalleKarloDecoderSample": "DALL·E Karlo Decoder Sample (64 px)",
+    "DalleKarloSuperRes": "DALL·E Karlo Super-Resolution (256 px)",
+    "DalleTranslatePrompt": "DALL·E Translate Prompt",
 }

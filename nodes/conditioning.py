@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .sockets import KANDINSKY_CATEGORY, ImageEmbeds
+from .sockets import KANDINSKY_CATEGORY, ImageEmbeds, kandinsky_embeds
 
 EMBEDS_KEY = "dalle_image_embeds"  # read by comfy_native.Kandinsky22.extra_conds
 
@@ -31,4 +31,5 @@ class DalleImageEmbedsToConditioning:
         return {"required": {"image_embeds": ("DALLE_IMAGE_EMBEDS",)}}
 
     def convert(self, image_embeds: ImageEmbeds) -> tuple[list, list]:
+        image_embeds = kandinsky_embeds(image_embeds, "DALL·E Image Embeds To Conditioning (Kandinsky 2.2's MODEL)")
         return image_embeds_conditioning(image_embeds.positive), image_embeds_conditioning(image_embeds.negative)

@@ -14,6 +14,7 @@ from .sockets import (
     KANDINSKY_CATEGORY,
     DecoderModel,
     ImageEmbeds,
+    kandinsky_embeds,
     movq_samples,
     seed_input,
     stage_model,
@@ -130,6 +131,7 @@ class DalleDecoderSample:
         run = stages.DecoderRun(sampling.decoder_schedule(sampler, steps, karras, denoise), guidance)
         size = starts.latent_size(width, height) if latent is None else None
         config, dtype = decoder.unet.module.config, decoder.unet.dtype
+        image_embeds = kandinsky_embeds(image_embeds, "DALL·E Decoder Sample (Kandinsky 2.2)")
         checks.check_embeds(image_embeds.positive, config.image_embed_dim)
         checks.check_embeds(image_embeds.negative, config.image_embed_dim, "negative image embeddings")
         check_sockets(config.kind, latent, mask, hint, denoise)

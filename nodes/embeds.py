@@ -6,14 +6,16 @@ import torch
 
 from ..pipelines import checks
 from ..pipelines.kandinsky22 import stages
+from ..pipelines.karlo import stages as karlo_stages
 from . import runtime
-from .sockets import KANDINSKY_CATEGORY, ImageEmbeds, ImageEncoder
+from .sockets import KANDINSKY_CATEGORY, ImageEmbeds, ImageEncoder, KarloEmbeds
 
 
 class DalleImageEncode:
     DESCRIPTION = (
         "Embeds images with CLIP for the decoder: variations of a picture, or one side of a mix with a "
-        "prompt. The negative is the embedding of an all-zero image, as in the reference."
+        "prompt. Kandinsky 2.2: the negative is the embedding of an all-zero image, as in the reference; Karlo's "
+        "encoder (its image-variations repo) makes embeddings for DALL·E Karlo Decoder Sample."
     )
     CATEGORY = KANDINSKY_CATEGORY
     RETURN_TYPES = ("DALLE_IMAGE_EMBEDS",)
@@ -32,7 +34,12 @@ class DalleImageEncode:
             }
         }
 
-    def encode(self, image_encoder: ImageEncoder, image: torch.Tensor) -> tuple[ImageEmbeds]:
+    def encode(self, image_encoder: ImageEncoder, image: torch.Tensor) -> tuple[ImageEmbeds | KarloEmbeds]:
+        if image_encoder.karlo:
+            checks.check_image(image)  # before the encoder loads
+            encoder = image_encoder.encoder.load()
+            embeds = karlo_stages.encode_images(image_encoder.processor, encoder, image, batch_size=1)
+            return (KarloEmbeds(embeds.to(runtime.offload_device())),)
         encoder = image_encoder.encoder.load()
         return (stages.encode_images(image_encoder.processor, encoder, image, runtime.offload_device()),)
 
@@ -73,9 +80,17 @@ class DalleMixEmbeds:
             }
         }
 
-    def mix(self, embeds_a: ImageEmbeds, embeds_b: ImageEmbeds, weight: float, method: str) -> tuple[ImageEmbeds]:
+    def mix(
+        self, embeds_a: ImageEmbeds | KarloEmbeds, embeds_b: ImageEmbeds | KarloEmbeds, weight: float, method: str
+    ) -> tuple[ImageEmbeds | KarloEmbeds]:
         checks.check_choice("method", method, ("slerp", "lerp"))
         checks.check_range("weight", weight, 0.0, 1.0)
+        karlo = isinstance(embeds_a, KarloEmbeds)
+        if karlo != isinstance(embeds_b, KarloEmbeds):
+            raise ValueError(
+                "embeds_a and embeds_b come from different models (one from Karlo, one from Kandinsky 2.2), whose "
+                "CLIP spaces do not mix: make both with the same family's prior or image encoder."
+            )
         size_a, size_b = embeds_a.positive.shape[0], embeds_b.positive.shape[0]
         if size_a != size_b and 1 not in (size_a, size_b):
             raise ValueError(f"Cannot mix batches of {size_a} and {size_b} embeddings: make one of them 1, or equal.")
@@ -85,4 +100,6 @@ class DalleMixEmbeds:
         def mixed(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             return blend(a.expand(rows, -1), b.expand(rows, -1), weight)
 
+        if karlo:  # no stream: the decoder draws from its own seed
+            return (KarloEmbeds(mixed(embeds_a.positive, embeds_b.positive)),)
         return (ImageEmbeds(mixed(embeds_a.positive, embeds_b.positive), mixed(embeds_a.negative, embeds_b.negative)),)

@@ -1,4 +1,5 @@
-"""Loader nodes for Kandinsky 2.2: Hub repo id or local folder → models kept under ComfyUI's memory manager."""
+"""Loader nodes for Kandinsky 2.2, and for Karlo's prior and image encoder, which share their sockets: Hub repo id
+or local folder → models kept under ComfyUI's memory manager."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from ..engine import compiled
 from ..engine.hub import Source, source_from_input
 from ..pipelines import previews
 from ..pipelines.kandinsky22 import loading
+from ..pipelines.karlo import loading as karlo_loading
 from . import runtime
 from .conditioning import image_embeds_conditioning
 from .sockets import (
@@ -19,6 +21,7 @@ from .sockets import (
     REVISION_TOOLTIP,
     DecoderModel,
     ImageEncoder,
+    KarloPrior,
     MoVQModel,
     PriorModel,
     TextEncoder,
@@ -86,14 +89,27 @@ class HubLoader:
 
 
 class DalleLoadPrior(HubLoader):
-    DESCRIPTION = "Loads the Kandinsky 2.2 diffusion prior and its CLIP ViT-bigG text encoder (DALL·E 2's first stage)."
+    DESCRIPTION = (
+        "Loads a diffusion prior and its CLIP text encoder (DALL·E 2's first stage): Kandinsky 2.2's (CLIP ViT-bigG), "
+        f"or Karlo's ({karlo_loading.REPO}: CLIP ViT-L/14, for DALL·E Karlo Decoder Sample)."
+    )
     RETURN_TYPES = ("DALLE_PRIOR", "DALLE_TEXT_ENCODER")
     RETURN_NAMES = ("prior", "text_encoder")
     DEFAULT_REPO = loading.PRIOR_REPO
-    CONTENTS = "prior (with prior/, text_encoder/, tokenizer/, image_encoder/)"
-    FILES = loading.FETCHES["prior"] + loading.FETCHES["text_encoder"]
+    CONTENTS = f"prior (with prior/, text_encoder/, tokenizer/, image_encoder/), or {karlo_loading.REPO}"
+    FILES = 1 + loading.FETCHES["prior"] + loading.FETCHES["text_encoder"]  # 1: model_index.json, for the family
 
-    def build(self, source: Source, dtype: torch.dtype) -> tuple[PriorModel, TextEncoder]:
+    def build(self, source: Source, dtype: torch.dtype) -> tuple[PriorModel | KarloPrior, TextEncoder]:
+        kind = karlo_loading.karlo_kind(source)
+        if kind == karlo_loading.VARIATIONS:
+            raise ValueError(
+                f"{source.describe()} is Karlo's image-variations repo, which has no prior: load {karlo_loading.REPO} "
+                "here, and give the variations repo to Load DALL·E 2 Image Encoder and Load DALL·E 2 Decoder (Karlo)."
+            )
+        if kind == karlo_loading.TEXT2IMAGE:
+            tokenizer, text_encoder = karlo_loading.load_text_encoder(source, dtype)
+            prior = KarloPrior(runtime.ManagedModule(karlo_loading.load_prior(source, dtype)))
+            return prior, TextEncoder(tokenizer, runtime.ManagedModule(text_encoder))
         prior = loading.load_prior(source, dtype)
         tokenizer, text_encoder = loading.load_text_encoder(source, dtype)
         return (
@@ -104,16 +120,19 @@ class DalleLoadPrior(HubLoader):
 
 class DalleLoadImageEncoder(HubLoader):
     DESCRIPTION = (
-        "Loads the CLIP ViT-bigG image encoder of the Kandinsky 2.2 prior repo: embeds images for "
-        "variations and for mixing images with prompts."
+        "Loads a CLIP image encoder that embeds images for variations and for mixing images with prompts: the "
+        f"ViT-bigG of the Kandinsky 2.2 prior repo, or the ViT-L/14 of {karlo_loading.VARIATIONS_REPO} (for Karlo)."
     )
     RETURN_TYPES = ("DALLE_IMAGE_ENCODER",)
     RETURN_NAMES = ("image_encoder",)
     DEFAULT_REPO = loading.PRIOR_REPO
-    CONTENTS = "prior (its image_encoder/ and image_processor/)"
-    FILES = loading.FETCHES["image_encoder"]
+    CONTENTS = f"prior (its image_encoder/ and image_processor/), or {karlo_loading.VARIATIONS_REPO}"
+    FILES = 1 + loading.FETCHES["image_encoder"]  # 1: model_index.json, for the family
 
     def build(self, source: Source, dtype: torch.dtype) -> tuple[ImageEncoder]:
+        if karlo_loading.karlo_kind(source) is not None:
+            processor, encoder = karlo_loading.load_image_encoder(source, dtype)
+            return (ImageEncoder(processor, runtime.ManagedModule(encoder), karlo=True),)
         processor, encoder = loading.load_image_encoder(source, dtype)
         return (ImageEncoder(processor, runtime.ManagedModule(encoder)),)
 
@@ -136,7 +155,7 @@ class DalleLoadDecoder(HubLoader):
     )
     DEFAULT_REPO = loading.DECODER_REPO
     CONTENTS = "decoder (with unet/, movq/, scheduler/)"
-    FILES = loading.FETCHES["unet"] + loading.FETCHES["movq"]
+    FILES = loading.FETCHES["decoder_kind"] + loading.FETCHES["unet"] + loading.FETCHES["movq"]
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
@@ -149,6 +168,11 @@ class DalleLoadDecoder(HubLoader):
 
     def build(self, source: Source, dtype: torch.dtype, compile: bool = False) -> tuple:
         """Outside ComfyUI (the CLI, the Python API, tests) MODEL and VAE are None: no ComfyUI node could take them."""
+        if karlo_loading.karlo_kind(source) is not None:
+            raise ValueError(
+                f"{source.describe()} is Karlo, not a Kandinsky 2.2 decoder: load it with Load DALL·E 2 Decoder "
+                "(Karlo), which makes DALL·E Karlo Decoder Sample's and Karlo Super-Resolution's models."
+            )
         unet = loading.load_unet(source, dtype)
         movq = loading.load_movq(source, dtype)
         speed_layout(unet, compile)

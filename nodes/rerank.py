@@ -11,6 +11,11 @@ from . import runtime
 from .loaders import HubLoader
 from .sockets import RERANK_CATEGORY, ClipModel, ImageEncoder, TextEncoder
 
+TOWER = (
+    "A CLIP {} tower ({}), with {} of the same family: Kandinsky 2.2's pair, or Karlo's (kakaobrain/karlo-v1-alpha's "
+    "text tower with kakaobrain/karlo-v1-alpha-image-variations' image tower)."
+)
+
 
 class DalleLoadCLIP(HubLoader):
     DESCRIPTION = (
@@ -72,14 +77,14 @@ class DalleCLIPRerank:
                 "keep": ("INT", {"default": 4, "min": 1, "max": 4096, "tooltip": "How many of the best to keep."}),
             },
             "optional": {
-                "clip": ("DALLE_CLIP", {"tooltip": "From Load CLIP. Or connect the two Kandinsky towers instead."}),
+                "clip": ("DALLE_CLIP", {"tooltip": "From Load CLIP. Or connect a prior's two CLIP towers instead."}),
                 "text_encoder": (
                     "DALLE_TEXT_ENCODER",
-                    {"tooltip": "Kandinsky 2.2's CLIP text tower, with image_encoder."},
+                    {"tooltip": TOWER.format("text", "Load DALL·E 2 Prior", "image_encoder")},
                 ),
                 "image_encoder": (
                     "DALLE_IMAGE_ENCODER",
-                    {"tooltip": "Kandinsky 2.2's CLIP image tower, with text_encoder."},
+                    {"tooltip": TOWER.format("image", "Load DALL·E 2 Image Encoder", "text_encoder")},
                 ),
             },
         }

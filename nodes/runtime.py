@@ -166,6 +166,13 @@ class DownloadBar(ConsoleDownload):
             self.node_bar = None
 
 
+def show_text(text: str) -> None:
+    """Text on the node running now, where ComfyUI's frontend shows it (a result, such as a translation); nothing
+    outside ComfyUI."""
+    if IN_COMFYUI:
+        _node_text(text)
+
+
 def _node_text(text: str) -> None:
     """Text on the executing node (ComfyUI's progress text); skipped where this ComfyUI has none."""
     try:

@@ -14,15 +14,19 @@ from ..engine.hub import Source
 from ..models.bart_tokenizer import BartTokenizer
 from ..models.movq import MoVQ
 from ..pipelines.checks import MAX_SEED, check_latent
+from ..pipelines.clip_text import encode_empty
 from ..pipelines.kandinsky22.embeds import ImageEmbeds, PromptEmbeds
 from ..pipelines.kandinsky22.loading import FETCHES, zero_image_embed
 from ..pipelines.kandinsky22.stages import MAX_GUIDANCE, StageModel
 from ..pipelines.kandinsky22.starts import LATENT_CHANNELS
+from ..pipelines.karlo import loading as karlo_loading
+from ..pipelines.karlo.loading import FETCHES as KARLO_FETCHES
 from . import runtime
 
 __all__ = ["ImageEmbeds", "PromptEmbeds"]  # DALLE_IMAGE_EMBEDS and DALLE_TEXT_EMBEDS are the pipeline's own types
 
 KANDINSKY_CATEGORY = "DALL·E/Kandinsky 2.2 (DALL·E 2)"
+KARLO_CATEGORY = "DALL·E/Karlo (DALL·E 2, unCLIP)"
 MINI_CATEGORY = "DALL·E/DALL·E Mini (DALL·E 1)"
 UPSCALE_CATEGORY = "DALL·E/upscaling"
 RERANK_CATEGORY = "DALL·E/reranking"
@@ -120,10 +124,81 @@ class DepthModel:
 
 @dataclass
 class ImageEncoder:
-    """DALLE_IMAGE_ENCODER: CLIP ViT-bigG image tower with its preprocessing."""
+    """DALLE_IMAGE_ENCODER: a CLIP image tower with its preprocessing: Kandinsky 2.2's ViT-bigG, or (`karlo`) the
+    ViT-L/14 of Karlo's image-variations repo, whose embeddings only Karlo's decoder reads."""
 
     processor: object
     encoder: runtime.ManagedModule
+    karlo: bool = False
+
+
+@dataclass
+class KarloPrior:
+    """DALLE_PRIOR from Karlo's repo: the unCLIP prior over CLIP ViT-L/14 embeddings (no zero-image negative: Karlo's
+    decoder guides with its own learned unconditional embedding)."""
+
+    prior: runtime.ManagedModule
+
+
+@dataclass
+class KarloEmbeds:
+    """DALLE_IMAGE_EMBEDS for Karlo's decoder: [B, D] CLIP ViT-L image embeddings, and the random stream where the
+    prior left it (its generator's state; None from an image or a mix), which the decoder continues, as the
+    reference's one generator runs through prior, decoder and super-resolution."""
+
+    positive: torch.Tensor
+    stream: torch.Tensor | None = None
+
+    def __repr__(self) -> str:  # ComfyUI puts node inputs into error reports: keep tensors out of them
+        return f"KarloEmbeds({' x '.join(map(str, self.positive.shape))})"
+
+
+def continued(stream: torch.Tensor | None, seed: int) -> torch.Generator:
+    """The generator a Karlo stage draws from: the previous stage's stream where one is connected, else the seed."""
+    generator = torch.Generator()
+    if stream is None:
+        return generator.manual_seed(seed)
+    generator.set_state(stream)
+    return generator
+
+
+def kandinsky_embeds(embeds: object, node: str) -> ImageEmbeds:
+    """The embeddings a Kandinsky 2.2 node reads; Karlo's (768-wide ViT-L, without a negative) are refused by name."""
+    if isinstance(embeds, KarloEmbeds):
+        raise ValueError(
+            f"These image embeddings come from Karlo (its prior or image encoder), which {node} cannot read: connect "
+            "them to DALL·E Karlo Decoder Sample, or make Kandinsky 2.2 ones (Load DALL·E 2 Prior with "
+            "kandinsky-community/kandinsky-2-2-prior)."
+        )
+    return embeds
+
+
+@dataclass
+class KarloDecoderModel:
+    """DALLE_KARLO_DECODER: the 64 px decoder and its text projection, and where the empty prompt's embeddings come
+    from (the repo's own text tower, read once and let go) for decoding without text, as image variations do."""
+
+    decoder: runtime.ManagedModule
+    text_proj: runtime.ManagedModule
+    source: Source
+    dtype: torch.dtype
+    _empty: PromptEmbeds | None = field(default=None, repr=False)
+
+    def empty_prompt(self) -> PromptEmbeds:
+        if self._empty is None:
+            source = replace(self.source, progress=runtime.DownloadBar(KARLO_FETCHES["text_encoder"]))
+            tokenizer, encoder = karlo_loading.load_text_encoder(source, self.dtype)
+            self._empty = encode_empty(tokenizer, runtime.ManagedModule(encoder).load, runtime.offload_device())
+            runtime.free_cache()
+        return self._empty
+
+
+@dataclass
+class KarloSuperRes:
+    """DALLE_KARLO_SUPER_RES: the UNet of every super-resolution step but the last, and the last step's."""
+
+    first: runtime.ManagedModule
+    last: runtime.ManagedModule
 
 
 def compile_call(fn: Callable, what: str, module: torch.nn.Module) -> Compiled:

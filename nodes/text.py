@@ -11,7 +11,10 @@ NO_NEGATIVE_HINT = " (For no negative prompt, leave the prior's negative input u
 
 
 class DalleTextEncode:
-    DESCRIPTION = "Encodes a prompt with CLIP ViT-bigG for the Kandinsky 2.2 prior. Also use it for a negative prompt."
+    DESCRIPTION = (
+        "Encodes a prompt with the CLIP text tower of Load DALL·E 2 Prior (ViT-bigG for Kandinsky 2.2, ViT-L for "
+        "Karlo), for the prior and Karlo's decoder. Also use it for a negative prompt."
+    )
     CATEGORY = KANDINSKY_CATEGORY
     RETURN_TYPES = ("DALLE_TEXT_EMBEDS",)
     RETURN_NAMES = ("embeds",)

@@ -15,7 +15,10 @@ A description, `<model id>.model.json`:
 An endpoint may instead hold a list of such entries, each with its own "sizes": the first that lists the request's
 size runs (e.g. 256 px as sampled, larger sizes through an upscaler). A workflow file is looked up beside the
 description, then among the shipped API workflows (workflows/api/). `"prompt": {"charset": "ascii"}` says the model
-reads English alone (requests.check_charset refuses other letters); "unicode" is the default.
+reads English alone (requests.check_charset refuses other letters); "unicode" is the default. `"prompt": {"translate":
+"auto"}` (or a translation model's repo id) puts the DALL·E Translate Prompt node before the workflow's prompt inputs
+(prompt_translation.py): prompts in Chinese are translated to English, and the charset check lets letters of
+non-Latin scripts through (accented Latin letters, which are not translated, are still refused).
 
 The files are read as the server reads them, from any thread but never waiting on one: regular files only (a FIFO or
 a device would block the reader or never end), of bounded size, each parsed once per version (path, modification
@@ -32,9 +35,10 @@ import os
 import re
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from . import prompt_translation
 from .errors import ApiError, bad_request
 from .requests import CHARSETS, ENDPOINTS, ImageRequest, check_charset
 
@@ -88,6 +92,7 @@ class Model:
     source: Path
     created: int = 0
     charset: str = "unicode"  # what its prompts may be written in (requests.CHARSETS)
+    translate: str | None = None  # the translation model its workflows' prompts pass through, if any
 
     def variant(self, request: ImageRequest) -> Variant:
         """The workflow for this request, or ApiError 400 naming what the model does not do (or cannot read)."""
@@ -97,7 +102,7 @@ class Model:
             raise bad_request(
                 f"The model '{self.id}' does not serve images/{request.endpoint} (it serves {served}).", "model"
             )
-        check_charset(request, self.charset, self.id)
+        check_charset(request, self.charset, self.id, translated=self.translate is not None)
         for variant in variants:
             if request.size in variant.sizes:
                 return variant
@@ -186,7 +191,15 @@ def load_model(path: Path) -> Model:
     description = spec.get("description", "")
     if not isinstance(description, str):
         raise ModelError(f"{path.name}: description is a string.")
-    return Model(model_id, description, sizes, endpoints, path, modified, _charset(spec.get("prompt", {}), path.name))
+    charset, translate = _prompt_settings(spec.get("prompt", {}), path.name)
+    if translate is not None:
+        endpoints = {name: tuple(_translated(v, translate) for v in variants) for name, variants in endpoints.items()}
+    return Model(model_id, description, sizes, endpoints, path, modified, charset, translate)
+
+
+def _translated(variant: Variant, model: str) -> Variant:
+    graph, inputs = prompt_translation.with_translation(variant.graph, variant.inputs, model)
+    return replace(variant, graph=graph, inputs=inputs)
 
 
 def fill(variant: Variant, values: dict[str, object]) -> dict:
@@ -217,10 +230,16 @@ def request_values(request: ImageRequest, variant: Variant, seed: int, upload: s
     return values
 
 
-def _charset(value: object, where: str) -> str:
-    if not (isinstance(value, dict) and set(value) <= {"charset"} and value.get("charset", "unicode") in CHARSETS):
+def _prompt_settings(value: object, where: str) -> tuple[str, str | None]:
+    """The description's prompt: its charset, and the translation model its prompts pass through (or None)."""
+    if not (isinstance(value, dict) and set(value) <= {"charset", "translate"}):
+        raise ModelError(f'{where}: prompt is an object such as {{"charset": "ascii"}} or {{"translate": "auto"}}.')
+    if value.get("charset", "unicode") not in CHARSETS:
         raise ModelError(f'{where}: prompt is {{"charset": "unicode"}} (the default) or {{"charset": "ascii"}}.')
-    return value.get("charset", "unicode")
+    try:
+        return value.get("charset", "unicode"), prompt_translation.translation_model(value.get("translate"))
+    except ValueError as error:
+        raise ModelError(f"{where}: {error}.") from None
 
 
 def _read_json(path: Path, limit: int) -> tuple[object, int]:

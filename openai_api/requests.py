@@ -9,6 +9,7 @@ charset (check_charset) to its prompts.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -94,9 +95,28 @@ def parse(endpoint: str, fields: Mapping[str, object], from_form: bool) -> Image
     )
 
 
-def check_charset(request: ImageRequest, charset: str, model_id: str) -> None:
+_TRANSLATION_HINT = {
+    False: '(or the server may translate for this model: "prompt": {"translate": "auto"} in its description, for '
+    "Chinese).",
+    True: "(its translation takes letters of non-Latin scripts, such as Chinese, not accented Latin ones).",
+}
+
+
+def non_latin_letter(char: str) -> bool:
+    """A letter of a non-Latin script (Chinese, Cyrillic …): what a translated model's prompt may hold, as
+    pipelines/translation.py's needs_translation decides (a test holds them together)."""
+    return (
+        char.isalpha()
+        and not char.isascii()
+        and not unicodedata.name(char, "").startswith(("LATIN", "FULLWIDTH LATIN"))
+    )
+
+
+def check_charset(request: ImageRequest, charset: str, model_id: str, translated: bool = False) -> None:
     """For a model that reads English alone (charset "ascii"): a prompt with letters or digits outside ASCII, which it
-    would drop without a word, or with nothing it reads → ApiError 400 naming the field."""
+    would drop without a word, or with nothing it reads → ApiError 400 naming the field. `translated`: the prompt
+    passes through a translation first, which turns letters of non-Latin scripts into English (and leaves accented
+    Latin letters as they are, for the model to drop)."""
     if charset != "ascii":
         return
     for name in ("prompt", "negative_prompt"):
@@ -104,6 +124,9 @@ def check_charset(request: ImageRequest, charset: str, model_id: str) -> None:
         if text is None:
             continue
         words = replace_emoji(text, replace=" ")  # emoji are read: spelled out by name
+        english_later = translated and any(non_latin_letter(c) for c in words)  # the translation writes English
+        if english_later:
+            words = "".join(" " if non_latin_letter(c) else c for c in words)
         # the tokenizer lower-cases before it drops what is not ASCII: "İ" is read as "i"
         foreign = list(dict.fromkeys(c for c in words if any(x.isalnum() and not x.isascii() for x in c.lower())))
         if foreign:
@@ -112,11 +135,12 @@ def check_charset(request: ImageRequest, charset: str, model_id: str) -> None:
             )
             raise bad_request(
                 f"{name} has letters the model '{model_id}' cannot read ({shown}): it reads English in ASCII letters "
-                "and digits and drops any other letter. Write it in English, without accents.",
+                "and digits and drops any other letter. Write it in English, without accents "
+                + _TRANSLATION_HINT[translated],
                 name,
                 "unreadable_text",
             )
-        if words == text and not any(c.isascii() and not c.isspace() for c in text):  # no emoji, no ASCII
+        if not english_later and words == text and not any(c.isascii() and not c.isspace() for c in text):
             raise bad_request(
                 f"{name} has nothing the model '{model_id}' can read: it reads ASCII letters, digits and punctuation, "
                 "and emoji. Write it in English.",

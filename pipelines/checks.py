@@ -198,7 +198,8 @@ def check_embeds(embeds: torch.Tensor, width: int, name: str = "image embeddings
     if embeds.ndim != 2 or embeds.shape[1] != width:
         raise ValueError(
             f"The {name} are {_shape(embeds)}, but this model reads [batch, {width}]: they come from another "
-            "model's CLIP (use the prior or image encoder of the same Kandinsky release)."
+            "model's CLIP (use the prior or image encoder of this decoder's family: Kandinsky 2.2's for its decoder, "
+            "Karlo's for Karlo's)."
         )
     _check_finite(embeds, name)
 

@@ -154,17 +154,27 @@ def score(ranker: Ranker, images: torch.Tensor, text: str, host: Host = PLAIN) -
         ids = ranker.tokenizer([text], truncation=True, max_length=length, return_tensors="pt").input_ids
         text_embed = clip.text_features(tower, ids).float().cpu()
         scale = tower.logit_scale.exp().float().cpu() if hasattr(tower, "logit_scale") else torch.tensor(1.0)
-        image_embeds = _image_features(ranker, images, host)
+        image_embeds = _image_features(ranker, images, host, text_embed.shape[-1])
     text_embed = text_embed / text_embed.norm(dim=-1, keepdim=True)
     image_embeds = image_embeds / image_embeds.norm(dim=-1, keepdim=True)
     # row by row rather than one matmul, whose blocking may round equal rows differently
     return (image_embeds * text_embed).sum(dim=-1) * scale
 
 
-def _image_features(ranker: Ranker, images: torch.Tensor, host: Host) -> torch.Tensor:
-    """[B, D] float32 image embeddings on the CPU, IMAGE_CHUNK images a pass; after an out-of-memory error the rest
-    goes in halved chunks. Identical images are embedded once: batched kernels may round two copies differently, and
-    equal images must score equally for ties to keep their order."""
+def check_widths(text_width: int, image_width: int) -> None:
+    """Text and image embeddings of one CLIP: towers of two families (Kandinsky 2.2's are 1280 wide, Karlo's 768) have
+    no common space to compare in."""
+    if text_width != image_width:
+        raise ValueError(
+            f"The text tower's embeddings are {text_width} wide but the image tower's {image_width}: connect the "
+            "text_encoder and image_encoder of one CLIP (both Kandinsky 2.2's, or both Karlo's), or a CLIP model."
+        )
+
+
+def _image_features(ranker: Ranker, images: torch.Tensor, host: Host, text_width: int) -> torch.Tensor:
+    """[B, D] float32 image embeddings on the CPU (D = text_width, checked first), IMAGE_CHUNK images a pass; after an
+    out-of-memory error the rest goes in halved chunks. Identical images are embedded once: batched kernels may round
+    two copies differently, and equal images must score equally for ties to keep their order."""
     slots: dict[bytes, int] = {}
     firsts, owners = [], []  # the first of each set of identical images; each image's set
     for index, image in enumerate(images):
@@ -174,6 +184,7 @@ def _image_features(ranker: Ranker, images: torch.Tensor, host: Host) -> torch.T
             firsts.append(index)
         owners.append(slots[key])
     tower = ranker.image_tower()
+    check_widths(text_width, tower.visual_projection.out_features)
     chunk, parts, done = IMAGE_CHUNK, [], 0
     while done < len(firsts):
         host.check_interrupt()

@@ -6,7 +6,7 @@ weights_only path, every key and tensor type checked, every problem a Checkpoint
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -44,22 +44,44 @@ _TRANSFORMERS_GENERIC = frozenset(
 _BACKBONE_SETTINGS = frozenset({"backbone", "backbone_kwargs", "use_pretrained_backbone", "use_timm_backbone"})
 
 
-def transformers_settings(config_cls: type, path: Path, what: str) -> dict:
+def transformers_settings(config_cls: type, path: Path, what: str, legacy: Mapping[str, object] | None = None) -> dict:
     """A transformers config or preprocessor file under engine.checkpoints.config_settings's rule, with the class's own
     defaults (its constructor's settings, type-checked against a default instance). transformers 5's image
-    processors take their settings as typed **kwargs (`valid_kwargs`): those are known too."""
+    processors take their settings as typed **kwargs (`valid_kwargs`): those are known too. `legacy`: settings older
+    transformers wrote that today's ignores, each taken at the value that describes the network it builds (None:
+    any value; they build nothing). The class's aliases (attribute_map) are taken at the values of their settings."""
+    aliases = getattr(config_cls, "attribute_map", {})  # e.g. num_hidden_layers for encoder_layers
+    if legacy or aliases:
+        _check_legacy(read_json(path), legacy or {}, aliases, path, what)
     # OpenAI's own preprocessor configs give size and crop_size as one int, newer ones as a dict: transformers
     # reads both, so neither form is held to the other's type.
     defaults = {k: v for k, v in config_cls().to_dict().items() if k not in ("size", "crop_size")}
     known = set(inspect.signature(config_cls.__init__).parameters) | _TRANSFORMERS_GENERIC | _BACKBONE_SETTINGS
     known |= {"size", "crop_size"}
-    known |= set(getattr(getattr(config_cls, "valid_kwargs", None), "__annotations__", {}))
+    known |= set(getattr(getattr(config_cls, "valid_kwargs", None), "__annotations__", {})) | set(legacy or {})
+    known |= set(aliases)
     try:  # settings with a default are type-checked against it; the other known ones are transformers' business
         return config_settings(read_json(path), defaults, what, known - defaults.keys() - {"self", "kwargs"})
     except ValueError as error:
         if isinstance(error, CheckpointError):
             raise
         raise CheckpointError(f"'{path}': {error}. Delete it and download it again.") from error
+
+
+def _check_legacy(
+    config: object, legacy: Mapping[str, object], aliases: Mapping[str, str], path: Path, what: str
+) -> None:
+    """A legacy setting at another value than the one transformers builds, or an alias at another value than the
+    setting it names, would describe a network transformers does not build."""
+    if not isinstance(config, dict):
+        return  # config_settings names that problem
+    wanted_values = {**legacy, **{alias: config.get(key) for alias, key in aliases.items()}}
+    for key, wanted in wanted_values.items():
+        if key in config and wanted is not None and config[key] != wanted:
+            raise CheckpointError(
+                f"'{path}': {what} setting {key}={config[key]!r} asks for a network transformers does not build (it "
+                f"builds {key}={wanted!r}): this checkpoint needs other code."
+            )
 
 
 def from_transformers(what: str, folder: Path, load: Callable[[], T]) -> T:
@@ -76,14 +98,16 @@ def from_transformers(what: str, folder: Path, load: Callable[[], T]) -> T:
         ) from error
 
 
-def transformers_model(class_name: str, folder: Path, dtype: torch.dtype, what: str) -> torch.nn.Module:
+def transformers_model(
+    class_name: str, folder: Path, dtype: torch.dtype, what: str, legacy: Mapping[str, object] | None = None
+) -> torch.nn.Module:
     """A transformers model (`class_name`, e.g. CLIPModel or DPTForDepthEstimation) from its folder, every setting,
-    key and tensor type checked; problems become CheckpointErrors."""
+    key and tensor type checked (`legacy`: transformers_settings's); problems become CheckpointErrors."""
     import transformers
     from transformers.utils import logging as transformers_logging
 
     cls = getattr(transformers, class_name)
-    transformers_settings(cls.config_class, folder / "config.json", what)
+    transformers_settings(cls.config_class, folder / "config.json", what, legacy)
     for weights in folder.glob("*.safetensors"):
         verify_safetensors(weights)
     # What transformers will read (safetensors first), looked at before it does: int-typed weights would be cast

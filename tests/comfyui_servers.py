@@ -25,11 +25,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import tiny_karlo
 import tiny_repos
+import tiny_translation
 import tiny_upscalers
 from dalle_nodes.client.comfy_client import ComfyClient, OutputFile, ServerError
-from dalle_nodes.pipelines import depth, kandinsky22
+from dalle_nodes.pipelines import depth, kandinsky22, karlo
 from dalle_nodes.pipelines.rerank import CLIP_REPO
+from dalle_nodes.pipelines.translation import TRANSLATION_REPO
 from dalle_nodes.pipelines.upscale import PRESETS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,6 +166,9 @@ def prepare_base(base: Path) -> None:
     mega = tiny_repos.write_min_dalle_repo(store / "kuprel--min-dalle", "mega", tiny_repos.TINY_MIN_DALLE)
     (mega / "hyperparameters.json").write_text(json.dumps({"mega": tiny_repos.TINY_MIN_DALLE}))  # the toy size
     tiny_repos.write_clip_repo(store / CLIP_REPO.replace("/", "--"))  # the best-of workflow's reranker
+    tiny_karlo.write_karlo_repo(store / karlo.REPO.replace("/", "--"))
+    tiny_karlo.write_variations_repo(store / karlo.VARIATIONS_REPO.replace("/", "--"))
+    tiny_translation.write_translation_repo(store / TRANSLATION_REPO.replace("/", "--"))  # the *_zh workflows'
     preset = PRESETS["RealESRGAN_x4plus"]  # the shipped upscaled workflow's model, as a tiny file in its place
     tiny_upscalers.write_upscaler(
         store / preset.repo.replace("/", "--") / preset.filename, tiny_upscalers.rrdbnet_state()

@@ -238,3 +238,48 @@ def test_a_thin_stroke_is_repainted_without_a_note(tiny_prior_repo, tiny_inpaint
         kept, repainted = differences(out, tiny_inpaint_repo, from_pil(given), cells)
     # decoded, not the picture given back (that is 0.15 from the round trip); the cells changed most (measured 3x)
     assert kept < 4e-3 and repainted > 2 * kept
+
+
+def test_generate_translates_a_chinese_prompt(tiny_prior_repo, tiny_decoder_repo, tmp_path) -> None:
+    from dalle_nodes.engine.hub import default_store
+    from dalle_nodes.pipelines.translation import TRANSLATION_REPO, Translator
+    from tiny_translation import write_translation_repo
+
+    write_translation_repo(default_store() / TRANSLATION_REPO.replace("/", "--"))  # a finished download, offline
+    prompt, negative = "雪林中的一只红狐狸，油画", "雨天"  # words the tiny model knows
+    common = ["--prior", str(tiny_prior_repo), "--decoder", str(tiny_decoder_repo), "--width", "64", "--height", "64"]
+    common += ["--steps", "2", "--prior-steps", "2", "--seed", "3"]
+    out, by_hand = tmp_path / "zh.png", tmp_path / "en.png"
+    result = run_cli("generate", prompt, "--negative", negative, "-o", str(out), "--translate", *common, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    english = Translator.load(device="cpu")
+    assert f"Translated the prompt to: {english(prompt)}" in result.stderr
+    args = ["generate", english(prompt), "--negative", english(negative), "-o", str(by_hand), *common]
+    assert main(args) == 0
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(by_hand)))
+
+
+def test_generate_checks_the_translation_model_before_loading(tmp_path) -> None:
+    result = run_cli("generate", "雪林中的狐狸", "--translate-model", str(tmp_path / "missing"), cwd=tmp_path)
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    result = run_cli("generate", "--translate-model", "someone/opus-mt-xx-en", "雪林中的狐狸", cwd=tmp_path)
+    assert result.returncode == 2 and "someone/opus-mt-xx-en" in result.stderr and "not downloaded" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, translate",
+    [
+        (["generate", "--translate", "雪林中的狐狸"], "auto"),
+        (["generate", "雪林中的狐狸", "--translate"], "auto"),
+        (["generate", "--translate-model", "someone/opus-mt-ja-en", "雪の森の狐"], "someone/opus-mt-ja-en"),
+        (["generate", "雪林中的狐狸"], None),
+    ],
+    ids=["flag before the prompt", "flag after", "another model", "off"],
+)
+def test_translate_never_takes_the_prompt(argv: list[str], translate: str | None) -> None:
+    from dalle_nodes.cli import parse_args
+    from dalle_nodes.cli_translation import translate_value
+
+    args = parse_args(argv)
+    assert args.prompt == next(arg for arg in argv[1:] if not arg.startswith("-") and "/" not in arg)
+    assert translate_value(args) == translate

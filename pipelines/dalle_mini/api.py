@@ -14,7 +14,7 @@ from ...engine.images import to_pil
 from ...models.bart_tokenizer import BartTokenizer
 from ...models.dalle_bart import IMAGE_TOKENS, DalleBart
 from ...models.vqgan import VQGAN
-from .. import rerank
+from .. import rerank, translation
 from ..checks import (
     DTYPE_CHOICES,
     MAX_SEED,
@@ -64,13 +64,20 @@ class DalleMini:
         tokenizer, bart, vqgan = load_variant(source, variant, part_dtypes)
         return cls(tokenizer, bart.to(device), vqgan.to(device), variant)
 
-    def generate(self, prompt: str, ranker: Ranker | None = None, **settings) -> list[Image.Image]:
+    def generate(
+        self, prompt: str, ranker: Ranker | None = None, translate: str | None = None, **settings
+    ) -> list[Image.Image]:
         """Text → 256 px images; `settings` are those of `Request` (seed, batch_size, top_k, temperature,
         supercondition, best_of), checked before any work. On the CPU the tokens are min-dalle's for the seed.
 
         With best_of, the batch_size images CLIP ranks highest of best_of samples, best first, each with its score in
-        `image.info["clip_score"]`; `ranker` (rerank.Ranker) defaults to openai/clip-vit-base-patch32."""
-        return self.run(Request(prompt, **settings), ranker)
+        `image.info["clip_score"]`; `ranker` (rerank.Ranker) defaults to openai/clip-vit-base-patch32.
+
+        translate: "auto" translates a prompt written in a non-Latin script to English with
+        translation.TRANSLATION_REPO (Chinese), a repo id or folder names another translation model; None: as
+        written (DALL·E Mini reads English, in ASCII)."""
+        device = lambda: next(self.bart.parameters()).device  # noqa: E731
+        return self.run(translation.translated(Request(prompt, **settings), translate, device), ranker)
 
     def run(self, request: Request, ranker: Ranker | None = None) -> list[Image.Image]:
         """The node chain Token Sample → VQGAN Decode (→ CLIP Rerank with best_of), as it runs for the same seed."""

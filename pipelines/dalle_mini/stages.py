@@ -63,7 +63,8 @@ def prompt_tokens(tokenizer: BartTokenizer, text: str) -> torch.Tensor:
     if len(ids) <= 2:  # only <s> and </s>
         raise ValueError(
             "The prompt has no words DALL·E Mini can read: it keeps only ASCII letters, digits and punctuation "
-            "(emoji become their names). Write it in English."
+            "(emoji become their names). Write it in English, or have it translated: the DALL·E Translate Prompt "
+            'node, generate(..., translate="auto") in Python, --translate on the command line.'
         )
     return text_tokens(ids)
 

@@ -17,7 +17,7 @@ from ...engine.images import to_pil
 from ...models.movq import MoVQ
 from ...models.prior import PriorTransformer
 from ...models.unet import KandinskyUNet
-from .. import edit_pictures, masks, rerank, sampling
+from .. import edit_pictures, masks, rerank, sampling, translation
 from ..checks import (
     DTYPE_CHOICES,
     MAX_SEED,
@@ -37,6 +37,8 @@ from .loading import (
     FETCHES,
     INPAINT_REPO,
     PRIOR_REPO,
+    check_decoder_repo,
+    check_prior_repo,
     load_image_encoder,
     load_movq,
     load_prior,
@@ -68,6 +70,8 @@ from .vq_decode import movq_decode
 
 if TYPE_CHECKING:
     from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+PROMPTS = ("prompt", "negative")  # the Request fields generate's translate translates
 
 
 def check_decoder_for(kind: str, editing: bool) -> None:
@@ -127,9 +131,12 @@ class Kandinsky22:
         device = check_device(device) if device is not None else default_device()
         torch_dtype = resolve_dtype(dtype, device)
         store = default_store()
-        prior_files = FETCHES["zero_image_embed"] + FETCHES["text_encoder"] + FETCHES["prior"]
+        prior_files = FETCHES["prior_kind"] + FETCHES["zero_image_embed"] + FETCHES["text_encoder"] + FETCHES["prior"]
         prior_source = source_from_input(prior, None, store, ConsoleDownload(prior_files))
-        decoder_source = source_from_input(decoder, None, store, ConsoleDownload(FETCHES["unet"] + FETCHES["movq"]))
+        decoder_files = FETCHES["decoder_kind"] + FETCHES["unet"] + FETCHES["movq"]
+        decoder_source = source_from_input(decoder, None, store, ConsoleDownload(decoder_files))
+        check_decoder_repo(decoder_source)  # before the prior loads: a wrong decoder repo costs no loading
+        check_prior_repo(prior_source)
         placed = lambda module: module.to(device)  # noqa: E731
         zero = zero_image_embed(prior_source, torch_dtype, cache_folder(store), placed)
         tokenizer, text_encoder = load_text_encoder(prior_source, torch_dtype)
@@ -143,14 +150,22 @@ class Kandinsky22:
             prior_source,
         )
 
-    def generate(self, prompt: str, ranker: Ranker | None = None, **settings) -> list[Image.Image]:
+    def generate(
+        self, prompt: str, ranker: Ranker | None = None, translate: str | None = None, **settings
+    ) -> list[Image.Image]:
         """Text → images; `settings` are those of `Request` (negative, seed, steps, prior_steps, guidance,
         prior_guidance, width, height, batch_size, sampler, karras, best_of), all checked before any work.
 
         With best_of, the batch_size images CLIP ranks highest of best_of samples, best first, each with its score in
         `image.info["clip_score"]`; `ranker` (rerank.Ranker) defaults to the prior repo's own CLIP towers (no other
-        download; the image tower, 3.4 GiB in bf16, stays loaded beside the others)."""
-        return self.run(Request(prompt, **settings), ranker)
+        download; the image tower, 3.4 GiB in bf16, stays loaded beside the others).
+
+        translate: "auto" translates a prompt (and negative prompt) written in a non-Latin script to English with
+        translation.TRANSLATION_REPO (Chinese), a repo id or folder names another translation model; None: as
+        written (CLIP reads English)."""
+        request = Request(prompt, **settings)
+        request = translation.translated(request, translate, lambda: self.text_encoder.device, PROMPTS)
+        return self.run(request, ranker)
 
     def edit(
         self,

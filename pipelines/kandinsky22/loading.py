@@ -10,6 +10,7 @@ has a home in our module, and the other way round.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +21,7 @@ from safetensors.torch import save_file
 
 from ...engine.caches import read_cache_file, write_cache_file
 from ...engine.checkpoints import CheckpointError, load_strict, read_state_dict, verify_safetensors
-from ...engine.hub import TRANSFORMERS_WEIGHTS, Source, fetch_config, fetch_file, fetch_weights
+from ...engine.hub import TRANSFORMERS_WEIGHTS, MissingFile, Source, fetch_config, fetch_file, fetch_weights
 from ...models import clip
 from ...models.movq import MoVQ, MoVQConfig
 from ...models.prior import PriorConfig, PriorTransformer
@@ -41,7 +42,29 @@ INPAINT_REPO = "kandinsky-community/kandinsky-2-2-decoder-inpaint"
 CONTROLNET_REPO = "kandinsky-community/kandinsky-2-2-controlnet-depth"
 # Files each loader asks the Hub for (configs counted each time they are read), for "file k of n" in download bars;
 # tests/pipelines/test_api.py holds them to the loaders.
-FETCHES = {"prior": 3, "text_encoder": 6, "image_encoder": 3, "zero_image_embed": 2, "unet": 3, "movq": 2}
+FETCHES = {
+    "prior": 3,
+    "text_encoder": 6,
+    "image_encoder": 3,
+    "zero_image_embed": 2,
+    "decoder_kind": 1,  # model_index.json, read for what the repo is
+    "prior_kind": 1,  # the same for the prior
+    "unet": 3,
+    "movq": 2,
+}
+# What a decoder or prior repo must not be, by its model_index.json's _class_name: refused before anything loads.
+_KARLO = {
+    "UnCLIPPipeline": "Karlo (DALL·E 2 as the paper drew it): load it with Karlo.load(…) or --model karlo",
+    "UnCLIPImageVariationPipeline": "Karlo's image-variations repo: load it with Karlo.load(…)",
+}
+_NOT_DECODERS = {**_KARLO, "KandinskyV22PriorPipeline": "the Kandinsky 2.2 prior: give it as prior=…"}
+_NOT_PRIORS = {
+    **_KARLO,
+    **dict.fromkeys(
+        ("KandinskyV22Pipeline", "KandinskyV22InpaintPipeline", "KandinskyV22ControlnetPipeline"),
+        "a Kandinsky 2.2 decoder: give it as decoder=…",
+    ),
+}
 
 # The schedules our samplers implement; a repo whose scheduler config asks for anything else is refused.
 PRIOR_SCHEDULER = {
@@ -67,6 +90,26 @@ DECODER_SCHEDULER = {
     "timestep_spacing": "leading",
     "rescale_betas_zero_snr": False,
 }
+
+
+def _refuse_by_index(source: Source, refused: dict[str, str], role: str) -> None:
+    """Refuse, in one line and before any model loads, a repo whose model_index.json says it is no Kandinsky 2.2
+    `role`; a folder without the index is judged by its configs when they load."""
+    try:
+        index = json.loads(fetch_file(source, "", "model_index.json").read_text(encoding="utf-8"))
+    except (MissingFile, ValueError, OSError):
+        return
+    other = refused.get(index.get("_class_name") if isinstance(index, dict) else None)
+    if other is not None:
+        raise CheckpointError(f"{source.describe()} is {other}; it is not a Kandinsky 2.2 {role} ({role}=…).")
+
+
+def check_decoder_repo(source: Source) -> None:
+    _refuse_by_index(source, _NOT_DECODERS, "decoder")
+
+
+def check_prior_repo(source: Source) -> None:
+    _refuse_by_index(source, _NOT_PRIORS, "prior")
 
 
 def check_scheduler(source: Source, expected: dict) -> None:

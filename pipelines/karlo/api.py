@@ -16,7 +16,7 @@ from ...engine.hub import ConsoleDownload, default_store, source_from_input
 from ...engine.images import from_pil, to_pil
 from ...models.karlo_unets import KarloDecoder, SuperResUNet, TextProjection
 from ...models.prior import PriorTransformer
-from .. import rerank
+from .. import rerank, translation
 from ..checks import (
     DTYPE_CHOICES,
     MAX_SEED,
@@ -107,14 +107,24 @@ class Karlo:
         first, last = (place(unet) for unet in loading.load_super_res(source, torch_dtype))
         return cls(tokenizer, place(text_encoder), text_proj, decoder, first, last, prior, processor, image_encoder)
 
-    def generate(self, prompt: str, ranker: Ranker | None = None, **settings) -> list[Image.Image]:
+    def generate(
+        self, prompt: str, ranker: Ranker | None = None, translate: str | None = None, **settings
+    ) -> list[Image.Image]:
         """Text → 256 px images (1024 px with upscale="RealESRGAN_x4plus"); `settings` are those of `Request`
         (seed, batch_size, prior_steps, decoder_steps, super_res_steps, prior_guidance, decoder_guidance, upscale,
         best_of), all checked before any work.
 
         With best_of, the batch_size images CLIP ranks highest of best_of samples, best first, each with its score in
-        `image.info["clip_score"]`; `ranker` (rerank.Ranker) defaults to rerank.CLIP_REPO's."""
-        request = Request(prompt, **settings)
+        `image.info["clip_score"]`; `ranker` (rerank.Ranker) defaults to rerank.CLIP_REPO's.
+
+        translate: "auto" translates a prompt written in a non-Latin script to English with
+        translation.TRANSLATION_REPO (Chinese), a repo id or folder names another translation model; None: as
+        written (CLIP reads English)."""
+        request = translation.translated(Request(prompt, **settings), translate, lambda: self.text_encoder.device)
+        return self.run(request, ranker)
+
+    def run(self, request: Request, ranker: Ranker | None = None) -> list[Image.Image]:
+        """generate() for a checked Request (the command line's way in)."""
         if ranker is not None and not isinstance(ranker, Ranker):
             raise TypeError(f"ranker must be a rerank.Ranker, or None for CLIP's; got {described(ranker)}.")
         if self.prior is None:

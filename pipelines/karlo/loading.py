@@ -10,11 +10,12 @@ read each component on its own, so that does not matter here.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import torch
 
-from ...engine.checkpoints import CheckpointError, load_strict, read_state_dict
+from ...engine.checkpoints import CheckpointError, load_strict, read_json, read_state_dict
 from ...engine.hub import TRANSFORMERS_WEIGHTS, MissingFile, Source, fetch_config, fetch_file, fetch_weights
 from ...models.karlo_unets import (
     KarloDecoder,
@@ -49,34 +50,62 @@ _SCHEDULERS = {
     "super_res_scheduler": {"prediction_type": "epsilon", "variance_type": "fixed_small_log", "clip_sample_range": 1.0},
 }
 _SHARED_SCHEDULE = {"clip_sample": True, "num_train_timesteps": 1000, "beta_schedule": "squaredcos_cap_v2"}
+# UnCLIPScheduler.__init__'s defaults (diffusers 0.42): what a scheduler config that leaves a key out asks for
+_UNCLIP_DEFAULTS = {
+    "num_train_timesteps": 1000,
+    "variance_type": "fixed_small_log",
+    "clip_sample": True,
+    "clip_sample_range": 1.0,
+    "prediction_type": "epsilon",
+    "beta_schedule": "squaredcos_cap_v2",
+}
 # What other repos' model_index.json says they are, for the error that points the user to the right loader.
+_KANDINSKY_DECODER = (
+    "a Kandinsky 2.2 decoder: load it as one (Kandinsky22.load(decoder=…), --decoder, or Load DALL·E 2 Decoder "
+    "(Kandinsky 2.2))"
+)
 _OTHER_KINDS = {
-    "KandinskyV22PriorPipeline": "the Kandinsky 2.2 prior: load it with Kandinsky22.load(prior=…)",
-    "KandinskyV22Pipeline": "a Kandinsky 2.2 decoder: load it with Kandinsky22.load(decoder=…)",
-    "KandinskyV22InpaintPipeline": "a Kandinsky 2.2 decoder: load it with Kandinsky22.load(decoder=…)",
-    "KandinskyV22ControlnetPipeline": "a Kandinsky 2.2 decoder: load it with Kandinsky22.load(decoder=…)",
+    "KandinskyV22PriorPipeline": "the Kandinsky 2.2 prior: load it as one (Kandinsky22.load(prior=…), --prior, or "
+    "Load DALL·E 2 Prior)",
+    **dict.fromkeys(
+        ("KandinskyV22Pipeline", "KandinskyV22InpaintPipeline", "KandinskyV22ControlnetPipeline"), _KANDINSKY_DECODER
+    ),
 }
 
 
 def repo_kind(source: Source) -> str:
     """TEXT2IMAGE or VARIATIONS, from the repo's model_index.json; another kind of repo is refused in one line, before
     any model loads."""
-    config = fetch_config(source, "", "model_index.json")
-    kind = config.get("_class_name")
+    try:
+        kind = read_json(fetch_file(source, "", "model_index.json")).get("_class_name")
+    except MissingFile:
+        kind = None
     if kind in (TEXT2IMAGE, VARIATIONS):
         return kind
-    other = _OTHER_KINDS.get(kind, f"a {kind} checkpoint")
+    other = _OTHER_KINDS.get(kind, f"a {kind} checkpoint" if kind else "no Karlo repo (it has no model_index.json)")
     raise CheckpointError(
         f"{source.describe()} is {other}, not Karlo: give {REPO} (text-to-image) or {VARIATIONS_REPO} (image "
         "variations), or a local folder of their layout."
     )
 
 
+def karlo_kind(source: Source) -> str | None:
+    """TEXT2IMAGE or VARIATIONS when the repo's model_index.json names one of Karlo's pipelines, else None: for
+    loaders that take either family (a folder without the index, or with an unreadable one, is not Karlo; the other
+    family's loading judges it)."""
+    try:
+        index = json.loads(fetch_file(source, "", "model_index.json").read_text(encoding="utf-8"))
+    except (MissingFile, ValueError, OSError):
+        return None
+    kind = index.get("_class_name") if isinstance(index, dict) else None
+    return kind if kind in (TEXT2IMAGE, VARIATIONS) else None
+
+
 def check_scheduler(source: Source, subfolder: str) -> None:
     config = fetch_config(source, subfolder, "scheduler_config.json", expect="UnCLIPScheduler")
     expected = {**_SHARED_SCHEDULE, **_SCHEDULERS[subfolder]}
-    settings = {"variance_type": "fixed_small_log", **config}  # diffusers' default, when the key is left out
-    different = {k: settings[k] for k, v in expected.items() if k in settings and settings[k] != v}
+    settings = {**_UNCLIP_DEFAULTS, **config}
+    different = {k: settings[k] for k, v in expected.items() if settings[k] != v}
     if different:
         raise CheckpointError(
             f"{source.describe()}/{subfolder} asks for {different}; only Karlo's schedule ({expected}) is supported."

@@ -42,6 +42,7 @@ TIMEOUT_S = 300  # one tiny job takes a few seconds; the margin is for two busy 
 SIDE = 256  # the edit and variation pictures
 HOLE = (96, 64, 176, 160)  # the edit's transparent rectangle (left, top, right, bottom)
 STEPS = {"DallePriorSample": 3, "DalleDecoderSample": 4}
+KARLO_STEPS = {"DallePriorSample": 3, "DalleKarloDecoderSample": 2, "DalleKarloSuperRes": 2}
 
 
 COMFYUI_ENV = {"DALLE_NODES_API_KEY": " , ".join(KEYS), "DALLE_NODES_API_MAX_JOBS": str(MAX_JOBS)}
@@ -54,6 +55,7 @@ def prepare_comfyui(base: Path) -> None:
     (models / "dall-e-2.model.json").write_text(json.dumps(shrunk_description("dall-e-2", STEPS)))
     slow = shrunk_description("dall-e-2", {"DallePriorSample": 3, "DalleDecoderSample": 999})
     (models / "slow.model.json").write_text(json.dumps({"generations": slow["generations"]}))
+    (models / "karlo.model.json").write_text(json.dumps(shrunk_description("karlo", KARLO_STEPS)))
     (models / "broken.model.json").write_text('{"generations": {"workflow": "missing.api.json", "inputs": {}}}')
     tiny_repos.write_min_dalle_repo(base / "models" / "dalle" / "kuprel--min-dalle", "mini", tiny_repos.TINY_MIN_DALLE)
 
@@ -209,6 +211,20 @@ def test_generate_with_dall_e_mega_and_mini(server) -> None:
     assert png(base64.b64decode(answer.data[0].b64_json)).size == (256, 256)
     answer = api.images.generate(model="dall-e-mini", prompt="a lighthouse", n=2, size="512x512")  # upscaled ×2
     assert [png(fetched(item.url)).size for item in answer.data] == [(512, 512)] * 2
+
+
+def test_karlo_generates_at_256_and_1024_and_makes_variations(server) -> None:
+    api = client(server)
+    answer = api.images.generate(model="karlo", prompt="a red fox", n=2, size="256x256", response_format="b64_json")
+    first, second = (png(base64.b64decode(item.b64_json)) for item in answer.data)
+    assert first.size == second.size == (256, 256)
+    assert np.abs(pixels(first) - pixels(second)).mean() > 1  # two images, not one twice
+    answer = api.images.generate(model="karlo", prompt="a red fox", size="1024x1024")  # Real-ESRGAN x4
+    assert png(fetched(answer.data[0].url)).size == (1024, 1024)
+    answer = api.images.create_variation(model="karlo", image=("in.png", encoded(picture())), n=2, size="256x256")
+    assert [png(fetched(item.url)).size for item in answer.data] == [(256, 256)] * 2
+    answer = api.images.create_variation(model="karlo", image=("in.png", encoded(picture())), size="1024x1024")
+    assert png(fetched(answer.data[0].url)).size == (1024, 1024)  # Real-ESRGAN x4
 
 
 def roundtrip(server, name: str) -> Image.Image:

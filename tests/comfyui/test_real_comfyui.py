@@ -43,7 +43,8 @@ def node_id(graph: dict, class_type: str) -> str:
 def shrunk(name: str, **decoder_inputs) -> dict:
     """A shipped API workflow, shrunk for the tiny checkpoints: 3 prior steps, 4 decoder (or KSampler) steps, and
     WIDTH x HEIGHT images, set on the decoder, on Empty Latent Image or, where a latent from a picture fixes the size,
-    on Upscale Image; one DALL·E Mega image (the best of two where the workflow reranks).
+    on Upscale Image; one DALL·E Mega image (the best of two where the workflow reranks); 2 steps of Karlo's decoder
+    and super-resolution.
     `decoder_inputs` override more of the decoder's inputs."""
     graph = json.loads((api_file(name)).read_text(encoding="utf-8"))
     reranked = any(node["class_type"] == "DalleCLIPRerank" for node in graph.values())
@@ -59,6 +60,8 @@ def shrunk(name: str, **decoder_inputs) -> dict:
             inputs["batch_size"] = 2 if reranked else 1
         elif node["class_type"] == "DalleCLIPRerank":
             inputs["keep"] = 1
+        elif node["class_type"] in ("DalleKarloDecoderSample", "DalleKarloSuperRes"):
+            inputs["steps"] = 2
         elif node["class_type"] == "DalleDecoderSample":
             size = {} if "latent" in inputs else {"width": WIDTH, "height": HEIGHT}
             inputs.update({**size, "steps": 4, **decoder_inputs})
@@ -141,7 +144,8 @@ def shrinking_settings(name: str) -> list[str]:
 
 def expected_size(graph: dict) -> tuple[int, int]:
     classes = {node["class_type"] for node in graph.values()}
-    width, height = (256, 256) if "DalleTokenSample" in classes else (WIDTH, HEIGHT)
+    fixed = {"DalleTokenSample", "DalleKarloSuperRes"}  # DALL·E Mega's and Karlo's images are 256 px
+    width, height = (256, 256) if classes & fixed else (WIDTH, HEIGHT)
     for node in graph.values():  # outpainting: the picture at WIDTH x HEIGHT, plus the padding
         if node["class_type"] == "ImagePadForOutpaint":
             width += node["inputs"]["left"] + node["inputs"]["right"]
@@ -309,6 +313,30 @@ def saved_size(comfyui, graph: dict) -> tuple[int, int]:
     assert entry["status"]["status_str"] == "success", why(entry)
     (image,) = entry["outputs"][node_id(graph, "SaveImage")]["images"]
     return Image.open(io.BytesIO(comfyui.view(image))).size
+
+
+@pytest.mark.parametrize("name, english_name", [("kandinsky22_text2image_zh", TEXT2IMAGE)])
+def test_translate_prompt_shows_and_passes_on_its_english(comfyui, name: str, english_name: str) -> None:
+    """A Chinese workflow on ComfyUI: each translate node's English is its node text (in the history's ui outputs)
+    and is what the text encoders get: the English workflow given that text draws the same image."""
+    graph = shrunk(name)
+    for node in graph.values():  # new texts: a node served from ComfyUI's cache shows no text in the history
+        if node["class_type"] == "DalleTranslatePrompt":
+            node["inputs"]["text"] = "古老的城堡，" + node["inputs"]["text"]
+    entry = comfyui.run(graph)
+    assert entry["status"]["status_str"] == "success", why(entry)
+    english = shrunk(english_name)
+    for key, node in graph.items():
+        if node["class_type"] == "DalleTranslatePrompt":
+            (text,) = entry["outputs"][key]["text"]
+            assert text.isascii() and text.strip() and text != node["inputs"]["text"]
+            (target,) = [n for n, v in graph.items() if v["inputs"].get("text") == [key, 0]]
+            english[target]["inputs"]["text"] = text
+    assert english != shrunk(english_name)
+    translated = comfyui.run(english)
+    assert translated["status"]["status_str"] == "success", why(translated)
+    saved = node_id(graph, "SaveImage")
+    assert np.array_equal(saved_pixels(comfyui, entry, saved), saved_pixels(comfyui, translated, saved))
 
 
 def input_picture(comfyui) -> tuple[str, tuple[int, int]]:

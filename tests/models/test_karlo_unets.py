@@ -11,7 +11,6 @@ import torch
 from diffusers import PriorTransformer as DiffusersPrior
 from diffusers import UNet2DConditionModel, UNet2DModel
 from diffusers.pipelines.deprecated.unclip.text_proj import UnCLIPTextProjModel
-from tiny_karlo import EMBED, KARLO, VARIATIONS, _config, decoder_config, super_res_config, text_proj_config
 
 from dalle_nodes.models.karlo_unets import (
     KarloDecoder,
@@ -24,6 +23,7 @@ from dalle_nodes.models.karlo_unets import (
 from dalle_nodes.models.prior import PriorConfig, PriorTransformer
 from dalle_nodes.models.unet import UNetConfig
 from numerics import relative_error
+from tiny_karlo import EMBED, KARLO, VARIATIONS, _config, decoder_config, super_res_config, text_proj_config
 from tiny_repos import _randomize
 
 NETWORKS = {  # folder → (diffusers' class, our config, our module)

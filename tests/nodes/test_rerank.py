@@ -57,6 +57,16 @@ def test_rerank_with_the_kandinsky_towers(tiny_prior_repo) -> None:
     assert scores[0] >= scores[1] and all(-1 <= s <= 1 for s in scores)  # cosine similarity: no logit scale
 
 
+def test_rerank_with_karlos_towers(tiny_karlo_repo, tiny_karlo_variations_repo) -> None:
+    """Karlo's prior repo's text tower with its variations repo's image tower: one CLIP ViT-L, as the tooltips say."""
+    _, text_encoder = NODE_CLASS_MAPPINGS["DalleLoadPrior"]().load(str(tiny_karlo_repo), "main", "fp32")
+    (image_encoder,) = NODE_CLASS_MAPPINGS["DalleLoadImageEncoder"]().load(
+        str(tiny_karlo_variations_repo), "main", "fp32"
+    )
+    kept, scores, _, _ = RERANK().rerank(batch(3), "a cat", 2, text_encoder=text_encoder, image_encoder=image_encoder)
+    assert kept.shape == (2, 72, 88, 3) and scores[0] >= scores[1]
+
+
 def test_exactly_one_ranker(tiny_clip_repo, tiny_prior_repo) -> None:
     clip = load_clip(str(tiny_clip_repo))
     _, text_encoder = NODE_CLASS_MAPPINGS["DalleLoadPrior"]().load(str(tiny_prior_repo), "main", "fp32")

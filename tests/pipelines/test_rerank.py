@@ -74,6 +74,15 @@ def test_equal_scores_keep_their_order_in_the_batch(clip_ranker) -> None:
     assert rerank.best_first(torch.tensor([1.0, 3.0, 3.0, 2.0, 3.0]), 4).tolist() == [1, 2, 4, 3]
 
 
+def test_towers_of_two_families_are_refused_by_width(tiny_prior_repo, tiny_clip_repo) -> None:
+    """Kandinsky's text tower (16 wide here) with another CLIP's image tower (8): one line, not a shape error."""
+    tokenizer, text_encoder = loading.load_text_encoder(Source(str(tiny_prior_repo)), torch.float32)
+    other = Ranker.load(str(tiny_clip_repo), dtype="fp32", device="cpu")
+    ranker = Ranker(tokenizer, other.processor, lambda: text_encoder, other.image_tower)
+    with pytest.raises(ValueError, match="^The text tower's embeddings are 16 wide but the image tower's 8: connect"):
+        rerank.score(ranker, from_pil(pictures(2)), PROMPT)
+
+
 def test_kandinsky_towers_score_the_cosine_similarity_of_their_embeddings(tiny_prior_repo) -> None:
     from transformers import (
         CLIPImageProcessor,

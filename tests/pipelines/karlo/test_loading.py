@@ -3,8 +3,10 @@ model loads where they can be."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -12,15 +14,16 @@ import numpy as np
 import pytest
 import torch
 from huggingface_hub.errors import EntryNotFoundError
-from tiny_karlo import model_index
 
 from dalle_nodes.engine import checkpoints, hub
 from dalle_nodes.engine.checkpoints import CheckpointError
+from dalle_nodes.engine.hub import Source
 from dalle_nodes.engine.images import to_pil
 from dalle_nodes.pipelines import Kandinsky22, Karlo, Upscaler
-from dalle_nodes.pipelines.karlo import REPO, Request, stages
+from dalle_nodes.pipelines.karlo import REPO, Request, loading, stages
 from dalle_nodes.pipelines.stage_model import StageModel
 from dalle_nodes.pipelines.upscale import PRESETS
+from tiny_karlo import model_index
 from tiny_upscalers import rrdbnet_state, write_upscaler
 
 STEPS = dict(prior_steps=2, decoder_steps=2, super_res_steps=2)
@@ -94,11 +97,23 @@ def test_download_bars_count_every_file(tiny_karlo_repo, monkeypatch) -> None:
     assert counted[0].index == counted[0].files
 
 
+@pytest.fixture
+def no_index(tiny_karlo_repo, tmp_path) -> Path:
+    """Karlo's layout but for its model_index.json: a folder whose kind nothing says."""
+    folder = shutil.copytree(tiny_karlo_repo, tmp_path / "copy")
+    (folder / "model_index.json").unlink()
+    return folder
+
+
 @pytest.mark.parametrize(
     "fixture, message",
     [
-        ("tiny_prior_repo", "is the Kandinsky 2.2 prior: load it with Kandinsky22.load\\(prior=…\\), not Karlo"),
-        ("tiny_decoder_repo", "is a Kandinsky 2.2 decoder: load it with Kandinsky22.load\\(decoder=…\\), not Karlo"),
+        (
+            "tiny_prior_repo",
+            "is the Kandinsky 2.2 prior: load it as one \\(Kandinsky22.load\\(prior=…\\), --prior, or Lo",
+        ),
+        ("tiny_decoder_repo", "is a Kandinsky 2.2 decoder: load it as one \\(Kandinsky22.load\\(decoder=…\\), --deco"),
+        ("no_index", "is no Karlo repo \\(it has no model_index.json\\), not Karlo: give kakaobrain/karlo-v1-alpha "),
     ],
 )
 def test_a_kandinsky_repo_is_refused_before_any_model_loads(request, fixture, message, monkeypatch) -> None:
@@ -108,15 +123,27 @@ def test_a_kandinsky_repo_is_refused_before_any_model_loads(request, fixture, me
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("role", ["prior", "decoder"])
-def test_karlo_given_to_kandinsky_is_refused(tiny_karlo_repo, tiny_prior_repo, tiny_decoder_repo, role, monkeypatch):
-    """As the prior, before any model loads; as the decoder, once the prior's models are loaded (Kandinsky22.load
-    reads the decoder repo second)."""
-    if role == "prior":
-        monkeypatch.setattr("dalle_nodes.pipelines.kandinsky22.loading.load_strict", lambda *a: pytest.fail("loaded"))
-        monkeypatch.setattr("dalle_nodes.pipelines.kandinsky22.loading.clip_model", lambda *a: pytest.fail("loaded"))
-    repos = {"prior": str(tiny_prior_repo), "decoder": str(tiny_decoder_repo), role: str(tiny_karlo_repo)}
-    with pytest.raises(CheckpointError, match="it is not a checkpoint of the expected kind") as error:
+KARLO_AS = "is Karlo \\(DALL·E 2 as the paper drew it\\): load it with Karlo.load\\(…\\) or --model karlo; it is not"
+
+
+@pytest.mark.parametrize(
+    "role, given, message",
+    [
+        ("prior", "tiny_karlo_repo", f"{KARLO_AS} a Kandinsky 2.2 prior \\(prior=…\\)"),
+        ("prior", "tiny_karlo_variations_repo", "is Karlo's image-variations repo: .* not a Kandinsky 2.2 prior"),
+        ("prior", "tiny_decoder_repo", "is a Kandinsky 2.2 decoder: give it as decoder=…; it is not a Kandinsky 2.2 p"),
+        ("decoder", "tiny_karlo_repo", f"{KARLO_AS} a Kandinsky 2.2 decoder"),
+    ],
+)
+def test_another_repo_given_to_kandinsky_is_refused_by_name(
+    request, tiny_prior_repo, tiny_decoder_repo, role, given, message, monkeypatch
+):
+    """As the prior or as the decoder, before any model loads (the repos' model_index.json is read first)."""
+    monkeypatch.setattr("dalle_nodes.pipelines.kandinsky22.loading.load_strict", lambda *a: pytest.fail("loaded"))
+    monkeypatch.setattr("dalle_nodes.pipelines.kandinsky22.loading.clip_model", lambda *a: pytest.fail("loaded"))
+    repos = {"prior": str(tiny_prior_repo), "decoder": str(tiny_decoder_repo)}
+    repos[role] = str(request.getfixturevalue(given))
+    with pytest.raises(CheckpointError, match=message) as error:
         Kandinsky22.load(**repos, dtype="fp32", device="cpu")
     assert "\n" not in str(error.value)
 
@@ -164,7 +191,8 @@ def test_super_res_takes_only_the_decoders_size(karlo, side) -> None:
 def test_decoder_refuses_embeddings_of_another_clip(karlo) -> None:
     decoder, text_proj = StageModel.held(karlo.decoder), StageModel.held(karlo.text_proj)
     run = stages.StageRun(Request("x", **STEPS).decoder_schedule, 8.0)
-    with pytest.raises(ValueError, match="The image embeddings are .* but this model reads \\[batch, 16\\]"):
+    message = "but this model reads \\[batch, 16\\]: .* this decoder's family: Kandinsky 2.2's for its decoder, Karlo's"
+    with pytest.raises(ValueError, match=message):
         stages.decoder_stage(decoder, text_proj, torch.zeros(1, 1280), None, run, torch.Generator())
 
 
@@ -177,3 +205,29 @@ def test_upscale_takes_generate_to_1024(karlo, monkeypatch) -> None:
     expected = Upscaler.load("RealESRGAN_x4plus").upscale(small)
     assert big[0].size == (1024, 1024)
     assert np.array_equal(np.asarray(big[0]), np.asarray(expected[0]))
+
+
+@pytest.mark.parametrize(
+    "folder, key, refused",
+    [
+        (
+            "prior_scheduler",
+            "clip_sample_range",
+            "{'clip_sample_range': 1.0}",
+        ),  # the default isn't the prior's
+        ("decoder_scheduler", "variance_type", "{'variance_type': 'fixed_small_log'}"),
+        ("super_res_scheduler", "clip_sample_range", None),  # its default is the super-resolution's own
+    ],
+)
+def test_a_scheduler_key_left_out_means_unclips_default(tiny_karlo_repo, tmp_path, folder, key, refused) -> None:
+    """A key missing from scheduler_config.json is what UnCLIPScheduler defaults it to, and is judged as such."""
+    repo = shutil.copytree(tiny_karlo_repo, tmp_path / "repo")
+    path = repo / folder / "scheduler_config.json"
+    config = json.loads(path.read_text())
+    assert key in config
+    path.write_text(json.dumps({k: v for k, v in config.items() if k != key}))
+    if refused is None:
+        loading.check_scheduler(Source(str(repo)), folder)
+        return
+    with pytest.raises(CheckpointError, match=re.escape(f"/{folder} asks for {refused}; only Karlo's schedule")):
+        loading.check_scheduler(Source(str(repo)), folder)

@@ -17,11 +17,11 @@ from diffusers.pipelines.deprecated.unclip import pipeline_unclip, pipeline_uncl
 from diffusers.pipelines.deprecated.unclip.pipeline_unclip import UnCLIPPipeline
 from diffusers.pipelines.deprecated.unclip.pipeline_unclip_image_variation import UnCLIPImageVariationPipeline
 from PIL import Image
-from tiny_karlo import reference_components
 
 from dalle_nodes.engine.images import to_pil
 from dalle_nodes.pipelines import Karlo
 from dalle_nodes.pipelines.karlo import Request, VariationRequest, api, stages
+from tiny_karlo import reference_components
 
 TOLERANCE = 1e-4  # max abs difference, images in 0..1 and embeddings in CLIP units
 STEPS = dict(prior_steps=3, decoder_steps=4, super_res_steps=3)  # super-res: two steps of the first UNet, one last
