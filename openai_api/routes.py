@@ -135,14 +135,15 @@ def _guarded(route: str, handler: Callable[[web.Request], Awaitable[web.Response
 
 
 def _answered_in_full(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Callable:
-    """An image route's handler counted in `_state.answering` until its answer has left for the client, so that
-    SIGTERM's drain never stops the server with a finished image unsent."""
+    """An image route's handler counted in `_state.answering` while it runs, and while the server drains, until its
+    answer has left for the client, so that SIGTERM's drain never stops the server with a finished image unsent.
+    Otherwise aiohttp sends the answer after ComfyUI's middlewares (CORS headers, compression) have seen it."""
 
     async def answering(request: web.Request) -> web.StreamResponse:
         _state.answering += 1
         try:
             response = await handler(request)
-            if response.status != HUNG_UP:
+            if _state.draining and response.status != HUNG_UP:
                 with contextlib.suppress(ConnectionError):  # the client left meanwhile: nothing more to send
                     await response.prepare(request)
                     await response.write_eof()
