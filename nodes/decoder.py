@@ -149,7 +149,7 @@ class DalleDecoderSample:
                 start,
                 run,
                 torch.Generator().manual_seed(seed),
-                step_callback(progress),
+                step_callback(progress, decoder.previews and decoder.previews.apply),
             )
         finally:
             progress.close()

@@ -73,6 +73,11 @@ class DalleLoadKarloDecoder(HubLoader):
         return KarloDecoderModel(decoder, text_proj, source, dtype), KarloSuperRes(first, last)
 
 
+def _pixels(x: torch.Tensor) -> torch.Tensor:
+    """Karlo samples in pixel space ([-1, 1]): a step's sample is its own preview."""
+    return x
+
+
 def karlo_embeds(embeds: object) -> KarloEmbeds:
     """Karlo's decoder reads Karlo's embeddings; Kandinsky 2.2's are refused by name (their widths may match)."""
     if isinstance(embeds, ImageEmbeds):
@@ -163,7 +168,7 @@ class DalleKarloDecoderSample:
         progress = runtime.Progress(steps, "Karlo decoder")
         try:
             images = stages.decoder_stage(
-                unet, text_proj, image_embeds.positive, prompt, run, generator, step_callback(progress)
+                unet, text_proj, image_embeds.positive, prompt, run, generator, step_callback(progress, _pixels)
             )
         finally:
             progress.close()
@@ -223,7 +228,7 @@ class DalleKarloSuperRes:
                 image,
                 schedule,
                 continued(None if noise == OWN_SEED else stream, seed),
-                step_callback(progress),
+                step_callback(progress, _pixels),
             )
         finally:
             progress.close()

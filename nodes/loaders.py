@@ -177,14 +177,15 @@ class DalleLoadDecoder(HubLoader):
         movq = loading.load_movq(source, dtype)
         speed_layout(unet, compile)
         speed_layout(movq, compile)
-        model = vae = None
+        model = vae = factors = None
         if runtime.IN_COMFYUI:
             from . import comfy_native
 
-            model = comfy_native.model_patcher(unet, previews.cached_rgb_factors(movq, runtime.cache_dir()))
+            factors = previews.cached_rgb_factors(movq, runtime.cache_dir())
+            model = comfy_native.model_patcher(unet, factors)
             vae = comfy_native.vae(movq)
         return (
-            DecoderModel(runtime.ManagedModule(unet, model), compile),
+            DecoderModel(runtime.ManagedModule(unet, model), compile, factors),
             MoVQModel(runtime.ManagedModule(movq, vae and vae.patcher), compile),
             model,
             vae,

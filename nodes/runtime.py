@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..engine import caches, hub, memory
+from ..engine import caches, hub, memory, partial_images
 from ..engine import device as plain
 from ..engine.device import DTYPES, Host
 from ..engine.hub import ConsoleDownload
@@ -176,13 +176,29 @@ def show_text(text: str) -> None:
 def _node_text(text: str) -> None:
     """Text on the executing node (ComfyUI's progress text); skipped where this ComfyUI has none."""
     try:
-        from comfy_execution.utils import get_executing_context
         from server import PromptServer
     except ImportError:
         return
-    context = get_executing_context()
+    context = _executing()
     if context is not None and getattr(PromptServer, "instance", None) is not None:
         PromptServer.instance.send_progress_text(text, context.node_id)
+
+
+def _executing() -> object | None:
+    """ComfyUI's context of the node running now (its prompt_id and node_id), or None."""
+    try:
+        from comfy_execution.utils import get_executing_context
+    except ImportError:
+        return None
+    return get_executing_context()
+
+
+def offer_preview(step: int, total: int, render: partial_images.Render) -> None:
+    """After `step` of `total` (1-based) of a sampler node: a partial image for the images API's stream, when one
+    watches this job (engine/partial_images.py; `render` runs only for the steps it takes)."""
+    context = _executing() if IN_COMFYUI else None
+    if context is not None and partial_images.watched(context.prompt_id):
+        partial_images.offer(context.prompt_id, context.node_id, step, total, render)
 
 
 def check_interrupt() -> None:

@@ -21,6 +21,7 @@ from ..pipelines.kandinsky22.stages import MAX_GUIDANCE, StageModel
 from ..pipelines.kandinsky22.starts import LATENT_CHANNELS
 from ..pipelines.karlo import loading as karlo_loading
 from ..pipelines.karlo.loading import FETCHES as KARLO_FETCHES
+from ..pipelines.previews import RGBFactors
 from . import runtime
 
 __all__ = ["ImageEmbeds", "PromptEmbeds"]  # DALLE_IMAGE_EMBEDS and DALLE_TEXT_EMBEDS are the pipeline's own types
@@ -65,8 +66,16 @@ def seed_input(tooltip: str) -> tuple:
     return ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True, "tooltip": tooltip})
 
 
-def step_callback(progress: runtime.Progress) -> Callable:
-    return lambda step, total, x: progress.update(1)
+def step_callback(progress: runtime.Progress, to_rgb: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Callable:
+    """The sampler's callback(step index, total, x): the progress bar, and with `to_rgb` (x → [B, 3, h, w] in
+    [-1, 1]) the partial images the images API's streams ask for."""
+
+    def callback(step: int, total: int, x: torch.Tensor) -> None:
+        progress.update(1)
+        if to_rgb is not None:
+            runtime.offer_preview(step + 1, total, lambda: to_rgb(x))
+
+    return callback
 
 
 @dataclass
@@ -212,10 +221,12 @@ def compile_call(fn: Callable, what: str, module: torch.nn.Module) -> Compiled:
 @dataclass
 class DecoderModel:
     """DALLE_DECODER: the latent diffusion UNet conditioned on image embeddings; with `compile`, sampling calls
-    it through torch.compile (compiled on first use for each image size, then reused)."""
+    it through torch.compile (compiled on first use for each image size, then reused). `previews`: its MoVQ's
+    latent → RGB map (inside ComfyUI), for the partial images of the images API's streams."""
 
     unet: runtime.ManagedModule
     compile: bool = False
+    previews: RGBFactors | None = None
     _compiled: Compiled | None = field(default=None, repr=False)
 
     def unet_call(self, unet: torch.nn.Module) -> Callable:

@@ -1,37 +1,59 @@
 """The answers' bodies: a model's entry in /v1/models, and a finished job's images as OpenAI's data list (links to
-ComfyUI's /view, or the PNGs themselves), or the job's failure as an ApiError."""
+ComfyUI's /view, or the pictures themselves, in the requested output format), or the job's failure as an
+ApiError."""
 
 from __future__ import annotations
 
 import base64
+import io
 import re
 import urllib.parse
 
 from aiohttp import web
+from PIL import Image
 
 from . import comfy_server
 from .errors import ApiError, bad_request
+from .image_options import ImageOptions
 from .model_templates import Model, Variant
+from .requests import ImageRequest
 
 _HOST = re.compile(r"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
 
 
-def model_entry(model: Model) -> dict:
-    endpoints = sorted(model.endpoints)
+def model_entry(model: Model, alias: str | None = None) -> dict:
+    """A model's entry in /v1/models, or an alias's (the model's, under the alias's id, with alias_of)."""
+    sizes = [*model.sizes, *(size for variants in model.endpoints.values() for v in variants for size in v.sizes)]
     return {
-        "id": model.id,
+        "id": alias or model.id,
         "object": "model",
         "created": model.created,
         "owned_by": "dalle-nodes",
         "description": model.description,
-        "endpoints": endpoints,
-        "sizes": list(model.sizes),
-    }
+        "endpoints": sorted(model.endpoints),
+        "sizes": list(dict.fromkeys(sizes)),
+    } | ({"alias_of": model.id} if alias else {})
 
 
-def image_data(link: str | None, variant: Variant, entry: dict) -> list[dict]:
-    """The finished job's images as OpenAI's data list: /view links after `link`, or the PNGs themselves where
-    `link` is None; a failed job → ApiError 500 with ComfyUI's error."""
+def image_data(link: str | None, variant: Variant, entry: dict, request: ImageRequest) -> list[dict]:
+    """The finished job's images as OpenAI's data list, in the request's output_format: /view links after `link`
+    (a PNG the workflow saved, or its conversion written beside it), or the bytes themselves where `link` is None;
+    each with the prompt used as revised_prompt. A failed job → ApiError 500 with ComfyUI's error."""
+    data = []
+    for image in saved_images(variant, entry):
+        if link is None:
+            item = {"b64_json": base64.b64encode(encoded(image_bytes(image), request.options)).decode("ascii")}
+        else:
+            image = _converted(image, request.options)
+            keys = ("filename", "subfolder", "type")
+            item = {"url": link + urllib.parse.urlencode({key: image.get(key, "") for key in keys})}
+        data.append(item | ({"revised_prompt": request.prompt} if request.prompt is not None else {}))
+    return data
+
+
+def saved_images(variant: Variant, entry: dict) -> list[dict]:
+    """The images (filename, subfolder, type) the finished job saved for the answer; a failed job, or one that
+    saved none → ApiError 500."""
     status = entry.get("status") or {}
     if status.get("status_str") != "success":
         raise ApiError(500, f"The model's workflow failed: {_failure(status)}", code="workflow_failed")
@@ -44,10 +66,39 @@ def image_data(link: str | None, variant: Variant, entry: dict) -> list[dict]:
     ]
     if not found:
         raise ApiError(500, "The model's workflow saved no images: end it with a Save Image node.", code="no_images")
-    if link is not None:
-        keys = ("filename", "subfolder", "type")
-        return [{"url": link + urllib.parse.urlencode({key: image.get(key, "") for key in keys})} for image in found]
-    return [{"b64_json": base64.b64encode(_image_bytes(image)).decode("ascii")} for image in found]
+    return found
+
+
+def encoded(png: bytes, options: ImageOptions) -> bytes:
+    """A saved PNG's bytes in the requested output_format (JPEG and WebP at output_compression's quality)."""
+    if options.output_format == "png":
+        return png
+    with Image.open(io.BytesIO(png)) as picture:
+        keeps_alpha = options.output_format == "webp" and "A" in picture.getbands()
+        converted = picture.convert("RGBA" if keeps_alpha else "RGB")
+    out = io.BytesIO()
+    converted.save(out, format=options.output_format.upper(), quality=options.output_compression)
+    return out.getvalue()
+
+
+def response_fields(request: ImageRequest, quality: str | None) -> dict:
+    """What OpenAI's ImagesResponse (and each stream event) says of the pictures beside them."""
+    fields = {"output_format": request.options.output_format, "size": request.size}
+    fields["background"] = "transparent" if request.options.background == "transparent" else "opaque"
+    return fields | ({"quality": quality} if quality is not None else {})
+
+
+def _converted(image: dict, options: ImageOptions) -> dict:
+    """The image as the output_format asks: the saved PNG, or its conversion written beside it (same name, the
+    format's suffix; the PNG stays, as the job's history names it)."""
+    if options.output_format == "png":
+        return image
+    path = comfy_server.output_file(image)
+    if path is None:
+        raise ApiError(500, f"The image {image.get('filename')!r} the workflow saved is gone.", code="no_images")
+    target = path.with_suffix(f".{options.output_format}")
+    target.write_bytes(encoded(path.read_bytes(), options))
+    return image | {"filename": target.name}
 
 
 def view_link(request: web.Request, public_url: str) -> str:
@@ -72,7 +123,7 @@ def _origin(request: web.Request) -> str:
     return f"{scheme}://{host}"
 
 
-def _image_bytes(image: dict) -> bytes:
+def image_bytes(image: dict) -> bytes:
     path = comfy_server.output_file(image)
     if path is None:
         raise ApiError(500, f"The image {image.get('filename')!r} the workflow saved is gone.", code="no_images")

@@ -55,8 +55,9 @@ def route_table():
     return _server().routes
 
 
-async def queue_prompt(graph: dict, extra_data: dict) -> str:
-    """Validate and queue an API-format graph as POST /prompt does; its prompt id. A refused graph → Refused."""
+async def queue_prompt(graph: dict, extra_data: dict, prompt_id: str | None = None) -> str:
+    """Validate and queue an API-format graph as POST /prompt does, as `prompt_id` (a fresh one by default); its
+    prompt id. A refused graph → Refused."""
     server = _server()
     payload = server.trigger_on_prompt({"prompt": graph, "extra_data": extra_data})
     graph, extra_data = payload["prompt"], dict(payload.get("extra_data", extra_data))
@@ -65,7 +66,7 @@ async def queue_prompt(graph: dict, extra_data: dict) -> str:
         replacements.apply_replacements(graph)
     number = server.number  # taken on arrival, as POST /prompt does, so jobs queue in the order they came
     server.number += 1
-    prompt_id = str(uuid.uuid4())
+    prompt_id = prompt_id or str(uuid.uuid4())
     valid = execution.validate_prompt(prompt_id, graph, None)
     if inspect.isawaitable(valid):
         valid = await valid

@@ -20,56 +20,46 @@ reads English alone (requests.check_charset refuses other letters); "unicode" is
 (prompt_translation.py): prompts in Chinese are translated to English, and the charset check lets letters of
 non-Latin scripts through (accented Latin letters, which are not translated, are still refused).
 
-The files are read as the server reads them, from any thread but never waiting on one: regular files only (a FIFO or
-a device would block the reader or never end), of bounded size, each parsed once per version (path, modification
-time, size, inode) and taken from the cache after that.
+The fields of today's clients (image_options.py) map through more keys. An entry's `"quality": {"auto": "medium",
+"low": {"6": {"steps": 20}}, "medium": {}, "high": {"6": {"steps": 100}}}` sets node inputs per quality level ("auto"
+names the default level; DALL·E 3's "standard" and "hd" are "medium" and "high"); without it quality is accepted
+and ignored. `"style": {"vivid": {…}, "natural": {…}}` does the same for style. `"transparent_background": true` says
+the model's workflows make transparent pictures (else background "transparent" is refused). `"aliases": ["dall-e-3"]`
+serves the model under more names: always in a user's description, and in a shipped one only where the operator
+names the alias in DALLE_NODES_API_ALIASES.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import json
-import logging
 import os
 import re
-import stat
-from collections.abc import Iterable
+import secrets
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from . import prompt_translation
 from .errors import ApiError, bad_request
-from .requests import CHARSETS, ENDPOINTS, ImageRequest, check_charset
+from .image_options import QUALITIES, STYLES
+from .json_files import ModelError, read_json
+from .requests import AUTO_SIZE, CHARSETS, DEFAULT_SIZE, ENDPOINTS, ImageRequest, check_charset
+from .settings import ALIASES_VARIABLE
+from .workflow_bindings import mapping, settings_table, targets, workflow
 
 SHIPPED_MODELS = Path(__file__).resolve().parent / "models"
-SHIPPED_WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows" / "api"
 SUFFIX = ".model.json"
 DEFAULT_SIZES = ("256x256", "512x512", "1024x1024")
 # What a request can fill. "image" and "mask" receive the same uploaded file's name: an RGBA PNG whose alpha marks
 # what to repaint (Load Image's MASK output, or Load Image (as Mask) on its alpha channel).
 INPUT_NAMES = ("prompt", "negative", "seed", "width", "height", "n", "image", "mask")
 REQUIRED = {"generations": {"prompt"}, "edits": {"prompt", "image"}, "variations": {"image"}}
-_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\.json")
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _SIZE = re.compile(r"[1-9][0-9]{0,4}x[1-9][0-9]{0,4}")
+QUALITY_NAMES = {"standard": "medium", "hd": "high"}  # DALL·E 3's names of the levels
+QUALITY_LEVELS = tuple(q for q in QUALITIES if q not in ("auto", *QUALITY_NAMES))
+DESCRIPTION_KEYS = ("description", "sizes", "prompt", "aliases", "transparent_background")
 MAX_DESCRIPTION_BYTES = 1024 * 1024  # a description is a few KB
-MAX_WORKFLOW_BYTES = 8 * 1024 * 1024  # an API workflow is tens of KB; room for literal values such as embedded text
-# O_NONBLOCK: a FIFO put in a file's place between its stat and its opening still opens at once (POSIX); O_BINARY:
-# Windows would otherwise translate line ends and stop at a Ctrl-Z
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-_FILE_KINDS = {
-    stat.S_IFIFO: "a FIFO",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-    stat.S_IFSOCK: "a socket",
-    stat.S_IFDIR: "a folder",
-}
-log = logging.getLogger("dalle_nodes.openai_api")
-
-
-class ModelError(ValueError):
-    """A description or workflow file that cannot serve: the message names the file and what to change."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +71,30 @@ class Variant:
     inputs: dict[str, tuple[tuple[str, str], ...]]
     sizes: tuple[str, ...]
     output: str | None = None
+    quality: dict[str, dict] = field(default_factory=dict)  # level → {node: {input: value}}
+    default_quality: str | None = None
+    style: dict[str, dict] = field(default_factory=dict)
+
+    def quality_level(self, quality: str, model_id: str) -> str | None:
+        """The description's level for a request's quality (None where it maps none: quality is ignored), or
+        ApiError 400 naming the levels it has."""
+        if not self.quality:
+            return None
+        level = self.default_quality if quality == "auto" else QUALITY_NAMES.get(quality, quality)
+        if level not in self.quality:
+            offered = [*self.quality, "auto", *(name for name, same in QUALITY_NAMES.items() if same in self.quality)]
+            raise bad_request(
+                f"quality '{quality}' is not offered by the model '{model_id}': send {', '.join(offered)}.", "quality"
+            )
+        return level
+
+    def settings(self, level: str | None, style: str | None) -> dict[str, dict]:
+        """The node inputs a quality level and a style set, {node: {input: value}} (style last)."""
+        merged: dict[str, dict] = {}
+        for values in (self.quality.get(level, {}), self.style.get(style, {})):
+            for node, inputs in values.items():
+                merged.setdefault(node, {}).update(inputs)
+        return merged
 
 
 @dataclass(frozen=True)
@@ -93,6 +107,22 @@ class Model:
     created: int = 0
     charset: str = "unicode"  # what its prompts may be written in (requests.CHARSETS)
     translate: str | None = None  # the translation model its workflows' prompts pass through, if any
+    aliases: tuple[str, ...] = ()
+    transparent: bool = False  # its workflows make transparent pictures
+
+    def resolved(self, request: ImageRequest) -> ImageRequest:
+        """The request with size "auto" made this model's default size; a transparent background it cannot make →
+        ApiError 400."""
+        if request.options.background == "transparent" and not self.transparent:
+            raise bad_request(
+                f"The model '{self.id}' makes opaque pictures: send background auto or opaque (a description with "
+                '"transparent_background": true serves transparent ones).',
+                "background",
+            )
+        if request.size != AUTO_SIZE:
+            return request
+        sizes = [size for variant in self.endpoints.get(request.endpoint, ()) for size in variant.sizes]
+        return replace(request, size=DEFAULT_SIZE if DEFAULT_SIZE in sizes or not sizes else sizes[0])
 
     def variant(self, request: ImageRequest) -> Variant:
         """The workflow for this request, or ApiError 400 naming what the model does not do (or cannot read)."""
@@ -117,10 +147,13 @@ class Catalogue:
     models: dict[str, Model] = field(default_factory=dict)
     problems: dict[str, str] = field(default_factory=dict)
     unreadable: bool = False  # a models folder is there but cannot be listed
+    aliases: dict[str, str] = field(default_factory=dict)  # alias → model id
 
     def get(self, model_id: str) -> Model:
         if model_id in self.models:
             return self.models[model_id]
+        if model_id in self.aliases:
+            return self.models[self.aliases[model_id]]
         problem = self.problems.get(model_id + SUFFIX)
         if problem is not None:
             raise ApiError(500, f"The model '{model_id}' cannot run: {problem}", "model")
@@ -130,11 +163,12 @@ class Catalogue:
         )
 
 
-def load_catalogue(folders: Iterable[Path]) -> Catalogue:
+def load_catalogue(folders: Iterable[Path], shipped_aliases: Collection[str] = ()) -> Catalogue:
     """The descriptions in each folder (later folders replace earlier ones' models of the same id); a broken one is
-    listed among the problems instead of stopping the rest."""
+    listed among the problems instead of stopping the rest. The first folder holds the shipped descriptions, whose
+    aliases serve only where named in `shipped_aliases` (the operator's opt-in)."""
     catalogue = Catalogue()
-    for folder in folders:
+    for number, folder in enumerate(folders):
         for path in _descriptions(folder, catalogue):
             try:
                 model = load_model(path)
@@ -143,8 +177,29 @@ def load_catalogue(folders: Iterable[Path]) -> Catalogue:
                 catalogue.models.pop(path.name.removesuffix(SUFFIX), None)
                 continue
             catalogue.problems.pop(path.name, None)
+            if number == 0:
+                model = replace(model, aliases=tuple(a for a in model.aliases if a in shipped_aliases))
             catalogue.models[model.id] = model
+    _add_aliases(catalogue, shipped_aliases)
     return catalogue
+
+
+def _add_aliases(catalogue: Catalogue, shipped_aliases: Collection[str]) -> None:
+    """Each model's aliases that name no model (a real model of that id wins); an opted-in alias no shipped
+    description offers is a problem."""
+    for model in catalogue.models.values():
+        for alias in model.aliases:
+            if alias in catalogue.models:
+                catalogue.problems[f"{model.id}{SUFFIX}"] = (
+                    f"{model.id}{SUFFIX}: its alias '{alias}' is the id of another model, which keeps it."
+                )
+            else:
+                catalogue.aliases[alias] = model.id
+    unknown = sorted(set(shipped_aliases) - set(catalogue.aliases) - set(catalogue.models))
+    if unknown:
+        catalogue.problems[ALIASES_VARIABLE] = (
+            f"{ALIASES_VARIABLE} names {', '.join(unknown)}, which no shipped description offers as an alias."
+        )
 
 
 def _descriptions(folder: Path, catalogue: Catalogue) -> list[Path]:
@@ -169,13 +224,13 @@ def load_model(path: Path) -> Model:
         raise ModelError(
             f"{path.name}: a model id is letters, digits and _ . : - (up to 64), starting with one of the first two."
         )
-    spec, modified = _read_json(path, MAX_DESCRIPTION_BYTES)
+    spec, modified = read_json(path, MAX_DESCRIPTION_BYTES)
     if not isinstance(spec, dict):
         raise ModelError(f"{path.name}: a description is a JSON object.")
-    unknown = set(spec) - {"description", "sizes", "prompt", *ENDPOINTS}
+    unknown = set(spec) - {*DESCRIPTION_KEYS, *ENDPOINTS}
     if unknown:
         raise ModelError(
-            f"{path.name}: unknown keys {sorted(unknown)}; a description has description, sizes, prompt, "
+            f"{path.name}: unknown keys {sorted(unknown)}; a description has {', '.join(DESCRIPTION_KEYS)}, "
             f"{', '.join(ENDPOINTS)}."
         )
     sizes = _sizes(spec.get("sizes", list(DEFAULT_SIZES)), path.name)
@@ -194,7 +249,14 @@ def load_model(path: Path) -> Model:
     charset, translate = _prompt_settings(spec.get("prompt", {}), path.name)
     if translate is not None:
         endpoints = {name: tuple(_translated(v, translate) for v in variants) for name, variants in endpoints.items()}
-    return Model(model_id, description, sizes, endpoints, path, modified, charset, translate)
+    aliases = spec.get("aliases", [])
+    if not (isinstance(aliases, list) and all(isinstance(a, str) and _MODEL_ID.fullmatch(a) for a in aliases)):
+        raise ModelError(f'{path.name}: aliases is a list of model names such as ["dall-e-3", "gpt-image-1"].')
+    transparent = spec.get("transparent_background", False)
+    if not isinstance(transparent, bool):
+        raise ModelError(f"{path.name}: transparent_background is true or false.")
+    model = Model(model_id, description, sizes, endpoints, path, modified, charset, translate)
+    return replace(model, aliases=tuple(a for a in aliases if a != model_id), transparent=transparent)
 
 
 def _translated(variant: Variant, model: str) -> Variant:
@@ -202,12 +264,26 @@ def _translated(variant: Variant, model: str) -> Variant:
     return replace(variant, graph=graph, inputs=inputs)
 
 
-def fill(variant: Variant, values: dict[str, object]) -> dict:
-    """A copy of the variant's graph with each value written into every node input the description binds it to."""
+def fill(variant: Variant, values: dict[str, object], settings: dict[str, dict] | None = None) -> dict:
+    """A copy of the variant's graph with `settings` ({node: {input: value}}, a quality level's and a style's) set,
+    then each value written into every node input the description binds it to."""
     graph = copy.deepcopy(variant.graph)
+    for node, inputs in (settings or {}).items():
+        graph[node]["inputs"].update(copy.deepcopy(inputs))
     for name, value in values.items():
         for node, input_name in variant.inputs.get(name, ()):
             graph[node]["inputs"][input_name] = value
+    return graph
+
+
+def unguessable(graph: dict) -> dict:
+    """Each saved file's name gets a random part, so that its /view link cannot be guessed from another one (names
+    are otherwise numbered in sequence) and processes sharing an output folder never pick the same name."""
+    token = secrets.token_hex(8)
+    for node in graph.values():
+        prefix = node["inputs"].get("filename_prefix")
+        if isinstance(prefix, str):
+            node["inputs"]["filename_prefix"] = f"{prefix}_{token}"
     return graph
 
 
@@ -242,53 +318,6 @@ def _prompt_settings(value: object, where: str) -> tuple[str, str | None]:
         raise ModelError(f"{where}: {error}.") from None
 
 
-def _read_json(path: Path, limit: int) -> tuple[object, int]:
-    """The file's JSON (a copy of the cached one: callers may change it) and its modification time in seconds."""
-    try:
-        info = os.stat(path)
-    except OSError as error:
-        raise ModelError(f"{path.name}: cannot be read ({error.strerror or type(error).__name__}).") from None
-    version = (info.st_mode, info.st_mtime_ns, info.st_size, info.st_ino)
-    try:
-        parsed, problem = _parsed(str(path), version, limit)
-    except OSError as error:  # not cached: a full file table or a permission put right is not the file's fault
-        raise ModelError(f"{path.name}: cannot be read ({error.strerror or type(error).__name__}).") from None
-    if problem:
-        raise ModelError(problem)
-    return copy.deepcopy(parsed), int(info.st_mtime)
-
-
-@functools.lru_cache(maxsize=128)
-def _parsed(path: str, version: tuple[int, int, int, int], limit: int) -> tuple[object, str]:
-    """(JSON, "") or (None, the problem) of one version of a file; a file that is not a regular one, or is over
-    `limit` bytes, is never read (and the warning is logged once per version)."""
-    name = os.path.basename(path)
-    mode, _, size, _ = version
-    try:
-        if not stat.S_ISREG(mode):
-            raise ModelError(f"{name}: {_FILE_KINDS.get(stat.S_IFMT(mode), 'not a file')}, not a regular file")
-        if size > limit:
-            raise ModelError(f"{name}: {size} bytes, over the {limit // 1024} KB such a file may have")
-        return json.loads(_read_regular(path, limit).decode("utf-8")), ""
-    except ModelError as error:
-        log.warning("dalle-nodes: %s: skipped, not read (%s). Put a regular JSON file there instead.", error, path)
-        return None, f"{error}: skipped, not read. Put a regular JSON file there instead."
-    except (ValueError, RecursionError) as error:  # bad UTF-8 or JSON, too deep, a number too long for Python
-        return None, f"{name}: not valid JSON ({str(error)[:200]})."
-
-
-def _read_regular(path: str, limit: int) -> bytes:
-    """A regular file's bytes, opened without blocking (were it swapped for a FIFO since its stat) and checked again
-    once open."""
-    with open(path, "rb", opener=lambda name, flags: os.open(name, _READ_FLAGS)) as file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-            raise ModelError(f"{os.path.basename(path)}: not a regular file")
-        data = file.read(limit + 1)
-    if len(data) > limit:
-        raise ModelError(f"{os.path.basename(path)}: over the {limit // 1024} KB such a file may have")
-    return data
-
-
 def _sizes(value: object, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value or not all(isinstance(s, str) and _SIZE.fullmatch(s) for s in value):
         raise ModelError(f'{where}: sizes is a list of sizes such as "512x512".')
@@ -304,17 +333,20 @@ def _entries(value: object, where: str, endpoint: str) -> list[dict]:
 
 def _variant(entry: dict, path: Path, model_sizes: tuple[str, ...], endpoint: str) -> Variant:
     where = f"{path.name} ({endpoint})"
-    unknown = set(entry) - {"workflow", "inputs", "set", "sizes", "output"}
+    unknown = set(entry) - {"workflow", "inputs", "set", "sizes", "output", "quality", "style"}
     if unknown:
-        raise ModelError(f"{where}: unknown keys {sorted(unknown)}; an entry has workflow, inputs, set, sizes, output.")
-    graph = _workflow(entry.get("workflow"), path.parent, where)
-    for node, values in _mapping(entry.get("set", {}), where, "set").items():
+        raise ModelError(
+            f"{where}: unknown keys {sorted(unknown)}; an entry has workflow, inputs, set, sizes, output, quality, "
+            "style."
+        )
+    graph = workflow(entry.get("workflow"), path.parent, where)
+    for node, values in mapping(entry.get("set", {}), where, "set").items():
         if node not in graph or not isinstance(values, dict):
             raise ModelError(f"{where}: set names node {node!r}, which the workflow does not have (or no inputs).")
         graph[node]["inputs"].update(copy.deepcopy(values))
     inputs = {
-        name: _targets(targets, graph, where, name)
-        for name, targets in _mapping(entry.get("inputs"), where, "inputs").items()
+        name: targets(bound, graph, where, name)
+        for name, bound in mapping(entry.get("inputs"), where, "inputs").items()
     }
     unknown = set(inputs) - set(INPUT_NAMES)
     if unknown:
@@ -328,55 +360,16 @@ def _variant(entry: dict, path: Path, model_sizes: tuple[str, ...], endpoint: st
     output = entry.get("output")
     if output is not None and output not in graph:
         raise ModelError(f"{where}: output names node {output!r}, which the workflow does not have.")
-    return Variant(graph, inputs, sizes, output)
-
-
-def _mapping(value: object, where: str, key: str) -> dict:
-    if not isinstance(value, dict):
-        raise ModelError(f"{where}: {key} is a JSON object.")
-    return value
-
-
-def _workflow(name: object, folder: Path, where: str) -> dict:
-    """The API-format workflow a description names: a plain file name, beside it or among the shipped ones."""
-    if not isinstance(name, str) or not _FILE_NAME.fullmatch(name) or ".." in name:
-        raise ModelError(f'{where}: workflow is a file name such as "my_graph.api.json" (no folders).')
-    for candidate in (folder / name, SHIPPED_WORKFLOWS / name):
-        if os.path.lexists(candidate):
-            graph = _read_json(candidate, MAX_WORKFLOW_BYTES)[0]
-            break
-    else:
-        raise ModelError(f"{where}: the workflow {name} is neither beside the description nor shipped.")
-    if isinstance(graph, dict) and isinstance(graph.get("nodes"), list):
-        raise ModelError(f"{where}: {name} is a canvas (UI) file: save the graph with Export (API) instead.")
-    good = (
-        isinstance(graph, dict)
-        and graph
-        and all(
-            isinstance(node, dict) and isinstance(node.get("class_type"), str) and isinstance(node.get("inputs"), dict)
-            for node in graph.values()
-        )
+    quality = mapping(entry.get("quality", {}), where, "quality")
+    default_quality = quality.pop("auto", None)
+    if quality and default_quality not in quality:
+        raise ModelError(f'{where}: quality names its default level, e.g. "auto": "medium", one of its levels.')
+    return Variant(
+        graph,
+        inputs,
+        sizes,
+        output,
+        settings_table(quality, QUALITY_LEVELS, graph, f"{where}: quality"),
+        default_quality,
+        settings_table(mapping(entry.get("style", {}), where, "style"), STYLES, graph, f"{where}: style"),
     )
-    if not good:
-        raise ModelError(f"{where}: {name} is not an API-format workflow (node id → class_type and inputs).")
-    return graph
-
-
-def _targets(value: object, graph: dict, where: str, name: str) -> tuple[tuple[str, str], ...]:
-    """[[node id, input name], …] of one request field, each an input the graph has and no link."""
-    if not isinstance(value, list) or not value:
-        raise ModelError(f"{where}: inputs.{name} is a list of [node id, input name] pairs.")
-    targets = []
-    for target in value:
-        if not (isinstance(target, list) and len(target) == 2 and all(isinstance(part, str) for part in target)):
-            raise ModelError(f"{where}: inputs.{name} has {target!r}, not a [node id, input name] pair.")
-        node, input_name = target
-        if node not in graph:
-            raise ModelError(f"{where}: inputs.{name} names node {node!r}, which the workflow does not have.")
-        current = graph[node]["inputs"].get(input_name)
-        if input_name not in graph[node]["inputs"] or isinstance(current, list):
-            kind = graph[node]["class_type"]
-            problem = "is a link" if isinstance(current, list) else "is not among its inputs"
-            raise ModelError(f"{where}: inputs.{name}: {input_name} of node {node} ({kind}) {problem}.")
-        targets.append((node, input_name))
-    return tuple(targets)

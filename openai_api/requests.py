@@ -1,9 +1,10 @@
-"""The fields of an images API request, checked as OpenAI documents them for dall-e-2, into one ImageRequest.
+"""The fields of an images API request, checked as OpenAI documents them, into one ImageRequest.
 
 Generations arrive as JSON, edits and variations as multipart forms (every field a string there); both go through
-`parse`. Two fields go beyond OpenAI's: `seed` (reproducible images) and `negative_prompt`. The picture files of a
-form are checked in uploads.py; the size the model supports in model_templates.py, which also applies the model's
-charset (check_charset) to its prompts.
+`parse`. Two fields go beyond OpenAI's: `seed` (reproducible images) and `negative_prompt`. The GPT image fields
+(output_format, quality, stream …) are image_options.py's; the picture files of a form are checked in uploads.py;
+the size the model supports in model_templates.py, which also applies the model's charset (check_charset) to its
+prompts.
 """
 
 from __future__ import annotations
@@ -11,17 +12,22 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from emoji import replace_emoji
 
 from .errors import bad_request
+from .image_options import FIELDS as OPTION_FIELDS
+from .image_options import ImageOptions, parse_options
 
 ENDPOINTS = ("generations", "edits", "variations")
 DEFAULT_MODEL = "dall-e-2"
 DEFAULT_SIZE = "1024x1024"
+AUTO_SIZE = "auto"  # the model's own default size (model_templates.Model.resolve)
 RESPONSE_FORMATS = ("url", "b64_json")
-MAX_PROMPT = 1000  # characters, as for dall-e-2
+# Names of OpenAI's GPT image models: like OpenAI, answer them with b64_json unless the request asks for url
+B64_MODELS = ("gpt-image", "chatgpt-image")
+MAX_PROMPT = 4000  # characters, as for dall-e-3 (the text encoders read the first 77 tokens, Mini's BART 64)
 MAX_N = 10
 MAX_SEED = 2**64 - 1
 MAX_SIDE = 4096
@@ -31,15 +37,6 @@ FIELDS = {
     "generations": _TEXT | {"prompt", "negative_prompt"},
     "edits": _TEXT | {"prompt", "negative_prompt"},
     "variations": _TEXT,
-}
-# OpenAI fields that change nothing for a dall-e-2 picture (or only its bookkeeping): accepted and ignored
-IGNORED = {"user", "safety_identifier", "quality", "style", "moderation", "input_fidelity", "output_compression"}
-# OpenAI fields for other models: accepted only with the value that asks for what dall-e-2 does anyway
-NEUTRAL = {
-    "output_format": ({"png"}, "'png'"),
-    "background": ({"auto", "opaque"}, "'auto' or 'opaque'"),
-    "stream": ({False, "false"}, "false"),
-    "partial_images": ({0, "0"}, "0"),
 }
 _SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")
 # What a model's prompts may be written in (its description's "prompt": {"charset": …}): any text, or English alone
@@ -58,6 +55,7 @@ class ImageRequest:
     prompt: str | None = None
     negative_prompt: str | None = None
     seed: int | None = None
+    options: ImageOptions = field(default_factory=ImageOptions)
 
     @property
     def width(self) -> int:
@@ -73,26 +71,35 @@ def parse(endpoint: str, fields: Mapping[str, object], from_form: bool) -> Image
     problem → ApiError 400 naming the field."""
     if not isinstance(fields, Mapping):
         raise bad_request('The request body must be a JSON object, e.g. {"prompt": "a red fox"}.')
-    known = FIELDS[endpoint] | set(FILE_FIELDS[endpoint]) | IGNORED | set(NEUTRAL)
+    known = FIELDS[endpoint] | set(FILE_FIELDS[endpoint]) | OPTION_FIELDS
     for name in fields:
         if name not in known:
             raise bad_request(f"Unrecognized request argument supplied: {name}", name)
     _check_encodable(fields)
-    for name, (values, hint) in NEUTRAL.items():
-        value = fields.get(name)
-        if value is not None and (isinstance(value, (dict, list)) or value not in values):
-            raise bad_request(f"{name} {value!r} is not supported by these models: leave it out or send {hint}.", name)
+    options = parse_options(endpoint, fields, from_form)
+    model = _model(fields.get("model"))
     needs_prompt = "prompt" in FIELDS[endpoint]
     return ImageRequest(
         endpoint=endpoint,
-        model=_model(fields.get("model")),
+        model=model,
         n=_integer(fields, "n", 1, (1, MAX_N), from_form),
         size=_size(fields.get("size")),
-        response_format=_choice(fields, "response_format", RESPONSE_FORMATS),
+        response_format=_response_format(fields.get("response_format"), model, options.stream),
         prompt=_text(fields, "prompt", required=True) if needs_prompt else None,
         negative_prompt=_text(fields, "negative_prompt", required=False) if needs_prompt else None,
         seed=_integer(fields, "seed", None, (0, MAX_SEED), from_form),
+        options=options,
     )
+
+
+def _response_format(value: object, model: str, stream: bool) -> str:
+    """url by default, as DALL·E answered; b64_json for a stream (its events carry the images) and for GPT image
+    model names, as OpenAI answers them."""
+    if value is None:
+        return "b64_json" if stream or model.startswith(B64_MODELS) else "url"
+    if value not in RESPONSE_FORMATS:
+        raise bad_request(f"response_format {value!r} is not one of {', '.join(RESPONSE_FORMATS)}.", "response_format")
+    return value
 
 
 _TRANSLATION_HINT = {
@@ -214,6 +221,8 @@ def _integer(
 def _size(value: object) -> str:
     if value is None:
         return DEFAULT_SIZE
+    if value == AUTO_SIZE:
+        return AUTO_SIZE
     match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
     if match is None:
         raise bad_request(f"size {value!r} is not a size: write it as WIDTHxHEIGHT, e.g. '512x512'.", "size")
@@ -221,12 +230,3 @@ def _size(value: object) -> str:
     if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
         raise bad_request(f"size {value!r} is outside 1..{MAX_SIDE} px a side.", "size")
     return f"{width}x{height}"
-
-
-def _choice(fields: Mapping[str, object], name: str, choices: tuple[str, ...]) -> str:
-    value = fields.get(name)
-    if value is None:
-        return choices[0]
-    if value not in choices:
-        raise bad_request(f"{name} {value!r} is not one of {', '.join(choices)}.", name)
-    return value

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import secrets
 import time
 import uuid
@@ -24,15 +23,12 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import access, answers, bodies, comfy_server, model_templates, readiness, uploads
+from . import access, answers, bodies, comfy_server, model_templates, readiness, settings, streaming, uploads
 from . import metrics as api_metrics
-from .errors import ApiError, bad_request
+from .errors import ApiError
 from .metrics import HUNG_UP, Load
 from .requests import ImageRequest, parse
 
-MAX_JOBS_VARIABLE = "DALLE_NODES_API_MAX_JOBS"
-PUBLIC_URL_VARIABLE = "DALLE_NODES_API_PUBLIC_URL"  # this process's address as clients reach it (for url answers)
-DEFAULT_MAX_JOBS = 32
 UPLOAD_SUBFOLDER = "dalle-nodes-api"  # in ComfyUI's input folder; each upload is deleted when its job ends
 USER_MODELS = Path("dalle-nodes") / "openai-models"  # under ComfyUI's user directory
 TICK_S = 0.5  # how soon a client that disconnected while its job waits is noticed
@@ -61,7 +57,7 @@ class _State:
             event.set()
 
 
-_state = _State((), DEFAULT_MAX_JOBS)
+_state = _State((), settings.DEFAULT_MAX_JOBS)
 
 
 def register() -> None:
@@ -69,7 +65,7 @@ def register() -> None:
     global _state
     if _state.registered:
         return
-    _state = _State(access.keys_from(os.environ), _max_jobs(), _public_url())
+    _state = _State(access.keys_from(os.environ), settings.max_jobs(), settings.public_url())
     _state.registered = True
     comfy_server.on_queue_change(_state.wake)
     readiness.Drain(_stop_taking_jobs, lambda: _state.answering, readiness.drain_seconds()).install()
@@ -93,29 +89,6 @@ def register() -> None:
             "the rest of ComfyUI: set %s to require a key.",
             access.KEY_VARIABLE,
         )
-
-
-def _max_jobs() -> int:
-    raw = os.environ.get(MAX_JOBS_VARIABLE, "").strip()
-    if raw.isdigit() and int(raw) > 0:
-        return int(raw)
-    if raw:
-        log.warning(
-            "dalle-nodes: %s=%r is not a whole number above 0; using %d.", MAX_JOBS_VARIABLE, raw, DEFAULT_MAX_JOBS
-        )
-    return DEFAULT_MAX_JOBS
-
-
-def _public_url() -> str:
-    raw = os.environ.get(PUBLIC_URL_VARIABLE, "").strip().rstrip("/")
-    if raw and not re.fullmatch(r"https?://[^\s?#]+", raw):
-        log.warning(
-            "dalle-nodes: %s=%r is not an http(s) address; url answers use the request's host.",
-            PUBLIC_URL_VARIABLE,
-            raw,
-        )
-        return ""
-    return raw
 
 
 def _stop_taking_jobs() -> None:
@@ -191,16 +164,21 @@ async def catalogue() -> model_templates.Catalogue:
     """The shipped models, then the user's, looked at anew for each request (a dropped-in or changed file needs no
     restart; each version of a file is read once), in a worker thread: a slow disk never holds up the server."""
     user = comfy_server.user_folder() / USER_MODELS
-    return await asyncio.to_thread(model_templates.load_catalogue, [model_templates.SHIPPED_MODELS, user])
+    folders = [model_templates.SHIPPED_MODELS, user]
+    return await asyncio.to_thread(model_templates.load_catalogue, folders, settings.shipped_aliases())
 
 
 async def list_models(request: web.Request) -> web.Response:
-    models = (await catalogue()).models.values()
-    return web.json_response({"object": "list", "data": [answers.model_entry(model) for model in models]})
+    """The models, then their aliases (each listed as a model of its own, with alias_of)."""
+    models = await catalogue()
+    data = [answers.model_entry(model) for model in models.models.values()]
+    data += [answers.model_entry(models.get(alias), alias) for alias in models.aliases]
+    return web.json_response({"object": "list", "data": data})
 
 
 async def get_model(request: web.Request) -> web.Response:
-    return web.json_response(answers.model_entry((await catalogue()).get(request.match_info["model"])))
+    models, name = await catalogue(), request.match_info["model"]
+    return web.json_response(answers.model_entry(models.get(name), name if name in models.aliases else None))
 
 
 async def _load() -> tuple[Load, str, model_templates.Catalogue]:
@@ -233,54 +211,91 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=_state.metrics.text(load), headers={"Content-Type": _state.metrics.content_type})
 
 
-async def images(request: web.Request, endpoint: str) -> web.Response:
+async def images(request: web.Request, endpoint: str) -> web.StreamResponse:
     _check_room()  # before reading and decoding anything
     if endpoint == "generations":
         fields, files = await bodies.read_json(request), {}
     else:
         fields, files = await bodies.read_form(request, endpoint)
     image_request = parse(endpoint, fields, from_form=endpoint != "generations")
-    variant = (await catalogue()).get(image_request.model).variant(image_request)
+    model = (await catalogue()).get(image_request.model)
+    image_request = model.resolved(image_request)
+    variant = model.variant(image_request)
     model_templates.check_fits(image_request, variant)
+    options = image_request.options
+    quality = variant.quality_level(options.quality, model.id)
     url = image_request.response_format == "url"
     link = answers.view_link(request, _state.public_url) if url else None  # a bad Host: refused now
     async with _state.decoding:  # a few at a time: a 4096 px picture takes about 250 MB to decode
         picture = await asyncio.to_thread(
-            _picture, endpoint, files, image_request.width
+            uploads.picture_for, endpoint, files, image_request.width
         )  # off the event loop: it takes a second or two
     _check_room()
-    seed = image_request.seed if image_request.seed is not None else secrets.randbits(63)
-    slot = uuid.uuid4().hex  # held from here until the job has left the queue
-    _state.jobs.add(slot)
-    upload = None
-    try:
-        if picture is not None:  # named first, so that a cancelled write is still cleaned up by _release
-            upload = f"{UPLOAD_SUBFOLDER}/{uuid.uuid4().hex}.png"
-            await asyncio.to_thread(_save_upload, upload, picture)  # off the event loop, as every file of a request
-        graph = model_templates.fill(variant, model_templates.request_values(image_request, variant, seed, upload))
-        prompt_id = await comfy_server.queue_prompt(_unguessable(graph), _tag(image_request, seed))
-    except BaseException as error:
-        _release(slot, upload)
-        if isinstance(error, comfy_server.Refused):
-            raise ApiError(500, f"ComfyUI refused the model's workflow: {error}", "model", "workflow_refused") from None
-        raise
-    log.info("dalle-nodes: API %s (%s) queued as %s", endpoint, image_request.model, prompt_id)
-    queued = time.monotonic()
-    entry = None
-    try:
-        entry = await _finished(request, prompt_id)
-    finally:
-        if entry is None:  # the client went away (or the handler was cancelled): leave no job behind
-            _abandon(prompt_id, slot, upload)
-        else:
-            _release(slot, upload)
+    job = _Job(request, image_request, variant, variant.settings(quality, options.style), picture, model.id)
+    if options.stream:
+        stream = streaming.Stream(image_request, variant, quality)
+        answer = await streaming.answer(request, stream, str(uuid.uuid4()), job.run)
+        return answer or web.Response(status=HUNG_UP)
+    entry = await job.run(str(uuid.uuid4()))
     if entry is None:
         return web.Response(status=HUNG_UP)  # nobody reads it
-    _state.metrics.finished(image_request.model, time.monotonic() - queued)
     if not entry:
         raise ApiError(500, "The job was taken out of ComfyUI's queue (or its history cleared) before it finished.")
-    data = await asyncio.to_thread(answers.image_data, link, variant, entry)  # b64_json reads up to 10 PNG files
-    return web.json_response({"created": int(time.time()), "data": data})
+    data = await asyncio.to_thread(answers.image_data, link, variant, entry, image_request)  # reads up to 10 files
+    body = {"created": int(time.time()), "data": data} | answers.response_fields(image_request, quality)
+    return web.json_response(body)
+
+
+class _Job:
+    """One request's job: its workflow filled in, queued, waited for until it ends or its client leaves."""
+
+    def __init__(
+        self,
+        client: web.Request,
+        request: ImageRequest,
+        variant: model_templates.Variant,
+        settings: dict,
+        picture: bytes | None,
+        model: str,
+    ):
+        self.client, self.request, self.variant, self.settings = client, request, variant, settings
+        self.picture, self.model = picture, model
+
+    async def run(self, prompt_id: str) -> dict | None:
+        """Queue the job as `prompt_id`, hold its place, wait: its history entry ({} if none was kept), or None once
+        its client is seen gone, its job then taken away."""
+        request = self.request
+        seed = request.seed if request.seed is not None else secrets.randbits(63)
+        slot = uuid.uuid4().hex  # held from here until the job has left the queue
+        _state.jobs.add(slot)
+        upload = None
+        try:
+            if self.picture is not None:  # named first, so that a cancelled write is still cleaned up by _release
+                upload = f"{UPLOAD_SUBFOLDER}/{uuid.uuid4().hex}.png"
+                await asyncio.to_thread(_save_upload, upload, self.picture)  # off the event loop
+            values = model_templates.request_values(request, self.variant, seed, upload)
+            graph = model_templates.unguessable(model_templates.fill(self.variant, values, self.settings))
+            await comfy_server.queue_prompt(graph, _tag(request, self.model, seed), prompt_id)
+        except BaseException as error:
+            _release(slot, upload)
+            if isinstance(error, comfy_server.Refused):
+                raise ApiError(
+                    500, f"ComfyUI refused the model's workflow: {error}", "model", "workflow_refused"
+                ) from None
+            raise
+        log.info("dalle-nodes: API %s (%s) queued as %s", request.endpoint, self.model, prompt_id)
+        queued = time.monotonic()
+        entry = None
+        try:
+            entry = await _finished(self.client, prompt_id)
+        finally:
+            if entry is None:  # the client went away (or the handler was cancelled): leave no job behind
+                _abandon(prompt_id, slot, upload)
+            else:
+                _release(slot, upload)
+        if entry is not None:
+            _state.metrics.finished(self.model, time.monotonic() - queued)
+        return entry
 
 
 def _check_room() -> None:
@@ -293,38 +308,17 @@ def _check_room() -> None:
     if len(_state.jobs) >= _state.max_jobs:
         raise ApiError(
             429,
-            f"{len(_state.jobs)} API jobs are already waiting here, the most this server takes ({MAX_JOBS_VARIABLE}): "
-            "retry shortly.",
+            f"{len(_state.jobs)} API jobs are already waiting here, the most this server takes "
+            f"({settings.MAX_JOBS_VARIABLE}): retry shortly.",
             code="rate_limit_exceeded",
         )
 
 
-def _unguessable(graph: dict) -> dict:
-    """Each saved file's name gets a random part, so that its /view link cannot be guessed from another one (names
-    are otherwise numbered in sequence) and processes sharing an output folder never pick the same name."""
-    token = secrets.token_hex(8)
-    for node in graph.values():
-        prefix = node["inputs"].get("filename_prefix")
-        if isinstance(prefix, str):
-            node["inputs"]["filename_prefix"] = f"{prefix}_{token}"
-    return graph
-
-
-def _picture(endpoint: str, files: dict[str, bytes], side: int) -> bytes | None:
-    if endpoint == "generations":
-        return None
-    if "image" not in files:
-        raise bad_request(
-            "Missing required parameter: 'image' (a square PNG file).", "image", "missing_required_parameter"
-        )
-    if endpoint == "edits":
-        return uploads.edit_picture(files["image"], files.get("mask"), side)
-    return uploads.variation_picture(files["image"])
-
-
-def _tag(request: ImageRequest, seed: int) -> dict:
-    """Marks the job in the queue and history as an API job (what the UI and GET /queue show beside the graph)."""
-    return {"dalle_nodes_api": {"endpoint": request.endpoint, "model": request.model, "seed": seed}}
+def _tag(request: ImageRequest, model: str, seed: int) -> dict:
+    """Marks the job in the queue and history as an API job (what the UI and GET /queue show beside the graph): the
+    model as requested (maybe an alias) and the model that ran."""
+    tag = {"endpoint": request.endpoint, "model": request.model, "seed": seed}
+    return {"dalle_nodes_api": tag | ({"runs": model} if model != request.model else {})}
 
 
 def _save_upload(upload: str, picture: bytes) -> None:

@@ -151,3 +151,16 @@ def _png(image: Image.Image) -> bytes:
     out = io.BytesIO()
     image.save(out, format="PNG", compress_level=1)  # a temporary file read once: speed over size
     return out.getvalue()
+
+
+def picture_for(endpoint: str, files: dict[str, bytes], side: int) -> bytes | None:
+    """The checked picture of an edit or variation request's files (None for a generation)."""
+    if endpoint == "generations":
+        return None
+    if "image" not in files:
+        raise bad_request(
+            "Missing required parameter: 'image' (a square PNG file).", "image", "missing_required_parameter"
+        )
+    if endpoint == "edits":
+        return edit_picture(files["image"], files.get("mask"), side)
+    return variation_picture(files["image"])

@@ -12,6 +12,7 @@ from shipped_workflows import api_file
 def shrunk_description(model_id: str, steps: dict[str, int]) -> dict:
     """A shipped description with its sampling steps set to `steps` by class type, through its own "set"."""
     spec = json.loads((model_templates.SHIPPED_MODELS / f"{model_id}{model_templates.SUFFIX}").read_text())
+    spec.pop("aliases", None)  # a user's description serves its aliases at once; the shipped one on opt-in only
     for endpoint in ("generations", "edits", "variations"):
         for entry in spec[endpoint] if isinstance(spec.get(endpoint), list) else [spec.get(endpoint)]:
             if entry is None:

@@ -352,7 +352,7 @@ def test_errors_reach_the_client_in_openais_shape(server) -> None:
         (lambda: api.images.generate(prompt="a fox", size="300x300"), openai.BadRequestError, "size '300x300'"),
         (lambda: api.images.generate(prompt="a fox", n=11), openai.BadRequestError, "n is 11"),
         (lambda: api.images.generate(prompt=""), openai.BadRequestError, "prompt is empty"),
-        (lambda: api.images.generate(prompt="x" * 1001), openai.BadRequestError, "1001 characters"),
+        (lambda: api.images.generate(prompt="x" * 4001), openai.BadRequestError, "4001 characters"),
         (lambda: api.images.generate(prompt="a fox", model="dall-e-9"), openai.NotFoundError, "does not exist"),
         (
             lambda: api.images.edit(image=("a.jpg", encoded(picture(), "JPEG")), prompt="a fox"),

@@ -24,7 +24,6 @@ from dalle_nodes.openai_api.model_templates import (
     DEFAULT_SIZES,
     MAX_DESCRIPTION_BYTES,
     SHIPPED_MODELS,
-    SHIPPED_WORKFLOWS,
     Catalogue,
     Model,
     Variant,
@@ -33,6 +32,7 @@ from dalle_nodes.openai_api.model_templates import (
     request_values,
 )
 from dalle_nodes.openai_api.requests import MAX_N, MAX_PROMPT, MAX_SEED, ImageRequest, parse
+from dalle_nodes.openai_api.workflow_bindings import SHIPPED_WORKFLOWS
 
 SHIPPED_IDS = ("dall-e-2", "dall-e-mega", "dall-e-mini", "karlo")
 SIZES = ("256x256", "512x512", "1024x1024")
@@ -272,14 +272,25 @@ def test_endpoint_the_model_does_not_serve(shipped: Catalogue) -> None:
     assert "does not serve images/edits" in caught.value.message and "(it serves generations)" in caught.value.message
 
 
-@pytest.mark.parametrize("model_id", SHIPPED_IDS)
-@pytest.mark.parametrize("size", ["300x300", "128x128", "2048x2048", "512x256", "1792x1024"])
+WIDE_SIZES = "1792x1024, 1024x1792, 1536x1024, 1024x1536"
+
+
+@pytest.mark.parametrize(
+    ("model_id", "size"),
+    [
+        (model_id, size)
+        for model_id in SHIPPED_IDS
+        for size in ("300x300", "128x128", "2048x2048", "512x256", "1792x1024")
+        if (model_id, size) != ("dall-e-2", "1792x1024")  # Kandinsky 2.2 samples DALL·E 3's wide size
+    ],
+)
 def test_size_the_model_does_not_make(shipped: Catalogue, model_id: str, size: str) -> None:
     request = parse("generations", {"model": model_id, "prompt": "p", "size": size}, False)
     with pytest.raises(ApiError) as caught:
         shipped.get(model_id).variant(request)
     assert (caught.value.status, caught.value.param, caught.value.code) == (400, "size", None)
-    assert f"size '{size}' is not one of 256x256, 512x512, 1024x1024 for the model '{model_id}'" in caught.value.message
+    sizes = "256x256, 512x512, 1024x1024" + (f", {WIDE_SIZES}" if model_id == "dall-e-2" else "")
+    assert f"size '{size}' is not one of {sizes} for the model '{model_id}'" in caught.value.message
 
 
 def test_first_entry_listing_the_size_runs(tmp_path: Path) -> None:
@@ -806,16 +817,16 @@ def variant_inputs() -> dict:
 def test_a_read_that_fails_for_a_moment_is_not_remembered(tmp_path: Path, monkeypatch) -> None:
     """An OSError while reading (a full file table, a permission being fixed) names the file, and the next request
     reads it again: only what the file itself holds is cached with its version."""
-    from dalle_nodes.openai_api import model_templates
+    from dalle_nodes.openai_api import json_files
 
     write(tmp_path, "my-model.model.json", {"description": "mine", "generations": GENERATIONS})
-    read_regular = model_templates._read_regular
+    read_regular = json_files._read_regular
 
     def fails_once(path: str, limit: int) -> bytes:
-        monkeypatch.setattr(model_templates, "_read_regular", read_regular)
+        monkeypatch.setattr(json_files, "_read_regular", read_regular)
         raise OSError(24, "Too many open files")
 
-    monkeypatch.setattr(model_templates, "_read_regular", fails_once)
+    monkeypatch.setattr(json_files, "_read_regular", fails_once)
     first = load_catalogue([tmp_path])
     assert "my-model" not in first.models and "Too many open files" in str(first.problems)
     assert load_catalogue([tmp_path]).get("my-model").description == "mine"

@@ -1,0 +1,142 @@
+"""The fields today's `openai` client sends for GPT image and DALL·E 3 models (output_format, output_compression,
+quality, background, style, stream, partial_images …), checked against OpenAI's enums into one ImageOptions.
+
+A value outside OpenAI's enum, or one of its values these models cannot honour (GIF or SVG output, a transparent
+JPEG), is a 400 naming the field. What each model makes of quality, style and a transparent background is its
+description's to say (model_templates.py); moderation, user, safety_identifier, complexity and input_fidelity are
+accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from .errors import bad_request
+
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+QUALITIES = ("auto", "low", "medium", "high", "xhigh", "max", "standard", "hd")
+BACKGROUNDS = ("auto", "opaque", "transparent")
+STYLES = ("vivid", "natural")
+MAX_PARTIAL_IMAGES = 3
+MAX_IDENTIFIER = 256  # user, safety_identifier: bookkeeping strings, bounded
+# OpenAI's values for fields that change nothing here: checked, then ignored
+IGNORED_CHOICES = {
+    "moderation": ("auto", "low"),
+    "complexity": ("low", "medium", "high"),
+    "input_fidelity": ("high", "low"),
+}
+IGNORED_TEXT = ("user", "safety_identifier")
+FIELDS = {
+    "output_format",
+    "output_compression",
+    "quality",
+    "background",
+    "style",
+    "stream",
+    "partial_images",
+    "frame_count",
+    "frame_duration_ms",
+    "svg",
+    *IGNORED_CHOICES,
+    *IGNORED_TEXT,
+}
+STREAMING_ENDPOINTS = ("generations", "edits")
+_TRUE, _FALSE = ("true", "1"), ("false", "0")
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    output_format: str = "png"
+    output_compression: int = 100  # JPEG and WebP quality, as OpenAI's default
+    quality: str = "auto"
+    background: str = "auto"
+    style: str | None = None
+    stream: bool = False
+    partial_images: int = 0
+
+
+def parse_options(endpoint: str, fields: Mapping[str, object], from_form: bool) -> ImageOptions:
+    """The GPT image fields of one request (a form's arrive as strings) → ImageOptions; the first problem → ApiError
+    400 naming the field."""
+    for name in ("svg", "frame_count", "frame_duration_ms"):
+        if fields.get(name) is not None:
+            raise bad_request(
+                f"{name} is for SVG or GIF output, which these models do not make: leave it out (output_format png, "
+                "jpeg or webp).",
+                name,
+            )
+    for name, choices in IGNORED_CHOICES.items():
+        _choice(fields, name, choices)
+    for name in IGNORED_TEXT:
+        value = fields.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_IDENTIFIER):
+            raise bad_request(f"{name} must be a string of at most {MAX_IDENTIFIER} characters.", name)
+    options = ImageOptions(
+        output_format=_output_format(fields.get("output_format")),
+        output_compression=_whole(fields, "output_compression", 100, 100, from_form),
+        quality=_choice(fields, "quality", QUALITIES) or "auto",
+        background=_choice(fields, "background", BACKGROUNDS) or "auto",
+        style=_choice(fields, "style", STYLES),
+        stream=_flag(fields.get("stream")),
+        partial_images=_whole(fields, "partial_images", 0, MAX_PARTIAL_IMAGES, from_form),
+    )
+    _check_together(endpoint, options, fields)
+    return options
+
+
+def _check_together(endpoint: str, options: ImageOptions, fields: Mapping[str, object]) -> None:
+    if options.stream and endpoint not in STREAMING_ENDPOINTS:
+        raise bad_request(f"images/{endpoint} does not stream: leave stream out (or send false).", "stream")
+    if options.stream and fields.get("response_format") == "url":
+        raise bad_request(
+            "A stream's events carry the images as b64_json: leave response_format out (or send b64_json), or ask "
+            "for url without stream.",
+            "response_format",
+        )
+    if options.background == "transparent" and options.output_format == "jpeg":
+        raise bad_request(
+            "JPEG has no transparency: ask for output_format png or webp, or background auto.", "background"
+        )
+
+
+def _output_format(value: object) -> str:
+    if value is None:
+        return "png"
+    if value in ("gif", "svg"):
+        raise bad_request(
+            f"output_format {value!r} is not made by these models: send png, jpeg or webp.", "output_format"
+        )
+    if value not in OUTPUT_FORMATS:
+        raise bad_request(f"output_format {value!r} is not one of png, jpeg, webp.", "output_format")
+    return value
+
+
+def _choice(fields: Mapping[str, object], name: str, choices: tuple[str, ...]) -> str | None:
+    value = fields.get(name)
+    if value is not None and value not in choices:
+        raise bad_request(f"{name} {value!r} is not one of {', '.join(choices)}.", name)
+    return value
+
+
+def _flag(value: object) -> bool:
+    """stream: JSON's true/false, or a form's text."""
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in _FALSE):
+        return False
+    if value is True or (isinstance(value, str) and value.strip().lower() in _TRUE):
+        return True
+    raise bad_request(f"stream must be true or false, not {value!r}.", "stream")
+
+
+def _whole(fields: Mapping[str, object], name: str, default: int, top: int, from_form: bool) -> int:
+    value = fields.get(name)
+    if value is None:
+        return default
+    if from_form and isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,4}\s*", value):
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
+        raise bad_request(f"{name} must be a whole number from 0 to {top}, not {value!r}.", name)
+    return value
