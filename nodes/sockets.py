@@ -67,13 +67,14 @@ def seed_input(tooltip: str) -> tuple:
 
 
 def step_callback(progress: runtime.Progress, to_rgb: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Callable:
-    """The sampler's callback(step index, total, x): the progress bar, and with `to_rgb` (x → [B, 3, h, w] in
-    [-1, 1]) the partial images the images API's streams ask for."""
+    """The sampler's callback(step index, total, x, x0): the progress bar, and with `to_rgb` (latents → [B, 3, h, w]
+    in [-1, 1]) the partial images the images API's streams ask for, of the step's predicted clean x0 (the noisy x
+    would show mostly noise early on)."""
 
-    def callback(step: int, total: int, x: torch.Tensor) -> None:
+    def callback(step: int, total: int, x: torch.Tensor, x0: torch.Tensor) -> None:
         progress.update(1)
         if to_rgb is not None:
-            runtime.offer_preview(step + 1, total, lambda: to_rgb(x))
+            runtime.offer_preview(step + 1, total, lambda: to_rgb(x0))
 
     return callback
 

@@ -39,7 +39,7 @@ def image_data(link: str | None, variant: Variant, entry: dict, request: ImageRe
     """The finished job's images as OpenAI's data list, in the request's output_format: /view links after `link`
     (a PNG the workflow saved, or its conversion written beside it), or the bytes themselves where `link` is None;
     each with the prompt used as revised_prompt. A failed job → ApiError 500 with ComfyUI's error."""
-    data = []
+    data, prompt = [], revised_prompt(request, variant, entry)
     for image in saved_images(variant, entry):
         if link is None:
             item = {"b64_json": base64.b64encode(encoded(image_bytes(image), request.options)).decode("ascii")}
@@ -47,8 +47,18 @@ def image_data(link: str | None, variant: Variant, entry: dict, request: ImageRe
             image = _converted(image, request.options)
             keys = ("filename", "subfolder", "type")
             item = {"url": link + urllib.parse.urlencode({key: image.get(key, "") for key in keys})}
-        data.append(item | ({"revised_prompt": request.prompt} if request.prompt is not None else {}))
+        data.append(item | ({"revised_prompt": prompt} if prompt is not None else {}))
     return data
+
+
+def revised_prompt(request: ImageRequest, variant: Variant, entry: dict) -> str | None:
+    """The prompt the model read: the English of a translate node the prompt went through (its shown text in the
+    job's outputs), else the prompt as sent."""
+    for node, _ in variant.inputs.get("prompt", ()):
+        shown = entry.get("outputs", {}).get(node, {}).get("text")
+        if isinstance(shown, list) and shown and isinstance(shown[0], str):
+            return shown[0]
+    return request.prompt
 
 
 def saved_images(variant: Variant, entry: dict) -> list[dict]:

@@ -28,21 +28,15 @@ IGNORED_CHOICES = {
     "input_fidelity": ("high", "low"),
 }
 IGNORED_TEXT = ("user", "safety_identifier")
+_IMAGE_FIELDS = {"output_format", "output_compression", "quality", "background", "stream", "partial_images"}
+_IMAGE_FIELDS |= {"frame_count", "frame_duration_ms", "svg", "complexity", *IGNORED_TEXT}
+# The fields OpenAI takes on each endpoint (its image_*_params)
 FIELDS = {
-    "output_format",
-    "output_compression",
-    "quality",
-    "background",
-    "style",
-    "stream",
-    "partial_images",
-    "frame_count",
-    "frame_duration_ms",
-    "svg",
-    *IGNORED_CHOICES,
-    *IGNORED_TEXT,
+    "generations": _IMAGE_FIELDS | {"style", "moderation"},
+    "edits": _IMAGE_FIELDS | {"input_fidelity"},
+    "variations": {"user"},
 }
-STREAMING_ENDPOINTS = ("generations", "edits")
+EDIT_QUALITIES = tuple(q for q in QUALITIES if q != "hd")  # DALL·E 3 made no edits
 _TRUE, _FALSE = ("true", "1"), ("false", "0")
 
 
@@ -58,10 +52,10 @@ class ImageOptions:
 
 
 def parse_options(endpoint: str, fields: Mapping[str, object], from_form: bool) -> ImageOptions:
-    """The GPT image fields of one request (a form's arrive as strings) → ImageOptions; the first problem → ApiError
-    400 naming the field."""
+    """The GPT image fields of one request (a form's arrive as strings; requests.parse has refused the fields its
+    endpoint does not take) → ImageOptions; the first problem → ApiError 400 naming the field."""
     for name in ("svg", "frame_count", "frame_duration_ms"):
-        if fields.get(name) is not None:
+        if fields.get(name) is not None or any(key.startswith(f"{name}[") for key in fields):  # forms: svg[model]
             raise bad_request(
                 f"{name} is for SVG or GIF output, which these models do not make: leave it out (output_format png, "
                 "jpeg or webp).",
@@ -76,19 +70,17 @@ def parse_options(endpoint: str, fields: Mapping[str, object], from_form: bool) 
     options = ImageOptions(
         output_format=_output_format(fields.get("output_format")),
         output_compression=_whole(fields, "output_compression", 100, 100, from_form),
-        quality=_choice(fields, "quality", QUALITIES) or "auto",
+        quality=_choice(fields, "quality", EDIT_QUALITIES if endpoint == "edits" else QUALITIES) or "auto",
         background=_choice(fields, "background", BACKGROUNDS) or "auto",
         style=_choice(fields, "style", STYLES),
         stream=_flag(fields.get("stream")),
         partial_images=_whole(fields, "partial_images", 0, MAX_PARTIAL_IMAGES, from_form),
     )
-    _check_together(endpoint, options, fields)
+    _check_together(options, fields)
     return options
 
 
-def _check_together(endpoint: str, options: ImageOptions, fields: Mapping[str, object]) -> None:
-    if options.stream and endpoint not in STREAMING_ENDPOINTS:
-        raise bad_request(f"images/{endpoint} does not stream: leave stream out (or send false).", "stream")
+def _check_together(options: ImageOptions, fields: Mapping[str, object]) -> None:
     if options.stream and fields.get("response_format") == "url":
         raise bad_request(
             "A stream's events carry the images as b64_json: leave response_format out (or send b64_json), or ask "

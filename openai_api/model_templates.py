@@ -193,8 +193,13 @@ def _add_aliases(catalogue: Catalogue, shipped_aliases: Collection[str]) -> None
                 catalogue.problems[f"{model.id}{SUFFIX}"] = (
                     f"{model.id}{SUFFIX}: its alias '{alias}' is the id of another model, which keeps it."
                 )
-            else:
-                catalogue.aliases[alias] = model.id
+                continue
+            if alias in catalogue.aliases:  # the later description (a user's over a shipped one) serves it
+                other = catalogue.aliases[alias]
+                catalogue.problems[f"{model.id}{SUFFIX}"] = (
+                    f"{model.id}{SUFFIX}: its alias '{alias}' is also {other}'s; {model.id} serves it."
+                )
+            catalogue.aliases[alias] = model.id
     unknown = sorted(set(shipped_aliases) - set(catalogue.aliases) - set(catalogue.models))
     if unknown:
         catalogue.problems[ALIASES_VARIABLE] = (
@@ -362,7 +367,7 @@ def _variant(entry: dict, path: Path, model_sizes: tuple[str, ...], endpoint: st
         raise ModelError(f"{where}: output names node {output!r}, which the workflow does not have.")
     quality = mapping(entry.get("quality", {}), where, "quality")
     default_quality = quality.pop("auto", None)
-    if quality and default_quality not in quality:
+    if quality and not (isinstance(default_quality, str) and default_quality in quality):
         raise ModelError(f'{where}: quality names its default level, e.g. "auto": "medium", one of its levels.')
     return Variant(
         graph,

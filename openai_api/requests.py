@@ -71,9 +71,9 @@ def parse(endpoint: str, fields: Mapping[str, object], from_form: bool) -> Image
     problem → ApiError 400 naming the field."""
     if not isinstance(fields, Mapping):
         raise bad_request('The request body must be a JSON object, e.g. {"prompt": "a red fox"}.')
-    known = FIELDS[endpoint] | set(FILE_FIELDS[endpoint]) | OPTION_FIELDS
+    known = FIELDS[endpoint] | set(FILE_FIELDS[endpoint]) | OPTION_FIELDS[endpoint]
     for name in fields:
-        if name not in known:
+        if name not in known and not name.startswith("svg["):  # image_options refuses SVG settings by name
             raise bad_request(f"Unrecognized request argument supplied: {name}", name)
     _check_encodable(fields)
     options = parse_options(endpoint, fields, from_form)

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import io
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ EVENT_PREFIX = {"generations": "image_generation", "edits": "image_edit"}
 # Token usage is metered for OpenAI's GPT image models only; nothing is metered here
 NO_USAGE = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0}}
 NO_USAGE |= {"output_tokens": 0, "total_tokens": 0}
+log = logging.getLogger("dalle_nodes.openai_api")
 RunJob = Callable[[str], Awaitable[dict | None]]  # prompt id → its history entry, None if the client left
 
 
@@ -49,7 +51,9 @@ class Stream:
 
 
 async def answer(request: web.Request, stream: Stream, prompt_id: str, run: RunJob) -> web.StreamResponse | None:
-    """Run the job (`run(prompt_id)`) and stream its partial and final images; None when the client left."""
+    """Run the job (`run(prompt_id)`) and stream its partial and final images; None when the client left. Once the
+    stream has begun, any failure (the workflow refused or failed, a picture that cannot be encoded) is sent as an
+    error event."""
     loop = asyncio.get_running_loop()
     partials: asyncio.Queue = asyncio.Queue()
     count = stream.request.options.partial_images
@@ -61,33 +65,45 @@ async def answer(request: web.Request, stream: Stream, prompt_id: str, run: RunJ
         forwarding = loop.create_task(_forward(response, stream, partials))
         try:
             entry = await run(prompt_id)
-        finally:
+        except BaseException:
             forwarding.cancel()
+            raise
         if entry is None:
+            forwarding.cancel()
             return None
-        while not partials.empty():  # the ones handed over while the job ended
-            await _send_partial(response, stream, *partials.get_nowait())
+        partials.put_nowait(None)  # the job has ended: send what it handed over, then the pictures
+        await forwarding
         await _finish(response, stream, entry)
     except ConnectionError:  # the client left mid-stream (run() has taken its job away already, if it ran)
         if not response.prepared:
             raise
         return None
+    except Exception as error:
+        if not response.prepared:
+            raise
+        await _send_error(response, error)
     finally:
         partial_images.unwatch(prompt_id)
     return response
 
 
-async def _finish(response: web.StreamResponse, stream: Stream, entry: dict) -> None:
-    """The completed events (or the job's error as an error event), then the end of the stream."""
-    try:
-        if not entry:
-            raise ApiError(500, "The job was taken out of ComfyUI's queue (or its history cleared) before it finished.")
-        pictures = await asyncio.to_thread(_final_pictures, stream, entry)
-        for picture in pictures:
-            body = {"type": stream.event("completed"), "b64_json": picture, "created_at": int(time.time())}
-            await _send(response, body | stream.fields() | {"usage": NO_USAGE})
-    except ApiError as error:
+async def _send_error(response: web.StreamResponse, error: Exception) -> None:
+    if not isinstance(error, ApiError):
+        log.exception("dalle-nodes: the images API failed while streaming")
+        error = ApiError(500, "The server failed on this request (an internal error; its log has the details).")
+    with contextlib.suppress(ConnectionError):
         await _send(response, {"type": "error"} | error.body(), "error")
+        await response.write_eof()
+
+
+async def _finish(response: web.StreamResponse, stream: Stream, entry: dict) -> None:
+    """The completed events, then the end of the stream; the job's failure → ApiError."""
+    if not entry:
+        raise ApiError(500, "The job was taken out of ComfyUI's queue (or its history cleared) before it finished.")
+    pictures = await asyncio.to_thread(_final_pictures, stream, entry)
+    for picture in pictures:
+        body = {"type": stream.event("completed"), "b64_json": picture, "created_at": int(time.time())}
+        await _send(response, body | stream.fields() | {"usage": NO_USAGE})
     await response.write_eof()
 
 
@@ -97,9 +113,9 @@ def _final_pictures(stream: Stream, entry: dict) -> list[str]:
 
 
 async def _forward(response: web.StreamResponse, stream: Stream, partials: asyncio.Queue) -> None:
-    with contextlib.suppress(ConnectionError):
-        while True:
-            await _send_partial(response, stream, *await partials.get())
+    """Send each partial image as it comes, until the None that follows the last."""
+    while (item := await partials.get()) is not None:
+        await _send_partial(response, stream, *item)
 
 
 async def _send_partial(response: web.StreamResponse, stream: Stream, index: int, pictures: list) -> None:

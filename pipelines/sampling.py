@@ -26,7 +26,7 @@ from .checks import check_choice, check_range
 DECODER_SAMPLERS = ("ddpm", "ddim", "dpmpp_2m", "euler_ancestral")
 
 Denoise = Callable[[Tensor, Tensor], Tensor]
-Callback = Callable[[int, int, Tensor], None]
+Callback = Callable[[int, int, Tensor, Tensor], None]  # (step index, steps, x after it, its predicted clean x0)
 AfterStep = Callable[[int, Tensor], Tensor]  # (index of the step just taken, x) -> the x the next step starts from
 
 TRAIN_TIMESTEPS = 1000
@@ -203,14 +203,21 @@ def _posterior(a_t: Tensor, a_prev: Tensor, alpha: Tensor, beta: Tensor) -> tupl
 
 
 def _end_step(
-    x32: Tensor, dtype: torch.dtype, i: int, steps: range, after_step: AfterStep | None, callback: Callback | None
+    x32: Tensor,
+    dtype: torch.dtype,
+    i: int,
+    steps: range,
+    after_step: AfterStep | None,
+    callback: Callback | None,
+    x0: Tensor,
 ) -> Tensor:
-    """Every sampler's step tail: back to the working dtype, then after_step's edit, then the callback sees it."""
+    """Every sampler's step tail: back to the working dtype, then after_step's edit, then the callback sees it and
+    the step's prediction of the clean x0 (what previews show)."""
     x = x32.to(dtype)
     if after_step is not None:
         x = after_step(i, x)
     if callback is not None:
-        callback(i - steps.start, len(steps), x)
+        callback(i - steps.start, len(steps), x, x0)
     return x
 
 
@@ -233,7 +240,7 @@ def _posterior_loop(
         x32 = c_x0[i] * x0 + c_x[i] * x32
         if ts[i] > 0:
             x32 = x32 + std[i] * randn(x.shape, generator, x.device, torch.float32)
-        x = _end_step(x32, x.dtype, i, run, after_step, callback)
+        x = _end_step(x32, x.dtype, i, run, after_step, callback, x0)
     return x
 
 
@@ -314,7 +321,7 @@ def _sample_ddim(
     for i in run:
         eps = denoise(x, timesteps_on_device[i]).float()
         x0 = (x.float() - sqrt_b[i] * eps) / sqrt_a[i]
-        x = _end_step(sqrt_a_prev[i] * x0 + sqrt_b_prev[i] * eps, x.dtype, i, run, after_step, callback)
+        x = _end_step(sqrt_a_prev[i] * x0 + sqrt_b_prev[i] * eps, x.dtype, i, run, after_step, callback, x0)
     return x
 
 
@@ -348,7 +355,7 @@ def _sample_dpmpp_2m(
         if previous_x0 is not None and i != run[-1]:
             x32 = x32 - half_phi[i] * (inv_r[i] * (x0 - previous_x0))
         previous_x0 = x0
-        x = _end_step(x32, x.dtype, i, run, after_step, callback)
+        x = _end_step(x32, x.dtype, i, run, after_step, callback, x0)
     return x
 
 
@@ -366,13 +373,14 @@ def _sample_euler_ancestral(
     sigma_up = (sigma_to**2 * (sigma_from**2 - sigma_to**2) / sigma_from**2) ** 0.5
     sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
     input_scale = ((sigma_from**2 + 1) ** 0.5).tolist()
-    dt, sigma_up = (sigma_down - sigma_from).tolist(), sigma_up.tolist()
+    dt, sigma_up, sigma = (sigma_down - sigma_from).tolist(), sigma_up.tolist(), sigma_from.tolist()
     timesteps_on_device, run = schedule.timesteps.to(x.device), range(schedule.start, len(dt))
     for i in run:
         eps = denoise(x / input_scale[i], timesteps_on_device[i]).float()
+        x0 = x.float() - sigma[i] * eps
         x32 = x.float() + eps * dt[i]
         x32 = x32 + randn(x.shape, generator, x.device, torch.float32) * sigma_up[i]
-        x = _end_step(x32, x.dtype, i, run, after_step, callback)
+        x = _end_step(x32, x.dtype, i, run, after_step, callback, x0)
     return x
 
 
@@ -395,6 +403,6 @@ def sample_decoder(
     """Run the schedule's sampler from latent `x` (txt2img: `initial_noise`; img2img: `noise_latent`'s output).
 
     denoise(x, t) returns the guided 4-channel epsilon. Steps run from schedule.start; after_step(i, x) may replace
-    the latent after step i (inpainting pastes the kept picture back), then callback(step_index, total, x) sees it.
+    the latent after step i (inpainting pastes the kept picture back), then callback(step_index, total, x, x0) sees it.
     """
     return _DECODER_LOOPS[schedule.sampler](denoise, x, schedule, generator, callback, after_step)

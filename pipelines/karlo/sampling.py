@@ -92,7 +92,7 @@ def sample_unclip(
     steps: range | None = None,
 ) -> Tensor:
     """Run the schedule's `steps` (all by default) from float32 `x`. denoise(x, t) returns the guided prediction:
-    the clean value or ε, followed by the variance channels for a learned variance. callback(i, total, x)."""
+    the clean value or ε, followed by the variance channels for a learned variance. callback(i, total, x, x0)."""
     steps = range(schedule.steps) if steps is None else steps
     stage, channels = schedule.stage, x.shape[1]
     timesteps_on_device, ts = schedule.timesteps.to(x.device), schedule.timesteps.tolist()
@@ -107,7 +107,7 @@ def sample_unclip(
             noise = sampling.randn(x.shape, generator, x.device, torch.float32)
             x = x + _noise_std(out[:, channels:], schedule, i) * noise
         if callback is not None:
-            callback(i, schedule.steps, x)
+            callback(i, schedule.steps, x, x0)
     return x
 
 

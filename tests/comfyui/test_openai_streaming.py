@@ -46,6 +46,9 @@ def prepare_comfyui(base: Path) -> None:
     failing = shrunk_description("dall-e-2", STEPS)["generations"]
     failing["set"]["5"] = {"repo_id": "nobody/no-such-decoder"}
     (models / "failing.model.json").write_text(json.dumps({"generations": failing}))
+    refused = shrunk_description("dall-e-2", STEPS)["generations"]
+    refused["set"]["6"] = {"sampler": "no-such-sampler"}  # ComfyUI's validation refuses the graph
+    (models / "refused.model.json").write_text(json.dumps({"generations": refused}))
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +218,13 @@ def test_an_error_after_the_stream_began_arrives_as_an_error_event(server) -> No
     with pytest.raises(openai.APIError) as failed:
         list(client(server).images.generate(model="failing", prompt=PROMPT, size="256x256", stream=True))
     assert "nobody/no-such-decoder" in str(failed.value)
+
+
+def test_a_workflow_comfyui_refuses_arrives_as_an_error_event(server) -> None:
+    with pytest.raises(openai.APIError) as failed:
+        list(client(server).images.generate(model="refused", prompt=PROMPT, size="256x256", stream=True))
+    assert "ComfyUI refused the model's workflow" in str(failed.value)
+    assert "dall-e-2" in {m.id for m in client(server).models.list()}  # still serving
 
 
 def test_a_hang_up_mid_stream_leaves_no_job(server) -> None:

@@ -96,9 +96,30 @@ def test_a_stream_answers_b64_json_and_refuses_url() -> None:
     assert error.param == "response_format" and "b64_json" in error.message
 
 
-def test_variations_do_not_stream() -> None:
-    error = refused("variations", True, stream="true")
-    assert error.param == "stream" and "does not stream" in error.message
+@pytest.mark.parametrize(
+    ("endpoint", "name", "value"),
+    [
+        ("variations", "stream", "true"),
+        ("variations", "quality", "high"),
+        ("variations", "output_format", "png"),
+        ("edits", "style", "vivid"),
+        ("edits", "moderation", "low"),
+        ("generations", "input_fidelity", "high"),
+    ],
+)
+def test_fields_openai_does_not_take_on_the_endpoint(endpoint: str, name: str, value: str) -> None:
+    error = refused(endpoint, True, **{name: value})
+    assert (error.param, error.message) == (name, f"Unrecognized request argument supplied: {name}")
+
+
+def test_dall_e_3s_hd_is_no_edit_quality() -> None:
+    assert options("edits", True, quality="standard").quality == "standard"
+    assert refused("edits", True, quality="hd").param == "quality"
+
+
+def test_svg_settings_from_a_form_name_svg() -> None:
+    error = refused("edits", True, **{"svg[model]": "x"})
+    assert error.param == "svg" and "SVG or GIF output" in error.message
 
 
 def test_a_transparent_jpeg_is_refused() -> None:

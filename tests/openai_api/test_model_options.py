@@ -68,6 +68,7 @@ def test_style_sets_its_inputs_after_the_quality_level(tmp_path: Path) -> None:
     ("entry", "problem"),
     [
         ({"quality": {"low": {}}}, "names its default level"),
+        ({"quality": {"auto": ["low"], "low": {}}}, "names its default level"),
         ({"quality": {"auto": "ultra", "ultra": {}}}, "'ultra' is not one of"),
         ({"quality": {"auto": "low", "low": {"99": {"steps": 1}}}}, "names node '99'"),
         ({"quality": {"auto": "low", "low": {"6": {"nothing": 1}}}}, "nothing of node 6"),
@@ -142,3 +143,23 @@ def test_kandinsky_generates_dall_e_3s_and_gpt_images_sizes(size: str) -> None:
     width, height = map(int, size.split("x"))
     assert (graph["6"]["inputs"]["width"], graph["6"]["inputs"]["height"]) == (width, height)
     assert (graph["4"]["inputs"]["steps"], graph["6"]["inputs"]["steps"]) == (50, 100)
+
+
+def test_an_alias_two_descriptions_claim_is_served_by_the_later_one(tmp_path: Path) -> None:
+    write(tmp_path, "mine", {"aliases": ["dall-e-3"], "generations": GENERATIONS})
+    models = load_catalogue([SHIPPED_MODELS, tmp_path], {"dall-e-3"})
+    assert models.get("dall-e-3").id == "mine"
+    assert "also dall-e-2's; mine serves it" in models.problems["mine.model.json"]
+
+
+def test_revised_prompt_is_the_english_a_translated_model_read(tmp_path: Path) -> None:
+    from dalle_nodes.openai_api.answers import revised_prompt
+
+    write(tmp_path, "zh", {"prompt": {"translate": "auto"}, "generations": GENERATIONS})
+    model = load_catalogue([tmp_path]).get("zh")
+    asked = request(model="zh", prompt="雪中的红狐狸")
+    variant = model.variant(asked)
+    (translate_node,) = [node for node, _ in variant.inputs["prompt"]]
+    entry = {"outputs": {translate_node: {"text": ["a red fox in the snow"]}}}
+    assert revised_prompt(asked, variant, entry) == "a red fox in the snow"
+    assert revised_prompt(asked, variant, {"outputs": {}}) == "雪中的红狐狸"

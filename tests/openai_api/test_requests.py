@@ -279,11 +279,15 @@ def test_unknown_field_is_reported_before_other_problems() -> None:
         ("safety_identifier", "x"),
         ("moderation", "low"),
         ("complexity", "high"),
-        ("input_fidelity", "high"),
     ],
 )
 def test_ignored_openai_fields(name: str, value: str) -> None:
     assert generation(**{name: value}) == generation()
+
+
+def test_input_fidelity_is_an_edit_field() -> None:
+    assert parse("edits", {"prompt": "p", "input_fidelity": "high"}, True) == parse("edits", {"prompt": "p"}, True)
+    assert generation_refused(input_fidelity="high").message == "Unrecognized request argument supplied: input_fidelity"
 
 
 @pytest.mark.parametrize("body", [[], "prompt", None, 3])

@@ -39,7 +39,7 @@ def test_prior_sampling_reads_nothing_back(negative: bool) -> None:
         PromptEmbeds("a dog", text_on_meta(), text_on_meta()) if negative else None,
         stages.PriorRun(batch_size=2, guidance=4.0, schedule=sampling.prior_schedule(4)),
         generator=generator,
-        callback=lambda i, total, x: steps.append(i),
+        callback=lambda i, total, x, x0: steps.append(i),
     )
     assert embeds.positive.device == META and embeds.positive.shape == (2, WIDTH)
     assert embeds.negative.device == META and embeds.negative.shape == (2, WIDTH)
@@ -61,7 +61,7 @@ def test_decoder_sampling_reads_nothing_back(sampler: str, image_to_image: bool)
         start or starts.DecoderStart((16, 16)),
         stages.DecoderRun(schedule, 4.0),
         torch.Generator().manual_seed(0),
-        callback=lambda i, total, x: steps.append(i),
+        callback=lambda i, total, x, x0: steps.append(i),
     )
     assert latents.device == META and latents.shape == (2, 4, 16, 16)
     assert steps == list(range(3 if image_to_image else 6))
