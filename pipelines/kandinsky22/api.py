@@ -224,7 +224,7 @@ class Kandinsky22:
         negative = encode_prompt(self.tokenizer, text_encoder, request.negative, store) if request.negative else None
         sizes = rerank.batches(count, request.batch_size)
         bar = console_progress((request.prior_steps + request.steps) * len(sizes), "Kandinsky 2.2")
-        step = lambda i, total, x: bar.update()  # noqa: E731
+        step = lambda i, total, x, x0: bar.update()  # noqa: E731
         prior, unet = StageModel.held(self.prior), StageModel.held(self.unet)
         prior_generator = torch.Generator().manual_seed(request.seed)
         decoder_generator = torch.Generator().manual_seed(request.seed)
