@@ -144,6 +144,16 @@ def test_twelve_generations_spread_over_both_workers(cluster: Cluster) -> None:
     print(f"\n12 concurrent generations: jobs per worker {per_worker}, worst {max(r[2] for r in results):.1f} s")
 
 
+def test_a_stream_and_a_jpeg_link_pass_the_balancer(cluster: Cluster) -> None:
+    """Server-sent events reach the client through HAProxy as the worker sends them; a converted picture's link
+    goes to the worker that wrote it."""
+    events = list(client(cluster).images.generate(prompt="a fox", size="256x256", stream=True, partial_images=1))
+    assert [event.type for event in events] == ["image_generation.partial_image", "image_generation.completed"]
+    answer = client(cluster).images.generate(prompt="a fox", size="256x256", output_format="jpeg")
+    status, body, _ = http_get(answer.data[0].url)
+    assert status == 200 and Image.open(io.BytesIO(body)).format == "JPEG"
+
+
 def test_only_the_api_and_answer_links_pass_the_balancer(cluster: Cluster) -> None:
     link = urllib.parse.urlparse(client(cluster).images.generate(prompt="a fox", size="256x256").data[0].url)
     number = link.path.split("/")[2]
