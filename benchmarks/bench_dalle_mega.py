@@ -11,6 +11,13 @@ are min-dalle's, token for token.
 
     cd benchmarks && python3 bench_dalle_mega.py     # on the GPU machine: needs min_dalle (and its emoji)
     python3 bench_dalle_mega.py --tiny               # seconds on a CPU: checks that the script still runs
+
+With `--device cpu` it compares on the CPU instead, fp32, at the real sizes with small work (dalle_cpu.py): DALL·E
+Mini's 256 tokens at batch 1 and 4 (tokens identical, checked), a few of Mega's decoder steps, and the VQGAN decode
+of one 256² image, ours and min-dalle's interleaved round by round; medians of wall and CPU time.
+
+    python3 bench_dalle_mega.py --device cpu --threads 1 --repeat 5
+    python3 bench_dalle_mega.py --device cpu --tiny                  # seconds: the toy BART sizes
 """
 
 from __future__ import annotations
@@ -19,9 +26,9 @@ import argparse
 import contextlib
 import copy
 import importlib
+import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -29,11 +36,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
+import dalle_cpu
 import torch
-from common import ROOT, environment, import_package, randomize_, report, sync, time_call
+from common import environment, import_checkout, report, sync, time_call
+from dalle_models import PROMPT, SETTINGS, random_bart
 
-import_package()
-sys.path.insert(0, str(ROOT / "tests"))  # tiny_repos: the tiny sizes, min-dalle's import and a BPE tokenizer
+import_checkout()
 from dalle_nodes.engine.cuda_graph import SWITCH as CUDA_GRAPH_SWITCH  # noqa: E402
 from dalle_nodes.engine.hub import Source  # noqa: E402
 from dalle_nodes.models import dalle_bart, vqgan  # noqa: E402
@@ -42,9 +50,6 @@ from dalle_nodes.pipelines.dalle_mini import loading as mini_loading  # noqa: E4
 from dalle_nodes.pipelines.dalle_mini import stages as mini_stages  # noqa: E402
 from dalle_nodes.pipelines.dalle_mini.stages import DECODE_BATCH  # noqa: E402
 from tiny_repos import TINY_MIN_DALLE, import_min_dalle, write_min_dalle_tokenizer  # noqa: E402
-
-PROMPT = "an astronaut riding a horse on the moon, oil painting"
-SETTINGS = {"top_k": 256, "temperature": 1.0, "supercondition": 16.0}  # min-dalle's defaults
 
 
 class Stages:
@@ -77,13 +82,6 @@ class Stages:
         }
         stages["step_ms"] = (stages["sampling_s"] - stages["graph_capture_s"]) / dalle_bart.IMAGE_TOKENS * 1e3
         return stages
-
-
-def random_bart(hp: Hyperparameters, device: torch.device, dtype: torch.dtype, seed: int = 0) -> DalleBart:
-    """Mega's modules made on the device, weights normal(0, 0.02) (finite logits), LayerNorms at identity."""
-    with torch.device("meta"):
-        bart = DalleBart(dalle_bart.DalleBartEncoder(hp), dalle_bart.DalleBartDecoder(hp)).to(dtype)
-    return randomize_(bart.to_empty(device=device), torch.Generator(device).manual_seed(seed))
 
 
 def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -165,13 +163,28 @@ def instrument_ours(barts: list[DalleBart], stages: Stages, captures: list[bool]
             hook.remove()
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny model, one image, on the CPU in fp32")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=7)  # min-dalle seeds only above 0
     parser.add_argument("--skip-min-dalle", action="store_true", help="time ours only")
+    parser.add_argument("--device", choices=("auto", "cpu"), default="auto", help="cpu: the CPU comparison")
+    parser.add_argument("--threads", type=int, default=0, help="--device cpu: torch's threads (0: its default)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4], help="--device cpu: images (squares)")
+    parser.add_argument("--steps", type=int, default=4, help="--device cpu: Mega decoder steps timed per round")
+    parts = ("mini", "mega", "vqgan")
+    parser.add_argument("--parts", nargs="+", choices=parts, default=list(parts), help="--device cpu: what to time")
     args = parser.parse_args(argv)
+    if args.device == "cpu" and any(math.isqrt(count) ** 2 != count for count in args.batches):
+        parser.error("--batches: min-dalle draws square grids, so 1, 4, 9, 16 … images")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.device == "cpu":
+        return dalle_cpu.cpu_main(args)
     device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
     hp = Hyperparameters(**TINY_MIN_DALLE) if args.tiny else HYPERPARAMETERS["mega"]
     grid = 1 if args.tiny else 4

@@ -7,6 +7,12 @@ there. We also time it blending on the GPU, the kinder baseline, and take the ra
 
     python benchmarks/bench_upscale.py            # on the GPU machine
     python benchmarks/bench_upscale.py --tiny     # seconds on a CPU: checks that the script still runs
+
+With `--device cpu` it compares on the CPU instead, where ComfyUI's loop has no GPU blend to choose: our node and
+our Python API against the ComfyUI-style loop, fp32, at each of `--sizes` (128² and 512² inputs), the three
+interleaved round by round so that the machine's load hits them alike; medians of wall and CPU time.
+
+    python benchmarks/bench_upscale.py --device cpu --threads 1 --repeat 5
 """
 
 from __future__ import annotations
@@ -17,12 +23,22 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import environment, flops, import_package, report, time_call
+from common import (
+    cpu_environment,
+    environment,
+    flops,
+    import_package,
+    report,
+    time_call,
+    time_interleaved,
+    torch_threads,
+)
 from safetensors.torch import save_file
 from spandrel.architectures.ESRGAN import ESRGAN
 
 import_package()
 from dalle_nodes.engine import tiling  # noqa: E402
+from dalle_nodes.engine.images import to_pil  # noqa: E402
 from dalle_nodes.nodes import upscale  # noqa: E402
 from dalle_nodes.pipelines import upscale as upscaler  # noqa: E402
 
@@ -74,21 +90,72 @@ def build(features: int, blocks: int, folder: Path):
     return upscaler.load_upscaler(path)
 
 
+def cpu_comparison(model, sizes: list[int], repeat: int) -> tuple[dict, list[tuple]]:
+    """Per input size: the ComfyUI-style loop, our node (auto tiles) and our Python API, interleaved, fp32."""
+    results: dict = {}
+    table = [("input", "run", "median s", "CPU s", "x vs ComfyUI (wall)", "x vs ComfyUI (CPU time)")]
+    for size in sizes:
+        timed = results[f"{size}"] = cpu_runs(model, size, repeat)
+        for name in ("comfyui_loop", "ours_node", "ours_api"):
+            r = timed[name]
+            cells = (
+                f"{r['median_s']:.3f}",
+                f"{r['cpu_median_s']:.3f}",
+                f"{r['speedup']:.2f}",
+                f"{r['cpu_speedup']:.2f}",
+            )
+            table.append((f"{size}²", name, *cells))
+    return results, table
+
+
+def cpu_runs(model, size: int, repeat: int) -> dict:
+    """One input size's interleaved timings, each with its ratio to the ComfyUI-style loop, and how far our node's
+    output is from the loop's."""
+    cpu = torch.device("cpu")
+    node, api = upscale.DalleGANUpscale(), upscaler.Upscaler(model)
+    image = torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(size))
+    pictures = to_pil(image)
+    runs = {
+        "comfyui_loop": lambda: comfyui_upscale(model, image, cpu, cpu),
+        "ours_node": lambda: node.upscale(model, image, 0, 32, "auto"),
+        "ours_api": lambda: api.upscale(pictures),
+    }
+    timed = time_interleaved(runs, repeat)
+    for r in timed.values():
+        r["speedup"] = timed["comfyui_loop"]["median_s"] / r["median_s"]
+        r["cpu_speedup"] = timed["comfyui_loop"]["cpu_median_s"] / r["cpu_median_s"]
+    (ours,) = node.upscale(model, image, 0, 32, "auto")
+    timed["max_abs_node_vs_comfyui"] = (ours - runs["comfyui_loop"]()).abs().max().item()
+    return timed
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="small model and image on the CPU")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="cpu: the CPU comparison")
     parser.add_argument("--size", type=int, default=768)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 512], help="--device cpu: input sizes")
+    parser.add_argument("--threads", type=int, default=0, help="--device cpu: torch's threads (0: its default)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="also time compile=True (compiles for minutes)")
     parser.add_argument("--profile", action="store_true", help="print where one ours_auto call spends its time")
     args = parser.parse_args(argv)
-    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
+    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available() and not args.tiny)
+    device = torch.device("cuda" if cuda else "cpu")
     features, blocks, size = (8, 1, 48) if args.tiny else (64, 23, args.size)
     repeat = 1 if args.tiny else args.repeat
 
     with tempfile.TemporaryDirectory() as folder:
         model = build(features, blocks, Path(folder))
     model.to(device)
+    if args.device == "cpu":
+        results = {"work": f"RRDBNet x4 ({blocks} blocks, {features} features), fp32, inputs {args.sizes}"}
+        with torch_threads(args.threads):
+            results |= environment(device) | cpu_environment()
+            comparison, table = cpu_comparison(model, [48] if args.tiny else args.sizes, repeat)
+        results |= comparison | {"load_average_after": cpu_environment()["load_average"]}
+        report(results, table)
+        return results
     image = torch.rand(1, size, size, 3)
     whole = image.movedim(-1, 1).to(device)
     node = upscale.DalleGANUpscale()

@@ -5,12 +5,15 @@ Benchmarks run from a plain checkout (no `pip install`), on the GPU machine as o
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
+import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -28,6 +31,14 @@ def import_package():
         sys.modules["dalle_nodes"] = module
         spec.loader.exec_module(module)
     return sys.modules["dalle_nodes"]
+
+
+def import_checkout() -> None:
+    """import_package(), and tests/ on the path: tiny_repos has the real configs' folders, the tiny repos, the
+    tokenizers and min-dalle's import."""
+    import_package()
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests"))
 
 
 def sync(device: torch.device) -> None:
@@ -56,6 +67,53 @@ def time_call(fn: Callable[[], object], device: torch.device, repeat: int, warmu
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     spread = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
     return {**spread, "first_call_s": first if warmup else None, "peak_gib": peak}
+
+
+def time_interleaved(runs: dict[str, Callable[[], object]], repeat: int, warmup: int = 1) -> dict[str, dict]:
+    """CPU timings that other processes' load cannot skew one way: every run once per round (after `warmup` rounds),
+    so load spikes hit all of them alike. Per run the medians of wall time and of this process's CPU time (with one
+    thread, the work itself, whatever else the machine runs) and the spread, in seconds."""
+    for _ in range(warmup):
+        for fn in runs.values():
+            fn()
+    wall: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeat):
+        for name, fn in runs.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return {
+        name: {
+            "median_s": statistics.median(wall[name]),
+            "min_s": min(wall[name]),
+            "max_s": max(wall[name]),
+            "cpu_median_s": statistics.median(cpu[name]),
+            "cpu_min_s": min(cpu[name]),
+        }
+        for name in runs
+    }
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's CPU threads set to `count` (0: left as they are) for the block, then back as they were."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count or before)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def cpu_environment() -> dict:
+    """What a CPU figure depends on: the CPU model, the threads torch uses and how loaded the machine was."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line for line in cpuinfo.read_text().splitlines() if "model name" in line] if cpuinfo.exists() else []
+    model = names[0].split(":", 1)[1].strip() if names else platform.processor()
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"cpu": model, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_average": load}
 
 
 def flops(fn: Callable[[], object]) -> int:
@@ -99,3 +157,12 @@ def randomize_(module: torch.nn.Module, generator: torch.Generator) -> torch.nn.
             else:
                 parameter.fill_(1.0 if name.endswith("weight") else 0.0)
     return module.eval().requires_grad_(False)
+
+
+def random_module(
+    build: Callable[[], torch.nn.Module], device: torch.device | str, dtype: torch.dtype, generator: torch.Generator
+) -> torch.nn.Module:
+    """Made on the device (no full-size weights ever touch the disk or the host), then cast and randomized."""
+    with torch.device(device):
+        module = build()
+    return randomize_(module.to(dtype), generator)

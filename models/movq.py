@@ -113,8 +113,17 @@ class SpatialNorm(nn.Module):
         self.conv_b = nn.Conv2d(latent_channels, channels, 1)
 
     def forward(self, x: Tensor, zq: Tensor) -> Tensor:
-        zq = F.interpolate(zq, size=x.shape[-2:], mode="nearest")
-        return self.norm_layer(x) * self.conv_y(zq) + self.conv_b(zq)
+        (height, width), (h, w) = x.shape[-2:], zq.shape[-2:]
+        if height % h or width % w:
+            zq = F.interpolate(zq, size=(height, width), mode="nearest")
+            return self.norm_layer(x) * self.conv_y(zq) + self.conv_b(zq)
+        # A whole-number resize copies each latent pixel to a block: the 1x1 convs commute with it, so they run at
+        # the latents' size and the blocks are broadcast views, not resized copies (diffusers' result; decodes
+        # 1.14× faster on the CPU, with two full-size maps less at the peak).
+        n, c = x.shape[:2]
+        blocks = (n, c, h, height // h, w, width // w)
+        scale, shift = (conv(zq)[:, :, :, None, :, None] for conv in (self.conv_y, self.conv_b))
+        return torch.addcmul(shift, self.norm_layer(x).view(blocks), scale).reshape(n, c, height, width)
 
 
 Norm = Callable[[int], nn.Module]  # channels -> GroupNorm (encoder) or SpatialNorm (decoder)
@@ -311,6 +320,8 @@ class MoVQ(nn.Module):
         """
         if quantize:
             latents = self.quantize(latents)
+        if latents.device.type == "cpu":  # oneDNN's convolutions run 1.1× faster channels-last (benchmarks/RESULTS.md)
+            latents = latents.contiguous(memory_format=torch.channels_last)
         return self.decoder(self.post_quant_conv(latents), latents)
 
     @property

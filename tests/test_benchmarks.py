@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
@@ -19,6 +21,20 @@ def test_bench_upscale_tiny(capsys) -> None:
     assert "ours_auto" in capsys.readouterr().out.splitlines()[-3]
 
 
+def test_bench_upscale_cpu_comparison_tiny(capsys) -> None:
+    import bench_upscale
+
+    threads = torch.get_num_threads()
+    results = bench_upscale.main(["--device", "cpu", "--tiny", "--threads", "1"])
+    timed = results["48"]
+    assert results["torch_threads"] == 1 and results["cpu"] and torch.get_num_threads() == threads
+    for run in ("comfyui_loop", "ours_node", "ours_api"):
+        assert timed[run]["median_s"] > 0 and timed[run]["cpu_median_s"] > 0 and timed[run]["speedup"] > 0
+    assert timed["comfyui_loop"]["speedup"] == 1.0
+    assert timed["max_abs_node_vs_comfyui"] < 1e-5  # one tile: the same model output
+    assert "ours_api" in capsys.readouterr().out.splitlines()[-1]
+
+
 def test_bench_dalle_mega_tiny(capsys) -> None:
     import bench_dalle_mega
 
@@ -31,6 +47,24 @@ def test_bench_dalle_mega_tiny(capsys) -> None:
         assert stages["total_s"] > 0 and stages["sampling_s"] > 0 and stages["decode_s"] > 0
         assert stages["total_s"] >= stages["encode_s"] + stages["sampling_s"] + stages["decode_s"]
     assert "min_dalle_fp32" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_bench_dalle_mega_cpu_comparison_tiny(capsys) -> None:
+    import bench_dalle_mega
+
+    threads = torch.get_num_threads()
+    results = bench_dalle_mega.main(["--device", "cpu", "--tiny", "--threads", "1"])
+    assert results["torch_threads"] == 1 and results["cpu"] and torch.get_num_threads() == threads
+    assert results["mini_tokens"]["same_prompt_tokens"]
+    for part in ("mini_tokens", "mega_steps"):
+        for batch in ("b1", "b4"):
+            timed = results[part][batch]
+            assert timed["tokens_identical"] and timed["fraction_equal"] == 1.0, (part, batch)  # min-dalle's draws
+            assert timed["min_dalle"]["cpu_speedup"] == 1.0 and timed["ours"]["cpu_speedup"] > 0
+    assert results["mega_steps"]["b1"]["ours"]["cpu_median_per_step_s"] > 0
+    decode = results["vqgan_decode"]
+    assert decode["ours"]["cpu_median_s"] > 0 and decode["max_abs_pixel_diff_of_255"] < 0.05  # the same pixels
+    assert "VQGAN decode 256²  b1     min_dalle" in capsys.readouterr().out.splitlines()[-1]
 
 
 def test_bench_k22_tiny(capsys) -> None:
@@ -54,6 +88,24 @@ def test_bench_k22_tiny(capsys) -> None:
         for side in ("ours", "ours_compiled", "diffusers"):
             assert results["alone"][f"{side}_{key}"]["median_s"] > 0
     assert "diffusers movq_decode_b1 alone" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_bench_k22_cpu_comparison_tiny(capsys) -> None:
+    import bench_k22
+
+    threads = torch.get_num_threads()
+    results = bench_k22.main(["--device", "cpu", "--tiny", "--threads", "1"])
+    assert results["torch_threads"] == 1 and results["cpu"] and torch.get_num_threads() == threads
+    for call, sides in {
+        "prior_step": ("ours", "diffusers", "ours_encode_text"),
+        "unet_step": ("ours", "diffusers"),
+        "movq_decode": ("ours", "diffusers"),
+    }.items():
+        assert set(results[call]) == set(sides), call
+        for side in sides:
+            assert results[call][side]["cpu_median_s"] > 0 and results[call][side]["cpu_speedup"] > 0
+        assert results[call]["diffusers"]["cpu_speedup"] == 1.0
+    assert "movq_decode  diffusers" in capsys.readouterr().out.splitlines()[-1]
 
 
 def test_vram_k22_on_meta(capsys) -> None:

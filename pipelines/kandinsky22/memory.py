@@ -53,7 +53,8 @@ def traced_movq_encode(movq: MoVQ, height: int, width: int, fused_attention: boo
 
 
 def traced_prior_step(prior: PriorTransformer, batch_rows: int, fused_attention: bool = True) -> int:
-    """Peak activation bytes of one forward of `prior` over `batch_rows` rows (all 77 text tokens real)."""
+    """Peak activation bytes of one forward of `prior` over `batch_rows` rows (all 77 text tokens real): encoding
+    the text's cache, which sampling keeps for the whole run, then one step."""
     param, cfg = next(prior.parameters()), prior.config
 
     def empty(*shape: int) -> torch.Tensor:
@@ -80,13 +81,13 @@ MATH_ATTENTION_BYTES = 8
 # Calibrated from the traces at full size (bf16 and fp32, 256² to 1536², 1 to 8 rows), rounded up: the peak in
 # units of one feature map of the finest level (rows × pixels × its channels × dtype size).
 UNET_FEATURE_MAPS = 14.1  # 14.0 from 512² up: the down path's skip tensors plus the working set at full resolution
-MOVQ_DECODE_FEATURE_MAPS = 8.1  # 8.03: the last level's resnets, SpatialNorm's scale and shift maps among them
+MOVQ_DECODE_FEATURE_MAPS = 7.1  # 7.00: the last level's resnets (SpatialNorm's scale and shift stay latent-sized)
 MOVQ_ENCODE_FEATURE_MAPS = 5.1  # 5.00
-PRIOR_TOKEN_MAPS = 11.1  # 11.05, in units of rows × tokens × width: the 4× wide feed-forward dominates
+PRIOR_TOKEN_MAPS = 12.1  # 12.04 beside the cache, in rows × text tokens × width: the 4× wide feed-forward leads
 # Math path only: what is alive beside the attention weights, in fp32 feature maps of the attention's level
 # (half-precision q, k, v are upcast there) ...
 MOVQ_ATTENTION_FP32_MAPS = 7.1  # 7.01
-PRIOR_ATTENTION_FP32_MAPS = 8.6  # 8.52
+PRIOR_ATTENTION_FP32_MAPS = 7.4  # 7.30
 # ... and for the UNet, whose attention sits among the skip tensors of the down path: those (in feature maps of
 # the finest level, model dtype), the fp32 copies of q, k, v at the attention's level, and per row fp32 copies of
 # the 32 context tokens at the widest level (every attention layer's context keys and values; they do not shrink
@@ -166,12 +167,15 @@ def movq_encode_bytes(
 
 
 def prior_step_bytes(config: PriorConfig, batch_rows: int, dtype: torch.dtype, *, fused_attention: bool = True) -> int:
-    """Activation bytes of one prior forward over `batch_rows` rows (2 per embedding with guidance, 3 with a
-    negative prompt). Small: 3.5 MiB a row in bf16, next to 2 GB of weights."""
-    tokens = config.num_embeddings + config.additional_embeddings
+    """Activation bytes of prior sampling over `batch_rows` rows (2 per embedding with guidance, 3 with a negative
+    prompt): the text's keys and values in every layer, kept for the whole run (PriorTransformer.encode_text), and
+    the working set of computing them, the peak (a step runs 3 tokens, not 78). 16 MiB a row in bf16, 12 of them
+    the cache, next to 2 GB of weights."""
+    tokens = config.text_tokens
     token_maps = batch_rows * tokens * config.width
+    cache = 2 * config.layers * token_maps * dtype.itemsize
     live = PRIOR_TOKEN_MAPS * token_maps * dtype.itemsize
     if not fused_attention:
         attention = MATH_ATTENTION_BYTES * batch_rows * config.heads * tokens**2
         live = max(live, PRIOR_ATTENTION_FP32_MAPS * token_maps * 4 + attention)
-    return _with_headroom(live)
+    return _with_headroom(cache + live)

@@ -19,6 +19,7 @@ from ...engine import cuda_graph
 from ...models import clip
 from ...models.clip import TextEmbeds
 from ...models.movq import MoVQ
+from ...models.prior import PriorTransformer
 from .. import sampling
 from ..checks import check_embeds, check_image, check_range
 from ..clip_text import PromptEmbeds, encode_prompt  # noqa: F401  (encode_prompt: where the nodes call it)
@@ -91,9 +92,9 @@ def prior_stage(
     check_range("guidance", run.guidance, 0.0, MAX_GUIDANCE)
     zero = zero_image() if negative is None else None
     module = prior.load(prior_rows(run.batch_size, run.guidance, negative is not None))
-    denoise = _prior_denoise(module, prompt, negative, run, prior.device, prior.dtype)
     rows = run.batch_size * (1 + (negative is not None))
     with torch.inference_mode():
+        denoise = _prior_denoise(module, prompt, negative, run, prior.device, prior.dtype)
         x = sampling.randn((rows, module.config.embedding_dim), generator, prior.device, prior.dtype)
         if cuda_graph.wanted() and cuda_graph.can_capture(x.device):
             denoise = _graphed_denoise(denoise, x)
@@ -104,9 +105,10 @@ def prior_stage(
 
 
 def _prior_denoise(
-    prior: Callable, prompt: PromptEmbeds, negative: PromptEmbeds | None, run: PriorRun, device, dtype
+    prior: PriorTransformer, prompt: PromptEmbeds, negative: PromptEmbeds | None, run: PriorRun, device, dtype
 ) -> sampling.Denoise:
-    """The prior's guided prediction for x: the prompt's rows (and the negative prompt's, unguided) in one forward."""
+    """The prior's guided prediction for x: the prompt's rows (and the negative prompt's, unguided) in one step.
+    The text of every model row is encoded here, once for the whole run; the steps reuse it."""
     batch_size, guidance = run.batch_size, run.guidance
     place = lambda e: _repeat(e.to(device, dtype), batch_size)  # noqa: E731
     pos = place(prompt.prompt)
@@ -116,12 +118,13 @@ def _prior_denoise(
     else:
         neg = place(negative.prompt)
         text = _cat(neg, pos, neg) if guided else _cat(pos, neg)
+    encoded = prior.encode_text(text.pooled, text.states, text.mask)
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if not guided:
-            return prior(x, t, text.pooled, text.states, text.mask)
+            return prior.step(x, t, encoded)
         model_x = torch.cat([x, x]) if negative is None else torch.cat([x[:batch_size], x])
-        out = prior(model_x, t, text.pooled, text.states, text.mask)
+        out = prior.step(model_x, t, encoded)
         uncond, cond, rest = out[:batch_size], out[batch_size : 2 * batch_size], out[2 * batch_size :]
         return torch.cat([uncond + guidance * (cond - uncond), rest])
 
@@ -139,13 +142,13 @@ def _cat(*parts: TextEmbeds) -> TextEmbeds:
 def _graphed_denoise(denoise: sampling.Denoise, x: torch.Tensor) -> sampling.Denoise:
     """The prior's guided `denoise(x, t)` as a CUDA graph for one sampling run (see cuda_graph.GraphedCall).
 
-    A prior step is ~300 small kernels (20 layers over 81 tokens): launched from Python they leave the GPU idle.
-    Everything but x [rows, D] and the 0-d int64 timestep on the device is fixed for the run (the text
-    conditioning, the guidance scale), so the recording replays each step with the same kernels, and the same
-    numbers as eager calls. The warm-up and recording calls run the model only: they draw no noise from the
-    sampling generator. The graph returns its output buffer, overwritten by the next step's replay; the prior
-    sampler only reads it before that (sampling._posterior_loop: clamped into a new x0 tensor right away, on the
-    same stream as the next replay), so no copy is needed.
+    A prior step is ~300 small kernels (20 layers over its 3 step tokens): launched from Python they leave the GPU
+    idle. Everything but x [rows, D] and the 0-d int64 timestep on the device is fixed for the run (the text's keys
+    and values, encoded before recording, and the guidance scale), so the recording replays each step with the
+    same kernels, and the same numbers as eager calls. The warm-up and recording calls run the model only: they
+    draw no noise from the sampling generator. The graph returns its output buffer, overwritten by the next step's
+    replay; the prior sampler only reads it before that (sampling._posterior_loop: clamped into a new x0 tensor
+    right away, on the same stream as the next replay), so no copy is needed.
     """
     timestep = torch.zeros((), dtype=torch.long, device=x.device)  # any value: the warm-up only needs the shape
     return cuda_graph.graphed(denoise, x, timestep, what="Kandinsky 2.2 prior")

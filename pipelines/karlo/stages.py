@@ -92,10 +92,12 @@ def prior_stage(
     check_range("prior_guidance", run.guidance, 0.0, MAX_GUIDANCE)
     module = prior.load(batch_size * (1 + run.guided))
     text = _text_rows(prompt, batch_size, run.guided, prior.device, prior.dtype)
+    with torch.inference_mode():  # the text's part of every step, computed once
+        encoded = module.encode_text(text.pooled, text.states, text.mask)
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         model_x = (torch.cat([x, x]) if run.guided else x).to(prior.dtype)
-        out = module(model_x, t, text.pooled, text.states, text.mask).float()
+        out = module.step(model_x, t, encoded).float()
         return _guide(out, run, out.shape[1]) if run.guided else out
 
     with torch.inference_mode():

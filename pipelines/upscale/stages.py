@@ -92,14 +92,13 @@ def forward_fn(
     is_oom: Callable[[BaseException], bool] = is_out_of_memory,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """[N, 3, h, w] float32 → [N, 3, h·s, w·s] float32 in 0..1, computed in `dtype` under autocast (the stored
-    weights stay fp32, which ComfyUI's own upscale node needs), channels-last on GPUs, where convolutions run
-    faster (the model's weights are switched to that layout here, once).
+    weights stay fp32, which ComfyUI's own upscale node needs), in the layout `memory_format` picks for the device.
 
     With `compile`, torch.compile fuses the model's concatenations and activations around its convolutions. Shapes
     are static: each tile shape compiles once, then is reused. If compiling fails the eager forward takes over,
     with a warning (an out-of-memory error, as `is_oom` tells, is raised instead: smaller tiles will do).
     """
-    layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    layout = memory_format(device)
     if device.type == "cuda":
         descriptor.model.to(memory_format=layout)
     if compile and descriptor not in _compiled:
@@ -117,6 +116,14 @@ def forward_fn(
             return descriptor(tiles).float()
 
     return forward
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """Channels-last on GPUs and on the CPU, where convolutions run faster in it (on the CPU oneDNN's run 1.25×
+    faster, as inside ComfyUI, whose movedim hands the model that layout: benchmarks/RESULTS.md); contiguous
+    elsewhere (MPS: not measured). On the CPU the input's layout alone picks the convolutions', so the weights
+    are switched only on GPUs."""
+    return torch.channels_last if device.type in ("cuda", "cpu") else torch.contiguous_format
 
 
 def compiled_ready(descriptor: ImageModelDescriptor) -> bool:

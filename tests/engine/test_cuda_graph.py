@@ -13,6 +13,7 @@ import torch
 from dalle_nodes.engine import cuda_graph
 from dalle_nodes.engine.hub import Source
 from dalle_nodes.models.clip import TextEmbeds
+from dalle_nodes.models.prior import PriorTransformer
 from dalle_nodes.pipelines import sampling
 from dalle_nodes.pipelines.kandinsky22 import loading, stages
 from dalle_nodes.pipelines.kandinsky22.embeds import PromptEmbeds
@@ -135,7 +136,7 @@ def sample_prior(prior, device: str, dtype: torch.dtype, case: str, seed: int, g
             negative,
             run,
             generator,
-            lambda i, total, x: steps.append(i),
+            lambda i, total, x, x0: steps.append(i),
         )
     assert steps == list(range(STEPS))
     return embeds.positive, embeds.negative if negative else None, generator
@@ -169,6 +170,23 @@ def test_prior_sample_graph_bookkeeping_gives_the_eager_embeddings(tiny_prior_re
         assert torch.equal(negative_embeds, eager_negative)
     assert torch.equal(generator.get_state(), eager_generator.get_state())
     assert not sample_prior(prior, "cpu", torch.float32, case, 4, graphs=False)[0].equal(eager)
+
+
+def test_the_prior_graph_records_steps_only(tiny_prior_repo, monkeypatch) -> None:
+    """The text is encoded once, before recording: the warm-up, the recording and every replay run only the prior's
+    step, reading the text's keys and values where encode_text left them."""
+    prior = tiny_prior(tiny_prior_repo)
+    events = []
+    for name in ("encode_text", "step"):
+        method = getattr(PriorTransformer, name)
+        monkeypatch.setattr(
+            PriorTransformer, name, lambda self, *a, _m=method, _n=name: events.append(_n) or _m(self, *a)
+        )
+    monkeypatch.setattr(cuda_graph, "can_capture", lambda device: True)
+    capture = capture_on_the_cpu([])
+    monkeypatch.setattr(cuda_graph.GraphedCall, "capture", lambda self: events.append("capture") or capture(self))
+    sample_prior(prior, "cpu", torch.float32, "negative", 3)
+    assert events == ["encode_text", "capture"] + ["step"] * (cuda_graph.WARMUP_CALLS + 1 + STEPS)
 
 
 def test_prior_sample_runs_eagerly_when_capture_fails(tiny_prior_repo, monkeypatch, caplog) -> None:

@@ -71,6 +71,38 @@ def test_channels_last_bfloat16(models):
 
 
 @torch.no_grad()
+def test_cpu_decode_runs_channels_last_with_latent_sized_norm_convs(models):
+    ours, _ = models
+    seen = {}
+
+    def layout(_, args) -> None:
+        seen["channels_last"] = args[0].is_contiguous(memory_format=torch.channels_last)
+
+    def size(_, args) -> None:
+        seen["norm_conv_size"] = tuple(args[0].shape[-2:])
+
+    hooks = [
+        ours.decoder.conv_in.register_forward_pre_hook(layout),
+        ours.decoder.conv_norm_out.conv_y.register_forward_pre_hook(size),
+    ]
+    try:
+        ours.decode(torch.randn(1, 4, 5, 7))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # oneDNN's convolutions run faster channels-last; the 1x1 convs of the latents run before the resize to 40 x 56
+    assert seen == {"channels_last": True, "norm_conv_size": (5, 7)}
+
+
+@torch.no_grad()
+def test_spatial_norm_resizes_latents_when_sizes_do_not_divide(models):
+    ours, reference = models
+    norm, theirs = ours.decoder.conv_norm_out, reference.decoder.conv_norm_out
+    x, latents = torch.randn(1, norm.norm_layer.num_channels, 12, 10), torch.randn(1, 4, 5, 7)
+    torch.testing.assert_close(norm(x, latents), theirs(x, latents), atol=1e-6, rtol=0)
+
+
+@torch.no_grad()
 def test_tiled_decode_in_one_tile_is_the_whole_decode(models):
     ours, _ = models
     latents = torch.randn(2, 4, 5, 7)

@@ -57,6 +57,25 @@ def test_matches_diffusers(timestep: torch.Tensor) -> None:
     assert relative_error(ours.unnormalize(actual), reference.post_process_latents(actual)) < 1e-6
 
 
+def test_steps_reuse_one_encoded_text() -> None:
+    """A sampler's use: the text encoded once, then steps at several timesteps and noisy embeddings, each equal to
+    diffusers' full pass over all 81 tokens (padded masks, one starting with padding, included)."""
+    reference, ours = tiny_pair()
+    inputs = tiny_inputs(torch.tensor(0))
+    text_args = inputs["text_embeds"], inputs["text_states"], inputs["text_mask"]
+    with torch.no_grad():
+        text = ours.encode_text(*text_args)
+        for timestep in (torch.tensor(999), torch.tensor([3, 500, 998]), torch.tensor(0)):
+            noisy = torch.randn(BATCH, 12)
+            expected = reference(noisy, timestep, *text_args).predicted_image_embedding
+            assert relative_error(ours.step(noisy, timestep, text), expected) < 1e-5
+        unmasked = ours.encode_text(inputs["text_embeds"], inputs["text_states"], torch.ones(BATCH, 77, dtype=bool))
+        assert relative_error(ours.step(noisy, timestep, unmasked)[1:], expected[1:]) > 1e-3  # the cache is read
+    assert len(text.keys_values) == 2  # one per layer: [B, heads, 78 text tokens, head_dim] keys and values
+    assert all(t.shape == (BATCH, 2, 78, 8) for keys_values in text.keys_values for t in keys_values)
+    assert text.step_bias.shape == (BATCH, 1, 3, 81)  # 3 step tokens over all 81 keys
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision(dtype: torch.dtype) -> None:
     _, ours = tiny_pair()

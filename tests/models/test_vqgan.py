@@ -45,6 +45,27 @@ def test_decoder_matches_min_dalle(pair) -> None:
     assert abs_error < 1e-4 and rel_error < 1e-5, (abs_error, rel_error)
 
 
+@torch.no_grad()
+def test_cpu_decode_runs_channels_last_with_min_dalles_pixels(pair) -> None:
+    """oneDNN's convolutions are faster channels-last: the codes' vectors enter the network in that layout."""
+    ours, reference = pair
+    seen = {}
+
+    def layout(_, args) -> None:
+        seen["channels_last"] = args[0].is_contiguous(memory_format=torch.channels_last)
+
+    codes = torch.randint(0, 2**14, (2, 4, 4), generator=torch.Generator().manual_seed(3))
+    hook = ours.decoder.conv_in.register_forward_pre_hook(layout)
+    try:
+        got = ours(codes)
+    finally:
+        hook.remove()
+    z = reference.embedding(codes).permute(0, 3, 1, 2).contiguous()  # min-dalle's own steps, on a 4 × 4 code map
+    expected = reference.decoder(reference.post_quant_conv(z)).clamp(0, 1)
+    assert seen == {"channels_last": True}
+    assert max_errors(got, expected)[0] < 1e-5
+
+
 class Stretch(nn.Module):
     """Stands in for the (CPU-costly) decoder network: code vectors → 3 channels, 16× nearest upsampling."""
 

@@ -92,6 +92,21 @@ def test_whole_image_matches_spandrel(upscalers, kind) -> None:
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
+def test_cpu_convolutions_run_channels_last(upscalers) -> None:
+    # oneDNN's convolutions run about 1.25× faster channels-last (benchmarks/RESULTS.md); ComfyUI's node hands
+    # the model that layout too
+    model = load(filename=str(upscalers["x4"]))
+    layouts = []
+    hook = model.model.register_forward_pre_hook(
+        lambda _, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
+    try:
+        run(model, torch.rand(1, 40, 30, 3), tile=32, overlap=8)
+    finally:
+        hook.remove()
+    assert layouts and all(layouts)
+
+
 @pytest.mark.parametrize(
     ("kind", "size", "tile", "overlap"),
     [("x4", (150, 75), 64, 28), ("x2", (101, 77), 80, 36), ("compact", (150, 75), 64, 28)],

@@ -19,6 +19,7 @@ from diffusers.pipelines.deprecated.unclip.pipeline_unclip_image_variation impor
 from PIL import Image
 
 from dalle_nodes.engine.images import to_pil
+from dalle_nodes.models.prior import PriorTransformer
 from dalle_nodes.pipelines import Karlo
 from dalle_nodes.pipelines.karlo import Request, VariationRequest, api, stages
 from tiny_karlo import reference_components
@@ -74,6 +75,17 @@ def ours_by_stage(monkeypatch) -> dict[str, list]:
 
     monkeypatch.setattr(api, "super_res_stage", super_res_spy)
     return seen
+
+
+def record_prior_calls(monkeypatch) -> list[str]:
+    """The names of the prior's methods the stages call, in order."""
+    calls = []
+    for name in ("encode_text", "step"):
+        method = getattr(PriorTransformer, name)
+        monkeypatch.setattr(
+            PriorTransformer, name, lambda self, *a, _m=method, _n=name: calls.append(_n) or _m(self, *a)
+        )
+    return calls
 
 
 def stage_errors(seen: dict, recorded: Recorder, images: torch.Tensor, expected: np.ndarray) -> dict[str, float]:
@@ -138,9 +150,11 @@ def test_generate_equals_unclip_pipeline(
             output_type="np",
         ).images
     seen = ours_by_stage(monkeypatch)
+    prior_calls = record_prior_calls(monkeypatch)
     images = karlo.sample(Request("a red fox", **settings, **STEPS))
 
     errors = stage_errors(seen, recorded, images, expected)
+    assert prior_calls == ["encode_text"] + ["step"] * STEPS["prior_steps"]  # the text encoded once per run
     assert images.shape == (batch_size, 256, 256, 3) and images.std() > 0.05  # a picture, not a flat colour
     assert all(error < TOLERANCE for error in errors.values()), errors
     generated = karlo.generate("a red fox", **settings, **STEPS)
