@@ -255,7 +255,8 @@ def time_modules_alone(plan: Plan, sides: dict, flop: dict, rate: float) -> dict
         alone = modules_alone(sides_alone, plan.device, plan.args, flop, step_repeat, plan.warmup)
     for key, r in alone.items():
         side, what = split_side(key)
-        r["speedup"] = alone[f"diffusers_{what}"]["median_s"] / r["median_s"]
+        reference = what.replace("prior_encode_text", "prior_step")  # encode_text: against one step, for scale
+        r["speedup"] = alone[f"diffusers_{reference}"]["median_s"] / r["median_s"]
         if "unet" in what:
             r["fraction_of_matmul"] = r["tflops"] / rate
     return alone

@@ -91,12 +91,13 @@ def build(features: int, blocks: int, folder: Path):
 
 
 def cpu_comparison(model, sizes: list[int], repeat: int) -> tuple[dict, list[tuple]]:
-    """Per input size: the ComfyUI-style loop, our node (auto tiles) and our Python API, interleaved, fp32."""
+    """Per input size: the ComfyUI-style loop, our node (auto tiles) and our Python API, interleaved, fp32; and our
+    node in bf16, which `auto` picks on CPUs that compute bf16 in hardware (AMX or AVX512-BF16)."""
     results: dict = {}
     table = [("input", "run", "median s", "CPU s", "x vs ComfyUI (wall)", "x vs ComfyUI (CPU time)")]
     for size in sizes:
         timed = results[f"{size}"] = cpu_runs(model, size, repeat)
-        for name in ("comfyui_loop", "ours_node", "ours_api"):
+        for name in ("comfyui_loop", "ours_node", "ours_api", "ours_node_bf16"):
             r = timed[name]
             cells = (
                 f"{r['median_s']:.3f}",
@@ -117,15 +118,18 @@ def cpu_runs(model, size: int, repeat: int) -> dict:
     pictures = to_pil(image)
     runs = {
         "comfyui_loop": lambda: comfyui_upscale(model, image, cpu, cpu),
-        "ours_node": lambda: node.upscale(model, image, 0, 32, "auto"),
-        "ours_api": lambda: api.upscale(pictures),
+        "ours_node": lambda: node.upscale(model, image, 0, 32, "fp32"),
+        "ours_api": lambda: api.upscale(pictures, precision="fp32"),
+        "ours_node_bf16": lambda: node.upscale(model, image, 0, 32, "bf16"),
     }
     timed = time_interleaved(runs, repeat)
     for r in timed.values():
         r["speedup"] = timed["comfyui_loop"]["median_s"] / r["median_s"]
         r["cpu_speedup"] = timed["comfyui_loop"]["cpu_median_s"] / r["cpu_median_s"]
-    (ours,) = node.upscale(model, image, 0, 32, "auto")
-    timed["max_abs_node_vs_comfyui"] = (ours - runs["comfyui_loop"]()).abs().max().item()
+    (ours,), (ours_bf16,), reference = runs["ours_node"](), runs["ours_node_bf16"](), runs["comfyui_loop"]()
+    timed["max_abs_node_vs_comfyui"] = (ours - reference).abs().max().item()
+    timed["bf16_vs_comfyui"] = {"max_abs": (ours_bf16 - reference).abs().max().item()}
+    timed["bf16_vs_comfyui"]["mean_abs"] = (ours_bf16 - reference).abs().mean().item()
     return timed
 
 

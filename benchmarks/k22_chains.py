@@ -199,7 +199,8 @@ def time_alone(
 
 
 def modules_alone(sides: dict, device: torch.device, args, flop: dict, repeat: int, warmup: int) -> dict:
-    """Each side's UNet step and prior step at batch 2B (guided), and one MoVQ decode, on random inputs."""
+    """Each side's UNet step and prior step at batch 2B (guided), and one MoVQ decode, on random inputs; our prior's
+    step runs on the text encoded once (as our sampler runs it), and that encode_text is timed as its own row."""
     alone = {}
     latent = args.size // 8
     t = torch.tensor(500, device=device)
@@ -216,8 +217,13 @@ def modules_alone(sides: dict, device: torch.device, args, flop: dict, repeat: i
             inputs = {"t": t, "x": x, "embeds": embeds, "states": states, "mask": mask, "z": z}
             calls = module_calls(side, modules, inputs)
             for what, module in (("unet", modules["unet"]), ("prior", modules["prior"])):
-                result = time_alone(calls[f"{what}_step"], device, repeat, warmup, batch * flop[what], module)
+                work = flop["prior_ours_step" if what == "prior" and side != "diffusers" else what]
+                result = time_alone(calls[f"{what}_step"], device, repeat, warmup, batch * work, module)
                 alone[f"{side}_{what}_step_b{rows}"] = result
+            if "prior_encode_text" in calls:  # ours, once per generation: timed too, so nothing is left out
+                work = batch * flop["prior_encode_text"]
+                encode = time_alone(calls["prior_encode_text"], device, repeat, warmup, work, modules["prior"])
+                alone[f"{side}_prior_encode_text_b{rows}"] = encode
             if i == 0:
                 decode = time_alone(calls["movq_decode"], device, repeat, warmup, flop["movq"], modules["movq"])
                 alone[f"{side}_movq_decode_b1"] = decode

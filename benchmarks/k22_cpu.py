@@ -77,10 +77,22 @@ def cpu_time_pair(what: str, config: dict, inputs: dict, rounds: tuple[int, int]
         if what == "prior":
             runs["ours_encode_text"] = mine["prior_encode_text"]
         timed = time_interleaved(runs, *rounds)
+        ours_out, theirs_out = (output_tensor(runs[side]()) for side in ("ours", "diffusers"))
     for r in timed.values():
         r["speedup"] = timed["diffusers"]["median_s"] / r["median_s"]
         r["cpu_speedup"] = timed["diffusers"]["cpu_median_s"] / r["cpu_median_s"]
+    # the same work on both sides: the outputs agree
+    timed["relative_error_vs_diffusers"] = ((ours_out - theirs_out).norm() / theirs_out.norm()).item()
     return timed
+
+
+def output_tensor(output: object) -> torch.Tensor:
+    """A call's output tensor: ours return one; diffusers' a tuple or an output class (sample, predicted embedding)."""
+    if isinstance(output, torch.Tensor):
+        return output.float()
+    if isinstance(output, tuple):
+        return output[0].float()
+    return next(v for v in vars(output).values() if isinstance(v, torch.Tensor)).float()
 
 
 def cpu_main(args) -> dict:
@@ -97,6 +109,8 @@ def cpu_main(args) -> dict:
     table = [("call", "side", "median s", "CPU s", "x vs diffusers (wall)", "x vs diffusers (CPU time)")]
     for what in args.modules:
         for side, r in results[CPU_CALLS[what]].items():
+            if not isinstance(r, dict):
+                continue
             times = (f"{r['median_s']:.3f}", f"{r['cpu_median_s']:.3f}")
             table.append((CPU_CALLS[what], side, *times, f"{r['speedup']:.2f}", f"{r['cpu_speedup']:.2f}"))
     report(results, table)

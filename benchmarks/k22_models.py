@@ -114,8 +114,9 @@ def resident_bytes(*modules: torch.nn.Module) -> int:
 
 
 def count_flops(configs: dict, size: int) -> dict[str, int]:
-    """FLOPs from shapes alone, on the meta device: a UNet step and a prior step (diffusers' whole forward) at batch 2
-    (one image, guided), one MoVQ decode."""
+    """FLOPs from shapes alone, on the meta device: a UNet step and a prior step (diffusers' whole forward; ours: its
+    step on the encoded text, and the encode_text it runs once per generation) at batch 2 (one image, guided), one
+    MoVQ decode."""
     latent = size // 8
     with torch.device("meta"):
         unet = KandinskyUNet(UNetConfig.from_diffusers(configs["unet"]))
@@ -126,6 +127,9 @@ def count_flops(configs: dict, size: int) -> dict[str, int]:
         return {
             "unet": flops(lambda: unet(torch.empty(2, 4, latent, latent), t, embeds)),
             "prior": flops(lambda: prior(embeds, t, embeds, states, mask)),
+            "prior_ours_step": flops(lambda: prior.step(embeds, t, prior.encode_text(embeds, states, mask)))
+            - flops(lambda: prior.encode_text(embeds, states, mask)),
+            "prior_encode_text": flops(lambda: prior.encode_text(embeds, states, mask)),
             "movq": flops(lambda: movq.decode(torch.empty(1, 4, latent, latent))),
         }
 

@@ -6,13 +6,27 @@ nodes/runtime.py hands the pipelines one that asks ComfyUI's memory manager and 
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
 
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AMX-BF16 or AVX512-BF16, as Linux lists them): there oneDNN's bf16
+    convolutions run about 5x as fast as fp32 ones; elsewhere bf16 is emulated and slower (benchmarks/RESULTS.md)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:  # not Linux: no way to tell here, so no bf16
+        return False
+    return re.search(r"\b(amx_bf16|avx512_bf16)\b", flags) is not None
 
 
 def default_device() -> torch.device:

@@ -28,11 +28,12 @@ def test_bench_upscale_cpu_comparison_tiny(capsys) -> None:
     results = bench_upscale.main(["--device", "cpu", "--tiny", "--threads", "1"])
     timed = results["48"]
     assert results["torch_threads"] == 1 and results["cpu"] and torch.get_num_threads() == threads
-    for run in ("comfyui_loop", "ours_node", "ours_api"):
+    for run in ("comfyui_loop", "ours_node", "ours_api", "ours_node_bf16"):
         assert timed[run]["median_s"] > 0 and timed[run]["cpu_median_s"] > 0 and timed[run]["speedup"] > 0
     assert timed["comfyui_loop"]["speedup"] == 1.0
     assert timed["max_abs_node_vs_comfyui"] < 1e-5  # one tile: the same model output
-    assert "ours_api" in capsys.readouterr().out.splitlines()[-1]
+    assert 0 < timed["bf16_vs_comfyui"]["mean_abs"] < 0.05  # bf16: near, not equal
+    assert "ours_node_bf16" in capsys.readouterr().out.splitlines()[-1]
 
 
 def test_bench_dalle_mega_tiny(capsys) -> None:
@@ -101,7 +102,8 @@ def test_bench_k22_cpu_comparison_tiny(capsys) -> None:
         "unet_step": ("ours", "diffusers"),
         "movq_decode": ("ours", "diffusers"),
     }.items():
-        assert set(results[call]) == set(sides), call
+        assert set(results[call]) == {*sides, "relative_error_vs_diffusers"}, call
+        assert results[call]["relative_error_vs_diffusers"] < 1e-4, call  # both sides did the same work
         for side in sides:
             assert results[call][side]["cpu_median_s"] > 0 and results[call][side]["cpu_speedup"] > 0
         assert results[call]["diffusers"]["cpu_speedup"] == 1.0

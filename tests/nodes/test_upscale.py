@@ -22,7 +22,7 @@ def load(model: str = "custom", repo_id: str = "", filename: str = "", revision:
     return DalleLoadUpscaler().load(model=model, repo_id=repo_id, filename=filename, revision=revision)[0]
 
 
-def run(model, image, tile=0, overlap=32, precision="auto", **optional) -> torch.Tensor:
+def run(model, image, tile=0, overlap=32, precision="fp32", **optional) -> torch.Tensor:
     return DalleGANUpscale().upscale(model, image, tile=tile, overlap=overlap, precision=precision, **optional)[0]
 
 
@@ -233,3 +233,15 @@ def test_bad_images_are_refused_before_the_model_loads(upscalers, monkeypatch) -
     with pytest.raises(ValueError, match="smaller than one pixel"):
         run(model, torch.rand(1, 8, 8, 3), scale_to=0.01)
     assert loaded == []
+
+
+@pytest.mark.parametrize(("has_bf16", "dtype"), [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_on_the_cpu_is_bf16_where_the_cpu_computes_it(upscalers, monkeypatch, has_bf16, dtype) -> None:
+    """auto = bf16 on a CPU with bf16 in hardware (AMX, AVX512-BF16: 4.2x fp32 for Real-ESRGAN), else fp32."""
+    monkeypatch.setattr(stages, "cpu_has_bf16", lambda: has_bf16)
+    model = load(filename=str(upscalers["x2"]))
+    assert stages.compute_dtype("auto", model, torch.device("cpu")) == dtype
+    assert stages.compute_dtype("fp32", model, torch.device("cpu")) == torch.float32
+    image = torch.rand(1, 24, 24, 3, generator=torch.Generator().manual_seed(3))
+    near = (run(model, image, precision="auto") - run(model, image)).abs().mean().item()
+    assert (near == 0) is (dtype == torch.float32) and near < 0.02
