@@ -69,12 +69,12 @@ def parse_options(endpoint: str, fields: Mapping[str, object], from_form: bool) 
             raise bad_request(f"{name} must be a string of at most {MAX_IDENTIFIER} characters.", name)
     options = ImageOptions(
         output_format=_output_format(fields.get("output_format")),
-        output_compression=_whole(fields, "output_compression", 100, 100, from_form),
+        output_compression=integer(fields, "output_compression", 100, (0, 100), from_form),
         quality=_choice(fields, "quality", EDIT_QUALITIES if endpoint == "edits" else QUALITIES) or "auto",
         background=_choice(fields, "background", BACKGROUNDS) or "auto",
         style=_choice(fields, "style", STYLES),
         stream=_flag(fields.get("stream")),
-        partial_images=_whole(fields, "partial_images", 0, MAX_PARTIAL_IMAGES, from_form),
+        partial_images=integer(fields, "partial_images", 0, (0, MAX_PARTIAL_IMAGES), from_form),
     )
     _check_together(options, fields)
     return options
@@ -121,14 +121,21 @@ def _flag(value: object) -> bool:
     raise bad_request(f"stream must be true or false, not {value!r}.", "stream")
 
 
-def _whole(fields: Mapping[str, object], name: str, default: int, top: int, from_form: bool) -> int:
+def integer(
+    fields: Mapping[str, object], name: str, default: int | None, bounds: tuple[int, int], from_form: bool
+) -> int | None:
+    """A whole-number field within `bounds` (a form's arrives as digits; JSON may say 2.0), `default` where it is
+    absent; anything else → ApiError 400 naming it."""
     value = fields.get(name)
     if value is None:
         return default
-    if from_form and isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,4}\s*", value):
+    if from_form and isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,20}\s*", value):
         value = int(value)
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= top:
-        raise bad_request(f"{name} must be a whole number from 0 to {top}, not {value!r}.", name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise bad_request(f"{name} must be a whole number from {bounds[0]} to {bounds[1]}, not {value!r}.", name)
+    if not bounds[0] <= value <= bounds[1]:
+        kind = "integer_above_max_value" if value > bounds[1] else "integer_below_min_value"
+        raise bad_request(f"{name} is {value}: it must be from {bounds[0]} to {bounds[1]}.", name, kind)
     return value

@@ -18,7 +18,7 @@ from emoji import replace_emoji
 
 from .errors import bad_request
 from .image_options import FIELDS as OPTION_FIELDS
-from .image_options import ImageOptions, parse_options
+from .image_options import ImageOptions, integer, parse_options
 
 ENDPOINTS = ("generations", "edits", "variations")
 DEFAULT_MODEL = "dall-e-2"
@@ -82,12 +82,12 @@ def parse(endpoint: str, fields: Mapping[str, object], from_form: bool) -> Image
     return ImageRequest(
         endpoint=endpoint,
         model=model,
-        n=_integer(fields, "n", 1, (1, MAX_N), from_form),
+        n=integer(fields, "n", 1, (1, MAX_N), from_form),
         size=_size(fields.get("size")),
         response_format=_response_format(fields.get("response_format"), model, options.stream),
         prompt=_text(fields, "prompt", required=True) if needs_prompt else None,
         negative_prompt=_text(fields, "negative_prompt", required=False) if needs_prompt else None,
-        seed=_integer(fields, "seed", None, (0, MAX_SEED), from_form),
+        seed=integer(fields, "seed", None, (0, MAX_SEED), from_form),
         options=options,
     )
 
@@ -197,24 +197,6 @@ def _text(fields: Mapping[str, object], name: str, required: bool) -> str | None
             name,
             "string_above_max_length",
         )
-    return value
-
-
-def _integer(
-    fields: Mapping[str, object], name: str, default: int | None, bounds: tuple[int, int], from_form: bool
-) -> int | None:
-    value = fields.get(name)
-    if value is None:
-        return default
-    if from_form and isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,20}\s*", value):
-        value = int(value)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise bad_request(f"{name} must be a whole number from {bounds[0]} to {bounds[1]}, not {value!r}.", name)
-    if not bounds[0] <= value <= bounds[1]:
-        kind = "integer_above_max_value" if value > bounds[1] else "integer_below_min_value"
-        raise bad_request(f"{name} is {value}: it must be from {bounds[0]} to {bounds[1]}.", name, kind)
     return value
 
 
