@@ -166,3 +166,30 @@ def random_module(
     with torch.device(device):
         module = build()
     return randomize_(module.to(dtype), generator)
+
+
+def mib(nbytes: int | None) -> str:
+    return "–" if nbytes is None else f"{nbytes / 2**20:,.0f}"
+
+
+def memory_tables(results: dict, stages: tuple[str, ...], header: str, chain_rows: dict[str, str]) -> str:
+    """The vram_* scripts' three tables: weights; activation peaks per run (`header`: the runs' column titles); the
+    whole chain's peak per run, one row per `chain_rows` label → results["chain"] key."""
+    gib, columns = 2**30, len(results["activations"])
+    lines = [f"| stage ({results['dtype']}) | params | weights GiB |", "|---|---|---|"]
+    for stage in stages:
+        w = results["weights"][stage]
+        lines.append(f"| {stage} | {w['params'] / 1e6:,.1f} M | {w['bytes'] / gib:.2f} |")
+    lines += ["", f"| activations MiB, traced / estimate (math-path attention) | {header} |"]
+    lines.append("|---|" + "---|" * columns)
+    for stage in stages:
+        cells = []
+        for act in (run[stage] for run in results["activations"].values()):
+            estimate = "" if act["estimate"] is None else f" / {mib(act['estimate'])}"
+            cells.append(f"{mib(act['traced'])}{estimate} ({mib(act['traced_math'])})")
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    lines += ["", f"| whole chain GiB, traced / estimate | {header} |", "|---|" + "---|" * columns]
+    for label, key in chain_rows.items():
+        cells = [f"{c['traced'][key] / gib:.2f} / {c['estimate'][key] / gib:.2f}" for c in results["chain"].values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

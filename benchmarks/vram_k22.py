@@ -23,7 +23,7 @@ import argparse
 import json
 
 import torch
-from common import ROOT, import_package
+from common import ROOT, import_package, memory_tables
 
 import_package()
 from dalle_nodes.engine import memory  # noqa: E402
@@ -38,7 +38,6 @@ DECODER_REPO = CONFIGS / "kandinsky-community--kandinsky-2-2-decoder"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STAGES = ("text_encoder", "image_encoder", "prior", "unet", "movq")
 TEXT_TO_IMAGE = ("text_encoder", "prior", "unet", "movq")  # resident after the first run
-MIB, GIB = 2**20, 2**30
 
 
 def read_config(path) -> dict:
@@ -168,39 +167,15 @@ def calibration(models: dict, configs: dict, dtype: torch.dtype, activations: di
     return result
 
 
-def mib(nbytes: int | None) -> str:
-    return "–" if nbytes is None else f"{nbytes / MIB:,.0f}"
-
-
 def markdown(results: dict) -> str:
     """Three tables: weights; activation peaks per run; the whole chain's peak per run."""
-    dtype, runs = results["dtype"], [key.split("_b") for key in results["activations"]]
-    header = " | ".join(f"{size}² ×{batch}" for size, batch in runs)
-    lines = [f"| stage ({dtype}) | params | weights GiB |", "|---|---|---|"]
-    for stage in STAGES:
-        w = results["weights"][stage]
-        lines.append(f"| {stage} | {w['params'] / 1e6:,.1f} M | {w['bytes'] / GIB:.2f} |")
-    lines += ["", f"| activations MiB, traced / estimate (math-path attention) | {header} |"]
-    lines.append("|---|" + "---|" * len(runs))
-    for stage in STAGES:
-        cells = []
-        for act in (run[stage] for run in results["activations"].values()):
-            estimate = "" if act["estimate"] is None else f" / {mib(act['estimate'])}"
-            cells.append(f"{mib(act['traced'])}{estimate} ({mib(act['traced_math'])})")
-        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
-    lines += ["", f"| whole chain GiB, traced / estimate | {header} |", "|---|" + "---|" * len(runs)]
+    header = " | ".join(f"{size}² ×{batch}" for size, batch in (key.split("_b") for key in results["activations"]))
     rows = {
         "text to image, stages offloaded": "offloaded_bytes",
         "first run (+ image encoder), offloaded": "first_run_offloaded_bytes",
         "text-to-image models all resident": "all_resident_bytes",
     }
-    for label, key in rows.items():
-        cells = [
-            f"{chain['traced'][key] / GIB:.2f} / {chain['estimate'][key] / GIB:.2f}"
-            for chain in results["chain"].values()
-        ]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return memory_tables(results, STAGES, header, rows)
 
 
 def main(argv: list[str] | None = None) -> dict:

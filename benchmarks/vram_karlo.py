@@ -24,7 +24,7 @@ import argparse
 import json
 
 import torch
-from common import ROOT, import_package
+from common import ROOT, import_package, memory_tables
 
 import_package()
 from dalle_nodes.engine import memory  # noqa: E402
@@ -46,7 +46,6 @@ VARIATIONS_REPO = CONFIGS / "kakaobrain--karlo-v1-alpha-image-variations"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STAGES = ("text_encoder", "image_encoder", "prior", "decoder", "super_res")
 TEXT_TO_IMAGE = ("text_encoder", "prior", "decoder", "super_res")
-MIB, GIB = 2**20, 2**30
 
 
 def read_config(folder) -> dict:
@@ -170,31 +169,11 @@ def calibration(configs: dict, dtype: torch.dtype, activations: dict) -> dict:
     return result
 
 
-def mib(nbytes: int | None) -> str:
-    return "–" if nbytes is None else f"{nbytes / MIB:,.0f}"
-
-
 def markdown(results: dict) -> str:
     """Three tables: weights; activation peaks per batch; the whole chain's peak per batch."""
-    dtype, runs = results["dtype"], list(results["activations"])
-    header = " | ".join(f"×{key.removeprefix('b')}" for key in runs)
-    lines = [f"| stage ({dtype}) | params | weights GiB |", "|---|---|---|"]
-    for stage in STAGES:
-        w = results["weights"][stage]
-        lines.append(f"| {stage} | {w['params'] / 1e6:,.1f} M | {w['bytes'] / GIB:.2f} |")
-    lines += ["", f"| activations MiB, traced / estimate (math-path attention) | {header} |"]
-    lines.append("|---|" + "---|" * len(runs))
-    for stage in STAGES:
-        cells = []
-        for act in (run[stage] for run in results["activations"].values()):
-            estimate = "" if act["estimate"] is None else f" / {mib(act['estimate'])}"
-            cells.append(f"{mib(act['traced'])}{estimate} ({mib(act['traced_math'])})")
-        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
-    lines += ["", f"| whole chain GiB, traced / estimate | {header} |", "|---|" + "---|" * len(runs)]
-    for label, key in {"stages offloaded": "offloaded_bytes", "all resident": "all_resident_bytes"}.items():
-        cells = [f"{c['traced'][key] / GIB:.2f} / {c['estimate'][key] / GIB:.2f}" for c in results["chain"].values()]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    header = " | ".join(f"×{key.removeprefix('b')}" for key in results["activations"])
+    rows = {"stages offloaded": "offloaded_bytes", "all resident": "all_resident_bytes"}
+    return memory_tables(results, STAGES, header, rows)
 
 
 def main(argv: list[str] | None = None) -> dict:
