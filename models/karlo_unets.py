@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..engine.checkpoints import config_settings
-from .unet_blocks import Trunk, UNetTrunk
+from .unet_blocks import CrossAttentionTrunk, Trunk, UNetTrunk
 from .unet_settings import (
     ABSENT_FEATURES,
     CONDITION_UNET_DEFAULTS,
@@ -85,7 +85,7 @@ class TextProjection(nn.Module):
 
 
 @dataclass
-class KarloDecoderConfig:
+class KarloDecoderConfig(CrossAttentionTrunk):
     in_channels: int = 3
     out_channels: int = 6  # ε and the learned-variance interpolation
     block_out_channels: tuple[int, ...] = (320, 640, 960, 1280)
@@ -95,22 +95,6 @@ class KarloDecoderConfig:
     cross_attention_dim: int = 1536
     groups: int = 32
     eps: float = 1e-5
-
-    @property
-    def time_embed_dim(self) -> int:
-        return 4 * self.block_out_channels[0]
-
-    @property
-    def trunk(self) -> Trunk:
-        return Trunk(
-            self.block_out_channels,
-            self.attention_levels,
-            self.layers_per_block,
-            self.groups,
-            self.eps,
-            self.head_dim,
-            self.cross_attention_dim,
-        )
 
     @classmethod
     def from_diffusers(cls, config: dict[str, Any]) -> "KarloDecoderConfig":

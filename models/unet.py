@@ -22,7 +22,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..engine.checkpoints import config_settings
-from .unet_blocks import Trunk, UNetTrunk
+from .unet_blocks import CrossAttentionTrunk, UNetTrunk
 from .unet_settings import ABSENT_FEATURES, CONDITION_UNET_DEFAULTS, attention_levels, check_settings, unsupported
 
 HINT_FEATURES = 4  # channels the hint encoder adds to the latent (fixed in diffusers' ImageHintTimeEmbedding)
@@ -33,7 +33,7 @@ _KINDS = {(4, False): "text2image", (9, False): "inpaint", (4 + HINT_FEATURES, T
 
 
 @dataclass
-class UNetConfig:
+class UNetConfig(CrossAttentionTrunk):
     in_channels: int = 4  # conv_in's input: 9 for inpainting, 8 for the ControlNet (see _KINDS)
     out_channels: int = 8  # epsilon and the learned-variance interpolation
     block_out_channels: tuple[int, ...] = (384, 768, 1152, 1536)
@@ -46,22 +46,6 @@ class UNetConfig:
     groups: int = 32
     eps: float = 1e-5
     image_hint: bool = False  # reads a hint image, e.g. a depth map (diffusers' addition_embed_type "image_hint")
-
-    @property
-    def time_embed_dim(self) -> int:
-        return 4 * self.block_out_channels[0]
-
-    @property
-    def trunk(self) -> Trunk:
-        return Trunk(
-            self.block_out_channels,
-            self.attention_levels,
-            self.layers_per_block,
-            self.groups,
-            self.eps,
-            self.head_dim,
-            self.cross_attention_dim,
-        )
 
     @property
     def kind(self) -> str:

@@ -42,6 +42,28 @@ class Trunk:
         return 4 * self.block_out_channels[0]
 
 
+class CrossAttentionTrunk:
+    """For a UNet config dataclass whose trunk attends to context tokens (Kandinsky 2.2's UNet, Karlo's decoder): its
+    Trunk from its own fields (block_out_channels, attention_levels, layers_per_block, groups, eps, head_dim,
+    cross_attention_dim), and the time embedding width."""
+
+    @property
+    def time_embed_dim(self) -> int:
+        return 4 * self.block_out_channels[0]
+
+    @property
+    def trunk(self) -> Trunk:
+        return Trunk(
+            self.block_out_channels,
+            self.attention_levels,
+            self.layers_per_block,
+            self.groups,
+            self.eps,
+            self.head_dim,
+            self.cross_attention_dim,
+        )
+
+
 def downsample(x: Tensor) -> Tensor:
     return F.avg_pool2d(x, kernel_size=2)
 
